@@ -1,0 +1,1 @@
+"""The customer side: access state, tunnel to the relay, daemon and its control socket."""

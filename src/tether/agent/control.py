@@ -1,0 +1,69 @@
+"""The daemon's control socket (``agent.sock`` in the run dir, root only): JSON lines.
+
+The CLI asks the running daemon to ``reconcile`` after changing the access state,
+to ``reset`` the tether, or for its live ``status``. When no daemon answers, the CLI
+works on its own and says the daemon is not running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+Handler = Callable[[str], Awaitable[dict[str, Any]]]
+COMMANDS = frozenset({"status", "reconcile", "reset"})
+
+
+async def serve_control(path: Path, handler: Handler) -> asyncio.Server:
+    """Listen on ``path``; each request line ``{"cmd": ...}`` gets one JSON reply line."""
+    # Start-up only: a blocking mkdir/unlink here is harmless.
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.unlink(missing_ok=True)  # noqa: ASYNC240
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=5)
+            try:
+                cmd = json.loads(line)["cmd"]
+                if cmd not in COMMANDS:
+                    raise ValueError(cmd)
+                reply = await handler(cmd)
+            except (ValueError, KeyError, TypeError):
+                reply = {"ok": False, "error": "unknown command"}
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    old_umask = os.umask(0o077)
+    try:
+        server = await asyncio.start_unix_server(on_client, path=str(path))
+    finally:
+        os.umask(old_umask)
+    return server
+
+
+def ask_daemon(path: Path, cmd: str, timeout: float = 5.0) -> dict[str, Any] | None:
+    """Send one command to the daemon; None if no daemon is listening."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        reply = json.loads(data)
+        return reply if isinstance(reply, dict) else None
+    except (OSError, ValueError):
+        return None

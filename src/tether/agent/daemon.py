@@ -1,0 +1,173 @@
+"""``tether agent serve``: the long-running agent on a customer's machine.
+
+One per machine (a ``flock`` on ``agent.lock``). On start it notices an unclean
+previous shutdown (the ``agent.running`` marker was left behind), logs it, and
+reconciles: access past its expiry is closed, open access gets its tether back.
+While running it holds the tether for open access, closes access at its expiry
+(in-process timer) or when the relay refuses the key for good, and answers the CLI
+on its control socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from tether import log
+from tether.agent.access import AccessManager
+from tether.agent.control import serve_control
+from tether.agent.identity import load_or_create_machine_key
+from tether.agent.locks import DaemonLock
+from tether.agent.state import AccessState, CloseReason
+from tether.agent.tunnel import TetherRefused, Tunnel, TunnelStatus
+from tether.clock import SYSTEM_CLOCK, Clock
+from tether.config import AgentConfig
+from tether.keys import TetherKeyError, parse_key
+from tether.protocol import RefusalReason
+from tether.tasks import TaskSet
+
+logger = logging.getLogger("tether.agent")
+
+
+class AgentDaemon:
+    """The agent process: ``await daemon.serve()`` until :meth:`stop` or a signal."""
+
+    def __init__(self, config: AgentConfig, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.config = config
+        self.clock = clock
+        self.access = AccessManager(config, clock=clock)
+        self._lock = DaemonLock(config.run_dir / "agent.lock")
+        self._marker = config.state_dir / "agent.running"
+        self._tasks = TaskSet()
+        self._tunnel: Tunnel | None = None
+        self._tunnel_key: str | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._machine_key: asyncssh.SSHKey | None = None
+        self._stop = asyncio.Event()
+        self._reconcile_lock = asyncio.Lock()
+        self.socket_path: Path = config.run_dir / "agent.sock"
+
+    async def serve(self) -> None:
+        """Run until stopped; always leaves a clean-shutdown trace when it ends normally."""
+        self._lock.acquire()
+        try:
+            self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if self._marker.exists():
+                log.event(
+                    logger,
+                    "agent.unclean_shutdown",
+                    level=logging.WARNING,
+                    message="the last run did not shut down cleanly; reconciling",
+                )
+            self._marker.write_text("running\n")
+            self._machine_key = load_or_create_machine_key(self.config.machine_key_path)
+            server = await serve_control(self.socket_path, self._on_command)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+            log.event(
+                logger,
+                "agent.start",
+                serial=self.config.serial,
+                machine_key=self._machine_key.get_fingerprint("sha256"),
+            )
+            await self.reconcile()
+            await self._stop.wait()
+            server.close()
+            await self._stop_tunnel()
+            await self._tasks.aclose()
+            self.socket_path.unlink(missing_ok=True)
+            self._marker.unlink(missing_ok=True)
+            log.event(logger, "agent.stop")
+        finally:
+            self._lock.release()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _on_command(self, cmd: str) -> dict[str, Any]:
+        if cmd == "reconcile":
+            await self.reconcile()
+        elif cmd == "reset" and self._tunnel is not None:
+            self._tunnel.reset()
+        return {"ok": True, "tunnel": self._tunnel.status.to_json() if self._tunnel else None}
+
+    async def reconcile(self) -> None:
+        """Make the running tether match the stored access state."""
+        async with self._reconcile_lock:
+            self.access.expire_if_due()
+            state = self.access.state()
+            if self._expiry is not None:
+                self._expiry.cancel()
+                self._expiry = None
+            if not state.is_open or state.key is None:
+                await self._stop_tunnel()
+                return
+            if state.expires_at is not None:
+                delay = max(0.0, (state.expires_at - self.clock.now()).total_seconds())
+                self._expiry = asyncio.get_running_loop().call_later(delay, self._on_expiry)
+            if self._tunnel is not None and self._tunnel_key == state.key:
+                return
+            await self._stop_tunnel()
+            self._start_tunnel(state)
+
+    def _on_expiry(self) -> None:
+        self._tasks.spawn(self.reconcile(), "agent.expiry")
+
+    def _start_tunnel(self, state: AccessState) -> None:
+        if state.key is None or self._machine_key is None:
+            return
+        try:
+            claims = parse_key(
+                state.key, self.config.vendor_keys, now=self.clock.now(), serial=self.config.serial
+            )
+        except TetherKeyError as exc:
+            self.access.close(CloseReason.REFUSED, by="agent", detail=str(exc))
+            return
+        tunnel = Tunnel(
+            state.key,
+            claims,
+            self._machine_key,
+            state.ports,
+            self.config.tether,
+            clock=self.clock,
+            on_change=self._on_tunnel_change,
+        )
+        self._tunnel = tunnel
+        self._tunnel_key = state.key
+        self._tasks.spawn(self._hold(tunnel), f"agent.tunnel.{claims.key_id}")
+
+    async def _hold(self, tunnel: Tunnel) -> None:
+        refusal: TetherRefused | None = await tunnel.serve()
+        if refusal is None or tunnel is not self._tunnel:
+            return
+        reason = (
+            CloseReason.REVOKED if refusal.reason == RefusalReason.REVOKED else CloseReason.REFUSED
+        )
+        if refusal.reason == RefusalReason.EXPIRED:
+            reason = CloseReason.EXPIRED
+        self.access.close(reason, by="relay", detail=refusal.message)
+        await self.reconcile()
+
+    def _on_tunnel_change(self, status: TunnelStatus) -> None:
+        log.event(
+            logger,
+            "tether.state",
+            state=status.state.value,
+            relay=status.relay,
+            reason=status.reason,
+        )
+
+    async def _stop_tunnel(self) -> None:
+        tunnel, self._tunnel, self._tunnel_key = self._tunnel, None, None
+        if tunnel is not None:
+            await tunnel.aclose()
+
+    @property
+    def tunnel_status(self) -> TunnelStatus | None:
+        return self._tunnel.status if self._tunnel else None

@@ -1,0 +1,375 @@
+"""The agent's outbound tether: one SSH connection to the relay named in the key.
+
+The agent logs in with its machine key, checks the relay's host key against the
+fingerprint pinned in the tether key, registers the key on the control subsystem and
+asks the relay to forward the allowed ports. Each forwarded channel is connected to
+``127.0.0.1:PORT`` on this machine and nowhere else.
+
+If the connection drops for a reason that may pass (network, relay restart), the
+tunnel reconnects after an exponential backoff with full jitter (capped, 60 s by
+default) and logs ``reconnecting in N s (reason)``. If the relay refuses the key for a
+reason that cannot pass (revoked, expired, used by another machine), the tunnel stops
+and reports it so that access is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import cast
+
+import asyncssh
+
+from tether import log
+from tether.clock import SYSTEM_CLOCK, Clock
+from tether.config import TetherSettings
+from tether.durations import format_duration
+from tether.keys import TetherKeyClaims, parse_address
+from tether.protocol import (
+    PERMANENT_REASONS,
+    Closing,
+    LineBuffer,
+    ProtocolError,
+    RefusalReason,
+    Register,
+    Registered,
+    decode,
+    encode,
+)
+from tether.protocol import Refused as RefusedMessage
+from tether.wire import (
+    AGENT_USERNAME,
+    CONTROL_SUBSYSTEM,
+    FORWARD_BIND_HOST,
+    MACHINE_LOOPBACK,
+    PROTOCOL_VERSION,
+)
+
+logger = logging.getLogger("tether.agent.tunnel")
+
+
+class TunnelState(Enum):
+    """What the tether is doing now; the CLI and the web page use the same words."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    REFUSED = "refused"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class TunnelStatus:
+    """A snapshot of the tunnel for ``tether access status``."""
+
+    state: TunnelState
+    relay: str
+    since: datetime
+    retry_at: datetime | None = None
+    reason: str | None = None
+    ports: tuple[int, ...] = ()
+
+    def describe(self, now: datetime) -> str:
+        """One line in the words the CLI and the web page show."""
+        match self.state:
+            case TunnelState.CONNECTED:
+                return f"connected to relay {self.relay} since {self.since:%Y-%m-%d %H:%M:%S} UTC"
+            case TunnelState.CONNECTING:
+                return f"connecting to relay {self.relay}"
+            case TunnelState.RECONNECTING:
+                wait = format_duration(self.retry_at - now) if self.retry_at else "a moment"
+                return f"reconnecting in {wait} ({self.reason})"
+            case TunnelState.REFUSED:
+                return f"refused by relay {self.relay}: {self.reason}"
+            case TunnelState.STOPPED:
+                return "not connected"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "state": self.state.value,
+            "relay": self.relay,
+            "since": self.since.isoformat(),
+            "retry_at": self.retry_at.isoformat() if self.retry_at else None,
+            "reason": self.reason,
+            "ports": list(self.ports),
+        }
+
+
+def backoff_delay(attempt: int, *, initial: float, cap: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, initial·2^attempt)]."""
+    ceiling = min(cap, initial * (2 ** min(attempt, 32)))
+    return rng.uniform(0, ceiling)
+
+
+class TetherRefused(Exception):
+    """The relay refused this key for good (or the agent's own check failed)."""
+
+    def __init__(self, reason: RefusalReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class _Transient(Exception):
+    """A failure worth retrying after a backoff."""
+
+
+class _PinnedClient(asyncssh.SSHClient):
+    """Accepts exactly the relay host key whose fingerprint the tether key pins."""
+
+    def __init__(self, fingerprint: str) -> None:
+        self._fingerprint = fingerprint
+        self.mismatch: str | None = None
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        seen = key.get_fingerprint("sha256")
+        if seen != self._fingerprint:
+            self.mismatch = seen
+            return False
+        return True
+
+
+class _ControlClient(asyncssh.SSHClientSession[bytes]):
+    def __init__(self) -> None:
+        self.lines = LineBuffer()
+        self.messages: asyncio.Queue[RefusedMessage | Registered | Closing | None] = asyncio.Queue()
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        try:
+            for line in self.lines.feed(data):
+                message = decode(line)
+                if isinstance(message, Register):
+                    raise ProtocolError("relay sent a register message")
+                self.messages.put_nowait(message)
+        except ProtocolError as exc:
+            log.event(logger, "tether.protocol_error", level=logging.WARNING, error=str(exc))
+            self.messages.put_nowait(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.messages.put_nowait(None)
+
+
+class Tunnel:
+    """Holds one tether until stopped or refused.
+
+    :param key_text: the tether key exactly as stored (sent to the relay to register).
+    :param claims: the key's claims, already verified offline by the agent.
+    :param machine_key: the agent's private machine key.
+    :param ports: the ports to offer (the key's ports that the customer allows).
+    :param on_change: called with every new :class:`TunnelStatus`.
+    """
+
+    def __init__(
+        self,
+        key_text: str,
+        claims: TetherKeyClaims,
+        machine_key: asyncssh.SSHKey,
+        ports: tuple[int, ...],
+        settings: TetherSettings,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+        on_change: Callable[[TunnelStatus], None] | None = None,
+    ) -> None:
+        self._key_text = key_text
+        self._claims = claims
+        self._machine_key = machine_key
+        self._ports = ports
+        self._settings = settings
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._on_change = on_change
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._wake = asyncio.Event()
+        self._stopped = False
+        self.status = TunnelStatus(TunnelState.CONNECTING, claims.relay, clock.now(), ports=ports)
+
+    def _set(self, status: TunnelStatus) -> None:
+        self.status = status
+        if self._on_change is not None:
+            self._on_change(status)
+
+    async def serve(self) -> TetherRefused | None:
+        """Hold the tether; return the refusal that ended it, or None if stopped."""
+        attempt = 0
+        while not self._stopped:
+            self._set(
+                TunnelStatus(
+                    TunnelState.CONNECTING, self._claims.relay, self._clock.now(), ports=self._ports
+                )
+            )
+            try:
+                await self._run_once()
+                reason = "connection closed"
+                attempt = 0 if self.status.state == TunnelState.CONNECTED else attempt
+            except TetherRefused as refusal:
+                self._set(
+                    replace(
+                        self.status,
+                        state=TunnelState.REFUSED,
+                        reason=refusal.message,
+                        since=self._clock.now(),
+                    )
+                )
+                log.event(
+                    logger,
+                    "tether.refused",
+                    level=logging.WARNING,
+                    reason=refusal.reason.value,
+                    message=refusal.message,
+                )
+                return refusal
+            except _Transient as exc:
+                reason = str(exc)
+            except (TimeoutError, OSError, asyncssh.Error) as exc:
+                reason = _describe_error(exc)
+            if self._stopped:
+                break
+            was_connected = self.status.state == TunnelState.CONNECTED
+            if was_connected:
+                attempt = 0
+            delay = backoff_delay(
+                attempt,
+                initial=self._settings.backoff_initial,
+                cap=self._settings.backoff_cap,
+                rng=self._rng,
+            )
+            attempt += 1
+            now = self._clock.now()
+            retry_at = now + _seconds(delay)
+            self._set(
+                TunnelStatus(
+                    TunnelState.RECONNECTING, self._claims.relay, now, retry_at, reason, self._ports
+                )
+            )
+            log.event(
+                logger, "tether.reconnecting", message=f"reconnecting in {delay:.1f} s ({reason})"
+            )
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                attempt = 0  # an explicit reset reconnects now and starts the backoff over
+            except TimeoutError:
+                pass
+        self._set(TunnelStatus(TunnelState.STOPPED, self._claims.relay, self._clock.now()))
+        return None
+
+    async def _run_once(self) -> None:
+        host, port = parse_address(self._claims.relay)
+        client = _PinnedClient(self._claims.relay_host_key)
+        settings = self._settings
+        try:
+            conn = await asyncio.wait_for(
+                asyncssh.connect(
+                    host,
+                    port,
+                    username=AGENT_USERNAME,
+                    client_keys=[self._machine_key],
+                    client_factory=lambda: client,
+                    known_hosts=([], [], []),
+                    config=None,
+                    agent_path=None,
+                    keepalive_interval=settings.keepalive_interval,
+                    keepalive_count_max=settings.keepalive_count_max,
+                    preferred_auth=["publickey"],
+                ),
+                timeout=settings.connect_timeout,
+            )
+        except asyncssh.HostKeyNotVerifiable:
+            raise _Transient(
+                f"relay host key {client.mismatch} is not the one pinned by the key "
+                f"({self._claims.relay_host_key})"
+            ) from None
+        self._conn = conn
+        try:
+            if self._stopped:
+                return
+            await self._register(conn)
+            await conn.wait_closed()
+        finally:
+            self._conn = None
+            conn.close()
+
+    async def _register(self, conn: asyncssh.SSHClientConnection) -> None:
+        chan, session = await conn.create_session(
+            _ControlClient, subsystem=CONTROL_SUBSYSTEM, encoding=None
+        )
+        control = cast(_ControlClient, session)
+        chan.write(encode(Register(self._key_text, PROTOCOL_VERSION)))
+        try:
+            reply = await asyncio.wait_for(
+                control.messages.get(), timeout=self._settings.connect_timeout
+            )
+        except TimeoutError:
+            raise _Transient("the relay did not answer the registration") from None
+        if isinstance(reply, RefusedMessage):
+            if reply.reason in PERMANENT_REASONS:
+                raise TetherRefused(reply.reason, reply.message)
+            raise _Transient(f"relay refused for now: {reply.message}")
+        if not isinstance(reply, Registered):
+            raise _Transient("the relay closed the control channel")
+        for port in self._ports:
+            await conn.forward_remote_port(FORWARD_BIND_HOST, port, MACHINE_LOOPBACK, port)
+        self._set(
+            TunnelStatus(
+                TunnelState.CONNECTED, self._claims.relay, self._clock.now(), ports=self._ports
+            )
+        )
+        log.event(
+            logger,
+            "tether.up",
+            relay=self._claims.relay,
+            serial=self._claims.serial,
+            ports=self._ports,
+        )
+        # Now listen for the relay's notices until the channel closes.
+        while True:
+            message = await control.messages.get()
+            if message is None:
+                raise _Transient("the relay closed the tether")
+            if isinstance(message, Closing):
+                log.event(
+                    logger, "tether.closing", reason=message.reason.value, message=message.message
+                )
+                if message.reason in PERMANENT_REASONS:
+                    raise TetherRefused(message.reason, message.message)
+                raise _Transient(message.message)
+
+    def reset(self) -> None:
+        """Drop the current connection (if any) and reconnect now."""
+        self._wake.set()
+        if self._conn is not None:
+            self._conn.close()
+
+    async def aclose(self) -> None:
+        """Stop for good: the connection, and every channel through it, ends now."""
+        self._stopped = True
+        self._wake.set()
+        if self._conn is not None:
+            self._conn.close()
+            await self._conn.wait_closed()
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)
+
+
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "relay refused the connection"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out connecting to the relay"
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return "relay did not accept this machine's key"
+    if isinstance(exc, asyncssh.DisconnectError):
+        return f"relay disconnected: {exc.reason}"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)

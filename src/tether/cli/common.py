@@ -1,0 +1,59 @@
+"""What every command shares: error reporting, exit codes, JSON output, async running."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from tether.errors import TetherError
+
+T = TypeVar("T")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_OK, EXIT_REFUSED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def fail(exc: TetherError) -> None:
+    err.print(f"[bold red]error:[/] {escape(str(exc))}")
+    sys.exit(exc.exit_code)
+
+
+def handle_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Print our own errors as one clear line (no traceback) with a meaningful exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except TetherError as exc:
+            fail(exc)
+            raise  # unreachable: fail() exits
+
+    return wrapper
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def env_path(name: str, default: str) -> Path:
+    return Path(os.environ.get(name, default))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")

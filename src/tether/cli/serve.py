@@ -1,0 +1,82 @@
+"""Long-running parts: ``tether relay serve`` and ``tether agent serve``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import click
+
+from tether import log
+from tether.cli.access import agent_config_option
+from tether.cli.common import handle_errors, run
+from tether.config import AgentConfig, RelayConfig
+
+
+@click.group()
+def relay() -> None:
+    """The relay: the only internet-facing part, run by the vendor."""
+
+
+@relay.command("serve")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="TETHER_RELAY_CONFIG",
+    default="/etc/tether/relay.toml",
+    show_default=True,
+    help="The relay's configuration. Env: TETHER_RELAY_CONFIG.",
+)
+@click.option("--listen", help="Override the listen address (HOST:PORT; port 0 picks a free port).")
+@click.option("-v", "--verbose", is_flag=True, help="Log debugging details.")
+@handle_errors
+def relay_serve(config_path: Path, listen: str | None, verbose: bool) -> None:
+    """Run a relay until interrupted (SIGTERM / Ctrl-C drop every tether cleanly)."""
+    from dataclasses import replace
+
+    from tether.keys import parse_address
+    from tether.relay.server import Relay
+    from tether.store import Store
+
+    log.setup(logging.DEBUG if verbose else logging.INFO)
+    config = RelayConfig.load(config_path)
+    if listen:
+        config = replace(config, listen=parse_address(listen, what="listen address"))
+
+    async def go() -> None:
+        store = await Store.open(config.database)
+        server = Relay(config, store)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await server.start()
+            click.echo(f"relay listening on {config.listen[0]}:{server.port}", err=True)
+            await stop.wait()
+        finally:
+            await server.aclose()
+            await store.aclose()
+
+    run(go())
+
+
+@click.group()
+def agent() -> None:
+    """The agent daemon on a customer's machine."""
+
+
+@agent.command("serve")
+@agent_config_option
+@click.option("-v", "--verbose", is_flag=True, help="Log debugging details.")
+@handle_errors
+def agent_serve(config_path: Path, verbose: bool) -> None:
+    """Run the agent: holds the tether while access is open, closes it on time."""
+    from tether.agent.daemon import AgentDaemon
+
+    log.setup(logging.DEBUG if verbose else logging.INFO)
+    config = AgentConfig.load(config_path)
+    run(AgentDaemon(config).serve())

@@ -1,0 +1,287 @@
+"""One TOML file per part: ``/etc/tether/agent.toml``, ``relay.toml``, ``vendor.toml``.
+
+Every path in a file may be relative (to the file's directory) or absolute, so a test
+or the demo points a part at a sandbox simply by writing a different file. Unknown
+keys are refused (a typo must not silently fall back to a default), and every bad
+value gets a message naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tether.errors import ConfigError
+from tether.keys import VerifyKey, check_ports, check_serial, parse_address
+from tether.wire import DEFAULT_PORTS, DEFAULT_SUPPORT_ACCOUNT
+
+DEFAULT_CONFIG_DIR = Path("/etc/tether")
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that name file and key."""
+
+    def __init__(self, path: Path, data: Mapping[str, Any], table: str = "") -> None:
+        self.path = path
+        self.data = data
+        self.table = table
+        self.used: set[str] = set()
+
+    def _where(self, key: str) -> str:
+        return f"{self.path}: {self.table + '.' if self.table else ''}{key}"
+
+    def _get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if default is _REQUIRED:
+                raise ConfigError(f"{self._where(key)} is missing")
+            return default
+        value = self.data[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise ConfigError(f"{self._where(key)} has the wrong type ({type(value).__name__})")
+        return value
+
+    def text(self, key: str, default: Any = None) -> Any:
+        return self._get(key, str, default)
+
+    def integer(self, key: str, default: Any = None, *, low: int = 0, high: int = 2**31) -> Any:
+        value = self._get(key, int, default)
+        if value is not None and not low <= value <= high:
+            raise ConfigError(f"{self._where(key)} must be between {low} and {high}")
+        return value
+
+    def number(self, key: str, default: Any = None) -> Any:
+        value = self._get(key, (int, float), default)
+        return None if value is None else float(value)
+
+    def path_(self, key: str, default: Any = None) -> Any:
+        value = self.text(key, default)
+        if value is None:
+            return None
+        path = Path(value)
+        return path if path.is_absolute() else (self.path.parent / path).resolve()
+
+    def strings(self, key: str, default: Any = None) -> Any:
+        value = self._get(key, list, default)
+        if value is not None and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{self._where(key)} must be a list of strings")
+        return value
+
+    def table_(self, key: str) -> _Reader:
+        value = self._get(key, dict, {})
+        return _Reader(self.path, value, key)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(
+                f"{self.path}: unknown setting(s) {', '.join(unknown)}"
+                f"{' in [' + self.table + ']' if self.table else ''}"
+            )
+
+
+_REQUIRED = object()
+
+
+def _read(path: Path) -> _Reader:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"configuration file {path} is not readable (run as root?)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return _Reader(path.resolve(), data)
+
+
+def _verify_keys(reader: _Reader, key: str) -> tuple[VerifyKey, ...]:
+    texts = reader.strings(key, _REQUIRED)
+    if not texts:
+        raise ConfigError(f"{reader.path}: {key} needs at least one k4.public… key")
+    try:
+        return tuple(VerifyKey.from_paserk(t) for t in texts)
+    except Exception as exc:
+        raise ConfigError(f"{reader.path}: {key}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TetherSettings:
+    """How the agent holds its tether (the ``[tether]`` table of agent.toml)."""
+
+    keepalive_interval: float = 15.0
+    keepalive_count_max: int = 3
+    backoff_initial: float = 1.0
+    backoff_cap: float = 60.0
+    connect_timeout: float = 20.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The agent's settings (``/etc/tether/agent.toml``)."""
+
+    path: Path
+    serial: str
+    vendor_keys: tuple[VerifyKey, ...]
+    state_dir: Path = Path("/var/lib/tether")
+    run_dir: Path = Path("/run/tether")
+    support_account: str = DEFAULT_SUPPORT_ACCOUNT
+    #: Ports a customer allows beyond the defaults (e.g. a database): a key may name them.
+    extra_ports: tuple[int, ...] = ()
+    tether: TetherSettings = field(default_factory=TetherSettings)
+
+    @property
+    def allowed_ports(self) -> tuple[int, ...]:
+        return tuple(sorted(set(DEFAULT_PORTS) | set(self.extra_ports)))
+
+    @property
+    def machine_key_path(self) -> Path:
+        return self.state_dir / "machine_key"
+
+    @classmethod
+    def load(cls, path: Path) -> AgentConfig:
+        r = _read(path)
+        serial = r.text("serial", _REQUIRED)
+        try:
+            check_serial(serial)
+        except Exception as exc:
+            raise ConfigError(f"{path}: serial: {exc}") from None
+        extra = r._get("extra_ports", list, None)
+        t = r.table_("tether")
+        tether = TetherSettings(
+            keepalive_interval=t.number("keepalive_interval", 15.0),
+            keepalive_count_max=t.integer("keepalive_count_max", 3, low=1, high=100),
+            backoff_initial=t.number("backoff_initial", 1.0),
+            backoff_cap=t.number("backoff_cap", 60.0),
+            connect_timeout=t.number("connect_timeout", 20.0),
+        )
+        t.finish()
+        config = cls(
+            path=r.path,
+            serial=serial,
+            vendor_keys=_verify_keys(r, "vendor_keys"),
+            state_dir=r.path_("state_dir", "/var/lib/tether"),
+            run_dir=r.path_("run_dir", "/run/tether"),
+            support_account=r.text("support_account", DEFAULT_SUPPORT_ACCOUNT),
+            extra_ports=_ports(r, extra),
+            tether=tether,
+        )
+        r.finish()
+        return config
+
+
+def _ports(r: _Reader, values: list[int] | None) -> tuple[int, ...]:
+    if not values:
+        return ()
+    try:
+        return check_ports(values)
+    except Exception as exc:
+        raise ConfigError(f"{r.path}: extra_ports: {exc}") from None
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """A relay's settings (``relay.toml``)."""
+
+    path: Path
+    listen: tuple[str, int]
+    host_key: Path
+    database: str
+    vendor_keys: tuple[VerifyKey, ...]
+    engineer_ca: Path
+    relay_id: str = "relay-1"
+    #: The address engineers and other relays reach this relay at (goes into keys).
+    advertise: str = ""
+    login_timeout: float = 30.0
+    max_unauthenticated: int = 200
+    keepalive_interval: float = 15.0
+    keepalive_count_max: int = 3
+    #: How often the relay looks for revocations and expiries (seconds).
+    poll_interval: float = 0.25
+    #: How long an agent has after logging in to present its tether key.
+    register_timeout: float = 15.0
+
+    @classmethod
+    def load(cls, path: Path) -> RelayConfig:
+        r = _read(path)
+        try:
+            listen = parse_address(r.text("listen", "0.0.0.0:2222"), what="listen address")
+        except Exception as exc:
+            raise ConfigError(f"{path}: listen: {exc}") from None
+        config = cls(
+            path=r.path,
+            listen=listen,
+            host_key=r.path_("host_key", _REQUIRED),
+            database=r.text("database", _REQUIRED),
+            vendor_keys=_verify_keys(r, "vendor_keys"),
+            engineer_ca=r.path_("engineer_ca", _REQUIRED),
+            relay_id=r.text("relay_id", "relay-1"),
+            advertise=r.text("advertise", ""),
+            login_timeout=r.number("login_timeout", 30.0),
+            max_unauthenticated=r.integer("max_unauthenticated", 200, low=1, high=100_000),
+            keepalive_interval=r.number("keepalive_interval", 15.0),
+            keepalive_count_max=r.integer("keepalive_count_max", 3, low=1, high=100),
+            poll_interval=r.number("poll_interval", 0.25),
+            register_timeout=r.number("register_timeout", 15.0),
+        )
+        r.finish()
+        return config
+
+
+@dataclass(frozen=True)
+class VendorConfig:
+    """The vendor service's settings (``vendor.toml`` in the vendor data directory)."""
+
+    path: Path
+    vendor: str
+    data_dir: Path
+    database: str
+    relay: str
+    support_account: str = DEFAULT_SUPPORT_ACCOUNT
+    default_ports: tuple[int, ...] = DEFAULT_PORTS
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.data_dir / "tether_signing_key.pem"
+
+    @property
+    def engineer_ca_path(self) -> Path:
+        return self.data_dir / "engineer_ca"
+
+    @property
+    def relay_host_key_path(self) -> Path:
+        return self.data_dir / "relay_host_key"
+
+    @classmethod
+    def load(cls, path: Path) -> VendorConfig:
+        r = _read(path)
+        relay = r.text("relay", _REQUIRED)
+        try:
+            parse_address(relay, what="relay address")
+        except Exception as exc:
+            raise ConfigError(f"{path}: relay: {exc}") from None
+        ports = r._get("default_ports", list, list(DEFAULT_PORTS))
+        try:
+            default_ports = check_ports(ports)
+        except Exception as exc:
+            raise ConfigError(f"{path}: default_ports: {exc}") from None
+        config = cls(
+            path=r.path,
+            vendor=r.text("vendor", _REQUIRED),
+            data_dir=r.path_("data_dir", "."),
+            database=r.text("database", _REQUIRED),
+            relay=relay,
+            support_account=r.text("support_account", DEFAULT_SUPPORT_ACCOUNT),
+            default_ports=default_ports,
+        )
+        r.finish()
+        return config
+
+
+def toml_string(value: str) -> str:
+    """Quote ``value`` as a TOML basic string."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

@@ -1,0 +1,1 @@
+"""Engineer tools: login, ssh-config, web."""

@@ -1,0 +1,145 @@
+"""The agent↔relay control protocol: JSON lines on the ``tether-control@tether`` subsystem.
+
+Sans-IO: this module only encodes and decodes messages. The agent opens the control
+channel right after logging in with its machine key and sends ``register``; the relay
+answers ``registered`` or ``refused`` and, later, may send ``closing`` just before it
+drops the tether (revoked, expired). ``refused``/``closing`` carry a
+:class:`RefusalReason`; reasons in :data:`PERMANENT_REASONS` mean "do not reconnect".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+#: A control line longer than this is a protocol violation (a key is well under 2 KiB).
+MAX_LINE = 16 * 1024
+
+
+class RefusalReason(Enum):
+    """Why a relay refused or dropped a tether."""
+
+    GARBLED = "garbled"
+    TRUNCATED = "truncated"
+    TAMPERED = "tampered"
+    UNKNOWN_SIGNER = "unknown-signer"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not-yet-valid"
+    WRONG_SERIAL = "wrong-serial"
+    UNKNOWN_KEY = "unknown-key"
+    REVOKED = "revoked"
+    OTHER_MACHINE = "other-machine"
+    REPLACED = "replaced"
+    PROTOCOL = "protocol"
+    SHUTDOWN = "shutdown"
+    INTERNAL = "internal"
+
+
+#: Refusals after which retrying with the same key can never succeed.
+PERMANENT_REASONS = frozenset(
+    {
+        RefusalReason.GARBLED,
+        RefusalReason.TRUNCATED,
+        RefusalReason.TAMPERED,
+        RefusalReason.UNKNOWN_SIGNER,
+        RefusalReason.EXPIRED,
+        RefusalReason.WRONG_SERIAL,
+        RefusalReason.UNKNOWN_KEY,
+        RefusalReason.REVOKED,
+        RefusalReason.OTHER_MACHINE,
+    }
+)
+
+
+class ProtocolError(Exception):
+    """A control line that does not follow the protocol."""
+
+
+@dataclass(frozen=True)
+class Register:
+    key: str
+    version: int
+
+
+@dataclass(frozen=True)
+class Registered:
+    serial: str
+    expires_at: str
+    ports: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: RefusalReason
+    message: str
+
+
+@dataclass(frozen=True)
+class Closing:
+    reason: RefusalReason
+    message: str
+
+
+Message = Register | Registered | Refused | Closing
+
+
+def encode(message: Message) -> bytes:
+    """One message as a JSON line."""
+    body: dict[str, Any]
+    match message:
+        case Register(key, version):
+            body = {"op": "register", "key": key, "version": version}
+        case Registered(serial, expires_at, ports):
+            body = {
+                "op": "registered",
+                "serial": serial,
+                "expires_at": expires_at,
+                "ports": list(ports),
+            }
+        case Refused(reason, text):
+            body = {"op": "refused", "reason": reason.value, "message": text}
+        case Closing(reason, text):
+            body = {"op": "closing", "reason": reason.value, "message": text}
+    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> Message:
+    """Parse one JSON line; raise :class:`ProtocolError` for anything unexpected."""
+    if len(line) > MAX_LINE:
+        raise ProtocolError("control line too long")
+    try:
+        body = json.loads(line)
+        if not isinstance(body, dict):
+            raise ValueError("not an object")
+        op = body["op"]
+        if op == "register":
+            key, version = body["key"], body["version"]
+            if not isinstance(key, str) or not isinstance(version, int):
+                raise ValueError("types")
+            return Register(key, version)
+        if op == "registered":
+            ports = tuple(int(p) for p in body["ports"])
+            return Registered(str(body["serial"]), str(body["expires_at"]), ports)
+        if op in ("refused", "closing"):
+            reason = RefusalReason(body["reason"])
+            text = str(body["message"])
+            return Refused(reason, text) if op == "refused" else Closing(reason, text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"bad control message: {exc}") from None
+    raise ProtocolError(f"unknown control operation {op!r}")
+
+
+class LineBuffer:
+    """Splits a byte stream into lines, refusing lines over :data:`MAX_LINE`."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        *lines, self._buf = self._buf.split(b"\n")
+        if len(self._buf) > MAX_LINE:
+            raise ProtocolError("control line too long")
+        return [line for line in lines if line.strip()]

@@ -1,0 +1,146 @@
+"""Pure routing and admission decisions of the relay (no sockets, no database).
+
+Two questions are answered here, and only here:
+
+* may this machine key hold a tether with this (already signature-checked) key?
+  → :func:`admit_tether`
+* where does an engineer's ``direct-tcpip`` request to ``(host, port)`` go?
+  → :meth:`Registry.route`
+
+Both deny by default: anything not explicitly allowed raises an error whose message
+is shown to the agent or to the engineer's ``ssh`` as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from tether.keys import TetherKeyClaims, check_serial
+from tether.protocol import RefusalReason
+from tether.store import IssuedKey
+
+LinkT = TypeVar("LinkT")
+
+
+class AdmissionRefused(Exception):
+    """A tether was refused; ``reason`` travels to the agent."""
+
+    def __init__(self, reason: RefusalReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class RouteRefused(Exception):
+    """An engineer's channel was refused; the message is shown by their ``ssh``."""
+
+
+def admit_tether(
+    claims: TetherKeyClaims, issued: IssuedKey | None, machine_key: str, now: datetime
+) -> None:
+    """Decide whether ``machine_key`` may tether with ``claims`` (before binding).
+
+    ``issued`` is the vendor's record of the key (None if the vendor never issued it).
+    Raises :class:`AdmissionRefused` naming the first problem.
+    """
+    if issued is None:
+        raise AdmissionRefused(
+            RefusalReason.UNKNOWN_KEY, "this key was not issued by this vendor service"
+        )
+    if issued.serial != claims.serial or issued.expires_at != claims.expires_at:
+        raise AdmissionRefused(
+            RefusalReason.UNKNOWN_KEY, "this key does not match the vendor's record of it"
+        )
+    if issued.revoked_at is not None:
+        raise AdmissionRefused(RefusalReason.REVOKED, "this key was revoked by the vendor")
+    if now >= claims.expires_at:
+        raise AdmissionRefused(RefusalReason.EXPIRED, "this key has expired")
+    check_binding(issued, machine_key)
+
+
+def check_binding(issued: IssuedKey, machine_key: str) -> None:
+    """Refuse a key already bound to a different machine key."""
+    if issued.bound_machine_key is not None and issued.bound_machine_key != machine_key:
+        raise AdmissionRefused(
+            RefusalReason.OTHER_MACHINE,
+            "this key was already used by another machine; a key works for one machine only",
+        )
+
+
+@dataclass
+class TetherEntry(Generic[LinkT]):
+    """A live tether held by this relay process."""
+
+    serial: str
+    key_id: str
+    machine_key: str
+    expires_at: datetime
+    key_ports: frozenset[int]
+    connected_at: datetime
+    link: LinkT
+    #: Ports the agent has offered (tcpip-forward requests the relay accepted).
+    offered_ports: set[int] = field(default_factory=set)
+
+    def may_offer(self, port: int) -> bool:
+        return port in self.key_ports
+
+
+class Registry(Generic[LinkT]):
+    """Live tethers by serial (case-insensitive: OpenSSH lower-cases host names)."""
+
+    def __init__(self) -> None:
+        self._by_serial: dict[str, TetherEntry[LinkT]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_serial)
+
+    def __iter__(self) -> Iterator[TetherEntry[LinkT]]:
+        return iter(list(self._by_serial.values()))
+
+    def get(self, serial: str) -> TetherEntry[LinkT] | None:
+        return self._by_serial.get(serial.lower())
+
+    def add(self, entry: TetherEntry[LinkT]) -> TetherEntry[LinkT] | None:
+        """Register ``entry``; return the entry it replaced (same serial), if any."""
+        key = entry.serial.lower()
+        previous = self._by_serial.get(key)
+        self._by_serial[key] = entry
+        return previous if previous is not entry else None
+
+    def remove(self, entry: TetherEntry[LinkT]) -> bool:
+        """Remove ``entry`` if it is still the current one for its serial."""
+        key = entry.serial.lower()
+        if self._by_serial.get(key) is entry:
+            del self._by_serial[key]
+            return True
+        return False
+
+    def with_key(self, key_id: str) -> list[TetherEntry[LinkT]]:
+        return [e for e in self._by_serial.values() if e.key_id == key_id]
+
+    def route(self, host: str, port: int) -> TetherEntry[LinkT]:
+        """Return the tether an engineer's request for ``host:port`` goes to.
+
+        ``host`` must be the serial of a machine tethered here and ``port`` one the
+        machine offered; anything else raises :class:`RouteRefused`.
+        """
+        try:
+            check_serial(host)
+        except Exception:
+            raise RouteRefused(
+                f"this relay only reaches tethered machines by serial; {host[:80]!r} is not a serial"
+            ) from None
+        entry = self.get(host)
+        if entry is None:
+            raise RouteRefused(
+                f"machine {host} is not tethered to this relay (is support access enabled on it?)"
+            )
+        if port not in entry.offered_ports:
+            allowed = ", ".join(str(p) for p in sorted(entry.offered_ports)) or "none"
+            raise RouteRefused(
+                f"port {port} is not open on machine {entry.serial} (open: {allowed})"
+            )
+        return entry

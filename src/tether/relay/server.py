@@ -1,0 +1,573 @@
+"""The relay: one SSH port for agents' tethers and engineers' jump connections.
+
+Deny by default (asyncssh style): each hook of :class:`_RelayConnection` says yes only
+after an explicit check, and every "no" an engineer can hit carries a reason their
+``ssh`` prints. Agents log in as :data:`~tether.wire.AGENT_USERNAME` with their machine
+key and register a tether key over the control subsystem; engineers log in with a
+vendor-CA certificate and may only open ``direct-tcpip`` channels to
+``SERIAL:PORT`` of a tethered machine, which the relay carries to the agent as a
+``forwarded-tcpip`` channel. The relay never listens on a socket per tether.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import cast
+
+import asyncssh
+
+from tether import log
+from tether.certs import RESERVED_NAMES
+from tether.clock import SYSTEM_CLOCK, Clock
+from tether.config import RelayConfig
+from tether.keys import TetherKeyError, parse_key
+from tether.protocol import (
+    Closing,
+    LineBuffer,
+    ProtocolError,
+    RefusalReason,
+    Register,
+    Registered,
+    encode,
+)
+from tether.protocol import Refused as RefusedMessage
+from tether.protocol import decode as decode_message
+from tether.relay.routing import (
+    AdmissionRefused,
+    Registry,
+    RouteRefused,
+    TetherEntry,
+    admit_tether,
+    check_binding,
+)
+from tether.store import RevocationKind, Store
+from tether.tasks import TaskSet
+from tether.wire import AGENT_USERNAME, CONTROL_SUBSYSTEM, FORWARD_BIND_HOST, RELAY_SERVER_VERSION
+
+logger = logging.getLogger("tether.relay")
+
+_NO_SESSION = (
+    "this relay gives no shell or commands; reach a machine with "
+    "`ssh -J USER@RELAY tether-support@SERIAL` or `ssh -L 8443:SERIAL:443 USER@RELAY`"
+)
+
+
+class _NullListener(asyncssh.SSHListener):
+    """Accepts an agent's tcpip-forward without opening any socket."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+
+    def get_port(self) -> int:
+        return self._port
+
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        pass
+
+
+@dataclass
+class _ChannelStats:
+    engineer: str
+    serial: str
+    port: int
+    started: float = field(default_factory=time.monotonic)
+    to_machine: int = 0
+    to_engineer: int = 0
+    logged: bool = False
+
+    def close(self) -> None:
+        if self.logged:
+            return
+        self.logged = True
+        log.event(
+            logger,
+            "channel.close",
+            engineer=self.engineer,
+            serial=self.serial,
+            port=self.port,
+            bytes_to_machine=self.to_machine,
+            bytes_to_engineer=self.to_engineer,
+            duration=time.monotonic() - self.started,
+        )
+
+
+class _CountingForwarder(asyncssh.SSHForwarder):
+    """Pipes one channel to its peer, counting bytes for the channel's log line."""
+
+    def __init__(
+        self, stats: _ChannelStats, to_machine: bool, peer: asyncssh.SSHForwarder | None = None
+    ) -> None:
+        super().__init__(peer)
+        self._stats = stats
+        self._to_machine = to_machine
+
+    def data_received(self, data: bytes, datatype: int | None = None) -> None:
+        if self._to_machine:
+            self._stats.to_machine += len(data)
+        else:
+            self._stats.to_engineer += len(data)
+        super().data_received(data, datatype)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # The machine side may have spoken (sshd's banner) before this side existed;
+        # SSHForwarder buffers that but never replays it for tunnelled channels.
+        peer = self._peer
+        if isinstance(peer, _CountingForwarder):
+            peer.replay_buffered()
+
+    def replay_buffered(self) -> None:
+        if self._peer is None:
+            return
+        if self._inpbuf:
+            data, self._inpbuf = self._inpbuf, b""
+            self._peer.write(data)
+        if self.was_eof_received():
+            self._peer.write_eof()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._stats.close()
+
+
+class Relay:
+    """A relay process: ``await relay.start()``, then ``await relay.aclose()``.
+
+    :param config: the relay's settings (listen address, keys, limits).
+    :param store: the shared state (issued keys, revocations, tether registry).
+    :param clock: the time source for key validity (injectable for tests).
+    """
+
+    def __init__(self, config: RelayConfig, store: Store, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.registry: Registry[_RelayConnection] = Registry()
+        self.unauthenticated = 0
+        self._engineers: dict[str, set[_RelayConnection]] = {}
+        self._tasks = TaskSet()
+        self._server: asyncssh.SSHAcceptor | None = None
+        self._host_key = asyncssh.read_private_key(config.host_key)
+        self.engineer_ca = asyncssh.read_public_key(config.engineer_ca)
+        self.host_key_fingerprint = self._host_key.get_fingerprint("sha256")
+        self._revocation_cursor = 0
+        self._closed = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        """The TCP port the relay listens on (useful when configured with port 0)."""
+        if self._server is None:
+            raise RuntimeError("relay not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        """Clear this relay's stale registry rows, start listening and watching."""
+        await self.store.tethers.clear_relay(self.config.relay_id)
+        self._revocation_cursor = await self.store.revocations.head()
+        host, port = self.config.listen
+        self._server = await asyncssh.create_server(
+            lambda: _RelayConnection(self),
+            host,
+            port,
+            server_host_keys=[self._host_key],
+            server_version=RELAY_SERVER_VERSION,
+            login_timeout=self.config.login_timeout,
+            keepalive_interval=self.config.keepalive_interval,
+            keepalive_count_max=self.config.keepalive_count_max,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_scp=False,
+            encoding=None,  # the control channel speaks bytes
+            tcp_keepalive=True,
+        )
+        self._tasks.spawn(self._watch(), "relay.watch")
+        log.event(
+            logger,
+            "relay.listen",
+            relay=self.config.relay_id,
+            address=f"{host}:{self.port}",
+            host_key=self.host_key_fingerprint,
+        )
+
+    async def serve(self) -> None:
+        """Start, then run until :meth:`aclose` is called."""
+        await self.start()
+        await self._closed.wait()
+
+    async def aclose(self) -> None:
+        """Stop listening and drop every tether and engineer connection."""
+        if self._server is not None:
+            self._server.close()
+        for entry in self.registry:
+            entry.link.drop(RefusalReason.SHUTDOWN, "the relay is shutting down; reconnect later")
+        for conns in list(self._engineers.values()):
+            for conn in list(conns):
+                conn.close()
+        await self._tasks.aclose()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._closed.set()
+
+    # --- engineers ---------------------------------------------------------------
+
+    def engineer_connected(self, name: str, conn: _RelayConnection) -> None:
+        self._engineers.setdefault(name, set()).add(conn)
+
+    def engineer_gone(self, name: str, conn: _RelayConnection) -> None:
+        conns = self._engineers.get(name)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self._engineers[name]
+
+    # --- revocations and expiry ----------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Apply revocations from the shared store as soon as they appear."""
+        while True:
+            try:
+                await self.check_revocations()
+            except Exception as exc:  # a database hiccup must not stop the relay
+                log.event(logger, "relay.watch_error", level=logging.WARNING, error=str(exc))
+            await asyncio.sleep(self.config.poll_interval)
+
+    async def check_revocations(self) -> None:
+        for revocation in await self.store.revocations.since(self._revocation_cursor):
+            self._revocation_cursor = revocation.id
+            if revocation.kind == RevocationKind.KEY:
+                for entry in self.registry.with_key(revocation.subject):
+                    entry.link.drop(
+                        RefusalReason.REVOKED, f"the vendor revoked this key: {revocation.reason}"
+                    )
+            elif revocation.kind == RevocationKind.ENGINEER:
+                for conn in list(self._engineers.get(revocation.subject, ())):
+                    log.event(
+                        logger,
+                        "engineer.cut",
+                        engineer=revocation.subject,
+                        reason=revocation.reason,
+                    )
+                    conn.close()
+
+
+class _ControlSession(asyncssh.SSHServerSession[bytes]):
+    """The agent's control channel: one ``register``, then relay→agent notices."""
+
+    def __init__(self, owner: _RelayConnection) -> None:
+        self._owner = owner
+        self._lines = LineBuffer()
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self._registering = False
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self._chan = chan
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return subsystem == CONTROL_SUBSYSTEM
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        try:
+            for line in self._lines.feed(data):
+                message = decode_message(line)
+                if not isinstance(message, Register) or self._registering:
+                    raise ProtocolError("expected exactly one register message")
+                self._registering = True
+                self._owner.relay._tasks.spawn(
+                    self._owner.register(message, self), f"relay.register.{self._owner.peer}"
+                )
+        except ProtocolError as exc:
+            self._owner.refuse(RefusalReason.PROTOCOL, str(exc), self)
+
+    def send(self, message: RefusedMessage | Registered | Closing) -> None:
+        if self._chan is not None:
+            self._chan.write(encode(message))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The agent closed its control channel: its tether ends with it.
+        self._owner.close()
+
+
+class _RelayConnection(asyncssh.SSHServer):
+    """One client connection: an agent or an engineer, decided at authentication."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.peer = "?"
+        self.username = ""
+        self.role: str | None = None  # "agent" | "engineer" once known
+        self.authenticated = False
+        self.machine_key: str | None = None
+        self.entry: TetherEntry[_RelayConnection] | None = None
+        self.control: _ControlSession | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._register_deadline: asyncio.TimerHandle | None = None
+        self._closing = False
+
+    # --- connection lifecycle --------------------------------------------------------
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername") or ("?", 0)
+        self.peer = f"{peer[0]}:{peer[1]}"
+        self.relay.unauthenticated += 1
+        if self.relay.unauthenticated > self.relay.config.max_unauthenticated:
+            log.event(logger, "relay.busy", level=logging.WARNING, peer=self.peer)
+            conn.disconnect(
+                asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections waiting to log in; retry"
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.authenticated:
+            self.relay.unauthenticated -= 1
+        for timer in (self._expiry, self._register_deadline):
+            if timer is not None:
+                timer.cancel()
+        if self.role == "engineer":
+            self.relay.engineer_gone(self.username, self)
+        if self.entry is not None and self.relay.registry.remove(self.entry):
+            entry = self.entry
+            log.event(
+                logger,
+                "tether.down",
+                serial=entry.serial,
+                key=entry.key_id,
+                duration=(self.relay.clock.now() - entry.connected_at).total_seconds(),
+                reason=str(exc) if exc else "closed",
+            )
+            self.relay._tasks.spawn(
+                self.relay.store.tethers.unregister(entry.serial, self.relay.config.relay_id),
+                f"relay.unregister.{entry.serial}",
+            )
+
+    def close(self) -> None:
+        if self.conn is not None and not self._closing:
+            self._closing = True
+            self.conn.close()
+
+    def drop(self, reason: RefusalReason, message: str) -> None:
+        """Tell the agent why, then end its tether (and every channel through it)."""
+        if self.control is not None:
+            self.control.send(Closing(reason, message))
+        if self.entry is not None:
+            log.event(logger, "tether.drop", serial=self.entry.serial, reason=reason.value)
+        self.close()
+
+    def refuse(self, reason: RefusalReason, message: str, control: _ControlSession) -> None:
+        log.event(
+            logger,
+            "tether.refused",
+            level=logging.WARNING,
+            peer=self.peer,
+            machine=self.machine_key,
+            reason=reason.value,
+        )
+        control.send(RefusedMessage(reason, message))
+        self.close()
+
+    # --- authentication -----------------------------------------------------------------
+
+    async def begin_auth(self, username: str) -> bool:
+        self.username = username
+        if username == AGENT_USERNAME:
+            self.role = "agent"
+        elif username not in RESERVED_NAMES:
+            engineer = await self.relay.store.engineers.get(username)
+            if engineer is not None and engineer.active:
+                self.role = "engineer"
+        if self.role is None:
+            log.event(
+                logger, "login.refused", level=logging.WARNING, peer=self.peer, user=username[:64]
+            )
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        # An agent is whoever holds its machine key; the tether key decides the rest.
+        if self.role == "agent" and username == AGENT_USERNAME:
+            self.machine_key = key.get_fingerprint("sha256")
+            return True
+        return False
+
+    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return (
+            self.role == "engineer"
+            and username == self.username
+            and key.public_data == self.relay.engineer_ca.public_data
+        )
+
+    def auth_completed(self) -> None:
+        self.authenticated = True
+        self.relay.unauthenticated -= 1
+        if self.role == "engineer":
+            self.relay.engineer_connected(self.username, self)
+            log.event(logger, "engineer.login", engineer=self.username, peer=self.peer)
+        elif self.role == "agent":
+            loop = asyncio.get_running_loop()
+            self._register_deadline = loop.call_later(
+                self.relay.config.register_timeout, self._register_timed_out
+            )
+
+    def _register_timed_out(self) -> None:
+        if self.entry is None:
+            log.event(logger, "tether.refused", peer=self.peer, reason="register-timeout")
+            self.close()
+
+    # --- agents -------------------------------------------------------------------------
+
+    def session_requested(self) -> _ControlSession:
+        if self.role == "agent" and self.control is None:
+            self.control = _ControlSession(self)
+            return self.control
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, _NO_SESSION)
+
+    async def register(self, message: Register, control: _ControlSession) -> None:
+        """Check the presented tether key and, if it is good, register the tether."""
+        if self.machine_key is None:
+            return
+        now = self.relay.clock.now()
+        try:
+            try:
+                claims = parse_key(message.key, self.relay.config.vendor_keys, now=now)
+            except TetherKeyError as exc:
+                raise AdmissionRefused(RefusalReason(exc.reason), str(exc)) from None
+            store = self.relay.store
+            admit_tether(claims, await store.keys.get(claims.key_id), self.machine_key, now)
+            bound = await store.keys.bind(claims.key_id, self.machine_key, now)
+            if bound is None:
+                raise AdmissionRefused(RefusalReason.UNKNOWN_KEY, "this key is not known")
+            check_binding(bound, self.machine_key)
+        except AdmissionRefused as refusal:
+            self.refuse(refusal.reason, refusal.message, control)
+            return
+        if self._closing:
+            return
+        entry = TetherEntry(
+            serial=claims.serial,
+            key_id=claims.key_id,
+            machine_key=self.machine_key,
+            expires_at=claims.expires_at,
+            key_ports=frozenset(claims.ports),
+            connected_at=now,
+            link=self,
+        )
+        self.entry = entry
+        previous = self.relay.registry.add(entry)
+        if previous is not None:
+            previous.link.entry = None  # its late close must not unregister the new tether
+            previous.link.drop(
+                RefusalReason.REPLACED, "a newer tether from this machine replaced this one"
+            )
+        await self.relay.store.tethers.register(
+            serial=claims.serial,
+            key_id=claims.key_id,
+            relay_id=self.relay.config.relay_id,
+            relay_address=self.relay.config.advertise,
+            machine_key=self.machine_key,
+            now=now,
+        )
+        if self._register_deadline is not None:
+            self._register_deadline.cancel()
+        self._expiry = asyncio.get_running_loop().call_later(
+            max(0.0, (claims.expires_at - now).total_seconds()),
+            self.drop,
+            RefusalReason.EXPIRED,
+            "the tether key expired",
+        )
+        control.send(Registered(claims.serial, claims.expires_at.isoformat(), claims.ports))
+        log.event(
+            logger,
+            "tether.up",
+            serial=claims.serial,
+            key=claims.key_id,
+            machine=self.machine_key,
+            peer=self.peer,
+            ports=claims.ports,
+            expires=claims.expires_at,
+        )
+
+    def server_requested(self, listen_host: str, listen_port: int) -> _NullListener | bool:
+        if self.role == "agent" and self.entry is not None and self.entry.may_offer(listen_port):
+            self.entry.offered_ports.add(listen_port)
+            return _NullListener(listen_port)
+        log.event(logger, "forward.refused", user=self.username[:64], port=listen_port)
+        return False
+
+    # --- engineers ----------------------------------------------------------------------
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Awaitable[asyncssh.SSHTCPSession[bytes]]:
+        if self.role != "engineer":
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "forwarding is for engineers only"
+            )
+        try:
+            entry = self.relay.registry.route(dest_host, dest_port)
+        except RouteRefused as refusal:
+            log.event(
+                logger,
+                "channel.refused",
+                engineer=self.username,
+                host=dest_host[:80],
+                port=dest_port,
+                reason=str(refusal),
+            )
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, str(refusal)
+            ) from None
+        return self._bridge(entry, dest_port)
+
+    async def _bridge(
+        self, entry: TetherEntry[_RelayConnection], port: int
+    ) -> asyncssh.SSHTCPSession[bytes]:
+        # SSHForwarder is asyncssh's own channel-to-channel pipe; it speaks the
+        # SSHTCPSession protocol without being declared one, hence the casts.
+        stats = _ChannelStats(self.username, entry.serial, port)
+        agent = entry.link.conn
+        if agent is None:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "the tether just closed")
+        try:
+            _, upstream = await agent.create_connection(
+                lambda: cast(
+                    asyncssh.SSHTCPSession[bytes], _CountingForwarder(stats, to_machine=False)
+                ),
+                FORWARD_BIND_HOST,
+                port,
+                self.username,
+                0,
+            )
+        except asyncssh.ChannelOpenError as exc:
+            log.event(
+                logger, "channel.failed", engineer=self.username, serial=entry.serial, port=port
+            )
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED,
+                f"machine {entry.serial} could not open port {port}: {exc.reason}",
+            ) from None
+        log.event(logger, "channel.open", engineer=self.username, serial=entry.serial, port=port)
+        down = _CountingForwarder(
+            stats, to_machine=True, peer=cast(asyncssh.SSHForwarder, upstream)
+        )
+        return cast(asyncssh.SSHTCPSession[bytes], down)
+
+
+def describe(now: datetime, entry: TetherEntry[_RelayConnection]) -> dict[str, object]:
+    """A JSON-able view of a live tether (for status pages and tests)."""
+    return {
+        "serial": entry.serial,
+        "key_id": entry.key_id,
+        "ports": sorted(entry.offered_ports),
+        "since": entry.connected_at.isoformat(),
+        "expires_in": (entry.expires_at - now).total_seconds(),
+    }

@@ -1,0 +1,262 @@
+"""The vendor's authority: its data directory, tether keys, engineer certificates.
+
+``tether vendor init`` creates a data directory holding every secret the vendor has:
+the tether-key signing key, the engineers' SSH user CA, the relay host key — and the
+shared database, plus ready-to-use ``vendor.toml`` and ``relay.toml`` and the trust
+snippet that goes into customers' agent configuration. It refuses to overwrite
+anything. :class:`Authority` then issues and revokes keys and signs certificates,
+recording what it issued in the store so relays can check it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import asyncssh
+
+from tether import log
+from tether.certs import EngineerCertificate, sign_engineer_certificate
+from tether.clock import SYSTEM_CLOCK, Clock
+from tether.config import VendorConfig, toml_string
+from tether.errors import BadInput, NotReady, Refused
+from tether.keys import KeyKind, SigningKey, TetherKeyClaims, check_ports, issue_key, parse_address
+from tether.store import IssuedKey, Store, sqlite_url
+from tether.store import KeyKind as StoreKeyKind
+
+logger = logging.getLogger("tether.vendor")
+
+DEFAULT_KEY_LIFETIME = timedelta(days=14)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+@dataclass(frozen=True)
+class InitResult:
+    config: VendorConfig
+    vendor_public_key: str
+    engineer_ca: str
+    relay_host_key_fingerprint: str
+    agent_trust_file: Path
+    relay_config: Path
+
+
+async def init_data_dir(
+    data_dir: Path,
+    *,
+    vendor: str,
+    relay: str,
+    database: str | None = None,
+    relay_listen: str | None = None,
+) -> InitResult:
+    """Create a vendor data directory; refuse if any of its files already exist."""
+    result = _create_files(data_dir, vendor, relay, database, relay_listen)
+    store = await Store.open(result.config.database)
+    await store.aclose()
+    log.event(logger, "vendor.init", data_dir=str(result.config.data_dir), vendor=vendor)
+    return result
+
+
+def _create_files(
+    data_dir: Path, vendor: str, relay: str, database: str | None, relay_listen: str | None
+) -> InitResult:
+    host, port = parse_address(relay, what="relay address")
+    listen = relay_listen or f"0.0.0.0:{port}"
+    parse_address(listen, what="relay listen address")
+    if not vendor.strip() or len(vendor) > 64:
+        raise BadInput("the vendor name must be 1-64 characters")
+    data_dir = data_dir.resolve()
+    names = [
+        "vendor.toml",
+        "relay.toml",
+        "agent-trust.toml",
+        "tether_signing_key.pem",
+        "engineer_ca",
+        "engineer_ca.pub",
+        "relay_host_key",
+        "relay_host_key.pub",
+        "tether.db",
+    ]
+    existing = [n for n in names if (data_dir / n).exists()]
+    if existing:
+        raise Refused(
+            f"{data_dir} already holds a vendor setup ({', '.join(existing)}); "
+            "refusing to overwrite it — choose another --data-dir"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    database = database or sqlite_url(data_dir / "tether.db")
+
+    signing = SigningKey.generate()
+    ca = asyncssh.generate_private_key("ssh-ed25519", comment=f"{vendor} engineer CA")
+    host_key = asyncssh.generate_private_key("ssh-ed25519", comment=f"{vendor} relay")
+    _write_private(data_dir / "tether_signing_key.pem", signing.to_pem())
+    _write_private(data_dir / "engineer_ca", ca.export_private_key())
+    _write_public(data_dir / "engineer_ca.pub", ca.export_public_key())
+    _write_private(data_dir / "relay_host_key", host_key.export_private_key())
+    _write_public(data_dir / "relay_host_key.pub", host_key.export_public_key())
+
+    public = signing.verify_key().to_paserk()
+    ca_line = ca.export_public_key().decode().strip()
+    _write_public(
+        data_dir / "vendor.toml",
+        (
+            f"# Tether vendor service ({vendor}); paths are relative to this file.\n"
+            f"vendor = {toml_string(vendor)}\n"
+            f'data_dir = "."\n'
+            f"database = {toml_string(database)}\n"
+            f"relay = {toml_string(relay)}\n"
+        ).encode(),
+    )
+    _write_public(
+        data_dir / "relay.toml",
+        (
+            "# Tether relay; paths are relative to this file.\n"
+            f"listen = {toml_string(listen)}\n"
+            f"advertise = {toml_string(f'{host}:{port}')}\n"
+            'host_key = "relay_host_key"\n'
+            'engineer_ca = "engineer_ca.pub"\n'
+            f"database = {toml_string(database)}\n"
+            f"vendor_keys = [{toml_string(public)}]\n"
+        ).encode(),
+    )
+    _write_public(
+        data_dir / "agent-trust.toml",
+        (
+            f"# Paste into /etc/tether/agent.toml on customers' machines: {vendor}'s public keys.\n"
+            f"vendor_keys = [{toml_string(public)}]\n"
+            f"vendor_ca = {toml_string(ca_line)}\n"
+        ).encode(),
+    )
+    config = VendorConfig.load(data_dir / "vendor.toml")
+    return InitResult(
+        config=config,
+        vendor_public_key=public,
+        engineer_ca=ca_line,
+        relay_host_key_fingerprint=host_key.get_fingerprint("sha256"),
+        agent_trust_file=data_dir / "agent-trust.toml",
+        relay_config=data_dir / "relay.toml",
+    )
+
+
+def load_vendor_config(data_dir: Path) -> VendorConfig:
+    path = data_dir / "vendor.toml"
+    if not path.exists():
+        raise NotReady(
+            f"no vendor setup in {data_dir}: run `tether vendor init --data-dir {data_dir}` first"
+        )
+    return VendorConfig.load(path)
+
+
+class Authority:
+    """Issues and revokes tether keys and signs engineer certificates.
+
+    :param config: the vendor configuration (its data directory holds the keys).
+    :param store: the shared database the relays read.
+    """
+
+    def __init__(self, config: VendorConfig, store: Store, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        try:
+            self.signing_key = SigningKey.from_pem(config.signing_key_path.read_bytes())
+            self.ca_key = asyncssh.read_private_key(config.engineer_ca_path)
+            relay_key = asyncssh.read_public_key(str(config.relay_host_key_path) + ".pub")
+        except OSError as exc:
+            raise NotReady(
+                f"cannot read the vendor keys in {config.data_dir}: {exc.strerror}"
+            ) from None
+        self.relay_host_key_fingerprint = relay_key.get_fingerprint("sha256")
+
+    async def issue_key(
+        self,
+        serial: str,
+        *,
+        lifetime: timedelta = DEFAULT_KEY_LIFETIME,
+        ports: tuple[int, ...] | None = None,
+        relay: str | None = None,
+        issued_by: str = "vendor-cli",
+        kind: KeyKind = KeyKind.MANUAL,
+        description: str | None = None,
+    ) -> tuple[str, TetherKeyClaims]:
+        """Sign a key for ``serial`` and record it; return the key text and its claims."""
+        token, claims = issue_key(
+            self.signing_key,
+            serial=serial,
+            now=self.clock.now(),
+            lifetime=lifetime,
+            relay=relay or self.config.relay,
+            relay_host_key=self.relay_host_key_fingerprint,
+            ports=check_ports(ports or self.config.default_ports),
+            vendor=self.config.vendor,
+            kind=kind,
+        )
+        await self.store.keys.record_issued(
+            key_id=claims.key_id,
+            serial=claims.serial,
+            kind=StoreKeyKind(kind.value),
+            issued_at=claims.issued_at,
+            not_before=claims.not_before,
+            expires_at=claims.expires_at,
+            ports=claims.ports,
+            relay=claims.relay,
+            relay_host_key=claims.relay_host_key,
+            issued_by=issued_by,
+            description=description,
+        )
+        log.event(
+            logger,
+            "key.issued",
+            key=claims.key_id,
+            serial=claims.serial,
+            expires=claims.expires_at,
+            by=issued_by,
+        )
+        return token, claims
+
+    async def revoke_key(self, key_id: str, *, reason: str, by: str = "vendor-cli") -> IssuedKey:
+        """Revoke a key: every relay drops its tether within a second."""
+        issued = await self.store.keys.revoke(key_id, reason=reason, now=self.clock.now())
+        log.event(logger, "key.revoked", key=key_id, serial=issued.serial, by=by, reason=reason)
+        return issued
+
+    async def sign(
+        self, engineer: str, public_key: asyncssh.SSHKey, *, ttl: timedelta
+    ) -> EngineerCertificate:
+        """Sign an engineer's public key; the engineer must exist and be active."""
+        record = await self.store.engineers.get(engineer)
+        if record is None:
+            raise Refused(
+                f"no engineer {engineer!r}: add one with `tether vendor engineer add {engineer}`"
+            )
+        if not record.active:
+            raise Refused(f"engineer {engineer!r} is disabled")
+        cert = sign_engineer_certificate(
+            self.ca_key,
+            public_key,
+            engineer=engineer,
+            now=self.clock.now(),
+            ttl=ttl,
+            support_account=self.config.support_account,
+        )
+        log.event(
+            logger,
+            "cert.signed",
+            engineer=engineer,
+            serial=cert.serial,
+            valid_before=cert.valid_before,
+        )
+        return cert

@@ -1,0 +1,162 @@
+"""Relay + agent tunnel + stock ssh, in one process's loopback (no root needed).
+
+The machine's services are stand-ins on OS-picked loopback ports that the key allows
+(as a customer's ``extra_ports`` would); the real-sshd path is in the sandbox tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from tests.integration.harness import Agent, EchoServer, run_ssh, vendor_setup
+from tether.agent.tunnel import TunnelState
+from tether.protocol import RefusalReason
+
+
+async def test_engineer_reaches_allowed_port_through_tether(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        alice = await vendor.engineer("alice", tmp_path)
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            result = await run_ssh(
+                alice.ssh_args(vendor.relay_port, "-W", f"m-1:{service.port}", "alice@127.0.0.1"),
+                input=b"ping\n",
+            )
+        assert result.stdout == b"hello from the machine\nping\n", result.stderr
+
+
+async def test_refusals_are_shown_by_engineer_ssh(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        alice = await vendor.engineer("alice", tmp_path)
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            cases = {
+                "M-1:8080": "port 8080 is not open on machine M-1",
+                "M-2:22": "machine M-2 is not tethered to this relay",
+                "example.com:443": "machine example.com is not tethered",
+                "127.0.0.1:22": "127.0.0.1 is not tethered",
+                "a;b:22": "is not a serial",
+            }
+            for target, message in cases.items():
+                result = await run_ssh(
+                    alice.ssh_args(vendor.relay_port, "-W", target, "alice@127.0.0.1")
+                )
+                assert result.returncode != 0
+                assert message in result.stderr.decode(), (target, result.stderr)
+            shell = await run_ssh(alice.ssh_args(vendor.relay_port, "alice@127.0.0.1", "id"))
+            assert shell.returncode != 0
+            assert b"this relay gives no shell or commands" in shell.stderr
+
+
+async def test_revoked_key_drops_tether_and_live_session_within_a_second(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        alice = await vendor.engineer("alice", tmp_path)
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            proc = await asyncio.create_subprocess_exec(
+                *alice.ssh_args(vendor.relay_port, "-W", f"M-1:{service.port}", "alice@127.0.0.1"),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            assert proc.stdout is not None
+            assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"hello from the machine\n"
+            started = time.monotonic()
+            await vendor.authority.revoke_key(claims.key_id, reason="test")
+            await asyncio.wait_for(proc.wait(), 1.0)
+            await agent.wait_for(TunnelState.REFUSED, timeout=1.0)
+            assert time.monotonic() - started <= 1.0
+            assert agent.task is not None
+            refusal = await agent.task
+            assert getattr(refusal, "reason", None) == RefusalReason.REVOKED
+
+
+async def test_key_from_second_machine_is_refused(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        async with Agent(key, claims, [service.port]) as first:
+            await first.wait_for(TunnelState.CONNECTED)
+        async with Agent(key, claims, [service.port]) as second:
+            await second.wait_for(TunnelState.REFUSED)
+            assert "already used by another machine" in (second.tunnel.status.reason or "")
+        # The first machine may still reconnect with its own key until expiry.
+        async with Agent(key, claims, [service.port], machine_key=first.machine_key) as again:
+            await again.wait_for(TunnelState.CONNECTED)
+
+
+async def test_relay_restart_agent_comes_back_within_backoff(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        alice = await vendor.engineer("alice", tmp_path)
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            await vendor.restart_relay()
+            await agent.wait_for(TunnelState.RECONNECTING, timeout=5)
+            await agent.wait_for(TunnelState.CONNECTED, timeout=5)
+            result = await run_ssh(
+                alice.ssh_args(vendor.relay_port, "-W", f"M-1:{service.port}", "alice@127.0.0.1"),
+                input=b"back\n",
+            )
+            assert result.stdout.endswith(b"back\n"), result.stderr
+
+
+async def test_unauthenticated_and_wrong_users_cannot_log_in(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path) as vendor:
+        alice = await vendor.engineer("alice", tmp_path)
+        for user in ("bob", "tether-support", "root"):
+            result = await run_ssh(
+                alice.ssh_args(vendor.relay_port, "-W", "M-1:22", f"{user}@127.0.0.1")
+            )
+            assert result.returncode == 255
+            assert b"Permission denied" in result.stderr, (user, result.stderr)
+        # Any key may log in as an agent, but an agent login reaches nothing.
+        result = await run_ssh(
+            alice.ssh_args(vendor.relay_port, "-W", "M-1:22", "tether-agent@127.0.0.1")
+        )
+        assert b"forwarding is for engineers only" in result.stderr
+        await vendor.store.engineers.disable(
+            "alice", reason="left", now=vendor.authority.clock.now()
+        )
+        result = await run_ssh(alice.ssh_args(vendor.relay_port, "-W", "M-1:22", "alice@127.0.0.1"))
+        assert b"Permission denied" in result.stderr
+
+
+@pytest.mark.parametrize("mutate", ["tampered", "garbage"])
+async def test_relay_refuses_bad_keys_from_a_raw_agent(tmp_path: Path, mutate: str) -> None:
+    """An agent that skips its own offline check still meets the relay's check."""
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        bad = (
+            key[:40] + ("A" if key[40] != "A" else "B") + key[41:]
+            if mutate == "tampered"
+            else "v4.public.zzzz"
+        )
+        async with Agent(bad, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.REFUSED)
+            assert agent.tunnel.status.reason
+
+
+async def test_machine_cannot_open_channels_or_shell_on_relay(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path) as vendor:
+        machine_key = asyncssh.generate_private_key("ssh-ed25519")
+        async with asyncssh.connect(
+            "127.0.0.1",
+            vendor.relay_port,
+            username="tether-agent",
+            client_keys=[machine_key],
+            known_hosts=None,
+            config=None,
+            agent_path=None,
+        ) as conn:
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await conn.create_connection(asyncssh.SSHTCPSession, "M-1", 22)
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await conn.create_session(asyncssh.SSHClientSession, "id")  # exec is refused
