@@ -24,7 +24,8 @@ from tether.agent.control import serve_control
 from tether.agent.identity import load_or_create_machine_key
 from tether.agent.locks import DaemonLock
 from tether.agent.state import AccessState, CloseReason
-from tether.agent.tunnel import TetherRefused, Tunnel, TunnelStatus
+from tether.agent.status import TunnelStatus
+from tether.agent.tunnel import TetherRefused, Tunnel
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import AgentConfig
 from tether.keys import TetherKeyError, parse_key

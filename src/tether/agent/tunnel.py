@@ -18,17 +18,16 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
-from enum import Enum
+from dataclasses import replace
+from datetime import timedelta
 from typing import cast
 
 import asyncssh
 
 from tether import log
+from tether.agent.status import TunnelState, TunnelStatus
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import TetherSettings
-from tether.durations import format_duration
 from tether.keys import TetherKeyClaims, parse_address
 from tether.protocol import (
     PERMANENT_REASONS,
@@ -51,53 +50,6 @@ from tether.wire import (
 )
 
 logger = logging.getLogger("tether.agent.tunnel")
-
-
-class TunnelState(Enum):
-    """What the tether is doing now; the CLI and the web page use the same words."""
-
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    RECONNECTING = "reconnecting"
-    REFUSED = "refused"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class TunnelStatus:
-    """A snapshot of the tunnel for ``tether access status``."""
-
-    state: TunnelState
-    relay: str
-    since: datetime
-    retry_at: datetime | None = None
-    reason: str | None = None
-    ports: tuple[int, ...] = ()
-
-    def describe(self, now: datetime) -> str:
-        """One line in the words the CLI and the web page show."""
-        match self.state:
-            case TunnelState.CONNECTED:
-                return f"connected to relay {self.relay} since {self.since:%Y-%m-%d %H:%M:%S} UTC"
-            case TunnelState.CONNECTING:
-                return f"connecting to relay {self.relay}"
-            case TunnelState.RECONNECTING:
-                wait = format_duration(self.retry_at - now) if self.retry_at else "a moment"
-                return f"reconnecting in {wait} ({self.reason})"
-            case TunnelState.REFUSED:
-                return f"refused by relay {self.relay}: {self.reason}"
-            case TunnelState.STOPPED:
-                return "not connected"
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "state": self.state.value,
-            "relay": self.relay,
-            "since": self.since.isoformat(),
-            "retry_at": self.retry_at.isoformat() if self.retry_at else None,
-            "reason": self.reason,
-            "ports": list(self.ports),
-        }
 
 
 def backoff_delay(attempt: int, *, initial: float, cap: float, rng: random.Random) -> float:

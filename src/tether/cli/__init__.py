@@ -1,16 +1,48 @@
-"""The ``tether`` command: one sub-command group per part."""
+"""The ``tether`` command: one sub-command group per part, each loaded only when used.
+
+Loading lazily keeps ``tether access disable`` quick to start: it must end live
+sessions within a second of the admin pressing Enter.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from tether import __version__
-from tether.cli.access import access
-from tether.cli.serve import agent, relay
-from tether.cli.vendor import vendor
+
+#: sub-command → "module:attribute"
+COMMANDS = {
+    "access": "tether.cli.access:access",
+    "agent": "tether.cli.serve:agent",
+    "demo": "tether.cli.demo:demo",
+    "relay": "tether.cli.serve:relay",
+    "vendor": "tether.cli.vendor:vendor",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose sub-commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attribute = target.split(":")
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{target} is not a click command")
+        return command
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="tether")
 def main() -> None:
     """Tether: temporary, customer-controlled support access over SSH.
@@ -21,9 +53,3 @@ def main() -> None:
     Services:  tether relay serve · tether agent serve
     Try it:    tether demo
     """
-
-
-main.add_command(access)
-main.add_command(agent)
-main.add_command(relay)
-main.add_command(vendor)

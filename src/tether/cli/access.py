@@ -11,7 +11,7 @@ from rich.markup import escape
 from tether.agent.access import AccessManager
 from tether.agent.control import ask_daemon
 from tether.agent.state import AccessState
-from tether.agent.tunnel import TunnelState, TunnelStatus
+from tether.agent.status import TunnelStatus
 from tether.cli.common import err, handle_errors, json_option, out, print_json
 from tether.clock import SYSTEM_CLOCK
 from tether.config import AgentConfig
@@ -168,15 +168,8 @@ def describe_tunnel(daemon_running: bool, tunnel: object) -> str:
         return "agent not running (start it: systemctl start tether-agent, or `tether agent serve`)"
     if not isinstance(tunnel, dict):
         return "not connected"
-    from datetime import datetime
-
-    status = TunnelStatus(
-        state=TunnelState(tunnel["state"]),
-        relay=str(tunnel["relay"]),
-        since=datetime.fromisoformat(str(tunnel["since"])),
-        retry_at=datetime.fromisoformat(str(tunnel["retry_at"]))
-        if tunnel.get("retry_at")
-        else None,
-        reason=str(tunnel["reason"]) if tunnel.get("reason") else None,
-    )
+    try:
+        status = TunnelStatus.from_json(tunnel)
+    except (ValueError, KeyError, TypeError):
+        return "agent sent an unreadable status"
     return status.describe(SYSTEM_CLOCK.now())

@@ -1,0 +1,373 @@
+"""``tether demo``: the whole system on one machine, with real parts.
+
+* vendor data (signing key, engineer CA, relay host key, SQLite) in a work directory;
+* a relay on the host's 127.0.0.1 (port picked by the OS);
+* a sandboxed "customer machine" (own mount, pid, UTS and network namespaces) running
+  stock ``sshd`` on its own 127.0.0.1:22, a small web UI on its 127.0.0.1:443 and
+  the Tether agent; its only way out is an uplink to the relay's port;
+* a tether key issued for the machine's serial and applied with ``tether access
+  enable``; an engineer with a certificate from the vendor CA and an OpenSSH config.
+
+The engineer then types plain ``ssh -F DIR/ssh_config SERIAL``. :class:`DemoSystem` is
+also what the end-to-end tests drive, so the demo cannot drift from what is tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+
+import asyncssh
+
+from tether.config import RelayConfig, toml_string
+from tether.errors import NotReady
+from tether.relay.server import Relay
+from tether.sandbox import Sandbox
+from tether.store import Store
+from tether.vendor.authority import Authority, init_data_dir, load_vendor_config
+from tether.wire import DEFAULT_SUPPORT_ACCOUNT
+
+logger = logging.getLogger("tether.demo")
+
+DEMO_SERIAL = "DEMO-0001"
+DEMO_ENGINEER = "demo"
+#: The machine's web UI in the demo: a plain page on its 127.0.0.1:443.
+WEB_PORT = 443
+
+
+@dataclass
+class EngineerFiles:
+    """What an engineer's laptop holds: key, certificate, known hosts, ssh config."""
+
+    key: Path
+    certificate: Path
+    ssh_config: Path
+
+    def ssh(self, *args: str) -> list[str]:
+        """A stock ``ssh`` command line using this engineer's config."""
+        return ["ssh", "-F", str(self.ssh_config), *args]
+
+
+class DemoSystem:
+    """Vendor, relay, sandboxed machine with agent, and an engineer, on this host.
+
+    ``await start()`` brings everything up (each step says what it does through
+    ``progress``); ``await aclose()`` tears everything down, also after a failed start.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        serial: str = DEMO_SERIAL,
+        engineer: str = DEMO_ENGINEER,
+        key_lifetime: timedelta = timedelta(days=1),
+        progress: logging.Logger | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.serial = serial
+        self.engineer_name = engineer
+        self.key_lifetime = key_lifetime
+        self._say = (progress or logger).info
+        self.store: Store | None = None
+        self.relay: Relay | None = None
+        self.authority: Authority | None = None
+        self.machine: Sandbox | None = None
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.web: subprocess.Popen[bytes] | None = None
+        self.engineer: EngineerFiles | None = None
+        self.key: str | None = None
+        self.key_id: str | None = None
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self._start_vendor()
+            await self._start_machine()
+            await self.open_access()
+            await self._make_engineer()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        if self.machine is not None:
+            for proc in (self.agent, self.web):
+                if proc is not None and proc.poll() is None:
+                    proc.terminate()
+            await asyncio.to_thread(self.machine.stop)
+            for proc in (self.agent, self.web):
+                if proc is not None:
+                    try:
+                        proc.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+            self.machine = None
+        if self.relay is not None:
+            await self.relay.aclose()
+            self.relay = None
+        if self.store is not None:
+            await self.store.aclose()
+            self.store = None
+
+    async def _start_vendor(self) -> None:
+        data = self.workdir / "vendor"
+        self._say(f"vendor: creating keys, engineer CA and database in {data}")
+        await init_data_dir(data, vendor="Demo Vendor", relay="127.0.0.1:2222")
+        config = load_vendor_config(data)
+        self.store = await Store.open(config.database)
+        self.authority = Authority(config, self.store)
+        relay_config = replace(RelayConfig.load(data / "relay.toml"), listen=("127.0.0.1", 0))
+        self.relay = Relay(relay_config, self.store)
+        await self.relay.start()
+        self._say(f"relay: listening on 127.0.0.1:{self.relay.port}")
+
+    @property
+    def relay_port(self) -> int:
+        if self.relay is None:
+            raise NotReady("the relay is not running")
+        return self.relay.port
+
+    def _authority(self) -> Authority:
+        if self.authority is None:
+            raise NotReady("the demo's vendor side is not running")
+        return self.authority
+
+    def _store(self) -> Store:
+        if self.store is None:
+            raise NotReady("the demo's database is not open")
+        return self.store
+
+    def _machine(self) -> Sandbox:
+        if self.machine is None:
+            raise NotReady("the demo machine is not running")
+        return self.machine
+
+    async def restart_relay(self) -> None:
+        """Stop the relay and start it again on the same port (agents must come back)."""
+        if self.relay is None or self.store is None:
+            raise NotReady("the relay is not running")
+        port = self.relay.port
+        config = self.relay.config
+        await self.relay.aclose()
+        self.relay = Relay(replace(config, listen=("127.0.0.1", port)), self.store)
+        await self.relay.start()
+
+    async def _start_machine(self) -> None:
+        self._say(
+            f"machine {self.serial}: starting a sandbox with its own sshd (no inbound network)"
+        )
+        self.machine = Sandbox(
+            self.workdir / "machine", hostname=self.serial, uplink_ports=[self.relay_port]
+        )
+        await asyncio.to_thread(self.machine.start)
+        authority = self._authority()
+        trust = (authority.config.data_dir / "agent-trust.toml").read_text()
+        vendor_keys = next(line for line in trust.splitlines() if line.startswith("vendor_keys"))
+        agent_toml = self.machine.host_path("/etc/tether") / "agent.toml"
+        agent_toml.write_text(
+            "# The demo machine's agent configuration.\n"
+            f"serial = {toml_string(self.serial)}\n"
+            f"{vendor_keys}\n"
+            "[tether]\nbackoff_cap = 10.0\nkeepalive_interval = 5.0\n"
+        )
+        await asyncio.to_thread(self._prepare_support_login)
+        www = self.machine.host_path("/var/lib/tether") / "demo-www"
+        www.mkdir(parents=True, exist_ok=True)
+        (www / "index.html").write_text(
+            f"<!doctype html><title>{self.serial}</title><h1>Web UI of machine {self.serial}</h1>\n"
+        )
+        self.web = self.machine.popen(
+            [
+                sys.executable,
+                "-m",
+                "http.server",
+                str(WEB_PORT),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                "/var/lib/tether/demo-www",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        log_file = open(self.workdir / "agent.log", "ab")  # noqa: SIM115, ASYNC230 - start-up, handed to the child
+        self.agent = self.machine.popen(
+            [
+                sys.executable,
+                "-m",
+                "tether",
+                "agent",
+                "serve",
+                "--config",
+                "/etc/tether/agent.toml",
+            ],
+            stdout=log_file,
+            stderr=log_file,
+        )
+        log_file.close()
+        self._say(f"machine {self.serial}: agent started (log: {self.workdir / 'agent.log'})")
+
+    def _prepare_support_login(self) -> None:
+        """Let the vendor CA's certificates log in as the support account.
+
+        Interim: the agent itself will manage the support account and the sshd
+        drop-in when access opens (the "support access on the customer's machine"
+        issue); until then the demo machine is prepared like this once, up front.
+        """
+        machine, authority = self._machine(), self._authority()
+        ca = (authority.config.data_dir / "engineer_ca.pub").read_text()
+        account = DEFAULT_SUPPORT_ACCOUNT
+        script = f"""
+set -e
+useradd --create-home --shell /bin/bash {account}
+usermod -p '*' {account}
+mkdir -p /etc/ssh/tether
+printf '%s' {shlex.quote(ca)} > /etc/ssh/tether/vendor_ca.pub
+echo {account} > /etc/ssh/tether/principals
+cat > /etc/ssh/sshd_config.d/tether.conf <<'EOF'
+Match User {account}
+    TrustedUserCAKeys /etc/ssh/tether/vendor_ca.pub
+    AuthorizedPrincipalsFile /etc/ssh/tether/principals
+    AuthorizedKeysFile none
+    DisableForwarding yes
+    PermitTunnel no
+    ExposeAuthInfo yes
+EOF
+/usr/sbin/sshd -t
+"""
+        result = machine.run(["sh", "-c", script])
+        if result.returncode != 0:
+            raise RuntimeError(f"preparing the demo machine failed: {result.stderr}")
+        machine.signal_sshd()
+
+    async def issue_key(self, lifetime: timedelta | None = None) -> str:
+        authority = self._authority()
+        key, claims = await authority.issue_key(
+            self.serial,
+            lifetime=lifetime or self.key_lifetime,
+            relay=f"127.0.0.1:{self.relay_port}",
+        )
+        self.key, self.key_id = key, claims.key_id
+        return key
+
+    def access(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``tether access ARGS`` on the machine, as its admin would."""
+        machine = self._machine()
+        return machine.run(
+            [sys.executable, "-m", "tether", "access", *args, "--config", "/etc/tether/agent.toml"]
+        )
+
+    async def open_access(self) -> None:
+        key = await self.issue_key()
+        self._say(f"vendor: issued key {self.key_id} for {self.serial}; the customer applies it")
+        result = await asyncio.to_thread(self.access, "enable", "--key", key)
+        if result.returncode != 0:
+            raise RuntimeError(f"tether access enable failed: {result.stderr.strip()}")
+        await self.wait_for_tether("connected")
+        self._say(f"machine {self.serial}: tether connected to the relay")
+
+    async def wait_for_tether(self, state: str, within: float = 20.0) -> dict[str, object]:
+        """Poll ``tether access status --json`` on the machine until the tether is in ``state``."""
+        deadline = time.monotonic() + within
+        status: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            result = await asyncio.to_thread(self.access, "status", "--json")
+            if result.returncode == 0:
+                status = json.loads(result.stdout)
+                tunnel = status.get("tunnel")
+                if isinstance(tunnel, dict) and tunnel.get("state") == state:
+                    return status
+            await asyncio.sleep(0.2)
+        raise RuntimeError(
+            f"the tether did not become {state!r} in {within:.0f} s; last status: {status}"
+        )
+
+    async def _make_engineer(self) -> None:
+        authority, store = self._authority(), self._store()
+        home = self.workdir / "engineer"
+        home.mkdir(exist_ok=True)
+        await store.engineers.add(self.engineer_name, authority.clock.now())
+        key_path = home / "id_ed25519"
+        key = asyncssh.generate_private_key("ssh-ed25519", comment=f"{self.engineer_name}@demo")
+        key_path.write_bytes(key.export_private_key())
+        key_path.chmod(0o600)
+        cert = await authority.sign(
+            self.engineer_name, key.convert_to_public(), ttl=timedelta(hours=8)
+        )
+        cert_path = home / "id_ed25519-cert.pub"
+        cert_path.write_text(cert.openssh() + "\n")
+        host_key = (authority.config.data_dir / "relay_host_key.pub").read_text().split()
+        known = home / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{self.relay_port} {host_key[0]} {host_key[1]}\n")
+        config = home / "ssh_config"
+        config.write_text(
+            f"# Engineer '{self.engineer_name}': ssh -F {config} {self.serial}\n"
+            "Host tether-relay\n"
+            "    HostName 127.0.0.1\n"
+            f"    Port {self.relay_port}\n"
+            f"    User {self.engineer_name}\n"
+            f"    UserKnownHostsFile {known}\n"
+            "    StrictHostKeyChecking yes\n"
+            f"Host {self.serial} {self.serial.lower()}\n"
+            f"    User {DEFAULT_SUPPORT_ACCOUNT}\n"
+            "    ProxyJump tether-relay\n"
+            f"    UserKnownHostsFile {home / 'known_machines'}\n"
+            "    StrictHostKeyChecking accept-new\n"
+            "Host *\n"
+            f"    IdentityFile {key_path}\n"
+            f"    CertificateFile {cert_path}\n"
+            "    IdentitiesOnly yes\n"
+            "    BatchMode yes\n"
+        )
+        self.engineer = EngineerFiles(key_path, cert_path, config)
+        self._say(
+            f"engineer {self.engineer_name}: certificate valid until {cert.valid_before:%H:%M} UTC"
+        )
+
+    def instructions(self) -> str:
+        if self.engineer is None:
+            raise NotReady("the demo is not running")
+        cfg = self.engineer.ssh_config
+        return "\n".join(
+            [
+                "",
+                f"Tether demo is up. Machine {self.serial} is tethered to the relay on "
+                f"127.0.0.1:{self.relay_port}.",
+                "",
+                "As the support engineer (stock OpenSSH, through the relay):",
+                f"  ssh -F {cfg} {self.serial} hostname",
+                f"  ssh -F {cfg} {self.serial}                 # a shell on the machine",
+                f"  ssh -F {cfg} -N -L 8443:{self.serial}:443 tether-relay   # then open http://127.0.0.1:8443/",
+                "",
+                "As the customer's admin (on the machine):",
+                f"  nsenter -t {self.machine.pid if self.machine else '?'} -m -n -p -u "
+                f"{sys.executable} -m tether access status --config /etc/tether/agent.toml",
+                "  ... access disable  (ends every session at once)",
+                "",
+                "Refused, as it should be: ssh -F ... -W otherhost:22 tether-relay, port 8080, a shell on the relay.",
+                "Press Ctrl-C to tear everything down.",
+            ]
+        )
+
+
+async def run_demo(workdir: Path) -> None:
+    """Run the demo until cancelled (Ctrl-C), then tear it all down."""
+    progress = logging.getLogger("tether.demo")
+    system = DemoSystem(workdir, progress=progress)
+    await system.start()
+    print(system.instructions(), flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        print("\nTearing down the demo...", file=sys.stderr, flush=True)
+        await system.aclose()
