@@ -459,7 +459,7 @@ def parse_key(
     claims = _claims_from(body)
     if now < claims.not_before - NOT_BEFORE_LEEWAY:
         raise KeyNotYetValidError(
-            f"this key is valid only from {_iso(claims.not_before)}; this machine's clock says "
+            f"this key is valid only from {_iso(claims.not_before)}; the clock here says "
             f"{_iso(now)}. Check the clock (timedatectl) or wait."
         )
     if now >= claims.expires_at:

@@ -267,8 +267,15 @@ class Tunnel:
             raise _Transient(f"relay refused for now: {reply.message}")
         if not isinstance(reply, Registered):
             raise _Transient("the relay closed the control channel")
+        offered = []
         for port in self._ports:
-            await conn.forward_remote_port(FORWARD_BIND_HOST, port, MACHINE_LOOPBACK, port)
+            try:
+                await conn.forward_remote_port(FORWARD_BIND_HOST, port, MACHINE_LOOPBACK, port)
+                offered.append(port)
+            except asyncssh.ChannelListenError:
+                log.event(logger, "tether.port_refused", level=logging.WARNING, port=port)
+        if not offered:
+            raise _Transient("the relay accepted none of this machine's ports")
         self._set(
             TunnelStatus(
                 TunnelState.CONNECTED, self._claims.relay, self._clock.now(), ports=self._ports

@@ -153,6 +153,7 @@ class Relay:
         self.registry: Registry[_RelayConnection] = Registry()
         self.unauthenticated = 0
         self._engineers: dict[str, set[_RelayConnection]] = {}
+        self.connections: set[_RelayConnection] = set()
         self._tasks = TaskSet()
         self._server: asyncssh.SSHAcceptor | None = None
         self._host_key = asyncssh.read_private_key(config.host_key)
@@ -208,9 +209,8 @@ class Relay:
             self._server.close()
         for entry in self.registry:
             entry.link.drop(RefusalReason.SHUTDOWN, "the relay is shutting down; reconnect later")
-        for conns in list(self._engineers.values()):
-            for conn in list(conns):
-                conn.close()
+        for conn in list(self.connections):
+            conn.close()
         await self._tasks.aclose()
         if self._server is not None:
             await self._server.wait_closed()
@@ -316,6 +316,7 @@ class _RelayConnection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        self.relay.connections.add(self)
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"
         self.relay.unauthenticated += 1
@@ -326,6 +327,7 @@ class _RelayConnection(asyncssh.SSHServer):
             )
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.connections.discard(self)
         if not self.authenticated:
             self.relay.unauthenticated -= 1
         for timer in (self._expiry, self._register_deadline):

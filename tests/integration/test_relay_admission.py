@@ -1,0 +1,185 @@
+"""What the relay admits: each bad-key class, expiry, and its own resource limits."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Agent, EchoServer, Vendor, vendor_setup
+from tether.agent.status import TunnelState
+from tether.clock import FrozenClock
+from tether.keys import SigningKey, issue_key
+from tether.relay.server import Relay
+from tether.vendor.authority import Authority
+
+
+async def _expect_refused(
+    vendor: Vendor, key: str, claims_from: str, port: int, words: str
+) -> None:
+    _, claims = await vendor.issue(claims_from, ports=[port])  # any claims: the relay reads the key
+    async with Agent(key, claims, [port]) as agent:
+        await agent.wait_for(TunnelState.REFUSED)
+        assert words in (agent.tunnel.status.reason or ""), agent.tunnel.status
+    assert len(vendor.relay.registry) == 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("garbled", "not a tether key"),
+        ("truncated", "incomplete"),
+        ("tampered", "altered"),
+        ("unknown-signer", "does not trust"),
+        ("expired", "expired"),
+        ("unknown-key", "not issued by this vendor service"),
+        ("revoked", "revoked"),
+    ],
+)
+async def test_relay_refuses_each_bad_key_class(tmp_path: Path, kind: str, words: str) -> None:
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        port = service.port
+        now = datetime.now(UTC)
+        good, claims = await vendor.issue("M-1", ports=[port])
+        if kind == "garbled":
+            key = "hello, this is the key you asked for"
+        elif kind == "truncated":
+            key = good[: len(good) // 2]
+        elif kind == "tampered":
+            key = _tamper(good, b'"sub":"M-1"', b'"sub":"M-2"')
+        elif kind == "unknown-signer":
+            key, _ = issue_key(
+                SigningKey.generate(),
+                serial="M-1",
+                now=now,
+                lifetime=timedelta(days=1),
+                relay=claims.relay,
+                relay_host_key=claims.relay_host_key,
+                ports=[port],
+                vendor="Evil",
+            )
+        elif kind == "expired":
+            other = Authority(
+                vendor.authority.config, vendor.store, clock=FrozenClock(now - timedelta(days=3))
+            )
+            key, _ = await other.issue_key(
+                "M-1", lifetime=timedelta(days=1), ports=(port,), relay=claims.relay
+            )
+        elif kind == "unknown-key":
+            # Properly signed by the vendor's key but never recorded as issued.
+            key, _ = issue_key(
+                vendor.authority.signing_key,
+                serial="M-1",
+                now=now,
+                lifetime=timedelta(days=1),
+                relay=claims.relay,
+                relay_host_key=claims.relay_host_key,
+                ports=[port],
+                vendor="ACME",
+            )
+        else:
+            key = good
+            await vendor.authority.revoke_key(claims.key_id, reason="test")
+        await _expect_refused(vendor, key, "M-1", port, words)
+        if kind != "unknown-key" and kind != "revoked":
+            # A refused key is not burnt: the good key still binds on first use.
+            async with Agent(good, claims, [port]) as agent:
+                await agent.wait_for(TunnelState.CONNECTED)
+
+
+async def test_key_not_yet_valid_at_the_relay_is_retried_not_dropped(tmp_path: Path) -> None:
+    """The relay's clock may be behind: the agent keeps trying instead of giving up."""
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        later = Authority(
+            vendor.authority.config,
+            vendor.store,
+            clock=FrozenClock(datetime.now(UTC) + timedelta(days=3)),
+        )
+        key, claims = await later.issue_key(
+            "M-1",
+            lifetime=timedelta(days=1),
+            ports=(service.port,),
+            relay=f"127.0.0.1:{vendor.relay_port}",
+        )
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.RECONNECTING)
+            assert "valid only from" in (agent.tunnel.status.reason or "")
+
+
+async def test_relay_drops_tether_when_key_expires(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        key, claims = await vendor.issue("M-1", ports=[service.port], lifetime=timedelta(seconds=3))
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            await agent.wait_for(TunnelState.REFUSED, timeout=6)
+            assert "expired" in (agent.tunnel.status.reason or "")
+        assert vendor.relay.registry.get("M-1") is None
+
+
+async def test_key_ports_limit_what_the_agent_may_offer(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as allowed, EchoServer() as other:
+        key, claims = await vendor.issue("M-1", ports=[allowed.port])
+        # A modified agent offering more than its key allows gets only the key's ports.
+        async with Agent(key, claims, [allowed.port, other.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            entry = vendor.relay.registry.get("M-1")
+            assert entry is not None
+            assert entry.offered_ports == {allowed.port}
+
+
+async def test_unauthenticated_connections_are_capped(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path) as vendor:
+        limited = replace(vendor.relay.config, listen=("127.0.0.1", 0), max_unauthenticated=3)
+        relay = Relay(limited, vendor.store)
+        await relay.start()
+        try:
+            idle = [await asyncio.open_connection("127.0.0.1", relay.port) for _ in range(3)]
+            for reader, _ in idle:
+                assert (await asyncio.wait_for(reader.readline(), 5)).startswith(
+                    b"SSH-2.0-Tether_relay"
+                )
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            # The relay hangs up on the 4th at once, saying why (before any key exchange).
+            data = await asyncio.wait_for(reader.read(), 5)
+            assert b"too many connections waiting to log in" in data
+            assert relay.unauthenticated == 3
+            for _, w in idle:
+                w.close()
+                await w.wait_closed()
+            writer.close()
+        finally:
+            await relay.aclose()
+
+
+async def test_login_timeout_disconnects_silent_clients(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path) as vendor:
+        quick = replace(vendor.relay.config, listen=("127.0.0.1", 0), login_timeout=1.0)
+        relay = Relay(quick, vendor.store)
+        await relay.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            await asyncio.wait_for(reader.readline(), 5)
+            # Say nothing more: the relay must hang up by itself.
+            await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            for _ in range(50):
+                if relay.unauthenticated == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert relay.unauthenticated == 0
+        finally:
+            await relay.aclose()
+
+
+def _tamper(key: str, old: bytes, new: bytes) -> str:
+    """Change the signed claims without re-signing (what an attacker would try)."""
+    import base64
+
+    body, _, footer = key[len("v4.public.") :].partition(".")
+    raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    assert old in raw
+    changed = base64.urlsafe_b64encode(raw.replace(old, new)).rstrip(b"=").decode()
+    return f"v4.public.{changed}.{footer}"
