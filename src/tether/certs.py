@@ -30,7 +30,7 @@ RESERVED_NAMES = frozenset({AGENT_USERNAME, DEFAULT_SUPPORT_ACCOUNT, "root", "ad
 
 def check_engineer_name(name: str) -> str:
     """Return ``name`` if it can name an engineer, else raise :class:`BadInput`."""
-    if not _ENGINEER.match(name):
+    if not _ENGINEER.fullmatch(name):
         raise BadInput(
             f"invalid engineer name {name!r}: use 1-32 lower-case letters, digits, '.', '_' "
             "or '-', starting with a letter"
@@ -67,8 +67,9 @@ def sign_engineer_certificate(
 ) -> EngineerCertificate:
     """Sign ``engineer_key`` (a public key) as ``engineer`` for ``ttl``.
 
-    Raises :class:`BadInput` for a bad engineer name, a TTL that is not positive or
-    longer than :data:`MAX_CERT_TTL`, or an engineer key that is itself private or a CA.
+    Only the public half of ``engineer_key`` is certified. Raises :class:`BadInput`
+    for a bad engineer name, a TTL that is not positive or longer than
+    :data:`MAX_CERT_TTL`, or the CA's own key.
     """
     check_engineer_name(engineer)
     if ttl <= timedelta(0):

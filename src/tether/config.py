@@ -8,6 +8,8 @@ value gets a message naming the file and the key.
 
 from __future__ import annotations
 
+import json
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,9 +55,15 @@ class _Reader:
             raise ConfigError(f"{self._where(key)} must be between {low} and {high}")
         return value
 
-    def number(self, key: str, default: Any = None) -> Any:
+    def number(
+        self, key: str, default: Any = None, *, low: float = 0.001, high: float = 86400.0
+    ) -> Any:
         value = self._get(key, (int, float), default)
-        return None if value is None else float(value)
+        if value is None:
+            return None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ConfigError(f"{self._where(key)} must be a number from {low:g} to {high:g}")
+        return float(value)
 
     def path_(self, key: str, default: Any = None) -> Any:
         value = self.text(key, default)
@@ -151,11 +159,12 @@ class AgentConfig:
             raise ConfigError(f"{path}: serial: {exc}") from None
         extra = r._get("extra_ports", list, None)
         t = r.table_("tether")
+        initial = t.number("backoff_initial", 1.0, high=60.0)
         tether = TetherSettings(
             keepalive_interval=t.number("keepalive_interval", 15.0),
             keepalive_count_max=t.integer("keepalive_count_max", 3, low=1, high=100),
-            backoff_initial=t.number("backoff_initial", 1.0),
-            backoff_cap=t.number("backoff_cap", 60.0),
+            backoff_initial=initial,
+            backoff_cap=t.number("backoff_cap", 60.0, low=initial, high=3600.0),
             connect_timeout=t.number("connect_timeout", 20.0),
         )
         t.finish()
@@ -282,6 +291,6 @@ class VendorConfig:
 
 
 def toml_string(value: str) -> str:
-    """Quote ``value`` as a TOML basic string."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
+    """Quote ``value`` as a TOML basic string (control characters escaped)."""
+    # JSON's string escapes are all valid TOML escapes; TOML also wants DEL escaped.
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")

@@ -9,6 +9,7 @@ from tether.errors import BadInput
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _PART = re.compile(r"(\d+)([smhdw])")
+_LONGEST = 10 * 366 * 86400
 
 
 def parse_duration(text: str) -> timedelta:
@@ -22,6 +23,8 @@ def parse_duration(text: str) -> timedelta:
             f"cannot read duration {text!r}: use a number and a unit s/m/h/d/w, e.g. 8h, 14d, 1h30m"
         )
     seconds = sum(int(n) * _UNITS[u] for n, u in _PART.findall(compact))
+    if seconds > _LONGEST:
+        raise BadInput(f"duration {text!r} is longer than anything Tether accepts (10 years)")
     if seconds <= 0:
         raise BadInput(f"duration {text!r} must be longer than zero")
     return timedelta(seconds=seconds)

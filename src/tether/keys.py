@@ -33,6 +33,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from tether.durations import format_duration
 from tether.errors import BadInput
 
 #: The longest a tether key may be valid (SPEC: at most 12 weeks).
@@ -119,7 +120,7 @@ def check_serial(serial: str) -> str:
     Serials are used as SSH host names (``ssh SERIAL``), so they are limited to
     letters, digits, ``.``, ``_`` and ``-``, start with a letter or digit, ≤ 64 chars.
     """
-    if not _SERIAL.match(serial):
+    if not _SERIAL.fullmatch(serial):
         raise BadInput(
             f"invalid serial {serial!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -158,7 +159,7 @@ def parse_address(text: str, *, what: str = "address") -> tuple[str, int]:
     if not sep or not host or not port_text.isdigit():
         raise BadInput(f"invalid {what} {text!r}: use HOST:PORT, e.g. relay.example.com:2222")
     port = int(port_text)
-    if not 1 <= port <= 65535 or not _HOST.match(host):
+    if not 1 <= port <= 65535 or not _HOST.fullmatch(host):
         raise BadInput(f"invalid {what} {text!r}: use HOST:PORT, e.g. relay.example.com:2222")
     return host.strip("[]"), port
 
@@ -175,10 +176,20 @@ def _b64e(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+class _Incomplete(ValueError):
+    """Base64url text of a length no encoder produces: something was cut off."""
+
+
 def _b64d(text: str) -> bytes:
-    if not _B64URL.match(text) or len(text) % 4 == 1:
+    """Strict base64url (no padding): refuse other characters and non-canonical text."""
+    if not _B64URL.fullmatch(text):
         raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if len(text) % 4 == 1:
+        raise _Incomplete("impossible length")
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64e(raw) != text:
+        raise ValueError("non-canonical base64url")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -345,10 +356,10 @@ def issue_key(
         raise BadInput("a key's lifetime must be longer than zero")
     if lifetime > MAX_KEY_LIFETIME:
         raise BadInput(
-            f"a tether key may be valid for at most 12 weeks (84d); {lifetime.days}d was asked"
+            f"a tether key may be valid for at most 12 weeks (84d); {format_duration(lifetime)} was asked"
         )
     host, port = parse_address(relay, what="relay address")
-    if not _FINGERPRINT.match(relay_host_key):
+    if not _FINGERPRINT.fullmatch(relay_host_key):
         raise BadInput("relay host key fingerprint must look like SHA256:<43 base64 chars>")
     issued = now.astimezone(UTC).replace(microsecond=0)
     claims = TetherKeyClaims(
@@ -413,36 +424,38 @@ def parse_key(
             "this is not a tether key: a key starts with 'v4.public.' and holds only letters, "
             "digits, '-', '_' and '.'. Copy it again from the vendor's message."
         )
+    incomplete = KeyTruncatedError(
+        "this tether key is incomplete or damaged: copy all of it again, from v4.public. "
+        "to the end of its last line"
+    )
     body_text, _, footer_text = token[len(_HEADER) :].partition(".")
     try:
         payload = _b64d(body_text)
+    except _Incomplete:
+        raise incomplete from None
     except (ValueError, binascii.Error):
         raise KeyGarbledError(
-            "this tether key is damaged (characters that cannot appear in a key): copy it again"
+            "this tether key is damaged (it holds characters a key cannot contain): copy it again"
         ) from None
     if len(payload) <= _SIG_LEN:
-        raise KeyTruncatedError(
-            "this tether key is incomplete: copy all of it, from v4.public. to the end"
-        )
+        raise incomplete
     message, signature = payload[:-_SIG_LEN], payload[-_SIG_LEN:]
     try:
         body = json.loads(message)
         if not isinstance(body, dict):
             raise ValueError("claims are not an object")
-    except ValueError:
-        raise KeyTruncatedError(
-            "this tether key is incomplete or damaged: copy all of it again, including the last line"
-        ) from None
+    except (ValueError, RecursionError):
+        raise incomplete from None
+    # Every key we issue names its signer in a footer, so a missing one means the
+    # key was cut off at its end, not that the signer is unknown.
     if not footer_text:
-        raise UnknownSignerError("this key does not name its signer, so it cannot be trusted")
+        raise incomplete
     try:
         footer_bytes = _b64d(footer_text)
         footer = json.loads(footer_bytes)
         kid = footer["kid"] if isinstance(footer, dict) else None
-    except (ValueError, binascii.Error, KeyError):
-        raise KeyTruncatedError(
-            "the end of this tether key is missing or damaged: copy all of it again"
-        ) from None
+    except (ValueError, binascii.Error, KeyError, RecursionError):
+        raise incomplete from None
     signer = next((k for k in trusted if k.key_id == kid), None)
     if signer is None:
         raise UnknownSignerError(

@@ -16,6 +16,21 @@ from typing import Any
 _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/@+,=[]")
 
 
+_NAMED = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    """Escape quotes, backslashes and every control or line-separating character."""
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    if code < 0x20 or 0x7F <= code < 0xA0:
+        return f"\\x{code:02x}"
+    if char in ("\u2028", "\u2029"):
+        return f"\\u{code:04x}"
+    return char
+
+
 def _value(value: Any) -> str:
     if isinstance(value, datetime):
         value = value.isoformat(timespec="seconds")
@@ -26,10 +41,7 @@ def _value(value: Any) -> str:
     text = str(value)
     if text and all(c in _SAFE for c in text):
         return text
-    escaped = (
-        text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    )
-    return f'"{escaped}"'
+    return '"' + "".join(_escape(c) for c in text) + '"'
 
 
 def format_event(name: str, **fields: Any) -> str:

@@ -105,30 +105,45 @@ def encode(message: Message) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body[name]
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be text")
+    return value
+
+
 def decode(line: bytes) -> Message:
-    """Parse one JSON line; raise :class:`ProtocolError` for anything unexpected."""
+    """Parse one JSON line; raise :class:`ProtocolError` for anything unexpected.
+
+    Types are checked, never converted: a peer that sends ``"ports": "443"`` is
+    broken or hostile, and either way gets a protocol error.
+    """
     if len(line) > MAX_LINE:
         raise ProtocolError("control line too long")
     try:
         body = json.loads(line)
         if not isinstance(body, dict):
-            raise ValueError("not an object")
+            raise TypeError("not an object")
         op = body["op"]
         if op == "register":
-            key, version = body["key"], body["version"]
-            if not isinstance(key, str) or not isinstance(version, int):
-                raise ValueError("types")
-            return Register(key, version)
+            version = body["version"]
+            if not isinstance(version, int) or isinstance(version, bool):
+                raise TypeError("version must be a number")
+            return Register(_text(body, "key"), version)
         if op == "registered":
-            ports = tuple(int(p) for p in body["ports"])
-            return Registered(str(body["serial"]), str(body["expires_at"]), ports)
+            ports = body["ports"]
+            if not isinstance(ports, list) or not all(
+                isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports
+            ):
+                raise TypeError("ports must be a list of port numbers")
+            return Registered(_text(body, "serial"), _text(body, "expires_at"), tuple(ports))
         if op in ("refused", "closing"):
-            reason = RefusalReason(body["reason"])
-            text = str(body["message"])
+            reason = RefusalReason(_text(body, "reason"))
+            text = _text(body, "message")
             return Refused(reason, text) if op == "refused" else Closing(reason, text)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ProtocolError(f"bad control message: {exc}") from None
-    raise ProtocolError(f"unknown control operation {op!r}")
+    raise ProtocolError(f"unknown control operation {str(op)[:40]!r}")
 
 
 class LineBuffer:

@@ -67,7 +67,6 @@ class AgentDaemon:
                 )
             self._marker.write_text("running\n")
             self._machine_key = load_or_create_machine_key(self.config.machine_key_path)
-            server = await serve_control(self.socket_path, self._on_command)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
@@ -77,7 +76,9 @@ class AgentDaemon:
                 serial=self.config.serial,
                 machine_key=self._machine_key.get_fingerprint("sha256"),
             )
+            # Reconcile before answering anyone: nobody may see pre-crash state as current.
             await self.reconcile()
+            server = await serve_control(self.socket_path, self._on_command)
             await self._stop.wait()
             server.close()
             await self._stop_tunnel()

@@ -151,6 +151,11 @@ def status(config_path: Path, as_json: bool) -> None:
 
 def describe_access(state: AccessState, serial: str) -> str:
     now = SYSTEM_CLOCK.now()
+    if state.is_open and state.expires_at is not None and state.expires_at <= now:
+        return (
+            f"Support access on {serial}: past its expiry ({state.expires_at:%Y-%m-%d %H:%M} UTC); "
+            "the agent closes it as soon as it runs"
+        )
     if state.is_open and state.expires_at is not None:
         return (
             f"Support access on {serial}: open until {state.expires_at:%Y-%m-%d %H:%M} UTC "

@@ -1,0 +1,250 @@
+"""`tether agent serve` and `tether access …` as an admin uses them (real processes).
+
+The agent's state and run directories live under the test's tmp dir; the relay runs
+in this process on an OS-picked port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import EchoServer, Vendor, vendor_setup
+from tether.agent.control import ask_daemon
+
+
+@dataclass
+class Machine:
+    config: Path
+    state_dir: Path
+    log: Path
+
+    async def tether(self, *args: str, input: bytes = b"") -> subprocess.CompletedProcess[str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tether",
+            *args,
+            "--config",
+            str(self.config),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(input), 30)
+        return subprocess.CompletedProcess(args, proc.returncode or 0, out.decode(), err.decode())
+
+    async def start_agent(self) -> asyncio.subprocess.Process:
+        log = open(self.log, "ab")  # noqa: SIM115
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tether",
+            "agent",
+            "serve",
+            "--config",
+            str(self.config),
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        sock = self.state_dir.parent / "run" / "agent.sock"
+        for _ in range(200):
+            # A crashed daemon leaves its socket file behind: wait for one that answers.
+            if await asyncio.to_thread(ask_daemon, sock, "status", 0.5) is not None:
+                return proc
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"agent did not start: {self.log.read_text()}")
+
+    async def status(self) -> dict[str, object]:
+        result = await self.tether("access", "status", "--json")
+        assert result.returncode == 0, result.stderr
+        body: dict[str, object] = json.loads(result.stdout)
+        return body
+
+    async def wait_tunnel(self, state: str, timeout: float = 15) -> dict[str, object]:
+        body: dict[str, object] = {}
+        for _ in range(int(timeout / 0.1)):
+            body = await self.status()
+            tunnel = body.get("tunnel")
+            if isinstance(tunnel, dict) and tunnel.get("state") == state:
+                return body
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"tunnel never {state}: {body}")
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[tuple[Vendor, Machine, EchoServer]]:
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        trust = (vendor.dir / "agent-trust.toml").read_text().splitlines()
+        keys_line = next(line for line in trust if line.startswith("vendor_keys"))
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            f'serial = "M-1"\n{keys_line}\nstate_dir = "state"\nrun_dir = "run"\n'
+            f"extra_ports = [{service.port}]\n"
+            "[tether]\nbackoff_initial = 0.5\nbackoff_cap = 2.0\n"
+        )
+        yield vendor, Machine(config, tmp_path / "state", tmp_path / "agent.log"), service
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 10)
+
+
+async def test_enable_status_reset_disable(setup: tuple[Vendor, Machine, EchoServer]) -> None:
+    vendor, machine, service = setup
+    agent = await machine.start_agent()
+    try:
+        key, claims = await vendor.issue("M-1", ports=[22, service.port])
+        # Pasted from an e-mail: wrapped, indented, with a trailing newline.
+        wrapped = "\n  ".join(key[i : i + 60] for i in range(0, len(key), 60)) + "\n"
+        enabled = await machine.tether("access", "enable", "--key", "-", input=wrapped.encode())
+        assert enabled.returncode == 0, enabled.stderr
+        assert "Support access open until" in enabled.stdout
+        first = await machine.wait_tunnel("connected")
+        human = await machine.tether("access", "status")
+        assert "open until" in human.stdout
+        assert f"connected to relay 127.0.0.1:{vendor.relay_port} since" in human.stdout
+        reset = await machine.tether("access", "reset")
+        assert reset.returncode == 0, reset.stderr
+        await asyncio.sleep(0.3)
+        second = await machine.wait_tunnel("connected")
+        assert second["tunnel"] != first["tunnel"]  # a new connection, newer "since"
+        disabled = await machine.tether("access", "disable")
+        assert disabled.stdout.strip() == "Support access closed."
+        body = await machine.status()
+        assert body["tunnel"] is None
+        assert vendor.relay.registry.get("M-1") is None
+        again = await machine.tether("access", "disable")
+        assert again.returncode == 0
+        assert "already closed" in again.stdout
+    finally:
+        await stop(agent)
+    log = machine.log.read_text()
+    assert "agent.stop" in log
+    assert claims.key_id not in log or "v4.public" not in log  # the key itself never reaches logs
+
+
+@pytest.mark.parametrize(
+    ("mangle", "words"),
+    [
+        (lambda k: "not a key", "not a tether key"),
+        (lambda k: k[:-30], "incomplete"),
+        (lambda k: k.replace("v4.public.", "v4.public.A", 1), "incomplete"),
+    ],
+)
+async def test_bad_key_exits_2_and_changes_nothing(
+    setup: tuple[Vendor, Machine, EchoServer], mangle: object, words: str
+) -> None:
+    vendor, machine, service = setup
+    key, _ = await vendor.issue("M-1", ports=[service.port])
+    assert callable(mangle)
+    result = await machine.tether("access", "enable", "--key", mangle(key))
+    assert result.returncode == 2
+    assert words in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (machine.state_dir / "access.json").exists()
+
+
+async def test_key_for_another_serial_or_past_expiry_exits_2(
+    setup: tuple[Vendor, Machine, EchoServer],
+) -> None:
+    vendor, machine, service = setup
+    other, _ = await vendor.issue("M-2", ports=[service.port])
+    result = await machine.tether("access", "enable", "--key", other)
+    assert result.returncode == 2
+    assert "this key is for machine 'M-2', but this machine is 'M-1'" in result.stderr
+    short, _ = await vendor.issue("M-1", ports=[service.port], lifetime=timedelta(seconds=1))
+    await asyncio.sleep(1.2)
+    result = await machine.tether("access", "enable", "--key", short)
+    assert result.returncode == 2
+    assert "expired" in result.stderr
+    assert not (machine.state_dir / "access.json").exists()
+
+
+async def test_one_agent_per_machine(setup: tuple[Vendor, Machine, EchoServer]) -> None:
+    _, machine, _ = setup
+    first = await machine.start_agent()
+    try:
+        second = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tether",
+            "agent",
+            "serve",
+            "--config",
+            str(machine.config),
+            stderr=subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(second.communicate(), 20)
+        assert second.returncode == 1
+        assert (
+            f"another tether agent is already running on this machine (pid {first.pid})"
+            in err.decode()
+        )
+    finally:
+        await stop(first)
+
+
+async def test_crash_is_noticed_and_expired_access_closed_at_start(
+    setup: tuple[Vendor, Machine, EchoServer],
+) -> None:
+    vendor, machine, service = setup
+    agent = await machine.start_agent()
+    key, _ = await vendor.issue("M-1", ports=[service.port], lifetime=timedelta(seconds=3))
+    assert (await machine.tether("access", "enable", "--key", key)).returncode == 0
+    await machine.wait_tunnel("connected")
+    os.kill(agent.pid, signal.SIGKILL)
+    await agent.wait()
+    await asyncio.sleep(3.5)  # access expires while the agent is dead
+    agent = await machine.start_agent()
+    try:
+        body = await machine.status()
+        access = body["access"]
+        assert isinstance(access, dict)
+        assert access["status"] == "closed"
+        assert access["close_reason"] == "expired"
+    finally:
+        await stop(agent)
+    assert "the last run did not shut down cleanly" in machine.log.read_text()
+
+
+async def test_status_says_reconnecting_when_relay_is_down(
+    setup: tuple[Vendor, Machine, EchoServer],
+) -> None:
+    vendor, machine, service = setup
+    key, _ = await vendor.issue("M-1", ports=[service.port])
+    await vendor.relay.aclose()  # the relay named in the key is down
+    agent = await machine.start_agent()
+    try:
+        assert (await machine.tether("access", "enable", "--key", key)).returncode == 0
+        await machine.wait_tunnel("reconnecting")
+        human = await machine.tether("access", "status")
+        assert "reconnecting in" in human.stdout
+        assert "(relay refused the connection)" in human.stdout
+    finally:
+        await stop(agent)
+    assert "reconnecting in" in machine.log.read_text()
+
+
+async def test_status_without_daemon_says_so(setup: tuple[Vendor, Machine, EchoServer]) -> None:
+    vendor, machine, service = setup
+    key, _ = await vendor.issue("M-1", ports=[service.port])
+    enabled = await machine.tether("access", "enable", "--key", key)
+    assert enabled.returncode == 0
+    assert "the tether agent is not running" in enabled.stderr
+    status = await machine.tether("access", "status")
+    assert "agent not running" in status.stdout
+    assert (await machine.tether("access", "disable")).returncode == 0
