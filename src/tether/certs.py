@@ -101,7 +101,16 @@ def sign_engineer_certificate(
 
 
 def load_public_key(data: bytes | str, *, what: str = "public key") -> asyncssh.SSHKey:
-    """Read an OpenSSH public key (one ``ssh-ed25519 AAAA… comment`` line)."""
+    """Read an OpenSSH public key (one ``ssh-ed25519 AAAA… comment`` line).
+
+    A private key is refused even though its public half could be derived: whoever
+    passes one is about to send a secret where only the ``.pub`` file belongs.
+    """
+    text = data.decode(errors="replace") if isinstance(data, bytes) else data
+    if "PRIVATE KEY" in text:
+        raise BadInput(
+            f"the {what} is a PRIVATE key: give the .pub file and keep the private key to yourself"
+        )
     try:
         return asyncssh.import_public_key(data)
     except (asyncssh.KeyImportError, ValueError):

@@ -153,13 +153,16 @@ def parse_ports(text: str) -> tuple[int, ...]:
     return check_ports(numbers)
 
 
-def parse_address(text: str, *, what: str = "address") -> tuple[str, int]:
-    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6) into ``(host, port)``."""
+def parse_address(text: str, *, what: str = "address", any_port: bool = False) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6) into ``(host, port)``.
+
+    ``any_port`` allows port 0 (let the OS pick), for addresses to listen on.
+    """
     host, sep, port_text = text.strip().rpartition(":")
     if not sep or not host or not port_text.isdigit():
         raise BadInput(f"invalid {what} {text!r}: use HOST:PORT, e.g. relay.example.com:2222")
     port = int(port_text)
-    if not 1 <= port <= 65535 or not _HOST.fullmatch(host):
+    if not (0 if any_port else 1) <= port <= 65535 or not _HOST.fullmatch(host):
         raise BadInput(f"invalid {what} {text!r}: use HOST:PORT, e.g. relay.example.com:2222")
     return host.strip("[]"), port
 

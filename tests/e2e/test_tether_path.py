@@ -141,14 +141,7 @@ async def test_invariant_no_inbound_connection_needed_in_tether_mode(system: Dem
 
 
 async def test_invariant_ending_access_kills_live_sessions(system: DemoSystem) -> None:
-    assert system.engineer is not None
-    session = await asyncio.create_subprocess_exec(
-        *system.engineer.ssh(system.serial, "echo started; sleep 120"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert session.stdout is not None
-    assert await asyncio.wait_for(session.stdout.readline(), 30) == b"started\n"
+    session = await live_session(system)
     started = time.monotonic()
     disable = await asyncio.to_thread(system.access, "disable")
     assert disable.returncode == 0, disable.stderr
@@ -165,14 +158,7 @@ async def test_invariant_ending_access_kills_live_sessions(system: DemoSystem) -
 async def test_revoked_key_drops_tether_and_closes_access(system: DemoSystem) -> None:
     assert system.authority is not None
     assert system.key_id is not None
-    assert system.engineer is not None
-    session = await asyncio.create_subprocess_exec(
-        *system.engineer.ssh(system.serial, "echo started; sleep 120"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert session.stdout is not None
-    assert await asyncio.wait_for(session.stdout.readline(), 30) == b"started\n"
+    session = await live_session(system)
     started = time.monotonic()
     await system.authority.revoke_key(system.key_id, reason="customer asked by phone")
     await asyncio.wait_for(session.wait(), 5)
@@ -312,6 +298,19 @@ def test_tether_demo_command_prints_working_ssh_and_tears_down(tmp_path: Path) -
 
 
 # --- helpers --------------------------------------------------------------------------
+
+
+async def live_session(system: DemoSystem) -> asyncio.subprocess.Process:
+    """An engineer's interactive-like ssh session that is up and running on the machine."""
+    assert system.engineer is not None
+    session = await asyncio.create_subprocess_exec(
+        *system.engineer.ssh(system.serial, "echo started; sleep 120"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert session.stdout is not None
+    assert await asyncio.wait_for(session.stdout.readline(), 30) == b"started\n"
+    return session
 
 
 class socket_port:

@@ -44,7 +44,7 @@ def relay_serve(config_path: Path, listen: str | None, verbose: bool) -> None:
     log.setup(logging.DEBUG if verbose else logging.INFO)
     config = RelayConfig.load(config_path)
     if listen:
-        config = replace(config, listen=parse_address(listen, what="listen address"))
+        config = replace(config, listen=parse_address(listen, what="listen address", any_port=True))
 
     async def go() -> None:
         store = await Store.open(config.database)

@@ -75,7 +75,7 @@ def _create_files(
 ) -> InitResult:
     host, port = parse_address(relay, what="relay address")
     listen = relay_listen or f"0.0.0.0:{port}"
-    parse_address(listen, what="relay listen address")
+    parse_address(listen, what="relay listen address", any_port=True)
     if not vendor.strip() or len(vendor) > 64 or not vendor.isprintable():
         raise BadInput("the vendor name must be 1-64 printable characters")
     data_dir = data_dir.resolve()
