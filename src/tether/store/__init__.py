@@ -1,0 +1,50 @@
+"""Shared state of the vendor service and the relays (SQLite or PostgreSQL).
+
+Open a :class:`Store` with a database URL (:func:`sqlite_url` for a file); it
+migrates the schema to the newest revision and offers one repository per
+table. Repositories return frozen records (:class:`IssuedKey`,
+:class:`Engineer`, :class:`TetherRecord`, :class:`Revocation`,
+:class:`RelayRecord`) with timezone-aware UTC datetimes.
+"""
+
+from tether.store.db import StoreConflict, StoreError
+from tether.store.engine import Store
+from tether.store.migrate import head_revision
+from tether.store.models import KeyKind, RevocationKind
+from tether.store.records import Engineer, IssuedKey, RelayRecord, Revocation, TetherRecord
+from tether.store.registry import RelayRepo, TetherRepo
+from tether.store.repos import (
+    ENGINEER_NAME_RULE,
+    REVOCATION_CHANNEL,
+    EngineerRepo,
+    KeyRepo,
+    RevocationRepo,
+    validate_engineer_name,
+)
+from tether.store.urls import ACCEPTED_URLS, display_url, normalize_url, sqlite_url
+
+__all__ = [
+    "ACCEPTED_URLS",
+    "ENGINEER_NAME_RULE",
+    "REVOCATION_CHANNEL",
+    "Engineer",
+    "EngineerRepo",
+    "IssuedKey",
+    "KeyKind",
+    "KeyRepo",
+    "RelayRecord",
+    "RelayRepo",
+    "Revocation",
+    "RevocationKind",
+    "RevocationRepo",
+    "Store",
+    "StoreConflict",
+    "StoreError",
+    "TetherRecord",
+    "TetherRepo",
+    "display_url",
+    "head_revision",
+    "normalize_url",
+    "sqlite_url",
+    "validate_engineer_name",
+]

@@ -1,0 +1,132 @@
+"""The engine and the short transactions every repository runs in.
+
+SQLite connections are set up with ``journal_mode=WAL``, ``busy_timeout=5000``
+and ``foreign_keys=ON``; SQLAlchemy emits ``BEGIN`` itself so that write
+transactions start with ``BEGIN IMMEDIATE`` (taking the write lock up front, so
+a read-modify-write cannot fail half-way on a lock upgrade) while reads keep
+a plain deferred ``BEGIN`` and run concurrently with writers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from tether.errors import TetherError
+from tether.store.urls import display_url, mask_secret
+
+__all__ = ["Database", "StoreConflict", "StoreError", "create_engine", "describe_error"]
+
+_WRITE_OPTION = "tether_write"
+#: Seconds to wait for a PostgreSQL connection before giving up.
+CONNECT_TIMEOUT = 10.0
+
+
+class StoreError(TetherError):
+    """The database could not do what was asked (unreachable, locked, corrupt...).
+
+    Messages name the database by its display URL, never with its password.
+    """
+
+
+class StoreConflict(StoreError):
+    """A write broke a uniqueness or reference rule (e.g. a duplicate id)."""
+
+
+def describe_error(exc: BaseException, url: str) -> str:
+    """One line saying why ``exc`` happened, with any password of ``url`` removed."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    text = str(orig) if orig is not None else str(exc)
+    if not text:
+        text = type(orig if orig is not None else exc).__name__
+    first = text.strip().splitlines()[0] if text.strip() else text
+    return mask_secret(first, url)
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # SQLAlchemy emits BEGIN itself (see _on_sqlite_begin); stop the driver doing it.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _on_sqlite_begin(conn: Connection) -> None:
+    if conn.get_execution_options().get(_WRITE_OPTION):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """Create the async engine for a normalized store URL, with the SQLite set-up."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+        event.listen(engine.sync_engine, "begin", _on_sqlite_begin)
+        return engine
+    return create_async_engine(url, pool_pre_ping=True, connect_args={"timeout": CONNECT_TIMEOUT})
+
+
+class Database:
+    """An engine plus the session factory; hands out short read/write transactions."""
+
+    def __init__(self, engine: AsyncEngine, url: str) -> None:
+        """Wrap ``engine`` (created by :func:`create_engine` for ``url``)."""
+        self.engine = engine
+        self.url = url
+        self.url_for_display = display_url(url)
+        self.dialect = engine.dialect.name
+        self.write_engine = (
+            engine.execution_options(**{_WRITE_OPTION: True})
+            if self.dialect == "sqlite"
+            else engine
+        )
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+    @property
+    def is_postgresql(self) -> bool:
+        """Whether this is a PostgreSQL database."""
+        return self.dialect == "postgresql"
+
+    def error(self, exc: BaseException, doing: str) -> StoreError:
+        """A :class:`StoreError` for ``exc`` met while ``doing`` something."""
+        reason = describe_error(exc, self.url)
+        cls = StoreConflict if isinstance(exc, IntegrityError) else StoreError
+        return cls(f"database error at {self.url_for_display} while {doing}: {reason}")
+
+    @asynccontextmanager
+    async def _transaction(self, doing: str, *, write: bool) -> AsyncIterator[AsyncSession]:
+        bind = self.write_engine if write else self.engine
+        try:
+            async with self._sessions(bind=bind) as session, session.begin():
+                yield session
+        except (SQLAlchemyError, OSError) as exc:
+            raise self.error(exc, doing) from exc
+
+    def read(self, doing: str) -> AbstractAsyncContextManager[AsyncSession]:
+        """``async with db.read("listing keys") as session:`` a read-only transaction."""
+        return self._transaction(doing, write=False)
+
+    def write(self, doing: str) -> AbstractAsyncContextManager[AsyncSession]:
+        """``async with db.write("revoking key") as session:`` a write transaction.
+
+        On SQLite it starts with ``BEGIN IMMEDIATE``. Database failures leave as
+        :class:`StoreError` (:class:`StoreConflict` for constraint violations).
+        """
+        return self._transaction(doing, write=True)

@@ -1,0 +1,152 @@
+"""The live tether registry and the relays of the fleet.
+
+Both tables are upserted (``INSERT ... ON CONFLICT DO UPDATE``) so that a
+reconnect or a heartbeat is a single statement on either backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql import Executable
+
+from tether.store.db import Database
+from tether.store.models import Base, RelayRow, TetherRow
+from tether.store.records import RelayRecord, TetherRecord
+from tether.store.types import require_aware, require_text
+
+__all__ = ["RelayRepo", "TetherRepo"]
+
+
+def _upsert(
+    db: Database, model: type[Base], values: Mapping[str, Any], key: str, update_cols: list[str]
+) -> Executable:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE`` on either backend."""
+    set_ = {col: values[col] for col in update_cols}
+    if db.is_postgresql:
+        return (
+            pg_insert(model).values(**values).on_conflict_do_update(index_elements=[key], set_=set_)
+        )
+    return (
+        sqlite_insert(model).values(**values).on_conflict_do_update(index_elements=[key], set_=set_)
+    )
+
+
+class TetherRepo:
+    """The live tether registry: which relay holds which serial."""
+
+    def __init__(self, db: Database) -> None:
+        """Use ``db`` for every transaction."""
+        self._db = db
+
+    async def register(
+        self,
+        *,
+        serial: str,
+        key_id: str,
+        relay_id: str,
+        relay_address: str,
+        machine_key: str,
+        now: datetime,
+    ) -> TetherRecord:
+        """Register (or replace, on reconnect) the tether of ``serial``."""
+        at = require_aware(now, "now")
+        record = TetherRecord(
+            serial=require_text(serial, "serial", 128),
+            key_id=require_text(key_id, "key id", 64),
+            relay_id=require_text(relay_id, "relay id", 128),
+            relay_address=relay_address,
+            machine_key=machine_key,
+            connected_at=at,
+            last_seen_at=at,
+        )
+        values = dataclasses.asdict(record)
+        stmt = _upsert(self._db, TetherRow, values, "serial", [k for k in values if k != "serial"])
+        async with self._db.write(f"registering tether {serial}") as session:
+            await session.execute(stmt)
+        return record
+
+    async def touch(self, serial: str, relay_id: str, now: datetime) -> None:
+        """Mark the tether as seen at ``now`` (only if ``relay_id`` still holds it)."""
+        at = require_aware(now, "now")
+        stmt = (
+            update(TetherRow)
+            .where(TetherRow.serial == serial, TetherRow.relay_id == relay_id)
+            .values(last_seen_at=at)
+            .execution_options(synchronize_session=False)
+        )
+        async with self._db.write(f"touching tether {serial}") as session:
+            await session.execute(stmt)
+
+    async def unregister(self, serial: str, relay_id: str) -> None:
+        """Remove the tether of ``serial`` only if it still belongs to ``relay_id``.
+
+        A machine that reconnected to another relay is not wiped by the old
+        relay's late clean-up.
+        """
+        stmt = delete(TetherRow).where(TetherRow.serial == serial, TetherRow.relay_id == relay_id)
+        async with self._db.write(f"unregistering tether {serial}") as session:
+            await session.execute(stmt.execution_options(synchronize_session=False))
+
+    async def get(self, serial: str) -> TetherRecord | None:
+        """The live tether of ``serial``, or ``None``."""
+        async with self._db.read(f"reading tether {serial}") as session:
+            row = await session.get(TetherRow, serial)
+            return None if row is None else TetherRecord.from_row(row)
+
+    async def list(self) -> list[TetherRecord]:
+        """All live tethers, by serial."""
+        async with self._db.read("listing tethers") as session:
+            rows = (await session.scalars(select(TetherRow).order_by(TetherRow.serial))).all()
+            return [TetherRecord.from_row(r) for r in rows]
+
+    async def clear_relay(self, relay_id: str) -> int:
+        """Remove every tether held by ``relay_id`` (a relay starting up); return how many."""
+        stmt = delete(TetherRow).where(TetherRow.relay_id == relay_id)
+        async with self._db.write(f"clearing tethers of relay {relay_id}") as session:
+            result = await session.execute(stmt.execution_options(synchronize_session=False))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+
+class RelayRepo:
+    """Relays of the fleet and their heartbeats."""
+
+    def __init__(self, db: Database) -> None:
+        """Use ``db`` for every transaction."""
+        self._db = db
+
+    async def heartbeat(
+        self, relay_id: str, address: str, now: datetime, *, started: bool = False
+    ) -> None:
+        """Record that the relay is alive at ``address`` (upsert).
+
+        ``started=True`` (a relay starting up) also resets ``started_at``.
+        """
+        at = require_aware(now, "now")
+        values = {
+            "relay_id": require_text(relay_id, "relay id", 128),
+            "address": address,
+            "started_at": at,
+            "last_seen_at": at,
+        }
+        cols = ["address", "last_seen_at"] + (["started_at"] if started else [])
+        stmt = _upsert(self._db, RelayRow, values, "relay_id", cols)
+        async with self._db.write(f"recording heartbeat of relay {relay_id}") as session:
+            await session.execute(stmt)
+
+    async def list(self) -> list[RelayRecord]:
+        """All relays, by id."""
+        async with self._db.read("listing relays") as session:
+            rows = (await session.scalars(select(RelayRow).order_by(RelayRow.relay_id))).all()
+            return [RelayRecord.from_row(r) for r in rows]
+
+    async def remove(self, relay_id: str) -> None:
+        """Forget a relay (clean shutdown)."""
+        async with self._db.write(f"removing relay {relay_id}") as session:
+            await session.execute(delete(RelayRow).where(RelayRow.relay_id == relay_id))

@@ -1,0 +1,111 @@
+"""The live tether registry and the relays table (both backends)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from tether.store import Store, StoreError, TetherRecord
+
+from .helpers import T0, issue
+
+
+async def _register(store: Store, serial: str, relay_id: str, **kw: object) -> TetherRecord:
+    args: dict[str, object] = {
+        "key_id": "k1",
+        "relay_address": f"{relay_id}.internal:2222",
+        "machine_key": "SHA256:machine-a",
+        "now": T0,
+    }
+    args.update(kw)
+    return await store.tethers.register(serial=serial, relay_id=relay_id, **args)  # type: ignore[arg-type]
+
+
+async def test_register_get_list(store: Store) -> None:
+    await issue(store)
+    rec = await _register(store, "SN-1", "relay-a")
+    assert await store.tethers.get("SN-1") == rec
+    assert rec.connected_at == rec.last_seen_at == T0
+    assert await store.tethers.get("SN-2") is None
+    await _register(store, "SN-0", "relay-b")
+    assert [t.serial for t in await store.tethers.list()] == ["SN-0", "SN-1"]
+
+
+async def test_reconnect_replaces_the_row(store: Store) -> None:
+    await issue(store)
+    await _register(store, "SN-1", "relay-a")
+    later = T0 + timedelta(minutes=5)
+    moved = await _register(store, "SN-1", "relay-b", now=later, machine_key="SHA256:machine-a")
+    got = await store.tethers.get("SN-1")
+    assert got == moved
+    assert got is not None
+    assert (got.relay_id, got.relay_address, got.connected_at) == (
+        "relay-b",
+        "relay-b.internal:2222",
+        later,
+    )
+    assert len(await store.tethers.list()) == 1
+
+
+async def test_unregister_does_not_remove_a_row_re_registered_by_another_relay(
+    store: Store,
+) -> None:
+    await issue(store)
+    await _register(store, "SN-1", "relay-a")
+    await _register(store, "SN-1", "relay-b", now=T0 + timedelta(seconds=1))
+    await store.tethers.unregister("SN-1", "relay-a")  # the old relay's late clean-up
+    got = await store.tethers.get("SN-1")
+    assert got is not None
+    assert got.relay_id == "relay-b"
+    await store.tethers.unregister("SN-1", "relay-b")
+    assert await store.tethers.get("SN-1") is None
+
+
+async def test_touch_only_by_the_holding_relay(store: Store) -> None:
+    await issue(store)
+    await _register(store, "SN-1", "relay-a")
+    await store.tethers.touch("SN-1", "relay-other", T0 + timedelta(minutes=9))
+    got = await store.tethers.get("SN-1")
+    assert got is not None
+    assert got.last_seen_at == T0
+    await store.tethers.touch("SN-1", "relay-a", T0 + timedelta(minutes=1))
+    got = await store.tethers.get("SN-1")
+    assert got is not None
+    assert got.last_seen_at == T0 + timedelta(minutes=1)
+    assert got.connected_at == T0
+
+
+async def test_clear_relay_removes_only_its_rows(store: Store) -> None:
+    await issue(store)
+    for serial in ("SN-1", "SN-2", "SN-3"):
+        await _register(store, serial, "relay-a")
+    await _register(store, "SN-4", "relay-b")
+    assert await store.tethers.clear_relay("relay-a") == 3
+    assert await store.tethers.clear_relay("relay-a") == 0
+    assert [t.serial for t in await store.tethers.list()] == ["SN-4"]
+
+
+async def test_register_with_unknown_key_is_a_store_error(store: Store) -> None:
+    with pytest.raises(StoreError, match="registering tether SN-1"):
+        await _register(store, "SN-1", "relay-a", key_id="ghost")
+    assert await store.tethers.list() == []
+
+
+async def test_relay_heartbeat_upserts(store: Store) -> None:
+    await store.relays.heartbeat("relay-a", "10.0.0.1:2222", T0, started=True)
+    await store.relays.heartbeat("relay-b", "10.0.0.2:2222", T0)
+    await store.relays.heartbeat("relay-a", "10.0.0.9:2222", T0 + timedelta(seconds=30))
+    a, b = await store.relays.list()
+    assert (a.relay_id, a.address, a.started_at, a.last_seen_at) == (
+        "relay-a",
+        "10.0.0.9:2222",
+        T0,
+        T0 + timedelta(seconds=30),
+    )
+    assert b.relay_id == "relay-b"
+    await store.relays.heartbeat("relay-a", "10.0.0.9:2222", T0 + timedelta(hours=1), started=True)
+    a, _ = await store.relays.list()
+    assert a.started_at == T0 + timedelta(hours=1)
+    await store.relays.remove("relay-b")
+    assert [r.relay_id for r in await store.relays.list()] == ["relay-a"]
