@@ -160,3 +160,40 @@ async def test_machine_cannot_open_channels_or_shell_on_relay(tmp_path: Path) ->
                 await conn.create_connection(asyncssh.SSHTCPSession, "M-1", 22)
             with pytest.raises(asyncssh.ChannelOpenError):
                 await conn.create_session(asyncssh.SSHClientSession, "id")  # exec is refused
+
+
+async def test_one_log_line_per_tether_and_channel_with_bytes_and_duration(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="tether.relay")
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        port = service.port
+        key, claims = await vendor.issue("M-1", ports=[port])
+        alice = await vendor.engineer("alice", tmp_path)
+        async with Agent(key, claims, [port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            await run_ssh(
+                alice.ssh_args(vendor.relay_port, "-W", f"M-1:{port}", "alice@127.0.0.1"),
+                input=b"x" * 1000,
+            )
+            for _ in range(50):
+                if any(r.message.startswith("channel.close") for r in caplog.records):
+                    break
+                await asyncio.sleep(0.02)
+        for _ in range(50):
+            if any(r.message.startswith("tether.down") for r in caplog.records):
+                break
+            await asyncio.sleep(0.02)
+    lines = [r.message for r in caplog.records]
+    up = next(line for line in lines if line.startswith("tether.up"))
+    assert f"serial=M-1 key={claims.key_id}" in up
+    closed = next(line for line in lines if line.startswith("channel.close"))
+    fields = dict(part.split("=", 1) for part in closed.split()[1:])
+    assert fields["engineer"] == "alice"
+    assert fields["serial"] == "M-1"
+    assert fields["port"] == str(port)
+    assert int(fields["bytes_to_machine"]) == 1000
+    assert int(fields["bytes_to_engineer"]) == len(b"hello from the machine\n") + 1000
+    assert float(fields["duration"]) > 0
+    assert any(line.startswith("tether.down serial=M-1") for line in lines)
+    assert not any("v4.public." in line for line in lines)  # keys never reach logs
