@@ -197,3 +197,44 @@ async def test_one_log_line_per_tether_and_channel_with_bytes_and_duration(
     assert float(fields["duration"]) > 0
     assert any(line.startswith("tether.down serial=M-1") for line in lines)
     assert not any("v4.public." in line for line in lines)  # keys never reach logs
+
+
+def _listening_sockets() -> int:
+    """TCP sockets in LISTEN state that belong to this process."""
+    import os
+
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table) as handle:
+            for line in handle.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:
+                    count += 1
+    return count
+
+
+async def test_relay_opens_no_listening_socket_per_tether(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        before = _listening_sockets()
+        agents = []
+        for n in range(5):
+            key, claims = await vendor.issue(f"M-{n}", ports=[service.port, 22, 443])
+            agents.append(Agent(key, claims, [service.port, 22, 443]))
+        for agent in agents:
+            await agent.__aenter__()
+        try:
+            for agent in agents:
+                await agent.wait_for(TunnelState.CONNECTED)
+            assert len(vendor.relay.registry) == 5
+            assert _listening_sockets() == before
+        finally:
+            for agent in agents:
+                await agent.__aexit__(None, None, None)
