@@ -237,7 +237,7 @@ def wait_for_pid_file(process: subprocess.Popen[bytes], timeout: float) -> None:
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"sshd exited with status {process.returncode}")
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, IndexError):
             if int(pid_file.read_text().split()[0]) == process.pid:
                 return
         if time.monotonic() > deadline:
