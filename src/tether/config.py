@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tether.agent.effects import MachinePaths
 from tether.errors import ConfigError
 from tether.keys import VerifyKey, check_ports, check_serial, parse_address
+from tether.seal import SealPublicKey
 from tether.wire import DEFAULT_PORTS, DEFAULT_SUPPORT_ACCOUNT
 
 DEFAULT_CONFIG_DIR = Path("/etc/tether")
@@ -140,6 +142,16 @@ class AgentConfig:
     #: Ports a customer allows beyond the defaults (e.g. a database): a key may name them.
     extra_ports: tuple[int, ...] = ()
     tether: TetherSettings = field(default_factory=TetherSettings)
+    #: The vendor's SSH user CA (one OpenSSH public-key line); needed to open access.
+    vendor_ca: str | None = None
+    #: The vendor's key that generated support passwords are sealed to.
+    vendor_seal_key: SealPublicKey | None = None
+    #: Where sshd, its configuration, sudoers and friends live on this machine.
+    paths: MachinePaths = field(default_factory=MachinePaths)
+    #: sshd's own log file, when it logs to a file rather than the journal or auth.log.
+    sshd_log: Path | None = None
+    systemd_dir: Path = Path("/etc/systemd/system")
+    cron_dir: Path = Path("/etc/cron.d")
 
     @property
     def allowed_ports(self) -> tuple[int, ...]:
@@ -168,15 +180,44 @@ class AgentConfig:
             connect_timeout=t.number("connect_timeout", 20.0),
         )
         t.finish()
+        state_dir = r.path_("state_dir", "/var/lib/tether")
+        p = r.table_("paths")
+        defaults = MachinePaths()
+        paths = MachinePaths(
+            sshd=p.path_("sshd", str(defaults.sshd)),
+            sshd_config=p.path_("sshd_config", str(defaults.sshd_config)),
+            sshd_config_d=p.path_("sshd_config_d", str(defaults.sshd_config_d)),
+            ssh_dir=p.path_("ssh_dir", str(defaults.ssh_dir)),
+            sudoers_d=p.path_("sudoers_d", str(defaults.sudoers_d)),
+            state_dir=state_dir,
+            sshd_pid_file=p.path_("sshd_pid_file", str(defaults.sshd_pid_file)),
+        )
+        systemd_dir = p.path_("systemd_dir", "/etc/systemd/system")
+        cron_dir = p.path_("cron_dir", "/etc/cron.d")
+        p.finish()
+        vendor_ca = r.text("vendor_ca", None)
+        if vendor_ca is not None and (not vendor_ca.strip() or "\n" in vendor_ca.strip()):
+            raise ConfigError(f"{path}: vendor_ca must be one OpenSSH public-key line")
+        seal_text = r.text("vendor_seal_key", None)
+        try:
+            seal_key = SealPublicKey.parse(seal_text) if seal_text else None
+        except Exception as exc:
+            raise ConfigError(f"{path}: vendor_seal_key: {exc}") from None
         config = cls(
             path=r.path,
             serial=serial,
             vendor_keys=_verify_keys(r, "vendor_keys"),
-            state_dir=r.path_("state_dir", "/var/lib/tether"),
+            state_dir=state_dir,
             run_dir=r.path_("run_dir", "/run/tether"),
             support_account=r.text("support_account", DEFAULT_SUPPORT_ACCOUNT),
             extra_ports=_ports(r, extra),
             tether=tether,
+            vendor_ca=vendor_ca.strip() if vendor_ca else None,
+            vendor_seal_key=seal_key,
+            paths=paths,
+            sshd_log=r.path_("sshd_log", None),
+            systemd_dir=systemd_dir,
+            cron_dir=cron_dir,
         )
         r.finish()
         return config
@@ -259,6 +300,10 @@ class VendorConfig:
     @property
     def engineer_ca_path(self) -> Path:
         return self.data_dir / "engineer_ca"
+
+    @property
+    def seal_key_path(self) -> Path:
+        return self.data_dir / "password_seal_key.pem"
 
     @property
     def relay_host_key_path(self) -> Path:

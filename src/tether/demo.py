@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shlex
 import subprocess
 import sys
 import time
@@ -172,15 +171,14 @@ class DemoSystem:
         await asyncio.to_thread(self.machine.start)
         authority = self._authority()
         trust = (authority.config.data_dir / "agent-trust.toml").read_text()
-        vendor_keys = next(line for line in trust.splitlines() if line.startswith("vendor_keys"))
         agent_toml = self.machine.host_path("/etc/tether") / "agent.toml"
         agent_toml.write_text(
             "# The demo machine's agent configuration.\n"
             f"serial = {toml_string(self.serial)}\n"
-            f"{vendor_keys}\n"
+            f"{trust}"
+            'sshd_log = "/var/log/sshd.log"\n'
             "[tether]\nbackoff_cap = 10.0\nkeepalive_interval = 5.0\n"
         )
-        await asyncio.to_thread(self._prepare_support_login)
         www = self.machine.host_path("/var/lib/tether") / "demo-www"
         www.mkdir(parents=True, exist_ok=True)
         (www / "index.html").write_text(
@@ -216,39 +214,6 @@ class DemoSystem:
         )
         log_file.close()
         self._say(f"machine {self.serial}: agent started (log: {self.workdir / 'agent.log'})")
-
-    def _prepare_support_login(self) -> None:
-        """Let the vendor CA's certificates log in as the support account.
-
-        Interim: the agent itself will manage the support account and the sshd
-        drop-in when access opens (the "support access on the customer's machine"
-        issue); until then the demo machine is prepared like this once, up front.
-        """
-        machine, authority = self._machine(), self._authority()
-        ca = (authority.config.data_dir / "engineer_ca.pub").read_text()
-        account = DEFAULT_SUPPORT_ACCOUNT
-        script = f"""
-set -e
-useradd --create-home --shell /bin/bash {account}
-usermod -p '*' {account}
-mkdir -p /etc/ssh/tether
-printf '%s' {shlex.quote(ca)} > /etc/ssh/tether/vendor_ca.pub
-echo {account} > /etc/ssh/tether/principals
-cat > /etc/ssh/sshd_config.d/tether.conf <<'EOF'
-Match User {account}
-    TrustedUserCAKeys /etc/ssh/tether/vendor_ca.pub
-    AuthorizedPrincipalsFile /etc/ssh/tether/principals
-    AuthorizedKeysFile none
-    DisableForwarding yes
-    PermitTunnel no
-    ExposeAuthInfo yes
-EOF
-/usr/sbin/sshd -t
-"""
-        result = machine.run(["sh", "-c", script])
-        if result.returncode != 0:
-            raise RuntimeError(f"preparing the demo machine failed: {result.stderr}")
-        machine.signal_sshd()
 
     async def issue_key(self, lifetime: timedelta | None = None) -> str:
         authority = self._authority()

@@ -82,7 +82,15 @@ class Closing:
     message: str
 
 
-Message = Register | Registered | Refused | Closing
+@dataclass(frozen=True)
+class SealedPassword:
+    """Agent → relay: the support password, sealed to the vendor (opaque to the relay)."""
+
+    key_id: str
+    sealed: str
+
+
+Message = Register | Registered | Refused | Closing | SealedPassword
 
 
 def encode(message: Message) -> bytes:
@@ -102,6 +110,8 @@ def encode(message: Message) -> bytes:
             body = {"op": "refused", "reason": reason.value, "message": text}
         case Closing(reason, text):
             body = {"op": "closing", "reason": reason.value, "message": text}
+        case SealedPassword(key_id, sealed):
+            body = {"op": "sealed-password", "key_id": key_id, "sealed": sealed}
     return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
@@ -137,6 +147,8 @@ def decode(line: bytes) -> Message:
             ):
                 raise TypeError("ports must be a list of port numbers")
             return Registered(_text(body, "serial"), _text(body, "expires_at"), tuple(ports))
+        if op == "sealed-password":
+            return SealedPassword(_text(body, "key_id"), _text(body, "sealed"))
         if op in ("refused", "closing"):
             reason = RefusalReason(_text(body, "reason"))
             text = _text(body, "message")

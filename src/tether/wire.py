@@ -28,3 +28,6 @@ DEFAULT_PORTS: tuple[int, ...] = (22, 80, 443)
 
 #: Version string the relay presents; deliberately says what it is and nothing more.
 RELAY_SERVER_VERSION = "Tether_relay"
+
+#: The relay greets agents with its clock in the SSH auth banner: "<this><ISO time>".
+RELAY_TIME_BANNER = "tether-relay-time "

@@ -1,25 +1,37 @@
-"""Opening and closing support access: the operations behind ``tether access …``.
+"""Opening and closing support access: the state machine behind ``tether access …``.
 
-These run in the CLI process as well as in the daemon, always under the state lock,
-so they work when the daemon and the web page are down. After a change the daemon
-(if running) is told to reconcile, which starts or stops the tether at once.
+These operations run in the CLI process as well as in the daemon, always under the
+state lock, so they work when the daemon and the web page are down. Each change is
+bracketed by intent records (``OPENING`` → ``OPEN``, ``CLOSING`` → ``CLOSED``) so
+that :meth:`AccessManager.recover` can finish or undo it after a crash. The machine
+itself is changed only through :class:`~tether.agent.effects.Machine`; every step is
+written to the agent's hash-chained audit log.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from datetime import datetime
+import secrets
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 from tether import log
+from tether.agent.effects import Machine, MachineError, SupportGrant
 from tether.agent.locks import state_lock
-from tether.agent.state import AccessState, AccessStatus, CloseReason, StateFile
+from tether.agent.state import AccessMode, AccessState, AccessStatus, CloseReason, StateFile
+from tether.audit import AuditLog
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import AgentConfig
-from tether.errors import BadInput, Refused
+from tether.errors import BadInput, NotReady, Refused
 from tether.keys import TetherKeyClaims, parse_key
+from tether.seal import generate_password, seal
 
 logger = logging.getLogger("tether.agent")
+
+#: Direct access lasts this long unless the customer says otherwise.
+DIRECT_DEFAULT_DURATION = timedelta(days=7)
+#: Engineers in tether mode arrive through the agent, i.e. from the machine's loopback.
+TETHER_SOURCES = ("127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -31,14 +43,50 @@ class Offer:
     refused_ports: tuple[int, ...]
 
 
-class AccessManager:
-    """The access state machine as seen from the machine (file state, no network)."""
+@dataclass(frozen=True)
+class PasswordChoice:
+    """The support account's password: the customer's own, or generated and sealed."""
 
-    def __init__(self, config: AgentConfig, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    own: str | None = None
+
+    @property
+    def generated(self) -> bool:
+        return self.own is None
+
+
+def _machine_for(config: AgentConfig) -> Machine:
+    from tether.agent.machine import SystemMachine
+
+    return SystemMachine(config.paths)
+
+
+class AccessManager:
+    """The access state machine as seen from the machine (files and effects, no network)."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        machine: Machine | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
         self.state_file = StateFile(config.state_dir / "access.json")
+        self.audit = AuditLog(config.state_dir / "audit.log", clock=clock)
+        self._machine = machine
         self._lock_path = config.state_dir / "state.lock"
+
+    @property
+    def machine(self) -> Machine:
+        if self._machine is None:
+            self._machine = _machine_for(self.config)
+        return self._machine
+
+    def state(self) -> AccessState:
+        return self.state_file.load()
+
+    # --- opening --------------------------------------------------------------------
 
     def check_key(self, key_text: str) -> Offer:
         """Verify a pasted key offline against this machine; raise a clear error if bad."""
@@ -56,60 +104,219 @@ class AccessManager:
             )
         return Offer(claims, ports, refused)
 
-    def state(self) -> AccessState:
-        return self.state_file.load()
-
-    def enable_with_key(self, key_text: str, *, by: str) -> tuple[AccessState, Offer]:
+    def enable_with_key(
+        self,
+        key_text: str,
+        *,
+        by: str,
+        duration: timedelta | None = None,
+        password: PasswordChoice | None = None,
+    ) -> tuple[AccessState, Offer]:
         """Open access with a pasted tether key (verified first; nothing changes if bad)."""
         offer = self.check_key(key_text)
+        claims = offer.claims
+        expires_at = claims.expires_at
+        if duration is not None:
+            expires_at = min(expires_at, self.clock.now() + _positive(duration))
+        state = AccessState(
+            status=AccessStatus.OPENING,
+            mode=AccessMode.TETHER,
+            grant_id=claims.key_id,
+            account=self.config.support_account,
+            allow_from=TETHER_SOURCES,
+            key="".join(key_text.split()),
+            key_id=claims.key_id,
+            serial=claims.serial,
+            relay=claims.relay,
+            ports=offer.ports,
+            expires_at=expires_at,
+        )
+        return self._open(state, password or PasswordChoice(), by=by), offer
+
+    def enable_direct(
+        self,
+        *,
+        by: str,
+        duration: timedelta | None = None,
+        allow_from: tuple[str, ...] = (),
+        no_expire: bool = False,
+        password: PasswordChoice | None = None,
+    ) -> AccessState:
+        """Open direct access: sshd trusts the vendor CA for the support account."""
+        if no_expire and duration is not None:
+            raise BadInput("--no-expire and --duration contradict each other: choose one")
+        now = self.clock.now()
+        expires_at = None if no_expire else now + _positive(duration or DIRECT_DEFAULT_DURATION)
+        state = AccessState(
+            status=AccessStatus.OPENING,
+            mode=AccessMode.DIRECT,
+            grant_id="direct-" + secrets.token_hex(8),
+            account=self.config.support_account,
+            allow_from=allow_from,
+            serial=self.config.serial,
+            expires_at=expires_at,
+        )
+        return self._open(state, password or PasswordChoice(), by=by)
+
+    def _open(self, state: AccessState, password: PasswordChoice, *, by: str) -> AccessState:
+        if self.config.vendor_ca is None:
+            raise NotReady(
+                f"{self.config.path} has no vendor_ca: copy the vendor's agent-trust.toml into it"
+            )
+        secret, sealed = self._password(state, password)
         with state_lock(self._lock_path):
             current = self.state_file.load()
-            if current.is_open and current.key_id != offer.claims.key_id:
-                raise Refused(
-                    f"support access is already open (key {current.key_id}, until "
-                    f"{current.expires_at:%Y-%m-%d %H:%M} UTC); disable it first"
+            if current.in_transition:
+                raise NotReady(
+                    "a previous change was interrupted; start the agent to repair it first"
                 )
-            claims = offer.claims
-            state = AccessState(
-                status=AccessStatus.OPEN,
-                key="".join(key_text.split()),
-                key_id=claims.key_id,
-                serial=claims.serial,
-                relay=claims.relay,
-                ports=offer.ports,
-                expires_at=claims.expires_at,
-                opened_at=self.clock.now(),
-                opened_by=by,
+            if current.is_open:
+                if current.grant_id == state.grant_id:
+                    return current
+                until = (
+                    f"until {current.expires_at:%Y-%m-%d %H:%M} UTC"
+                    if current.expires_at
+                    else "without end"
+                )
+                raise Refused(f"support access is already open ({until}); disable it first")
+            intent = replace(
+                state, opened_at=self.clock.now(), opened_by=by, sealed_password=sealed
             )
-            self.state_file.save(state)
+            self.state_file.save(intent)  # intent first: a crash from here on is repaired
+            grant = SupportGrant(
+                account=self.config.support_account,
+                vendor_ca=self.config.vendor_ca,
+                expires_at=state.expires_at,
+                allow_from=state.allow_from,
+                password=secret,
+            )
+            try:
+                self.machine.open(grant)
+            except MachineError as exc:
+                self.state_file.save(
+                    intent.closing(CloseReason.FAILED, self.clock.now(), str(exc)).closed()
+                )
+                self.audit.append(
+                    "access.open_failed", by=by, mode=state.mode.value, reason=str(exc)
+                )
+                raise
+            opened = replace(intent, status=AccessStatus.OPEN)
+            self.state_file.save(opened)
+            self.audit.append(
+                "access.opened",
+                by=by,
+                mode=state.mode.value,
+                grant=state.grant_id,
+                key_id=state.key_id,
+                relay=state.relay,
+                ports=list(state.ports),
+                allow_from=list(state.allow_from),
+                expires_at=state.expires_at.isoformat() if state.expires_at else None,
+                password_source="generated"
+                if password.generated and sealed
+                else ("own" if secret else "none"),
+            )
         log.event(
             logger,
             "access.opened",
             by=by,
-            key=claims.key_id,
-            relay=claims.relay,
-            ports=offer.ports,
-            expires=claims.expires_at,
+            mode=state.mode.value,
+            grant=state.grant_id,
+            expires=state.expires_at,
         )
-        return state, offer
+        return opened
+
+    def _password(
+        self, state: AccessState, choice: PasswordChoice
+    ) -> tuple[str | None, str | None]:
+        if choice.own is not None:
+            if len(choice.own) < 12:
+                raise BadInput("the support account's password must have at least 12 characters")
+            return choice.own, None
+        if self.config.vendor_seal_key is None or state.grant_id is None:
+            return None, None  # no password: engineers use certificates only
+        secret = generate_password()
+        sealed = seal(
+            secret, self.config.vendor_seal_key, serial=self.config.serial, grant_id=state.grant_id
+        )
+        return secret, sealed
+
+    # --- closing ----------------------------------------------------------------------
 
     def close(self, reason: CloseReason, *, by: str, detail: str | None = None) -> AccessState:
-        """Close access (idempotent: closing a closed access changes nothing)."""
+        """Close access: kill sessions, remove account and sshd changes (idempotent)."""
         with state_lock(self._lock_path):
-            current = self.state_file.load()
-            if not current.is_open:
-                return current
-            state = current.closed(reason, self.clock.now(), detail)
-            self.state_file.save(state)
-        log.event(
-            logger, "access.closed", by=by, reason=reason.value, detail=detail, key=current.key_id
+            return self._close_locked(reason, by=by, detail=detail)
+
+    def _close_locked(
+        self, reason: CloseReason, *, by: str, detail: str | None = None
+    ) -> AccessState:
+        current = self.state_file.load()
+        if current.status == AccessStatus.CLOSED:
+            return current
+        if current.status == AccessStatus.CLOSING:
+            intent = current  # finish the interrupted close with its original reason
+        else:
+            intent = current.closing(reason, self.clock.now(), detail)
+        self.state_file.save(intent)
+        report = self.machine.close(current.account or self.config.support_account)
+        closed = intent.closed()
+        self.state_file.save(closed)
+        why = intent.close_reason or reason
+        self.audit.append(
+            "access.closed",
+            by=by,
+            reason=why.value,
+            detail=intent.close_detail,
+            grant=current.grant_id,
+            sessions_killed=report.sessions_killed,
+            account_removed=report.account_removed,
         )
-        return state
+        log.event(
+            logger,
+            "access.closed",
+            by=by,
+            reason=why.value,
+            detail=intent.close_detail,
+            sessions=report.sessions_killed,
+        )
+        return closed
 
     def expire_if_due(self, now: datetime | None = None) -> AccessState | None:
         """Close access whose expiry has passed; return the new state if it closed."""
+        with state_lock(self._lock_path):
+            return self._expire_locked(now)
+
+    def _expire_locked(self, now: datetime | None = None) -> AccessState | None:
         state = self.state_file.load()
         moment = now or self.clock.now()
         if state.is_open and state.expires_at is not None and moment >= state.expires_at:
-            return self.close(CloseReason.EXPIRED, by="expiry")
+            return self._close_locked(CloseReason.EXPIRED, by="expiry")
         return None
+
+    def recover(self) -> str | None:
+        """Repair an interrupted change; say what was done, if anything.
+
+        Whoever changes the state holds the state lock for the whole change, and a
+        dead process's lock is released by the kernel. So an ``OPENING`` or
+        ``CLOSING`` record seen *under the lock* was left by a process that died.
+        """
+        with state_lock(self._lock_path):
+            state = self.state_file.load()
+            if state.status == AccessStatus.OPENING:
+                self._close_locked(
+                    CloseReason.CRASH_RECOVERY, by="recovery", detail="opening was interrupted"
+                )
+                return "an interrupted opening of access was undone"
+            if state.status == AccessStatus.CLOSING:
+                self._close_locked(state.close_reason or CloseReason.CRASH_RECOVERY, by="recovery")
+                return "an interrupted closing of access was completed"
+            if self._expire_locked() is not None:
+                return "access past its expiry was closed"
+        return None
+
+
+def _positive(duration: timedelta) -> timedelta:
+    if duration <= timedelta(0):
+        raise BadInput("the duration must be longer than zero")
+    return duration

@@ -23,7 +23,7 @@ from tether.agent.access import AccessManager
 from tether.agent.control import serve_control
 from tether.agent.identity import load_or_create_machine_key
 from tether.agent.locks import DaemonLock
-from tether.agent.state import AccessState, CloseReason
+from tether.agent.state import AccessMode, AccessState, CloseReason
 from tether.agent.status import TunnelStatus
 from tether.agent.tunnel import TetherRefused, Tunnel
 from tether.clock import SYSTEM_CLOCK, Clock
@@ -76,7 +76,11 @@ class AgentDaemon:
                 serial=self.config.serial,
                 machine_key=self._machine_key.get_fingerprint("sha256"),
             )
-            # Reconcile before answering anyone: nobody may see pre-crash state as current.
+            # Repair and reconcile before answering anyone: nobody may see pre-crash
+            # state as current.
+            repaired = await asyncio.to_thread(self.access.recover)
+            if repaired:
+                log.event(logger, "agent.recovered", message=repaired)
             await self.reconcile()
             server = await serve_control(self.socket_path, self._on_command)
             await self._stop.wait()
@@ -102,17 +106,20 @@ class AgentDaemon:
     async def reconcile(self) -> None:
         """Make the running tether match the stored access state."""
         async with self._reconcile_lock:
-            self.access.expire_if_due()
+            await asyncio.to_thread(self.access.expire_if_due)
             state = self.access.state()
             if self._expiry is not None:
                 self._expiry.cancel()
                 self._expiry = None
-            if not state.is_open or state.key is None:
+            if not state.is_open:
                 await self._stop_tunnel()
                 return
             if state.expires_at is not None:
                 delay = max(0.0, (state.expires_at - self.clock.now()).total_seconds())
                 self._expiry = asyncio.get_running_loop().call_later(delay, self._on_expiry)
+            if state.mode != AccessMode.TETHER or state.key is None:
+                await self._stop_tunnel()
+                return
             if self._tunnel is not None and self._tunnel_key == state.key:
                 return
             await self._stop_tunnel()
@@ -129,7 +136,7 @@ class AgentDaemon:
                 state.key, self.config.vendor_keys, now=self.clock.now(), serial=self.config.serial
             )
         except TetherKeyError as exc:
-            self.access.close(CloseReason.REFUSED, by="agent", detail=str(exc))
+            self._tasks.spawn(self._close(CloseReason.REFUSED, "agent", str(exc)), "agent.close")
             return
         tunnel = Tunnel(
             state.key,
@@ -139,6 +146,7 @@ class AgentDaemon:
             self.config.tether,
             clock=self.clock,
             on_change=self._on_tunnel_change,
+            sealed_password=state.sealed_password,
         )
         self._tunnel = tunnel
         self._tunnel_key = state.key
@@ -153,7 +161,10 @@ class AgentDaemon:
         )
         if refusal.reason == RefusalReason.EXPIRED:
             reason = CloseReason.EXPIRED
-        self.access.close(reason, by="relay", detail=refusal.message)
+        await self._close(reason, "relay", refusal.message)
+
+    async def _close(self, reason: CloseReason, by: str, detail: str) -> None:
+        await asyncio.to_thread(self.access.close, reason, by=by, detail=detail)
         await self.reconcile()
 
     def _on_tunnel_change(self, status: TunnelStatus) -> None:

@@ -3,6 +3,10 @@
 Written atomically (temporary file, fsync, rename) so a power loss leaves either the
 old or the new state, never half of one. The stored tether key is not a secret the
 relay could not know, but the file is still private to root (0600).
+
+``OPENING`` and ``CLOSING`` are intent records: written before the machine is
+changed, replaced by ``OPEN`` / ``CLOSED`` after. Finding one at start means a crash
+in the middle; the agent then undoes the opening or completes the closing.
 """
 
 from __future__ import annotations
@@ -19,10 +23,19 @@ from tether.errors import NotReady
 
 
 class AccessStatus(Enum):
-    """Whether support access is open."""
+    """Whether support access is open (or, after a crash, was being changed)."""
 
     CLOSED = "closed"
+    OPENING = "opening"
     OPEN = "open"
+    CLOSING = "closing"
+
+
+class AccessMode(Enum):
+    """How engineers reach the machine."""
+
+    TETHER = "tether"
+    DIRECT = "direct"
 
 
 class CloseReason(Enum):
@@ -33,6 +46,7 @@ class CloseReason(Enum):
     REVOKED = "revoked"
     REFUSED = "refused"
     CRASH_RECOVERY = "crash-recovery"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,13 @@ class AccessState:
     """What the machine has granted, as last written."""
 
     status: AccessStatus = AccessStatus.CLOSED
+    mode: AccessMode = AccessMode.TETHER
+    #: Key id for a tether, a random id for direct access; binds the sealed password.
+    grant_id: str | None = None
+    account: str | None = None
+    allow_from: tuple[str, ...] = ()
+    #: The support password sealed to the vendor (None: customer's own, or none).
+    sealed_password: str | None = field(default=None, repr=False)
     key: str | None = field(default=None, repr=False)
     key_id: str | None = None
     serial: str | None = None
@@ -56,14 +77,24 @@ class AccessState:
     def is_open(self) -> bool:
         return self.status == AccessStatus.OPEN
 
-    def closed(self, reason: CloseReason, now: datetime, detail: str | None = None) -> AccessState:
+    @property
+    def in_transition(self) -> bool:
+        """An intent record: a crash happened while the machine was being changed."""
+        return self.status in (AccessStatus.OPENING, AccessStatus.CLOSING)
+
+    def closing(self, reason: CloseReason, now: datetime, detail: str | None = None) -> AccessState:
+        """The intent to close, recorded before the machine is changed."""
         return replace(
             self,
-            status=AccessStatus.CLOSED,
+            status=AccessStatus.CLOSING,
             closed_at=now,
             close_reason=reason,
             close_detail=detail,
         )
+
+    def closed(self) -> AccessState:
+        """Access closed: the key and sealed password are no longer kept."""
+        return replace(self, status=AccessStatus.CLOSED, key=None, sealed_password=None)
 
     def to_json(self, *, with_key: bool) -> dict[str, Any]:
         def iso(dt: datetime | None) -> str | None:
@@ -71,6 +102,10 @@ class AccessState:
 
         body: dict[str, Any] = {
             "status": self.status.value,
+            "mode": self.mode.value,
+            "grant_id": self.grant_id,
+            "account": self.account,
+            "allow_from": list(self.allow_from),
             "key_id": self.key_id,
             "serial": self.serial,
             "relay": self.relay,
@@ -84,6 +119,7 @@ class AccessState:
         }
         if with_key:
             body["key"] = self.key
+            body["sealed_password"] = self.sealed_password
         return body
 
     @classmethod
@@ -95,6 +131,11 @@ class AccessState:
         reason = body.get("close_reason")
         return cls(
             status=AccessStatus(body["status"]),
+            mode=AccessMode(body.get("mode", AccessMode.TETHER.value)),
+            grant_id=body.get("grant_id"),
+            account=body.get("account"),
+            allow_from=tuple(str(a) for a in body.get("allow_from", ())),
+            sealed_password=body.get("sealed_password"),
             key=body.get("key"),
             key_id=body.get("key_id"),
             serial=body.get("serial"),

@@ -37,6 +37,7 @@ from tether.protocol import (
     RefusalReason,
     Register,
     Registered,
+    SealedPassword,
     decode,
     encode,
 )
@@ -71,7 +72,7 @@ class _Transient(Exception):
     """A failure worth retrying after a backoff."""
 
 
-class _PinnedClient(asyncssh.SSHClient):
+class PinnedClient(asyncssh.SSHClient):
     """Accepts exactly the relay host key whose fingerprint the tether key pins."""
 
     def __init__(self, fingerprint: str) -> None:
@@ -97,8 +98,8 @@ class _ControlClient(asyncssh.SSHClientSession[bytes]):
         try:
             for line in self.lines.feed(data):
                 message = decode(line)
-                if isinstance(message, Register):
-                    raise ProtocolError("relay sent a register message")
+                if isinstance(message, (Register, SealedPassword)):
+                    raise ProtocolError("relay sent an agent's message")
                 self.messages.put_nowait(message)
         except ProtocolError as exc:
             log.event(logger, "tether.protocol_error", level=logging.WARNING, error=str(exc))
@@ -129,6 +130,7 @@ class Tunnel:
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         on_change: Callable[[TunnelStatus], None] | None = None,
+        sealed_password: str | None = None,
     ) -> None:
         self._key_text = key_text
         self._claims = claims
@@ -138,6 +140,7 @@ class Tunnel:
         self._clock = clock
         self._rng = rng or random.Random()
         self._on_change = on_change
+        self._sealed_password = sealed_password
         self._conn: asyncssh.SSHClientConnection | None = None
         self._wake = asyncio.Event()
         self._stopped = False
@@ -215,7 +218,7 @@ class Tunnel:
 
     async def _run_once(self) -> None:
         host, port = parse_address(self._claims.relay)
-        client = _PinnedClient(self._claims.relay_host_key)
+        client = PinnedClient(self._claims.relay_host_key)
         settings = self._settings
         try:
             conn = await asyncio.wait_for(
@@ -267,6 +270,9 @@ class Tunnel:
             raise _Transient(f"relay refused for now: {reply.message}")
         if not isinstance(reply, Registered):
             raise _Transient("the relay closed the control channel")
+        if self._sealed_password is not None:
+            # Only the vendor can open it; the relay just stores it for the vendor service.
+            chan.write(encode(SealedPassword(self._claims.key_id, self._sealed_password)))
         offered = []
         for port in self._ports:
             try:

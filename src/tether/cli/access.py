@@ -8,29 +8,31 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from tether.agent.access import AccessManager
+from tether.agent.access import AccessManager, PasswordChoice
 from tether.agent.control import ask_daemon
-from tether.agent.state import AccessState
+from tether.agent.state import AccessMode, AccessState, AccessStatus, CloseReason
 from tether.agent.status import TunnelStatus
-from tether.cli.common import err, handle_errors, json_option, out, print_json
+from tether.cli.common import agent_config_option, err, handle_errors, json_option, out, print_json
 from tether.clock import SYSTEM_CLOCK
 from tether.config import AgentConfig
-from tether.durations import format_duration
+from tether.durations import format_duration, parse_duration
 from tether.errors import BadInput, NotReady
-
-agent_config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="TETHER_AGENT_CONFIG",
-    default="/etc/tether/agent.toml",
-    show_default=True,
-    help="The agent's configuration file. Env: TETHER_AGENT_CONFIG.",
-)
 
 
 def _daemon(config: AgentConfig, cmd: str) -> dict[str, object] | None:
     return ask_daemon(config.run_dir / "agent.sock", cmd)
+
+
+def _password_choice(prompt: bool) -> PasswordChoice:
+    if not prompt:
+        return PasswordChoice()
+    if not sys.stdin.isatty():
+        # Scripts pipe the password in; it never appears on a command line.
+        return PasswordChoice(own=sys.stdin.readline().rstrip("\n"))
+    chosen: str = click.prompt(
+        "Password for the support account", hide_input=True, confirmation_prompt=True, err=True
+    )
+    return PasswordChoice(own=chosen)
 
 
 @click.group()
@@ -48,47 +50,111 @@ def access() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Read the key from a file.",
 )
+@click.option(
+    "--direct",
+    is_flag=True,
+    help="No relay: let the vendor's engineers log in directly over the network.",
+)
+@click.option(
+    "--from",
+    "allow_from",
+    help="With --direct: only from these addresses/networks, e.g. 192.0.2.0/24,198.51.100.7.",
+)
+@click.option(
+    "--duration", help="Close sooner than the key's expiry / the 7-day direct default, e.g. 4h, 2d."
+)
+@click.option(
+    "--password-prompt",
+    is_flag=True,
+    help="Choose the support account's password yourself (asked without echo, or one line on stdin).",
+)
+@click.option(
+    "--no-expire",
+    is_flag=True,
+    help="With --direct: never close by itself (like the console script). Not recommended.",
+)
 @json_option
 @handle_errors
-def enable(config_path: Path, key_text: str | None, key_file: Path | None, as_json: bool) -> None:
-    """Open support access with a tether key the vendor sent you.
+def enable(
+    config_path: Path,
+    key_text: str | None,
+    key_file: Path | None,
+    direct: bool,
+    allow_from: str | None,
+    duration: str | None,
+    password_prompt: bool,
+    no_expire: bool,
+    as_json: bool,
+) -> None:
+    """Open support access: with a tether key the vendor sent you, or --direct.
 
     The key is checked on this machine first (signature, serial, expiry); a bad key
-    changes nothing. Spaces and line breaks from e-mail are ignored.
+    changes nothing. Spaces and line breaks from e-mail are ignored. Opening creates
+    the support account and lets sshd trust the vendor's engineers for it alone;
+    closing (disable, or expiry) removes all of it again.
+
+    Unless --password-prompt is given, the account gets a random password that only
+    the vendor can read (sealed to the vendor's key).
     """
-    if (key_text is None) == (key_file is None):
-        raise BadInput("give the key with --key KEY, --key - (standard input) or --key-file FILE")
-    if key_file is not None:
-        key_text = key_file.read_text(encoding="utf-8", errors="replace")
-    elif key_text == "-":
-        key_text = sys.stdin.read()
-    assert key_text is not None
+    keys_given = (key_text is not None) + (key_file is not None)
+    if direct and keys_given:
+        raise BadInput("--direct opens access without a key: give either a key or --direct")
+    if not direct and keys_given != 1:
+        raise BadInput(
+            "give the key with --key KEY, --key - (standard input) or --key-file FILE; or use --direct"
+        )
+    if not direct and (allow_from or no_expire):
+        raise BadInput(
+            "--from and --no-expire apply only to --direct (a tether key always expires)"
+        )
     config = AgentConfig.load(config_path)
     manager = AccessManager(config)
-    state, offer = manager.enable_with_key(key_text, by="cli")
+    span = parse_duration(duration) if duration else None
+    if direct:
+        sources = tuple(a.strip() for a in (allow_from or "").split(",") if a.strip())
+        if no_expire:
+            err.print(
+                "[bold red]WARNING: --no-expire: nothing will close support access by itself.[/]"
+            )
+            err.print("[bold red]It stays open until you run `tether access disable`.[/]")
+        state = manager.enable_direct(
+            by="cli",
+            duration=span,
+            allow_from=sources,
+            no_expire=no_expire,
+            password=_password_choice(password_prompt),
+        )
+        refused_ports: tuple[int, ...] = ()
+    else:
+        if key_file is not None:
+            key_text = key_file.read_text(encoding="utf-8", errors="replace")
+        elif key_text == "-":
+            key_text = sys.stdin.read()
+        if key_text is None:
+            raise BadInput("no key given")
+        state, offer = manager.enable_with_key(
+            key_text, by="cli", duration=span, password=_password_choice(password_prompt)
+        )
+        refused_ports = offer.refused_ports
     daemon = _daemon(config, "reconcile")
     if as_json:
         print_json({"access": state.to_json(with_key=False), "daemon_running": daemon is not None})
         return
-    now = SYSTEM_CLOCK.now()
-    assert state.expires_at is not None
-    out.print(
-        f"Support access open until {state.expires_at:%Y-%m-%d %H:%M} UTC "
-        f"({format_duration(state.expires_at - now)} left), ports {', '.join(map(str, offer.ports))}."
-    )
-    if offer.refused_ports:
+    out.print(describe_access(state, config.serial))
+    if refused_ports:
         err.print(
-            f"warning: not opening port(s) {', '.join(map(str, offer.refused_ports))}: not allowed on this machine"
+            f"warning: not opening port(s) {', '.join(map(str, refused_ports))}: not allowed on this machine"
         )
-    if daemon is None:
-        err.print(
-            "warning: the tether agent is not running, so nothing connects yet: start it "
-            "(systemctl start tether-agent, or `tether agent serve`)"
-        )
-    else:
-        out.print(
-            f"Connecting to relay {escape(offer.claims.relay)}; `tether access status` shows progress."
-        )
+    if state.mode == AccessMode.TETHER:
+        if daemon is None:
+            err.print(
+                "warning: the tether agent is not running, so nothing connects yet: start it "
+                "(systemctl start tether-agent, or `tether agent serve`)"
+            )
+        else:
+            out.print(
+                f"Connecting to relay {escape(state.relay or '?')}; `tether access status` shows progress."
+            )
 
 
 @access.command()
@@ -96,19 +162,39 @@ def enable(config_path: Path, key_text: str | None, key_file: Path | None, as_js
 @json_option
 @handle_errors
 def disable(config_path: Path, as_json: bool) -> None:
-    """Close support access now: the tether and every session through it end."""
+    """Close support access now: sessions end, the account and sshd changes are removed."""
     config = AgentConfig.load(config_path)
-    from tether.agent.state import CloseReason
-
-    before = AccessManager(config).state()
-    state = AccessManager(config).close(CloseReason.CUSTOMER, by="cli")
+    manager = AccessManager(config)
+    before = manager.state()
+    state = manager.close(CloseReason.CUSTOMER, by="cli")
     _daemon(config, "reconcile")
     if as_json:
-        print_json({"access": state.to_json(with_key=False), "was_open": before.is_open})
-    elif before.is_open:
+        print_json(
+            {
+                "access": state.to_json(with_key=False),
+                "was_open": before.status != AccessStatus.CLOSED,
+            }
+        )
+    elif before.status != AccessStatus.CLOSED:
         out.print("Support access closed.")
     else:
         out.print("Support access was already closed.")
+
+
+@access.command()
+@agent_config_option
+@json_option
+@handle_errors
+def expire(config_path: Path, as_json: bool) -> None:
+    """Close access if its time is up (run every minute by a systemd timer or cron)."""
+    config = AgentConfig.load(config_path)
+    manager = AccessManager(config)
+    repaired = manager.recover()
+    if as_json:
+        print_json({"closed": repaired is not None, "what": repaired})
+    elif repaired:
+        out.print(repaired.capitalize() + ".")
+    _daemon(config, "reconcile")
 
 
 @access.command()
@@ -117,8 +203,9 @@ def disable(config_path: Path, as_json: bool) -> None:
 def reset(config_path: Path) -> None:
     """Reconnect the tether now (after a network change, or to skip a backoff wait)."""
     config = AgentConfig.load(config_path)
-    if not AccessManager(config).state().is_open:
-        raise NotReady("support access is closed; there is no tether to reconnect")
+    state = AccessManager(config).state()
+    if not state.is_open or state.mode != AccessMode.TETHER:
+        raise NotReady("no tether is open; there is nothing to reconnect")
     if _daemon(config, "reset") is None:
         raise NotReady("the tether agent is not running (start it: systemctl start tether-agent)")
     out.print("Reconnecting the tether now.")
@@ -145,27 +232,37 @@ def status(config_path: Path, as_json: bool) -> None:
         )
         return
     out.print(describe_access(state, config.serial))
-    if state.is_open:
+    if state.is_open and state.mode == AccessMode.TETHER:
         out.print(f"Tether:   {describe_tunnel(reply is not None, tunnel)}")
 
 
 def describe_access(state: AccessState, serial: str) -> str:
+    """One line on access, in the words the web page uses too."""
     now = SYSTEM_CLOCK.now()
-    if state.is_open and state.expires_at is not None and state.expires_at <= now:
+    head = f"Support access on {serial}"
+    if state.in_transition:
+        return f"{head}: {state.status.value} was interrupted; the agent repairs it when it starts"
+    if not state.is_open:
+        line = f"{head}: closed"
+        if state.closed_at is not None and state.close_reason is not None:
+            line += f" ({state.close_reason.value} at {state.closed_at:%Y-%m-%d %H:%M} UTC"
+            line += f": {state.close_detail})" if state.close_detail else ")"
+        return line
+    how = "through the relay" if state.mode == AccessMode.TETHER else "direct"
+    if state.mode == AccessMode.DIRECT:
+        how += f" from {', '.join(state.allow_from)}" if state.allow_from else " from anywhere"
+    if state.expires_at is None:
+        return f"{head}: OPEN WITHOUT END ({how}) — nothing closes it but `tether access disable`"
+    if state.expires_at <= now:
         return (
-            f"Support access on {serial}: past its expiry ({state.expires_at:%Y-%m-%d %H:%M} UTC); "
-            "the agent closes it as soon as it runs"
+            f"{head}: past its expiry ({state.expires_at:%Y-%m-%d %H:%M} UTC); "
+            "the agent or the expiry timer closes it at once"
         )
-    if state.is_open and state.expires_at is not None:
-        return (
-            f"Support access on {serial}: open until {state.expires_at:%Y-%m-%d %H:%M} UTC "
-            f"({format_duration(state.expires_at - now)} left), ports {', '.join(map(str, state.ports))}"
-        )
-    line = f"Support access on {serial}: closed"
-    if state.closed_at is not None and state.close_reason is not None:
-        line += f" ({state.close_reason.value} at {state.closed_at:%Y-%m-%d %H:%M} UTC"
-        line += f": {state.close_detail})" if state.close_detail else ")"
-    return line
+    ports = f", ports {', '.join(map(str, state.ports))}" if state.ports else ""
+    return (
+        f"{head}: open until {state.expires_at:%Y-%m-%d %H:%M} UTC "
+        f"({format_duration(state.expires_at - now)} left), {how}{ports}"
+    )
 
 
 def describe_tunnel(daemon_running: bool, tunnel: object) -> str:
@@ -174,7 +271,14 @@ def describe_tunnel(daemon_running: bool, tunnel: object) -> str:
     if not isinstance(tunnel, dict):
         return "not connected"
     try:
-        status = TunnelStatus.from_json(tunnel)
+        tunnel_status = TunnelStatus.from_json(tunnel)
     except (ValueError, KeyError, TypeError):
         return "agent sent an unreadable status"
-    return status.describe(SYSTEM_CLOCK.now())
+    return tunnel_status.describe(SYSTEM_CLOCK.now())
+
+
+# `check` and `log` live in their own module to keep this one small.
+from tether.cli.access_info import check, log_command  # noqa: E402
+
+access.add_command(check)
+access.add_command(log_command)

@@ -57,3 +57,14 @@ def env_path(name: str, default: str) -> Path:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+agent_config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="TETHER_AGENT_CONFIG",
+    default="/etc/tether/agent.toml",
+    show_default=True,
+    help="The agent's configuration file. Env: TETHER_AGENT_CONFIG.",
+)

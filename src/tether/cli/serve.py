@@ -10,8 +10,7 @@ from pathlib import Path
 import click
 
 from tether import log
-from tether.cli.access import agent_config_option
-from tether.cli.common import handle_errors, run
+from tether.cli.common import agent_config_option, handle_errors, run
 from tether.config import AgentConfig, RelayConfig
 
 
@@ -80,3 +79,18 @@ def agent_serve(config_path: Path, verbose: bool) -> None:
     log.setup(logging.DEBUG if verbose else logging.INFO)
     config = AgentConfig.load(config_path)
     run(AgentDaemon(config).serve())
+
+
+@agent.command("install")
+@agent_config_option
+@handle_errors
+def agent_install(config_path: Path) -> None:
+    """Install the agent as a service and the every-minute expiry check (systemd or cron)."""
+    import sys
+
+    from tether.agent.install import install
+
+    config = AgentConfig.load(config_path)
+    report = install(config, [sys.executable, "-m", "tether"])
+    click.echo(f"Installed with {report.scheduler}: " + ", ".join(str(f) for f in report.files))
+    click.echo("Support access now closes on time even if the agent daemon stops.")

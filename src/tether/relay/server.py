@@ -33,6 +33,7 @@ from tether.protocol import (
     RefusalReason,
     Register,
     Registered,
+    SealedPassword,
     encode,
 )
 from tether.protocol import Refused as RefusedMessage
@@ -47,7 +48,13 @@ from tether.relay.routing import (
 )
 from tether.store import RevocationKind, Store
 from tether.tasks import TaskSet
-from tether.wire import AGENT_USERNAME, CONTROL_SUBSYSTEM, FORWARD_BIND_HOST, RELAY_SERVER_VERSION
+from tether.wire import (
+    AGENT_USERNAME,
+    CONTROL_SUBSYSTEM,
+    FORWARD_BIND_HOST,
+    RELAY_SERVER_VERSION,
+    RELAY_TIME_BANNER,
+)
 
 logger = logging.getLogger("tether.relay")
 
@@ -277,6 +284,9 @@ class _ControlSession(asyncssh.SSHServerSession[bytes]):
         try:
             for line in self._lines.feed(data):
                 message = decode_message(line)
+                if isinstance(message, SealedPassword):
+                    self._owner.store_sealed_password(message)
+                    continue
                 if not isinstance(message, Register) or self._registering:
                     raise ProtocolError("expected exactly one register message")
                 self._registering = True
@@ -311,6 +321,7 @@ class _RelayConnection(asyncssh.SSHServer):
         self._expiry: asyncio.TimerHandle | None = None
         self._register_deadline: asyncio.TimerHandle | None = None
         self._closing = False
+        self._password_received = False
 
     # --- connection lifecycle --------------------------------------------------------
 
@@ -381,6 +392,11 @@ class _RelayConnection(asyncssh.SSHServer):
         self.username = username
         if username == AGENT_USERNAME:
             self.role = "agent"
+            if self.conn is not None:
+                # Agents compare clocks with the relay (`tether access check`).
+                self.conn.send_auth_banner(
+                    f"{RELAY_TIME_BANNER}{self.relay.clock.now().isoformat()}\n"
+                )
         elif username not in RESERVED_NAMES:
             engineer = await self.relay.store.engineers.get(username)
             if engineer is not None and engineer.active:
@@ -497,6 +513,23 @@ class _RelayConnection(asyncssh.SSHServer):
             ports=claims.ports,
             expires=claims.expires_at,
         )
+
+    def store_sealed_password(self, message: SealedPassword) -> None:
+        """Keep the machine's sealed support password for the vendor service (once)."""
+        entry = self.entry
+        if entry is None or message.key_id != entry.key_id or self._password_received:
+            raise ProtocolError("sealed password out of place")
+        if not message.sealed.startswith("hpke1.") or len(message.sealed) > 4096:
+            raise ProtocolError("sealed password malformed")
+        self._password_received = True
+        now = self.relay.clock.now()
+        self.relay._tasks.spawn(
+            self.relay.store.passwords.put(
+                key_id=entry.key_id, serial=entry.serial, sealed=message.sealed, now=now
+            ),
+            f"relay.password.{entry.serial}",
+        )
+        log.event(logger, "password.sealed_received", serial=entry.serial, key=entry.key_id)
 
     def server_requested(self, listen_host: str, listen_port: int) -> _NullListener | bool:
         if self.role == "agent" and self.entry is not None and self.entry.may_offer(listen_port):

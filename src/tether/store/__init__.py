@@ -11,8 +11,15 @@ from tether.store.db import StoreConflict, StoreError
 from tether.store.engine import Store
 from tether.store.migrate import head_revision
 from tether.store.models import KeyKind, RevocationKind
-from tether.store.records import Engineer, IssuedKey, RelayRecord, Revocation, TetherRecord
-from tether.store.registry import RelayRepo, TetherRepo
+from tether.store.records import (
+    Engineer,
+    IssuedKey,
+    RelayRecord,
+    Revocation,
+    SealedPassword,
+    TetherRecord,
+)
+from tether.store.registry import PasswordRepo, RelayRepo, TetherRepo
 from tether.store.repos import (
     ENGINEER_NAME_RULE,
     REVOCATION_CHANNEL,
@@ -32,11 +39,13 @@ __all__ = [
     "IssuedKey",
     "KeyKind",
     "KeyRepo",
+    "PasswordRepo",
     "RelayRecord",
     "RelayRepo",
     "Revocation",
     "RevocationKind",
     "RevocationRepo",
+    "SealedPassword",
     "Store",
     "StoreConflict",
     "StoreError",

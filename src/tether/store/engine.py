@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tether.errors import NotReady
 from tether.store import migrate as migrations
 from tether.store.db import Database, StoreError, create_engine, describe_error
-from tether.store.registry import RelayRepo, TetherRepo
+from tether.store.registry import PasswordRepo, RelayRepo, TetherRepo
 from tether.store.repos import EngineerRepo, KeyRepo, RevocationRepo
 from tether.store.urls import display_url, normalize_url
 
@@ -59,6 +59,7 @@ class Store:
     revocations: RevocationRepo
     """The append-only revocation feed."""
     relays: RelayRepo
+    passwords: PasswordRepo
     """Relays of the fleet."""
 
     def __init__(self, db: Database) -> None:
@@ -69,6 +70,7 @@ class Store:
         self.tethers = TetherRepo(db)
         self.revocations = RevocationRepo(db)
         self.relays = RelayRepo(db)
+        self.passwords = PasswordRepo(db)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:

@@ -26,6 +26,7 @@ __all__ = [
     "RelayRow",
     "RevocationKind",
     "RevocationRow",
+    "SealedPasswordRow",
     "TetherRow",
 ]
 
@@ -144,3 +145,16 @@ class RevocationRow(Base):
     subject: Mapped[str] = mapped_column(String(128))
     at: Mapped[datetime] = mapped_column(UTCDateTime())
     reason: Mapped[str] = mapped_column(Text)
+
+
+class SealedPasswordRow(Base):
+    """A support-account password sealed (HPKE) to the vendor by the machine."""
+
+    __tablename__ = "sealed_passwords"
+
+    key_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("issued_keys.key_id", ondelete="CASCADE"), primary_key=True
+    )
+    serial: Mapped[str] = mapped_column(String(128))
+    sealed: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -15,6 +15,7 @@ from tether.store.models import (
     RelayRow,
     RevocationKind,
     RevocationRow,
+    SealedPasswordRow,
     TetherRow,
 )
 
@@ -160,3 +161,18 @@ class RelayRecord:
             started_at=row.started_at,
             last_seen_at=row.last_seen_at,
         )
+
+
+@dataclass(frozen=True)
+class SealedPassword:
+    """A machine's support password, sealed to the vendor; only the vendor can open it."""
+
+    key_id: str
+    serial: str
+    sealed: str
+    received_at: datetime
+
+    @classmethod
+    def from_row(cls, row: SealedPasswordRow) -> SealedPassword:
+        """Copy an ORM row into a record."""
+        return cls(row.key_id, row.serial, row.sealed, row.received_at)

@@ -17,11 +17,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql import Executable
 
 from tether.store.db import Database
-from tether.store.models import Base, RelayRow, TetherRow
-from tether.store.records import RelayRecord, TetherRecord
+from tether.store.models import Base, RelayRow, SealedPasswordRow, TetherRow
+from tether.store.records import RelayRecord, SealedPassword, TetherRecord
 from tether.store.types import require_aware, require_text
 
-__all__ = ["RelayRepo", "TetherRepo"]
+__all__ = ["PasswordRepo", "RelayRepo", "TetherRepo"]
 
 
 def _upsert(
@@ -150,3 +150,31 @@ class RelayRepo:
         """Forget a relay (clean shutdown)."""
         async with self._db.write(f"removing relay {relay_id}") as session:
             await session.execute(delete(RelayRow).where(RelayRow.relay_id == relay_id))
+
+
+class PasswordRepo:
+    """Sealed support-account passwords, as machines sent them over their tether."""
+
+    def __init__(self, db: Database) -> None:
+        """Use ``db`` for every transaction."""
+        self._db = db
+
+    async def put(self, *, key_id: str, serial: str, sealed: str, now: datetime) -> None:
+        """Store (or replace, after the machine re-opened access) the sealed password."""
+        values = {
+            "key_id": require_text(key_id, "key id", 64),
+            "serial": require_text(serial, "serial", 128),
+            "sealed": require_text(sealed, "sealed password", 4096),
+            "received_at": require_aware(now, "now"),
+        }
+        stmt = _upsert(
+            self._db, SealedPasswordRow, values, "key_id", ["serial", "sealed", "received_at"]
+        )
+        async with self._db.write(f"storing the sealed password of key {key_id}") as session:
+            await session.execute(stmt)
+
+    async def get(self, key_id: str) -> SealedPassword | None:
+        """The sealed password sent for ``key_id``, if any."""
+        async with self._db.read(f"reading the sealed password of key {key_id}") as session:
+            row = await session.get(SealedPasswordRow, key_id)
+            return SealedPassword.from_row(row) if row is not None else None

@@ -24,6 +24,7 @@ from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import VendorConfig, toml_string
 from tether.errors import BadInput, NotReady, Refused
 from tether.keys import KeyKind, SigningKey, TetherKeyClaims, check_ports, issue_key, parse_address
+from tether.seal import SealPrivateKey
 from tether.store import IssuedKey, Store, sqlite_url
 from tether.store import KeyKind as StoreKeyKind
 
@@ -84,6 +85,7 @@ def _create_files(
         "relay.toml",
         "agent-trust.toml",
         "tether_signing_key.pem",
+        "password_seal_key.pem",
         "engineer_ca",
         "engineer_ca.pub",
         "relay_host_key",
@@ -103,6 +105,8 @@ def _create_files(
     ca = asyncssh.generate_private_key("ssh-ed25519", comment=f"{vendor} engineer CA")
     host_key = asyncssh.generate_private_key("ssh-ed25519", comment=f"{vendor} relay")
     _write_private(data_dir / "tether_signing_key.pem", signing.to_pem())
+    seal_key = SealPrivateKey.generate()
+    _write_private(data_dir / "password_seal_key.pem", seal_key.to_pem())
     _write_private(data_dir / "engineer_ca", ca.export_private_key())
     _write_public(data_dir / "engineer_ca.pub", ca.export_public_key())
     _write_private(data_dir / "relay_host_key", host_key.export_private_key())
@@ -138,6 +142,7 @@ def _create_files(
             f"# Paste into /etc/tether/agent.toml on customers' machines: {vendor}'s public keys.\n"
             f"vendor_keys = [{toml_string(public)}]\n"
             f"vendor_ca = {toml_string(ca_line)}\n"
+            f"vendor_seal_key = {toml_string(seal_key.public().text())}\n"
         ).encode(),
     )
     config = VendorConfig.load(data_dir / "vendor.toml")

@@ -17,7 +17,7 @@ from tether.store.models import Base
 
 from .helpers import T0, issue
 
-TABLES = {"issued_keys", "engineers", "tethers", "relays", "revocations"}
+TABLES = {"issued_keys", "engineers", "tethers", "relays", "revocations", "sealed_passwords"}
 
 
 async def _run(url: str, fn: Any) -> Any:

@@ -109,3 +109,33 @@ async def test_relay_heartbeat_upserts(store: Store) -> None:
     assert a.started_at == T0 + timedelta(hours=1)
     await store.relays.remove("relay-b")
     assert [r.relay_id for r in await store.relays.list()] == ["relay-a"]
+
+
+async def test_sealed_password_is_stored_per_key_and_replaced(store_url: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tether.store import KeyKind, Store
+
+    store = await Store.open(store_url)
+    try:
+        now = datetime(2026, 11, 25, tzinfo=UTC)
+        await store.keys.record_issued(
+            key_id="k1",
+            serial="S-1",
+            kind=KeyKind.MANUAL,
+            issued_at=now,
+            not_before=now,
+            expires_at=now + timedelta(days=1),
+            ports=(22,),
+            relay="r:1",
+            relay_host_key="SHA256:" + "A" * 43,
+            issued_by="t",
+        )
+        assert await store.passwords.get("k1") is None
+        await store.passwords.put(key_id="k1", serial="S-1", sealed="hpke1.first", now=now)
+        await store.passwords.put(key_id="k1", serial="S-1", sealed="hpke1.second", now=now)
+        stored = await store.passwords.get("k1")
+        assert stored is not None
+        assert stored.sealed == "hpke1.second"
+    finally:
+        await store.aclose()

@@ -1,0 +1,204 @@
+"""``tether access check`` and ``tether access log``: prerequisites and the record."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import click
+from rich.markup import escape
+
+from tether.agent.access import AccessManager
+from tether.agent.identity import load_or_create_machine_key
+from tether.agent.logins import LoginSources, merge_timeline, read_logins
+from tether.cli.common import agent_config_option, handle_errors, json_option, out, print_json
+from tether.clock import SYSTEM_CLOCK
+from tether.config import AgentConfig
+from tether.keys import TetherKeyError, parse_key
+
+#: Larger clock differences make keys look expired or not yet valid.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def run_checks(config: AgentConfig, key_text: str | None) -> list[Check]:
+    """Every prerequisite of support access, each with how to fix it."""
+    manager = AccessManager(config)
+    checks = [Check("serial", True, f"this machine is {config.serial}")]
+    checks.append(
+        Check(
+            "vendor trust",
+            config.vendor_ca is not None,
+            "vendor keys and CA configured" if config.vendor_ca else "vendor_ca is missing",
+            f"copy the vendor's agent-trust.toml into {config.path}",
+        )
+    )
+    facts = manager.machine.facts(config.support_account)
+    checks.append(
+        Check(
+            "sshd installed",
+            facts.sshd_present,
+            str(config.paths.sshd),
+            "install OpenSSH: apt-get install openssh-server",
+        )
+    )
+    checks.append(
+        Check(
+            "sshd configuration valid",
+            facts.sshd_config_valid,
+            facts.sshd_error or f"sshd -t accepts {config.paths.sshd_config}",
+            "fix the error sshd -t reports; Tether will not change an invalid configuration",
+        )
+    )
+    checks.append(
+        Check(
+            "sshd drop-in directory",
+            facts.drop_in_included or facts.can_add_block,
+            "included by sshd_config"
+            if facts.drop_in_included
+            else (
+                "not included: a managed block will be added to sshd_config"
+                if facts.can_add_block
+                else "not included, and sshd_config is not writable"
+            ),
+            f"add `Include {config.paths.sshd_config_d}/*.conf` at the top of {config.paths.sshd_config}",
+        )
+    )
+    checks.append(
+        Check(
+            "support account name",
+            facts.account_conflict is None,
+            facts.account_conflict or f"{config.support_account} is free or Tether's own",
+            f"set support_account in {config.path} to an unused name",
+        )
+    )
+    checks.append(
+        Check(
+            "expiry timer",
+            facts.systemd or facts.cron,
+            "systemd" if facts.systemd else ("cron" if facts.cron else "neither systemd nor cron"),
+            "install cron (apt-get install cron) so access closes even if the agent is down",
+        )
+    )
+    relay_key = key_text or manager.state().key
+    if relay_key:
+        checks.extend(_relay_checks(config, relay_key))
+    return checks
+
+
+def _relay_checks(config: AgentConfig, key_text: str) -> list[Check]:
+    from tether.agent.probe import probe_relay
+
+    try:
+        claims = parse_key(
+            key_text, config.vendor_keys, now=SYSTEM_CLOCK.now(), serial=config.serial
+        )
+    except TetherKeyError as exc:
+        return [Check("tether key", False, str(exc), "ask the vendor for a new key")]
+    machine_key = load_or_create_machine_key(config.machine_key_path)
+    probe = asyncio.run(probe_relay(claims.relay, claims.relay_host_key, machine_key))
+    checks = [
+        Check(
+            "relay reachable",
+            probe.reachable,
+            probe.error or f"{claims.relay} answers",
+            f"allow outbound TCP to {claims.relay} in the firewall",
+        ),
+    ]
+    if probe.reachable:
+        checks.append(
+            Check(
+                "relay host key",
+                probe.host_key_ok,
+                "matches the key's pin"
+                if probe.host_key_ok
+                else f"{probe.seen_host_key} is not {claims.relay_host_key}",
+                "something intercepts the connection, or the key is for another relay",
+            )
+        )
+    if probe.relay_time is not None:
+        skew = abs(probe.relay_time - SYSTEM_CLOCK.now())
+        checks.append(
+            Check(
+                "clock",
+                skew <= MAX_CLOCK_SKEW,
+                f"{skew.total_seconds():.0f} s from the relay's",
+                "set the clock (timedatectl set-ntp true)",
+            )
+        )
+    return checks
+
+
+@click.command("check")
+@agent_config_option
+@click.option("--key", "key_text", help="Also check the relay this key names ('-' reads stdin).")
+@json_option
+@handle_errors
+def check(config_path: Path, key_text: str | None, as_json: bool) -> None:
+    """Check the prerequisites of support access and say how to fix what is missing."""
+    if key_text == "-":
+        key_text = sys.stdin.read()
+    config = AgentConfig.load(config_path)
+    checks = run_checks(config, key_text)
+    failed = [c for c in checks if not c.ok]
+    if as_json:
+        print_json({"ok": not failed, "checks": [c.__dict__ for c in checks]})
+    else:
+        for c in checks:
+            mark = "[green]ok[/]  " if c.ok else "[red]FAIL[/]"
+            out.print(f"{mark} {c.name}: {escape(c.detail)}")
+            if not c.ok and c.fix:
+                out.print(f"      fix: {escape(c.fix)}")
+    if failed:
+        sys.exit(1)
+
+
+@click.command("log")
+@agent_config_option
+@click.option(
+    "--verify", is_flag=True, help="Check the log's hash chain; exit 1 if anything was changed."
+)
+@json_option
+@handle_errors
+def log_command(config_path: Path, verify: bool, as_json: bool) -> None:
+    """The agent's audit log merged with support logins from sshd's own log."""
+    config = AgentConfig.load(config_path)
+    audit = AccessManager(config).audit
+    verification = audit.verify()
+    logins = read_logins(config.support_account, sources=LoginSources(sshd_log=config.sshd_log))
+    rows = merge_timeline(audit.entries(skip_damaged=True), logins)
+    if as_json:
+        print_json(
+            {
+                "verified": verification.ok,
+                "problems": [p.message for p in verification.problems],
+                "entries": verification.entries,
+                "rows": [
+                    {"at": r.at.isoformat() if r.at else None, "source": r.source, "text": r.text}
+                    for r in rows
+                ],
+            }
+        )
+    else:
+        for row in rows:
+            when = f"{row.at:%Y-%m-%d %H:%M:%S}" if row.at else " " * 19
+            out.print(f"{when}  {row.source:<5}  {escape(row.text)}")
+        if verify:
+            if verification.ok:
+                out.print(
+                    f"[green]Audit log intact[/]: {verification.entries} entries, chain head {verification.head[:16]}…"
+                )
+            for problem in verification.problems:
+                out.print(f"[red]TAMPERED[/]: {escape(problem.message)}")
+    if verify and not verification.ok:
+        sys.exit(1)
