@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -392,3 +393,19 @@ async def test_audit_log_verifies_and_detects_an_edit(system: DemoSystem) -> Non
     assert bad.returncode == 1
     assert "TAMPERED" in bad.stdout
     assert "entry 1" in bad.stdout
+
+
+async def test_account_expiry_date_is_a_layer_that_works_alone(system: DemoSystem) -> None:
+    """The OS account carries the expiry too: past it, sshd refuses even with all else open."""
+    assert system.machine is not None
+    status = json.loads((await asyncio.to_thread(system.access, "status", "--json")).stdout)
+    expires = status["access"]["expires_at"][:10]
+    shown = system.machine.run(["chage", "-l", "tether-support"], env={"LC_ALL": "C"}).stdout
+    line = next(x for x in shown.splitlines() if x.startswith("Account expires"))
+    expected = date.fromisoformat(expires) + timedelta(days=1)
+    assert line.endswith(expected.strftime("%b %d, %Y")), line
+    assert (await ssh(system, system.serial, "true")).returncode == 0
+    # Now pretend the agent, the timer and the relay all failed: only the account date is left.
+    system.machine.run(["usermod", "-e", "1", "tether-support"], check=True)
+    refused = await ssh(system, system.serial, "true")
+    assert refused.returncode == 255
