@@ -13,10 +13,13 @@ import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from tether.agent.effects import MachinePaths
+from tether.durations import parse_duration
 from tether.errors import ConfigError
 from tether.keys import VerifyKey, check_ports, check_serial, parse_address
 from tether.seal import SealPublicKey
@@ -152,6 +155,9 @@ class AgentConfig:
     sshd_log: Path | None = None
     systemd_dir: Path = Path("/etc/systemd/system")
     cron_dir: Path = Path("/etc/cron.d")
+    #: Where one-click requests go (HOST:PORT) and that relay's pinned host key.
+    request_relay: str | None = None
+    request_relay_host_key: str | None = None
 
     @property
     def allowed_ports(self) -> tuple[int, ...]:
@@ -203,6 +209,15 @@ class AgentConfig:
             seal_key = SealPublicKey.parse(seal_text) if seal_text else None
         except Exception as exc:
             raise ConfigError(f"{path}: vendor_seal_key: {exc}") from None
+        request_relay = r.text("request_relay", None)
+        request_fp = r.text("request_relay_host_key", None)
+        if (request_relay is None) != (request_fp is None):
+            raise ConfigError(f"{path}: request_relay and request_relay_host_key go together")
+        if request_relay is not None:
+            try:
+                parse_address(request_relay, what="request_relay")
+            except Exception as exc:
+                raise ConfigError(f"{path}: {exc}") from None
         config = cls(
             path=r.path,
             serial=serial,
@@ -218,6 +233,8 @@ class AgentConfig:
             sshd_log=r.path_("sshd_log", None),
             systemd_dir=systemd_dir,
             cron_dir=cron_dir,
+            request_relay=request_relay,
+            request_relay_host_key=request_fp,
         )
         r.finish()
         return config
@@ -281,6 +298,19 @@ class RelayConfig:
         return config
 
 
+class RequestPolicy(StrEnum):
+    """What the vendor service does with a one-click support request."""
+
+    AUTO = "auto"
+    """Issue a key at once (the default)."""
+    HOLD = "hold"
+    """Keep the case pending until an engineer approves or denies it."""
+
+
+#: Longest lifetime a one-click (request) key may be given: that of any tether key.
+MAX_REQUEST_KEY_LIFETIME = timedelta(weeks=12)
+
+
 @dataclass(frozen=True)
 class VendorConfig:
     """The vendor service's settings (``vendor.toml`` in the vendor data directory)."""
@@ -292,6 +322,10 @@ class VendorConfig:
     relay: str
     support_account: str = DEFAULT_SUPPORT_ACCOUNT
     default_ports: tuple[int, ...] = DEFAULT_PORTS
+    #: ``auto``: one-click requests get a key at once; ``hold``: an engineer decides.
+    request_policy: str = RequestPolicy.AUTO
+    #: Lifetime of keys issued on one-click requests (``request_key_lifetime = "21d"``).
+    request_key_lifetime: timedelta = timedelta(days=21)
 
     @property
     def signing_key_path(self) -> Path:
@@ -322,6 +356,23 @@ class VendorConfig:
             default_ports = check_ports(ports)
         except Exception as exc:
             raise ConfigError(f"{path}: default_ports: {exc}") from None
+        policy = r.text("request_policy", RequestPolicy.AUTO.value)
+        try:
+            request_policy = RequestPolicy(policy)
+        except ValueError:
+            raise ConfigError(
+                f'{path}: request_policy must be "auto" (issue keys at once) or "hold" '
+                f"(an engineer approves each request), not {policy!r}"
+            ) from None
+        lifetime_text = r.text("request_key_lifetime", "21d")
+        try:
+            lifetime = parse_duration(lifetime_text)
+        except Exception as exc:
+            raise ConfigError(f"{path}: request_key_lifetime: {exc}") from None
+        if lifetime > MAX_REQUEST_KEY_LIFETIME:
+            raise ConfigError(
+                f"{path}: request_key_lifetime may be at most 12 weeks (84d), not {lifetime_text!r}"
+            )
         config = cls(
             path=r.path,
             vendor=r.text("vendor", _REQUIRED),
@@ -330,6 +381,8 @@ class VendorConfig:
             relay=relay,
             support_account=r.text("support_account", DEFAULT_SUPPORT_ACCOUNT),
             default_ports=default_ports,
+            request_policy=request_policy,
+            request_key_lifetime=lifetime,
         )
         r.finish()
         return config

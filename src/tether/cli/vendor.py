@@ -1,7 +1,11 @@
-"""``tether vendor …``: set up the vendor side, issue and revoke keys, sign certificates."""
+"""``tether vendor …``: set up the vendor side, run the vendor service, issue and revoke
+keys, sign certificates, manage engineers, machines and one-click cases."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -9,13 +13,19 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from tether import log
 from tether.certs import DEFAULT_CERT_TTL, EngineerCertificate, load_public_key
 from tether.cli.common import err, handle_errors, json_option, out, print_json, run
+from tether.config import VendorConfig
 from tether.durations import format_duration, parse_duration
 from tether.errors import BadInput
-from tether.keys import parse_ports
-from tether.store import Store
+from tether.keys import check_serial, format_address, parse_address, parse_ports
+from tether.store import CaseStatus, Store
+from tether.tasks import TaskSet
 from tether.vendor.authority import Authority, init_data_dir, load_vendor_config
+
+#: Who the audit log names for acts done with the CLI on the vendor host.
+CLI_ACTOR = "vendor-cli"
 
 data_dir_option = click.option(
     "--data-dir",
@@ -29,7 +39,7 @@ data_dir_option = click.option(
 
 @click.group()
 def vendor() -> None:
-    """The vendor side: keys, certificates, engineers (and later the vendor service)."""
+    """The vendor side: the vendor service, keys, certificates, engineers, cases."""
 
 
 @vendor.command()
@@ -206,23 +216,83 @@ def engineer() -> None:
     """Manage the engineers who may connect."""
 
 
+def _read_password(name: str) -> str:
+    """A new password: from a hidden prompt on a terminal, else one line of stdin."""
+    from tether.vendor.api_credentials import check_password
+
+    if sys.stdin.isatty():
+        password = click.prompt(
+            f"Password for {name}", hide_input=True, confirmation_prompt=True, err=True
+        )
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise BadInput("no password on stdin: send one line (or run on a terminal)")
+    return check_password(str(password))
+
+
 @engineer.command("add")
 @data_dir_option
 @click.argument("name")
+@click.option("--admin", is_flag=True, help="May manage keys, machines and engineers.")
+@click.option(
+    "--password-prompt",
+    is_flag=True,
+    help="Set a vendor-service password (hidden prompt, or one line of stdin; never argv).",
+)
 @handle_errors
-def engineer_add(data_dir: Path, name: str) -> None:
+def engineer_add(data_dir: Path, name: str, admin: bool, password_prompt: bool) -> None:
     """Add an engineer (lower-case letters, digits, '.', '_', '-')."""
     from tether.certs import check_engineer_name
+    from tether.vendor.api_credentials import hash_password
 
     check_engineer_name(name)
+    password_hash = hash_password(_read_password(name)) if password_prompt else None
 
     async def go() -> None:
         async with _with_authority(data_dir) as authority:
-            await authority.store.engineers.add(name, authority.clock.now())
+            await authority.store.engineers.add(
+                name, authority.clock.now(), admin=admin, password_hash=password_hash
+            )
+            await authority.record("engineer.added", engineer=name, admin=admin, by=CLI_ACTOR)
 
     run(go())
+    role = "admin" if admin else "engineer"
     out.print(
-        f"Added engineer {name}. Sign their key: tether vendor sign --engineer {name} --pubkey KEY.pub"
+        f"Added {role} {name}. They log in with `tether login`"
+        + ("" if password_hash else " once a password is set (--password-prompt)")
+        + f", or sign their key: tether vendor sign --engineer {name} --pubkey KEY.pub"
+    )
+
+
+@engineer.command("totp")
+@data_dir_option
+@click.argument("name")
+@click.option("--off", is_flag=True, help="Turn one-time codes off for this engineer.")
+@handle_errors
+def engineer_totp(data_dir: Path, name: str, off: bool) -> None:
+    """Give an engineer a new TOTP secret and print its otpauth:// URI (shown only once)."""
+    from tether.vendor.api_credentials import new_totp_secret, totp_uri
+
+    secret = None if off else new_totp_secret()
+
+    async def go() -> str:
+        async with _with_authority(data_dir) as authority:
+            if await authority.store.engineers.get(name) is None:
+                raise BadInput(f"no engineer named {name!r}")
+            await authority.store.engineers.set_totp(name, secret)
+            event = "engineer.totp_disabled" if secret is None else "engineer.totp_enabled"
+            await authority.record(event, engineer=name, by=CLI_ACTOR)
+            return authority.config.vendor
+
+    vendor_name = run(go())
+    if secret is None:
+        out.print(f"One-time codes are off for {name}.")
+        return
+    click.echo(totp_uri(secret, engineer=name, issuer=f"{vendor_name} Tether"))
+    err.print(
+        f"Give this URI to {name} for their authenticator app; it is not shown again. "
+        "Logins now need the current code."
     )
 
 
@@ -236,9 +306,130 @@ def engineer_remove(data_dir: Path, name: str) -> None:
     async def go() -> None:
         async with _with_authority(data_dir) as authority:
             await authority.store.engineers.remove(name, now=authority.clock.now())
+            await authority.record("engineer.removed", engineer=name, by=CLI_ACTOR)
 
     run(go())
     out.print(f"Removed engineer {name}.")
+
+
+@vendor.group()
+def machine() -> None:
+    """Machines bound to a serial by their first one-click request."""
+
+
+@machine.command("rebind")
+@data_dir_option
+@click.argument("serial")
+@click.option("--reason", required=True, help="Why (kept in the vendor audit log).")
+@handle_errors
+def machine_rebind(data_dir: Path, serial: str, reason: str) -> None:
+    """Forget the machine key bound to SERIAL: the next request for it binds anew."""
+    check_serial(serial)
+    if not reason.strip():
+        raise BadInput("give a reason: --reason 'mainboard replaced'")
+
+    async def go() -> None:
+        async with _with_authority(data_dir) as authority:
+            await authority.rebind_machine(serial, by=CLI_ACTOR, reason=reason)
+
+    run(go())
+    out.print(f"Machine {escape(serial)} re-bound: the next one-click request for it is trusted.")
+
+
+@vendor.command("cases")
+@data_dir_option
+@click.option(
+    "--status",
+    type=click.Choice([s.value for s in CaseStatus]),
+    help="Only cases in this state.",
+)
+@json_option
+@handle_errors
+def list_cases(data_dir: Path, status: str | None, as_json: bool) -> None:
+    """List one-click support requests (cases), newest first."""
+
+    async def go() -> list[dict[str, object]]:
+        async with _with_authority(data_dir) as authority:
+            cases = await authority.store.cases.list(status=CaseStatus(status) if status else None)
+            return [
+                {
+                    "id": c.id,
+                    "serial": c.serial,
+                    "status": c.status.value,
+                    "created_at": c.created_at.isoformat(),
+                    "decided_by": c.decided_by,
+                    "decided_at": c.decided_at.isoformat() if c.decided_at else None,
+                    "key_id": c.key_id,
+                    "deny_reason": c.deny_reason,
+                    "description": c.description,
+                }
+                for c in cases
+            ]
+
+    rows = run(go())
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        out.print("No cases.")
+    for row in rows:
+        by = f" by {row['decided_by']}" if row["decided_by"] else ""
+        first_line = str(row["description"]).splitlines()[0] if row["description"] else ""
+        out.print(
+            f"#{row['id']}  {row['status']}{by}  {escape(str(row['serial']))}  "
+            f"{row['created_at']}  {escape(first_line[:80])}"
+        )
+
+
+@vendor.command()
+@data_dir_option
+@click.option(
+    "--listen",
+    default="127.0.0.1:8080",
+    show_default=True,
+    help="HOST:PORT for the HTTP API (port 0: any free port; the URL is printed).",
+)
+@handle_errors
+def serve(data_dir: Path, listen: str) -> None:
+    """Run the vendor service: HTTP API for engineers and admins, one-click requests.
+
+    One-click requests follow request_policy in vendor.toml: "auto" (default) issues a
+    key at once, "hold" waits for an engineer. Stops cleanly on Ctrl-C or SIGTERM.
+    """
+    address = parse_address(listen, what="listen address", any_port=True)
+    config = load_vendor_config(data_dir)
+    log.setup()
+    run(_serve(config, address))
+
+
+async def _serve(config: VendorConfig, listen: tuple[str, int]) -> None:
+    from tether.vendor.service import VendorService
+
+    store = await Store.open(config.database)
+    try:
+        service = VendorService(config, store, listen=listen)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, service.request_stop)
+        tasks = TaskSet()
+        serving = tasks.spawn(service.serve(), "vendor.service")
+        ready = tasks.spawn(service.wait_ready(), "vendor.ready")
+        await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done() and not serving.done():
+            click.echo(
+                f"Vendor service on {service.url} — OpenAPI at {service.url}/openapi.json "
+                f"(one-click policy: {config.request_policy}; database {store.url_for_display})"
+            )
+            sys.stdout.flush()
+        try:
+            await serving
+        finally:
+            await tasks.aclose()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+    finally:
+        await store.aclose()
+    click.echo(f"Vendor service on {format_address(*listen)} stopped.")
 
 
 @vendor.command()

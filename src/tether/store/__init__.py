@@ -4,22 +4,29 @@ Open a :class:`Store` with a database URL (:func:`sqlite_url` for a file); it
 migrates the schema to the newest revision and offers one repository per
 table. Repositories return frozen records (:class:`IssuedKey`,
 :class:`Engineer`, :class:`TetherRecord`, :class:`Revocation`,
-:class:`RelayRecord`) with timezone-aware UTC datetimes.
+:class:`RelayRecord`, :class:`MachineRecord`, :class:`CaseRecord`,
+:class:`ChannelRecord`, :class:`TokenRecord` …) with timezone-aware UTC datetimes.
 """
 
+from tether.store.cases import MAX_CASE_ID, MAX_DESCRIPTION, CaseRepo, MachineRepo
 from tether.store.db import StoreConflict, StoreError
 from tether.store.engine import Store
 from tether.store.migrate import head_revision
-from tether.store.models import KeyKind, RevocationKind
+from tether.store.models import CaseStatus, KeyKind, RevocationKind
 from tether.store.records import (
+    CaseRecord,
+    ChannelRecord,
     Engineer,
+    EngineerCredentials,
     IssuedKey,
+    MachineRecord,
     RelayRecord,
     Revocation,
     SealedPassword,
     TetherRecord,
+    TokenRecord,
 )
-from tether.store.registry import PasswordRepo, RelayRepo, TetherRepo
+from tether.store.registry import ChannelRepo, PasswordRepo, RelayRepo, TetherRepo
 from tether.store.repos import (
     ENGINEER_NAME_RULE,
     REVOCATION_CHANNEL,
@@ -28,17 +35,28 @@ from tether.store.repos import (
     RevocationRepo,
     validate_engineer_name,
 )
+from tether.store.sessions import TokenRepo
 from tether.store.urls import ACCEPTED_URLS, display_url, normalize_url, sqlite_url
 
 __all__ = [
     "ACCEPTED_URLS",
     "ENGINEER_NAME_RULE",
+    "MAX_CASE_ID",
+    "MAX_DESCRIPTION",
     "REVOCATION_CHANNEL",
+    "CaseRecord",
+    "CaseRepo",
+    "CaseStatus",
+    "ChannelRecord",
+    "ChannelRepo",
     "Engineer",
+    "EngineerCredentials",
     "EngineerRepo",
     "IssuedKey",
     "KeyKind",
     "KeyRepo",
+    "MachineRecord",
+    "MachineRepo",
     "PasswordRepo",
     "RelayRecord",
     "RelayRepo",
@@ -51,6 +69,8 @@ __all__ = [
     "StoreError",
     "TetherRecord",
     "TetherRepo",
+    "TokenRecord",
+    "TokenRepo",
     "display_url",
     "head_revision",
     "normalize_url",

@@ -12,9 +12,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tether.errors import NotReady
 from tether.store import migrate as migrations
+from tether.store.cases import CaseRepo, MachineRepo
 from tether.store.db import Database, StoreError, create_engine, describe_error
-from tether.store.registry import PasswordRepo, RelayRepo, TetherRepo
+from tether.store.registry import ChannelRepo, PasswordRepo, RelayRepo, TetherRepo
 from tether.store.repos import EngineerRepo, KeyRepo, RevocationRepo
+from tether.store.sessions import TokenRepo
 from tether.store.urls import display_url, normalize_url
 
 __all__ = ["Store"]
@@ -45,9 +47,10 @@ class Store:
     """Shared state of the vendor service and the relays.
 
     Open with :meth:`open`, close with :meth:`aclose`; use the repositories
-    :attr:`keys`, :attr:`engineers`, :attr:`tethers`, :attr:`revocations` and
-    :attr:`relays`. Several :class:`Store` objects (in one or many processes) may
-    share a database.
+    :attr:`keys`, :attr:`engineers`, :attr:`tethers`, :attr:`revocations`,
+    :attr:`relays`, :attr:`passwords`, :attr:`machines`, :attr:`cases`,
+    :attr:`channels` and :attr:`tokens`. Several :class:`Store` objects (in one or
+    many processes) may share a database.
     """
 
     keys: KeyRepo
@@ -59,8 +62,17 @@ class Store:
     revocations: RevocationRepo
     """The append-only revocation feed."""
     relays: RelayRepo
-    passwords: PasswordRepo
     """Relays of the fleet."""
+    passwords: PasswordRepo
+    """Sealed support-account passwords sent by machines."""
+    machines: MachineRepo
+    """Serials bound to the machine key that first asked for support."""
+    cases: CaseRepo
+    """One-click support requests."""
+    channels: ChannelRepo
+    """Engineers' channels open right now."""
+    tokens: TokenRepo
+    """Vendor-service sessions (hashed bearer tokens)."""
 
     def __init__(self, db: Database) -> None:
         """Wrap an open :class:`Database`; use :meth:`open` instead."""
@@ -71,6 +83,10 @@ class Store:
         self.revocations = RevocationRepo(db)
         self.relays = RelayRepo(db)
         self.passwords = PasswordRepo(db)
+        self.machines = MachineRepo(db)
+        self.cases = CaseRepo(db)
+        self.channels = ChannelRepo(db)
+        self.tokens = TokenRepo(db)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:

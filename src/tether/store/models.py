@@ -13,16 +13,21 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Enum, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import Boolean, Enum, ForeignKey, Integer, MetaData, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tether.store.types import PortList, UTCDateTime
 
 __all__ = [
+    "ApiTokenRow",
     "Base",
+    "CaseRow",
+    "CaseStatus",
     "EngineerRow",
     "IssuedKeyRow",
     "KeyKind",
+    "LiveChannelRow",
+    "MachineRow",
     "RelayRow",
     "RevocationKind",
     "RevocationRow",
@@ -56,6 +61,19 @@ class RevocationKind(enum.Enum):
     """A tether key (subject: its key id)."""
     ENGINEER = "engineer"
     """An engineer, disabled or removed (subject: the engineer's name)."""
+
+
+class CaseStatus(enum.Enum):
+    """Where a one-click support request (a case) stands."""
+
+    PENDING = "pending"
+    """Waiting for the vendor (auto-approval or an engineer)."""
+    ISSUED = "issued"
+    """Approved: a key was issued and handed to the waiting machine."""
+    DENIED = "denied"
+    """The vendor said no (the reason is kept)."""
+    CANCELLED = "cancelled"
+    """The customer gave up, or the machine went away while waiting."""
 
 
 def _enum_type(cls: type[enum.Enum], name: str) -> Enum:
@@ -107,6 +125,12 @@ class EngineerRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: argon2 hash (PHC string) of the engineer's vendor-service password; never leaves the store
+    #: except through :meth:`~tether.store.EngineerRepo.credentials`.
+    password_hash: Mapped[str | None] = mapped_column(Text)
+    #: Base32 TOTP secret when the engineer uses one-time codes.
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class TetherRow(Base):
@@ -158,3 +182,63 @@ class SealedPasswordRow(Base):
     serial: Mapped[str] = mapped_column(String(128))
     sealed: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ApiTokenRow(Base):
+    """A vendor-service session: only the SHA-256 of the bearer token is stored."""
+
+    __tablename__ = "api_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    engineer: Mapped[str] = mapped_column(
+        String(64), ForeignKey("engineers.name", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class MachineRow(Base):
+    """Trust on first use: the machine key first seen asking for support for a serial."""
+
+    __tablename__ = "machines"
+
+    serial: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: SHA256 fingerprint of the bound machine key; ``None`` after an admin re-bind.
+    machine_key: Mapped[str | None] = mapped_column(String(255))
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    rebound_by: Mapped[str | None] = mapped_column(String(64))
+    rebound_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class CaseRow(Base):
+    """A one-click support request and its outcome."""
+
+    __tablename__ = "cases"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    serial: Mapped[str] = mapped_column(String(128), index=True)
+    machine_key: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status: Mapped[CaseStatus] = mapped_column(_enum_type(CaseStatus, "case_status"), index=True)
+    decided_by: Mapped[str | None] = mapped_column(String(64))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    key_id: Mapped[str | None] = mapped_column(String(64), ForeignKey("issued_keys.key_id"))
+    #: The issued tether key, handed to the waiting machine (a tether key holds no secret).
+    key_text: Mapped[str | None] = mapped_column(Text)
+    deny_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class LiveChannelRow(Base):
+    """An engineer's channel to a tethered machine, open right now on some relay."""
+
+    __tablename__ = "live_channels"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    relay_id: Mapped[str] = mapped_column(String(128), index=True)
+    serial: Mapped[str] = mapped_column(String(128), index=True)
+    engineer: Mapped[str] = mapped_column(String(64))
+    port: Mapped[int] = mapped_column(Integer)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime())

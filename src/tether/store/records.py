@@ -5,13 +5,18 @@ Every datetime in a record is timezone-aware UTC.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from tether.store.models import (
+    ApiTokenRow,
+    CaseRow,
+    CaseStatus,
     EngineerRow,
     IssuedKeyRow,
     KeyKind,
+    LiveChannelRow,
+    MachineRow,
     RelayRow,
     RevocationKind,
     RevocationRow,
@@ -19,7 +24,19 @@ from tether.store.models import (
     TetherRow,
 )
 
-__all__ = ["Engineer", "IssuedKey", "RelayRecord", "Revocation", "TetherRecord"]
+__all__ = [
+    "CaseRecord",
+    "ChannelRecord",
+    "Engineer",
+    "EngineerCredentials",
+    "IssuedKey",
+    "MachineRecord",
+    "RelayRecord",
+    "Revocation",
+    "SealedPassword",
+    "TetherRecord",
+    "TokenRecord",
+]
 
 
 @dataclass(frozen=True)
@@ -84,11 +101,18 @@ class IssuedKey:
 
 @dataclass(frozen=True)
 class Engineer:
-    """A vendor support engineer account."""
+    """A vendor support engineer account.
+
+    It says whether a password and a TOTP secret are set, never what they are: those
+    come only from :meth:`~tether.store.EngineerRepo.credentials`, for the login code.
+    """
 
     name: str
     created_at: datetime
     disabled_at: datetime | None
+    admin: bool = False
+    has_password: bool = False
+    totp_enabled: bool = False
 
     @property
     def active(self) -> bool:
@@ -97,8 +121,41 @@ class Engineer:
 
     @classmethod
     def from_row(cls, row: EngineerRow) -> Engineer:
+        """Copy an ORM row into a record (without the credentials)."""
+        return cls(
+            name=row.name,
+            created_at=row.created_at,
+            disabled_at=row.disabled_at,
+            admin=bool(row.admin),
+            has_password=row.password_hash is not None,
+            totp_enabled=row.totp_secret is not None,
+        )
+
+
+@dataclass(frozen=True)
+class EngineerCredentials:
+    """What the login code checks: the password hash and TOTP secret of one engineer.
+
+    Only the vendor service's login code asks for this; the secrets are left out of
+    ``repr`` so that a stray log line cannot show them.
+    """
+
+    name: str
+    active: bool
+    admin: bool
+    password_hash: str | None = field(repr=False)
+    totp_secret: str | None = field(repr=False)
+
+    @classmethod
+    def from_row(cls, row: EngineerRow) -> EngineerCredentials:
         """Copy an ORM row into a record."""
-        return cls(name=row.name, created_at=row.created_at, disabled_at=row.disabled_at)
+        return cls(
+            name=row.name,
+            active=row.disabled_at is None,
+            admin=bool(row.admin),
+            password_hash=row.password_hash,
+            totp_secret=row.totp_secret,
+        )
 
 
 @dataclass(frozen=True)
@@ -176,3 +233,96 @@ class SealedPassword:
     def from_row(cls, row: SealedPasswordRow) -> SealedPassword:
         """Copy an ORM row into a record."""
         return cls(row.key_id, row.serial, row.sealed, row.received_at)
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """A vendor-service session (the bearer token itself is never stored)."""
+
+    token_hash: str
+    engineer: str
+    created_at: datetime
+    expires_at: datetime
+
+    def expired(self, now: datetime) -> bool:
+        """Whether the session is over at ``now`` (aware)."""
+        return now >= self.expires_at
+
+    @classmethod
+    def from_row(cls, row: ApiTokenRow) -> TokenRecord:
+        """Copy an ORM row into a record."""
+        return cls(row.token_hash, row.engineer, row.created_at, row.expires_at)
+
+
+@dataclass(frozen=True)
+class MachineRecord:
+    """The machine key a serial is bound to (trust on first use).
+
+    ``machine_key`` is ``None`` after an admin re-bind, until the next request binds it.
+    """
+
+    serial: str
+    machine_key: str | None
+    first_seen_at: datetime
+    rebound_by: str | None
+    rebound_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: MachineRow) -> MachineRecord:
+        """Copy an ORM row into a record."""
+        return cls(row.serial, row.machine_key, row.first_seen_at, row.rebound_by, row.rebound_at)
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """A one-click support request and its outcome.
+
+    ``key_text`` is the issued tether key (it carries no secret); the relay hands it to
+    the waiting machine.
+    """
+
+    id: int
+    serial: str
+    machine_key: str
+    description: str
+    created_at: datetime
+    status: CaseStatus
+    decided_by: str | None
+    decided_at: datetime | None
+    key_id: str | None
+    key_text: str | None
+    deny_reason: str | None
+
+    @classmethod
+    def from_row(cls, row: CaseRow) -> CaseRecord:
+        """Copy an ORM row into a record."""
+        return cls(
+            id=row.id,
+            serial=row.serial,
+            machine_key=row.machine_key,
+            description=row.description,
+            created_at=row.created_at,
+            status=row.status,
+            decided_by=row.decided_by,
+            decided_at=row.decided_at,
+            key_id=row.key_id,
+            key_text=row.key_text,
+            deny_reason=row.deny_reason,
+        )
+
+
+@dataclass(frozen=True)
+class ChannelRecord:
+    """An engineer's channel to a machine, open now on relay ``relay_id``."""
+
+    id: int
+    relay_id: str
+    serial: str
+    engineer: str
+    port: int
+    opened_at: datetime
+
+    @classmethod
+    def from_row(cls, row: LiveChannelRow) -> ChannelRecord:
+        """Copy an ORM row into a record."""
+        return cls(row.id, row.relay_id, row.serial, row.engineer, row.port, row.opened_at)

@@ -1,6 +1,6 @@
-"""The live tether registry and the relays of the fleet.
+"""The live tether registry, the engineers' live channels and the relays of the fleet.
 
-Both tables are upserted (``INSERT ... ON CONFLICT DO UPDATE``) so that a
+Tethers and relays are upserted (``INSERT ... ON CONFLICT DO UPDATE``) so that a
 reconnect or a heartbeat is a single statement on either backend.
 """
 
@@ -16,12 +16,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql import Executable
 
+from tether.errors import BadInput
 from tether.store.db import Database
-from tether.store.models import Base, RelayRow, SealedPasswordRow, TetherRow
-from tether.store.records import RelayRecord, SealedPassword, TetherRecord
+from tether.store.models import Base, LiveChannelRow, RelayRow, SealedPasswordRow, TetherRow
+from tether.store.records import ChannelRecord, RelayRecord, SealedPassword, TetherRecord
 from tether.store.types import require_aware, require_text
 
-__all__ = ["PasswordRepo", "RelayRepo", "TetherRepo"]
+__all__ = ["ChannelRepo", "PasswordRepo", "RelayRepo", "TetherRepo"]
 
 
 def _upsert(
@@ -112,6 +113,57 @@ class TetherRepo:
         async with self._db.write(f"clearing tethers of relay {relay_id}") as session:
             result = await session.execute(stmt.execution_options(synchronize_session=False))
             return int(getattr(result, "rowcount", 0) or 0)
+
+
+class ChannelRepo:
+    """Engineers' channels open right now, for "who is connected" views.
+
+    A relay inserts a row when an engineer's channel opens and deletes it when it
+    closes; a relay starting up clears its own rows (left over from a crash).
+    """
+
+    def __init__(self, db: Database) -> None:
+        """Use ``db`` for every transaction."""
+        self._db = db
+
+    async def open(
+        self, *, relay_id: str, serial: str, engineer: str, port: int, now: datetime
+    ) -> int:
+        """Record an open channel; return its row id (for :meth:`close`)."""
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise BadInput(f"port must be 1-65535, got {port!r}")
+        row = LiveChannelRow(
+            relay_id=require_text(relay_id, "relay id", 128),
+            serial=require_text(serial, "serial", 128),
+            engineer=require_text(engineer, "engineer", 64),
+            port=port,
+            opened_at=require_aware(now, "now"),
+        )
+        async with self._db.write(f"recording a channel to {serial}") as session:
+            session.add(row)
+            await session.flush()
+            return int(row.id)
+
+    async def close(self, channel_id: int) -> None:
+        """Forget a channel that closed (no-op if already gone)."""
+        stmt = delete(LiveChannelRow).where(LiveChannelRow.id == channel_id)
+        async with self._db.write(f"forgetting channel {channel_id}") as session:
+            await session.execute(stmt.execution_options(synchronize_session=False))
+
+    async def clear_relay(self, relay_id: str) -> int:
+        """Forget every channel of ``relay_id`` (a relay starting up); return how many."""
+        stmt = delete(LiveChannelRow).where(LiveChannelRow.relay_id == relay_id)
+        async with self._db.write(f"clearing channels of relay {relay_id}") as session:
+            result = await session.execute(stmt.execution_options(synchronize_session=False))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    async def list(self, serial: str | None = None) -> list[ChannelRecord]:
+        """Open channels, oldest first; optionally only those to ``serial``."""
+        stmt = select(LiveChannelRow).order_by(LiveChannelRow.id)
+        if serial is not None:
+            stmt = stmt.where(LiveChannelRow.serial == serial)
+        async with self._db.read("listing channels") as session:
+            return [ChannelRecord.from_row(r) for r in (await session.scalars(stmt)).all()]
 
 
 class RelayRepo:

@@ -8,6 +8,7 @@ Each method is one short transaction and returns frozen records from
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select, update
@@ -22,7 +23,7 @@ from tether.store.models import (
     RevocationKind,
     RevocationRow,
 )
-from tether.store.records import Engineer, IssuedKey, Revocation
+from tether.store.records import Engineer, EngineerCredentials, IssuedKey, Revocation
 from tether.store.types import format_ports, require_aware, require_text
 
 __all__ = [
@@ -46,6 +47,18 @@ ENGINEER_NAME_RULE = (
     "1 to 32 characters: a lower-case letter first, then lower-case letters, "
     "digits, '.', '_' or '-'"
 )
+
+
+_BASE32 = re.compile(r"[A-Z2-7]{16,64}")
+#: What a stored password hash looks like: an argon2 PHC string, never a plain password.
+_PHC = re.compile(r"\$argon2(id|i|d)\$[A-Za-z0-9$=,+/.-]{20,500}")
+
+
+def _hash_text(value: str) -> str:
+    """Return ``value`` if it is an argon2 PHC string; refuse anything else (a password?)."""
+    if not isinstance(value, str) or _PHC.fullmatch(value) is None:
+        raise BadInput("a password hash must be an argon2 PHC string ($argon2id$...)")
+    return value
 
 
 def validate_engineer_name(name: str) -> str:
@@ -130,6 +143,17 @@ class KeyRepo:
             row = await session.get(IssuedKeyRow, key_id)
             return None if row is None else IssuedKey.from_row(row)
 
+    async def get_many(self, key_ids: Iterable[str]) -> dict[str, IssuedKey]:
+        """The keys with these ids that exist, by id (one query)."""
+        wanted = sorted(set(key_ids))
+        if not wanted:
+            return {}
+        async with self._db.read("reading keys") as session:
+            rows = (
+                await session.scalars(select(IssuedKeyRow).where(IssuedKeyRow.key_id.in_(wanted)))
+            ).all()
+            return {r.key_id: IssuedKey.from_row(r) for r in rows}
+
     async def list(
         self,
         *,
@@ -199,10 +223,28 @@ class EngineerRepo:
         """Use ``db`` for every transaction."""
         self._db = db
 
-    async def add(self, name: str, now: datetime) -> Engineer:
-        """Create an engineer; bad name: :class:`BadInput`; existing: :class:`Refused`."""
+    async def add(
+        self,
+        name: str,
+        now: datetime,
+        *,
+        admin: bool = False,
+        password_hash: str | None = None,
+    ) -> Engineer:
+        """Create an engineer; bad name: :class:`BadInput`; existing: :class:`Refused`.
+
+        ``password_hash`` (an argon2 PHC string, never a password) may be set at once,
+        so that an account never exists half-made.
+        """
         validate_engineer_name(name)
-        row = EngineerRow(name=name, created_at=require_aware(now, "now"), disabled_at=None)
+        row = EngineerRow(
+            name=name,
+            created_at=require_aware(now, "now"),
+            disabled_at=None,
+            admin=bool(admin),
+            password_hash=None if password_hash is None else _hash_text(password_hash),
+            totp_secret=None,
+        )
         try:
             async with self._db.write(f"adding engineer {name}") as session:
                 session.add(row)
@@ -250,6 +292,38 @@ class EngineerRepo:
         async with self._db.write(f"enabling engineer {name}") as session:
             row = await self._locked(session, name)
             row.disabled_at = None
+            return Engineer.from_row(row)
+
+    async def credentials(self, name: str) -> EngineerCredentials | None:
+        """The password hash and TOTP secret of ``name`` (for the login code only), or ``None``."""
+        async with self._db.read(f"reading credentials of engineer {name}") as session:
+            row = await session.get(EngineerRow, name)
+            return None if row is None else EngineerCredentials.from_row(row)
+
+    async def set_password(self, name: str, password_hash: str) -> Engineer:
+        """Replace the engineer's password hash (an argon2 PHC string). Unknown: BadInput."""
+        value = _hash_text(password_hash)
+        async with self._db.write(f"setting the password of engineer {name}") as session:
+            row = await self._locked(session, name)
+            row.password_hash = value
+            return Engineer.from_row(row)
+
+    async def set_totp(self, name: str, secret: str | None) -> Engineer:
+        """Set (a base32 secret) or clear (``None``) the engineer's TOTP secret. Unknown: BadInput."""
+        if secret is not None and (
+            not isinstance(secret, str) or not _BASE32.fullmatch(secret) or len(secret) > 64
+        ):
+            raise BadInput("a TOTP secret must be 16 to 64 base32 characters")
+        async with self._db.write(f"setting the one-time codes of engineer {name}") as session:
+            row = await self._locked(session, name)
+            row.totp_secret = secret
+            return Engineer.from_row(row)
+
+    async def set_admin(self, name: str, admin: bool) -> Engineer:
+        """Grant or take away admin rights. Unknown: BadInput."""
+        async with self._db.write(f"setting admin rights of engineer {name}") as session:
+            row = await self._locked(session, name)
+            row.admin = bool(admin)
             return Engineer.from_row(row)
 
     async def remove(self, name: str, *, now: datetime) -> None:

@@ -4,12 +4,14 @@
 the tether-key signing key, the engineers' SSH user CA, the relay host key — and the
 shared database, plus ready-to-use ``vendor.toml`` and ``relay.toml`` and the trust
 snippet that goes into customers' agent configuration. It refuses to overwrite
-anything. :class:`Authority` then issues and revokes keys and signs certificates,
-recording what it issued in the store so relays can check it.
+anything. :class:`Authority` then issues and revokes keys, signs certificates and
+decides one-click cases, recording what it issued in the store so relays can check
+it, and every such act in the vendor's own audit log (``vendor-audit.log``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass
@@ -19,18 +21,25 @@ from pathlib import Path
 import asyncssh
 
 from tether import log
+from tether.audit import AuditEntry, AuditLog, FieldValue, check_no_secrets
 from tether.certs import EngineerCertificate, sign_engineer_certificate
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import VendorConfig, toml_string
 from tether.errors import BadInput, NotReady, Refused
 from tether.keys import KeyKind, SigningKey, TetherKeyClaims, check_ports, issue_key, parse_address
 from tether.seal import SealPrivateKey
-from tether.store import IssuedKey, Store, sqlite_url
+from tether.store import CaseRecord, CaseStatus, IssuedKey, Store, sqlite_url
 from tether.store import KeyKind as StoreKeyKind
 
 logger = logging.getLogger("tether.vendor")
 
 DEFAULT_KEY_LIFETIME = timedelta(days=14)
+#: The vendor's own audit log, in its data directory.
+AUDIT_LOG_NAME = "vendor-audit.log"
+#: Who decides cases under ``request_policy = "auto"``.
+AUTO_APPROVER = "auto-approve"
+#: What replaces a free-text audit field that looked like a secret.
+WITHHELD = "[withheld: looked like a key]"
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -47,6 +56,8 @@ def _write_public(path: Path, data: bytes) -> None:
 
 @dataclass(frozen=True)
 class InitResult:
+    """What ``tether vendor init`` created: the config and what to hand to others."""
+
     config: VendorConfig
     vendor_public_key: str
     engineer_ca: str
@@ -122,6 +133,9 @@ def _create_files(
             f'data_dir = "."\n'
             f"database = {toml_string(database)}\n"
             f"relay = {toml_string(relay)}\n"
+            '# One-click requests: "auto" issues a key at once, "hold" waits for an engineer.\n'
+            '# request_policy = "auto"\n'
+            '# request_key_lifetime = "21d"\n'
         ).encode(),
     )
     _write_public(
@@ -143,6 +157,8 @@ def _create_files(
             f"vendor_keys = [{toml_string(public)}]\n"
             f"vendor_ca = {toml_string(ca_line)}\n"
             f"vendor_seal_key = {toml_string(seal_key.public().text())}\n"
+            f"request_relay = {toml_string(f'{host}:{port}')}\n"
+            f"request_relay_host_key = {toml_string(host_key.get_fingerprint('sha256'))}\n"
         ).encode(),
     )
     config = VendorConfig.load(data_dir / "vendor.toml")
@@ -157,6 +173,7 @@ def _create_files(
 
 
 def load_vendor_config(data_dir: Path) -> VendorConfig:
+    """Read ``vendor.toml`` of ``data_dir``; :class:`NotReady` if there is no vendor setup."""
     path = data_dir / "vendor.toml"
     if not path.exists():
         raise NotReady(
@@ -173,9 +190,11 @@ class Authority:
     """
 
     def __init__(self, config: VendorConfig, store: Store, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        """Load the vendor keys from ``config.data_dir``; :class:`NotReady` if they are missing."""
         self.config = config
         self.store = store
         self.clock = clock
+        self.audit = AuditLog(config.data_dir / AUDIT_LOG_NAME, clock=clock)
         try:
             self.signing_key = SigningKey.from_pem(config.signing_key_path.read_bytes())
             self.ca_key = asyncssh.read_private_key(config.engineer_ca_path)
@@ -185,6 +204,40 @@ class Authority:
                 f"cannot read the vendor keys in {config.data_dir}: {exc.strerror}"
             ) from None
         self.relay_host_key_fingerprint = relay_key.get_fingerprint("sha256")
+
+    async def record(
+        self, event: str, /, *, required: bool = False, **fields: FieldValue
+    ) -> AuditEntry | None:
+        """Append ``event`` to the vendor's audit log (in a worker thread: it fsyncs).
+
+        Free-text values that look like a key are replaced by :data:`WITHHELD`. With
+        ``required`` a failure to write raises :class:`NotReady` (the caller must not go
+        on, e.g. reveal a password unaudited); otherwise it is logged and ``None``
+        returned, because the act it records has already happened.
+        """
+        safe: dict[str, FieldValue] = {}
+        for name, value in fields.items():
+            try:
+                check_no_secrets({name: value})
+            except ValueError:
+                value = WITHHELD
+            safe[name] = value
+        try:
+            return await asyncio.to_thread(self.audit.append, event, **safe)
+        except (OSError, ValueError) as exc:
+            log.event(
+                logger,
+                "audit.failed",
+                level=logging.ERROR,
+                audit_event=event,
+                path=str(self.audit.path),
+                error=str(exc),
+            )
+            if required:
+                raise NotReady(
+                    f"cannot write the vendor audit log {self.audit.path}: {exc}"
+                ) from None
+            return None
 
     async def issue_key(
         self,
@@ -230,13 +283,77 @@ class Authority:
             expires=claims.expires_at,
             by=issued_by,
         )
+        await self.record(
+            "key.issued",
+            key_id=claims.key_id,
+            serial=claims.serial,
+            kind=kind.value,
+            expires_at=claims.expires_at.isoformat(),
+            by=issued_by,
+        )
         return token, claims
 
     async def revoke_key(self, key_id: str, *, reason: str, by: str = "vendor-cli") -> IssuedKey:
         """Revoke a key: every relay drops its tether within a second."""
         issued = await self.store.keys.revoke(key_id, reason=reason, now=self.clock.now())
         log.event(logger, "key.revoked", key=key_id, serial=issued.serial, by=by, reason=reason)
+        await self.record("key.revoked", key_id=key_id, serial=issued.serial, by=by, reason=reason)
         return issued
+
+    async def approve_case(self, case_id: int, *, by: str) -> CaseRecord:
+        """Issue a ``request`` key for a pending case and hand it to the waiting machine.
+
+        The key is valid for ``request_key_lifetime`` and carries the case's description.
+        Unknown case: :class:`BadInput`; already decided: :class:`Refused`. If another
+        decider wins the race after the key was signed, the key is revoked again.
+        """
+        case = await self.store.cases.get(case_id)
+        if case is None:
+            raise BadInput(f"no case {case_id}")
+        if case.status is not CaseStatus.PENDING:
+            raise Refused(f"case {case_id} is already {case.status.value}; it can no longer change")
+        token, claims = await self.issue_key(
+            case.serial,
+            lifetime=self.config.request_key_lifetime,
+            kind=KeyKind.REQUEST,
+            issued_by=by,
+            description=case.description,
+        )
+        try:
+            decided = await self.store.cases.approve_and_issue(
+                case_id, by=by, key_id=claims.key_id, key_text=token, now=self.clock.now()
+            )
+        except Refused:
+            await self.revoke_key(
+                claims.key_id, reason=f"case {case_id} was decided by someone else", by=by
+            )
+            raise
+        log.event(logger, "case.approved", case=case_id, serial=case.serial, by=by)
+        await self.record(
+            "case.approved", case_id=case_id, serial=case.serial, key_id=claims.key_id, by=by
+        )
+        return decided
+
+    async def deny_case(self, case_id: int, *, by: str, reason: str) -> CaseRecord:
+        """Deny a pending case (the machine is told ``reason``).
+
+        Unknown case: :class:`BadInput`; already decided: :class:`Refused`.
+        """
+        decided = await self.store.cases.deny(case_id, by=by, reason=reason, now=self.clock.now())
+        log.event(logger, "case.denied", case=case_id, serial=decided.serial, by=by)
+        await self.record(
+            "case.denied", case_id=case_id, serial=decided.serial, by=by, reason=reason
+        )
+        return decided
+
+    async def rebind_machine(self, serial: str, *, by: str, reason: str) -> None:
+        """Forget the machine key bound to ``serial``: the next request binds anew.
+
+        Unknown serial: :class:`BadInput`.
+        """
+        await self.store.machines.rebind(serial, by=by, now=self.clock.now())
+        log.event(logger, "machine.rebound", serial=serial, by=by)
+        await self.record("machine.rebound", serial=serial, by=by, reason=reason)
 
     async def sign(
         self, engineer: str, public_key: asyncssh.SSHKey, *, ttl: timedelta
@@ -263,5 +380,12 @@ class Authority:
             engineer=engineer,
             serial=cert.serial,
             valid_before=cert.valid_before,
+        )
+        await self.record(
+            "cert.signed",
+            engineer=engineer,
+            cert_serial=cert.serial,
+            valid_after=cert.valid_after.isoformat(),
+            valid_before=cert.valid_before.isoformat(),
         )
         return cert

@@ -17,7 +17,18 @@ from tether.store.models import Base
 
 from .helpers import T0, issue
 
-TABLES = {"issued_keys", "engineers", "tethers", "relays", "revocations", "sealed_passwords"}
+TABLES = {
+    "issued_keys",
+    "engineers",
+    "tethers",
+    "relays",
+    "revocations",
+    "sealed_passwords",
+    "api_tokens",
+    "machines",
+    "cases",
+    "live_channels",
+}
 
 
 async def _run(url: str, fn: Any) -> Any:

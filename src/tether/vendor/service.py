@@ -1,0 +1,198 @@
+"""``tether vendor serve``: the vendor service — its HTTP API and the request policy.
+
+:class:`VendorService` has the shape of every long-lived component: dependencies in,
+:meth:`~VendorService.serve` / :meth:`~VendorService.aclose` out. It runs uvicorn
+in-process on a socket it binds itself (so port 0 works and :attr:`url` names the
+port the OS picked), and next to it a task that every half second looks at pending
+one-click cases: under ``request_policy = "auto"`` each gets a key at once (issued
+by ``auto-approve``); under ``"hold"`` they wait for an engineer. Expired API
+sessions are purged once a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from tether import log
+from tether.clock import SYSTEM_CLOCK, Clock
+from tether.config import RequestPolicy, VendorConfig
+from tether.errors import BadInput, NotReady, Refused
+from tether.keys import format_address
+from tether.seal import SealPrivateKey
+from tether.store import CaseStatus, Store, StoreError
+from tether.tasks import TaskSet
+from tether.vendor.api import create_app
+from tether.vendor.authority import AUTO_APPROVER, Authority
+
+__all__ = ["DEFAULT_LISTEN", "POLICY_INTERVAL", "VendorService", "load_seal_key"]
+
+logger = logging.getLogger("tether.vendor.service")
+
+#: Where the vendor service listens unless told otherwise (its internal network only).
+DEFAULT_LISTEN = ("127.0.0.1", 8080)
+#: How often pending cases are looked at (seconds).
+POLICY_INTERVAL = 0.5
+#: How often expired API sessions are deleted (seconds).
+PURGE_INTERVAL = 60.0
+
+
+def load_seal_key(config: VendorConfig) -> SealPrivateKey | None:
+    """The password seal key of the data directory, or ``None`` (logged) if it is missing."""
+    path = config.seal_key_path
+    try:
+        return SealPrivateKey.from_pem(path.read_bytes())
+    except FileNotFoundError:
+        log.event(logger, "seal_key.missing", level=logging.WARNING, path=str(path))
+        return None
+    except OSError as exc:
+        raise NotReady(f"cannot read the password seal key {path}: {exc.strerror}") from None
+    except ValueError:
+        raise BadInput(f"{path} is not a PEM private key") from None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, minus its signal handling: the caller decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Install no signal handlers (``tether vendor serve`` installs its own)."""
+        yield
+
+
+class VendorService:
+    """The vendor service: HTTP API plus the one-click request policy.
+
+    :param config: ``vendor.toml`` (keys, relay address, request policy).
+    :param store: the shared database.
+    :param clock: the time for sessions, keys and decisions.
+    :param listen: ``(host, port)`` to bind; port 0 lets the OS pick.
+    """
+
+    def __init__(
+        self,
+        config: VendorConfig,
+        store: Store,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        listen: tuple[str, int] = DEFAULT_LISTEN,
+    ) -> None:
+        """Load the vendor keys (:class:`NotReady` if missing) and build the app."""
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.listen = listen
+        self.authority = Authority(config, store, clock=clock)
+        self.app = create_app(self.authority, clock=clock, seal_key=load_seal_key(config))
+        self._socket: socket.socket | None = None
+        self._server: _Server | None = None
+        self._ready = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._stop_requested = False
+        self._last_purge: float | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` the service is bound to (after :meth:`wait_ready`)."""
+        if self._socket is None:
+            raise NotReady("the vendor service is not listening yet")
+        host, port = self._socket.getsockname()[:2]
+        return f"http://{format_address(str(host), int(port))}"
+
+    async def wait_ready(self) -> None:
+        """Return once the service is listening (its :attr:`url` is known)."""
+        await self._ready.wait()
+
+    def _bind(self) -> socket.socket:
+        host, port = self.listen
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            sock = socket.create_server((host, port), family=family, backlog=128)
+        except OSError as exc:
+            raise NotReady(
+                f"cannot listen on {format_address(host, port)}: {exc.strerror or exc}"
+            ) from None
+        sock.setblocking(False)
+        return sock
+
+    async def serve(self) -> None:
+        """Serve until :meth:`aclose` (or cancellation)."""
+        sock = self._socket = self._bind()
+        host, port = self.listen
+        self._server = _Server(uvicorn.Config(self.app, host, port, log_config=None))
+        if self._stop_requested:
+            self._server.should_exit = True
+        tasks = TaskSet()
+        tasks.spawn(self._policy_loop(), "vendor.request_policy")
+        log.event(
+            logger,
+            "vendor.serving",
+            url=self.url,
+            policy=str(self.config.request_policy),
+            database=self.store.url_for_display,
+        )
+        self._ready.set()
+        try:
+            await self._server.serve(sockets=[sock])
+        finally:
+            await tasks.aclose()
+            sock.close()
+            self._stopped.set()
+            log.event(logger, "vendor.stopped")
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve` to finish (safe from a signal handler)."""
+        self._stop_requested = True
+        if self._server is not None:
+            self._server.should_exit = True
+
+    async def aclose(self) -> None:
+        """Stop serving and wait until :meth:`serve` has finished."""
+        self.request_stop()
+        if self._ready.is_set():
+            await self._stopped.wait()
+
+    async def _policy_loop(self) -> None:
+        while True:
+            try:
+                await self.process_pending()
+                await self._purge_sessions()
+            except (StoreError, NotReady) as exc:
+                log.event(logger, "policy.error", level=logging.WARNING, error=str(exc))
+            except Exception:  # a bug must not stop one-click requests for good
+                logger.exception("policy.crashed; retrying")
+            await asyncio.sleep(POLICY_INTERVAL)
+
+    async def process_pending(self) -> int:
+        """Under the ``auto`` policy, issue a key for every pending case; return how many.
+
+        A case that cannot be served (e.g. a serial no key can name) is denied with the
+        reason; a case someone else decided meanwhile is left alone.
+        """
+        if self.config.request_policy != RequestPolicy.AUTO:
+            return 0
+        issued = 0
+        for case in reversed(await self.store.cases.list(status=CaseStatus.PENDING)):
+            try:
+                await self.authority.approve_case(case.id, by=AUTO_APPROVER)
+                issued += 1
+            except Refused:
+                continue
+            except BadInput as exc:
+                with contextlib.suppress(Refused, BadInput):
+                    await self.authority.deny_case(
+                        case.id, by=AUTO_APPROVER, reason=f"cannot issue a key: {exc}"[:500]
+                    )
+        return issued
+
+    async def _purge_sessions(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._last_purge is not None and now - self._last_purge < PURGE_INTERVAL:
+            return
+        self._last_purge = now
+        await self.store.tokens.purge_expired(self.clock.now())

@@ -1,0 +1,229 @@
+"""`tether vendor serve`, `engineer add --password-prompt`, `engineer totp`, `machine rebind`, `cases`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+from argon2 import PasswordHasher
+from click.testing import CliRunner
+
+from tether.audit import AuditLog
+from tether.cli import main
+from tether.store import Store, sqlite_url
+
+PASSWORD = "a long enough password"
+
+
+@dataclass(frozen=True)
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def tether(*args: str, input: str | None = None) -> Ran:
+    """Run ``tether ARGS`` in-process (stdin is not a terminal)."""
+    result = CliRunner().invoke(main, list(args), input=input or "", catch_exceptions=False)
+    return Ran(result.exit_code, result.stdout, result.stderr)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "vendor"
+    result = tether(
+        "vendor", "init", "--data-dir", str(path), "--vendor", "ACME", "--relay", "127.0.0.1:2222"
+    )
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def _store_call(data: Path, fn: str, *args: object) -> object:
+    async def go() -> object:
+        async with await Store.open(sqlite_url(data / "tether.db")) as store:
+            repo_name, method = fn.split(".")
+            return await getattr(getattr(store, repo_name), method)(*args)
+
+    return asyncio.run(go())
+
+
+def _events(data: Path) -> list[tuple[str, dict[str, object]]]:
+    log = AuditLog(data / "vendor-audit.log")
+    assert log.verify().ok
+    return [(e.event, dict(e.fields)) for e in log.entries()]
+
+
+def test_engineer_add_with_password_from_stdin(data: Path) -> None:
+    added = tether(
+        "vendor",
+        "engineer",
+        "add",
+        "alice",
+        "--admin",
+        "--password-prompt",
+        "--data-dir",
+        str(data),
+        input=PASSWORD + "\n",
+    )
+    assert added.returncode == 0, added.stderr
+    assert "Added admin alice" in added.stdout
+    assert PASSWORD not in added.stdout + added.stderr
+    creds = _store_call(data, "engineers.credentials", "alice")
+    assert creds.admin  # type: ignore[attr-defined]
+    assert PasswordHasher().verify(creds.password_hash, PASSWORD)  # type: ignore[attr-defined]
+    assert ("engineer.added", {"engineer": "alice", "admin": True, "by": "vendor-cli"}) in _events(
+        data
+    )
+    assert PASSWORD not in (data / "vendor-audit.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("stdin", "words"), [("short\n", "12 to 1024"), ("", "no password on stdin")]
+)
+def test_engineer_add_refuses_a_bad_password(data: Path, stdin: str, words: str) -> None:
+    result = tether(
+        "vendor",
+        "engineer",
+        "add",
+        "bob",
+        "--password-prompt",
+        "--data-dir",
+        str(data),
+        input=stdin,
+    )
+    assert result.returncode == 2
+    assert words in result.stderr
+    assert _store_call(data, "engineers.get", "bob") is None
+
+
+def test_engineer_add_without_password_and_totp(data: Path) -> None:
+    assert tether("vendor", "engineer", "add", "carol", "--data-dir", str(data)).returncode == 0
+    totp = tether("vendor", "engineer", "totp", "carol", "--data-dir", str(data))
+    assert totp.returncode == 0, totp.stderr
+    uri = totp.stdout.strip()
+    assert uri.startswith("otpauth://totp/")
+    secret = parse_qs(urlparse(uri).query)["secret"][0]
+    creds = _store_call(data, "engineers.credentials", "carol")
+    assert creds.totp_secret == secret  # type: ignore[attr-defined]
+    assert secret not in (data / "vendor-audit.log").read_text()
+    off = tether("vendor", "engineer", "totp", "carol", "--off", "--data-dir", str(data))
+    assert off.returncode == 0
+    creds = _store_call(data, "engineers.credentials", "carol")
+    assert creds.totp_secret is None  # type: ignore[attr-defined]
+    ghost = tether("vendor", "engineer", "totp", "ghost", "--data-dir", str(data))
+    assert ghost.returncode == 2
+    assert "no engineer named 'ghost'" in ghost.stderr
+
+
+def test_machine_rebind_and_cases(data: Path) -> None:
+    unknown = tether(
+        "vendor", "machine", "rebind", "ACME-1", "--reason", "x", "--data-dir", str(data)
+    )
+    assert unknown.returncode == 2
+    assert "no machine with serial 'ACME-1'" in unknown.stderr
+    now = datetime.now(UTC)
+    _store_call(data, "machines.bind_first_use", "ACME-1", "SHA256:old", now)
+    rebound = tether(
+        "vendor",
+        "machine",
+        "rebind",
+        "ACME-1",
+        "--reason",
+        "new mainboard",
+        "--data-dir",
+        str(data),
+    )
+    assert rebound.returncode == 0, rebound.stderr
+    machine = _store_call(data, "machines.get", "ACME-1")
+    assert machine.machine_key is None  # type: ignore[attr-defined]
+    assert (
+        "machine.rebound",
+        {"serial": "ACME-1", "by": "vendor-cli", "reason": "new mainboard"},
+    ) in _events(data)
+
+    async def open_case() -> None:
+        async with await Store.open(sqlite_url(data / "tether.db")) as store:
+            await store.cases.open(
+                serial="ACME-1", machine_key="m", description="fan\nnoise", now=now
+            )
+
+    asyncio.run(open_case())
+    listed = tether("vendor", "cases", "--json", "--data-dir", str(data))
+    assert listed.returncode == 0, listed.stderr
+    (case,) = json.loads(listed.stdout)
+    assert (case["serial"], case["status"], case["description"]) == (
+        "ACME-1",
+        "pending",
+        "fan\nnoise",
+    )
+    text = tether("vendor", "cases", "--status", "pending", "--data-dir", str(data))
+    assert "pending  ACME-1" in text.stdout
+    assert "fan" in text.stdout
+    none = tether("vendor", "cases", "--status", "issued", "--data-dir", str(data))
+    assert none.stdout.strip() == "No cases."
+
+
+def _first_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if selector.select(timeout=0.1):
+            return proc.stdout.readline()
+        if proc.poll() is not None:
+            break
+    raise AssertionError(f"no output from `tether vendor serve` (exit {proc.poll()})")
+
+
+def test_serve_prints_its_url_and_stops_cleanly_on_sigterm(data: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tether",
+            "vendor",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = _first_line(proc, timeout=30)
+        assert line.startswith("Vendor service on http://127.0.0.1:"), line
+        url = line.split()[3]
+        assert "one-click policy: auto" in line
+        response = httpx.get(f"{url}/openapi.json", timeout=10)
+        assert response.status_code == 200
+        assert response.json()["info"]["title"] == "Tether vendor service (ACME)"
+        proc.send_signal(signal.SIGTERM)
+        out, errors = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, errors
+    assert "stopped" in out
+    assert "Traceback" not in errors
+
+
+def test_serve_refuses_a_bad_listen_address(data: Path) -> None:
+    result = tether("vendor", "serve", "--data-dir", str(data), "--listen", "nowhere")
+    assert result.returncode == 2
+    assert "invalid listen address" in result.stderr
