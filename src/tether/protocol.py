@@ -90,7 +90,36 @@ class SealedPassword:
     sealed: str
 
 
-Message = Register | Registered | Refused | Closing | SealedPassword
+@dataclass(frozen=True)
+class Request:
+    """Agent → relay: one-click support request (no key yet): ask the vendor for one."""
+
+    serial: str
+    description: str
+    version: int
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Agent → relay: the customer gave up waiting for the vendor."""
+
+    case_id: int
+
+
+@dataclass(frozen=True)
+class CaseUpdate:
+    """Relay → agent: where the request stands; ``key`` is set once it was issued."""
+
+    case_id: int
+    status: str
+    message: str
+    key: str | None = None
+
+
+#: Case states a relay reports; all but "pending" end the request.
+CASE_STATES = frozenset({"pending", "issued", "denied", "cancelled"})
+
+Message = Register | Registered | Refused | Closing | SealedPassword | Request | Cancel | CaseUpdate
 
 
 def encode(message: Message) -> bytes:
@@ -112,6 +141,17 @@ def encode(message: Message) -> bytes:
             body = {"op": "closing", "reason": reason.value, "message": text}
         case SealedPassword(key_id, sealed):
             body = {"op": "sealed-password", "key_id": key_id, "sealed": sealed}
+        case Request(serial, description, version):
+            body = {
+                "op": "request",
+                "serial": serial,
+                "description": description,
+                "version": version,
+            }
+        case Cancel(case_id):
+            body = {"op": "cancel", "case_id": case_id}
+        case CaseUpdate(case_id, status, text, key):
+            body = {"op": "case", "case_id": case_id, "status": status, "message": text, "key": key}
     return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
@@ -119,6 +159,13 @@ def _text(body: dict[str, Any], name: str) -> str:
     value = body[name]
     if not isinstance(value, str):
         raise TypeError(f"{name} must be text")
+    return value
+
+
+def _int(body: dict[str, Any], name: str) -> int:
+    value = body[name]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a whole number")
     return value
 
 
@@ -136,10 +183,7 @@ def decode(line: bytes) -> Message:
             raise TypeError("not an object")
         op = body["op"]
         if op == "register":
-            version = body["version"]
-            if not isinstance(version, int) or isinstance(version, bool):
-                raise TypeError("version must be a number")
-            return Register(_text(body, "key"), version)
+            return Register(_text(body, "key"), _int(body, "version"))
         if op == "registered":
             ports = body["ports"]
             if not isinstance(ports, list) or not all(
@@ -147,6 +191,18 @@ def decode(line: bytes) -> Message:
             ):
                 raise TypeError("ports must be a list of port numbers")
             return Registered(_text(body, "serial"), _text(body, "expires_at"), tuple(ports))
+        if op == "request":
+            return Request(_text(body, "serial"), _text(body, "description"), _int(body, "version"))
+        if op == "cancel":
+            return Cancel(_int(body, "case_id"))
+        if op == "case":
+            status = _text(body, "status")
+            if status not in CASE_STATES:
+                raise ValueError(f"unknown case status {status[:20]!r}")
+            key = body.get("key")
+            if key is not None and not isinstance(key, str):
+                raise TypeError("key must be text")
+            return CaseUpdate(_int(body, "case_id"), status, _text(body, "message"), key)
         if op == "sealed-password":
             return SealedPassword(_text(body, "key_id"), _text(body, "sealed"))
         if op in ("refused", "closing"):

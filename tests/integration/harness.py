@@ -20,7 +20,8 @@ from pathlib import Path
 
 import asyncssh
 
-from tether.agent.tunnel import Tunnel, TunnelState
+from tether.agent.status import TunnelState
+from tether.agent.tunnel import Tunnel
 from tether.config import RelayConfig, TetherSettings
 from tether.keys import KeyKind, TetherKeyClaims
 from tether.relay.server import Relay
@@ -116,6 +117,8 @@ async def vendor_setup(
     )
     relay = Relay(relay_config, store)
     await relay.start()
+    # The relay's port is known only now: keys the vendor issues must name it.
+    config = replace(config, relay=f"127.0.0.1:{relay.port}")
     vendor = Vendor(data, Authority(config, store), store, relay)
     try:
         yield vendor

@@ -31,6 +31,7 @@ from tether.config import TetherSettings
 from tether.keys import TetherKeyClaims, parse_address
 from tether.protocol import (
     PERMANENT_REASONS,
+    CaseUpdate,
     Closing,
     LineBuffer,
     ProtocolError,
@@ -89,16 +90,22 @@ class PinnedClient(asyncssh.SSHClient):
         return True
 
 
-class _ControlClient(asyncssh.SSHClientSession[bytes]):
+#: What a relay may say to an agent.
+RelayMessage = Registered | RefusedMessage | Closing | CaseUpdate
+
+
+class ControlClient(asyncssh.SSHClientSession[bytes]):
+    """The agent's end of the control channel: queues what the relay says (None = closed)."""
+
     def __init__(self) -> None:
         self.lines = LineBuffer()
-        self.messages: asyncio.Queue[RefusedMessage | Registered | Closing | None] = asyncio.Queue()
+        self.messages: asyncio.Queue[RelayMessage | None] = asyncio.Queue()
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
         try:
             for line in self.lines.feed(data):
                 message = decode(line)
-                if isinstance(message, (Register, SealedPassword)):
+                if not isinstance(message, (Registered, RefusedMessage, Closing, CaseUpdate)):
                     raise ProtocolError("relay sent an agent's message")
                 self.messages.put_nowait(message)
         except ProtocolError as exc:
@@ -254,9 +261,9 @@ class Tunnel:
 
     async def _register(self, conn: asyncssh.SSHClientConnection) -> None:
         chan, session = await conn.create_session(
-            _ControlClient, subsystem=CONTROL_SUBSYSTEM, encoding=None
+            ControlClient, subsystem=CONTROL_SUBSYSTEM, encoding=None
         )
-        control = cast(_ControlClient, session)
+        control = cast(ControlClient, session)
         chan.write(encode(Register(self._key_text, PROTOCOL_VERSION)))
         try:
             reply = await asyncio.wait_for(

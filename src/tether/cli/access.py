@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import click
@@ -51,6 +52,12 @@ def access() -> None:
     help="Read the key from a file.",
 )
 @click.option(
+    "--request",
+    "request_text",
+    help="One-click: describe the problem; the vendor sends a key (21 days) once approved. "
+    "'-' reads it from standard input.",
+)
+@click.option(
     "--direct",
     is_flag=True,
     help="No relay: let the vendor's engineers log in directly over the network.",
@@ -79,6 +86,7 @@ def enable(
     config_path: Path,
     key_text: str | None,
     key_file: Path | None,
+    request_text: str | None,
     direct: bool,
     allow_from: str | None,
     duration: str | None,
@@ -96,12 +104,11 @@ def enable(
     Unless --password-prompt is given, the account gets a random password that only
     the vendor can read (sealed to the vendor's key).
     """
-    keys_given = (key_text is not None) + (key_file is not None)
-    if direct and keys_given:
-        raise BadInput("--direct opens access without a key: give either a key or --direct")
-    if not direct and keys_given != 1:
+    ways = (key_text is not None) + (key_file is not None) + (request_text is not None) + direct
+    if ways != 1:
         raise BadInput(
-            "give the key with --key KEY, --key - (standard input) or --key-file FILE; or use --direct"
+            "say how to open access, one way: --key KEY (or --key -, --key-file FILE), "
+            '--request "problem description", or --direct'
         )
     if not direct and (allow_from or no_expire):
         raise BadInput(
@@ -130,6 +137,9 @@ def enable(
             key_text = key_file.read_text(encoding="utf-8", errors="replace")
         elif key_text == "-":
             key_text = sys.stdin.read()
+        elif request_text is not None:
+            description = sys.stdin.read() if request_text == "-" else request_text
+            key_text = _ask_vendor(config, description)
         if key_text is None:
             raise BadInput("no key given")
         state, offer = manager.enable_with_key(
@@ -234,6 +244,45 @@ def status(config_path: Path, as_json: bool) -> None:
     out.print(describe_access(state, config.serial))
     if state.is_open and state.mode == AccessMode.TETHER:
         out.print(f"Tether:   {describe_tunnel(reply is not None, tunnel)}")
+
+
+def _ask_vendor(config: AgentConfig, description: str) -> str:
+    """One-click: wait for the vendor's key, showing elapsed time; Ctrl-C cancels."""
+    import asyncio
+    import time
+
+    from tether.agent.identity import load_or_create_machine_key
+    from tether.agent.request import request_key
+    from tether.protocol import CaseUpdate
+
+    machine_key = load_or_create_machine_key(config.machine_key_path)
+    started = time.monotonic()
+    waiting: list[str] = ["Contacting the vendor"]
+
+    with err.status(waiting[0] + "…") as spinner:
+
+        def show(update: CaseUpdate) -> None:
+            if update.status == "pending":
+                waiting[0] = f"Case {update.case_id}: waiting for the vendor to approve"
+
+        async def wait() -> str:
+            task = asyncio.ensure_future(
+                request_key(config, machine_key, description, on_update=show)
+            )
+            while not task.done():
+                await asyncio.wait({task}, timeout=1)
+                elapsed = format_duration(timedelta(seconds=time.monotonic() - started))
+                spinner.update(f"{waiting[0]} — {elapsed} (Ctrl-C cancels)")
+            return task.result()
+
+        try:
+            key = asyncio.run(wait())
+        except KeyboardInterrupt:
+            err.print("Cancelled: the support request was withdrawn.")
+            raise SystemExit(1) from None
+    elapsed = format_duration(timedelta(seconds=time.monotonic() - started))
+    err.print(f"The vendor issued a key after {elapsed}.")
+    return key
 
 
 def describe_access(state: AccessState, serial: str) -> str:

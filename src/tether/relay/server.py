@@ -27,17 +27,21 @@ from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import RelayConfig
 from tether.keys import TetherKeyError, parse_key
 from tether.protocol import (
+    Cancel,
+    CaseUpdate,
     Closing,
     LineBuffer,
     ProtocolError,
     RefusalReason,
     Register,
     Registered,
+    Request,
     SealedPassword,
     encode,
 )
 from tether.protocol import Refused as RefusedMessage
 from tether.protocol import decode as decode_message
+from tether.relay.requests import CaseWatcher
 from tether.relay.routing import (
     AdmissionRefused,
     Registry,
@@ -89,11 +93,34 @@ class _ChannelStats:
     to_machine: int = 0
     to_engineer: int = 0
     logged: bool = False
+    #: Registers the channel in the shared store (for "engineers connected" views).
+    row: asyncio.Task[int] | None = None
+    relay: Relay | None = None
+
+    def opened(self, relay: Relay) -> None:
+        self.relay = relay
+        self.row = relay._tasks.spawn(
+            relay.store.channels.open(
+                relay_id=relay.config.relay_id,
+                serial=self.serial,
+                engineer=self.engineer,
+                port=self.port,
+                now=relay.clock.now(),
+            ),
+            f"relay.channel.{self.serial}",
+        )
+
+    async def _forget(self, relay: Relay, row: asyncio.Task[int]) -> None:
+        await relay.store.channels.close(await row)
 
     def close(self) -> None:
         if self.logged:
             return
         self.logged = True
+        if self.row is not None and self.relay is not None:
+            self.relay._tasks.spawn(
+                self._forget(self.relay, self.row), f"relay.channel_close.{self.serial}"
+            )
         log.event(
             logger,
             "channel.close",
@@ -179,6 +206,7 @@ class Relay:
     async def start(self) -> None:
         """Clear this relay's stale registry rows, start listening and watching."""
         await self.store.tethers.clear_relay(self.config.relay_id)
+        await self.store.channels.clear_relay(self.config.relay_id)
         self._revocation_cursor = await self.store.revocations.head()
         host, port = self.config.listen
         self._server = await asyncssh.create_server(
@@ -273,6 +301,7 @@ class _ControlSession(asyncssh.SSHServerSession[bytes]):
         self._lines = LineBuffer()
         self._chan: asyncssh.SSHServerChannel[bytes] | None = None
         self._registering = False
+        self._case: CaseWatcher | None = None
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
@@ -281,27 +310,54 @@ class _ControlSession(asyncssh.SSHServerSession[bytes]):
         return subsystem == CONTROL_SUBSYSTEM
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
+        tasks = self._owner.relay._tasks
         try:
             for line in self._lines.feed(data):
                 message = decode_message(line)
                 if isinstance(message, SealedPassword):
                     self._owner.store_sealed_password(message)
-                    continue
-                if not isinstance(message, Register) or self._registering:
-                    raise ProtocolError("expected exactly one register message")
-                self._registering = True
-                self._owner.relay._tasks.spawn(
-                    self._owner.register(message, self), f"relay.register.{self._owner.peer}"
-                )
+                elif isinstance(message, Cancel) and self._case is not None:
+                    tasks.spawn(self._case.cancel(), f"relay.cancel.{self._owner.peer}")
+                elif self._registering:
+                    raise ProtocolError("one register or request per connection")
+                elif isinstance(message, Register):
+                    self._registering = True
+                    tasks.spawn(
+                        self._owner.register(message, self), f"relay.register.{self._owner.peer}"
+                    )
+                elif isinstance(message, Request) and self._owner.machine_key is not None:
+                    self._registering = True
+                    self._case = CaseWatcher(
+                        self._owner.relay.store,
+                        self._owner.relay.clock.now,
+                        self._owner.machine_key,
+                        self.send,
+                    )
+                    tasks.spawn(
+                        self._serve_request(self._case, message),
+                        f"relay.request.{self._owner.peer}",
+                    )
+                else:
+                    raise ProtocolError("expected a register or request message")
         except ProtocolError as exc:
             self._owner.refuse(RefusalReason.PROTOCOL, str(exc), self)
 
-    def send(self, message: RefusedMessage | Registered | Closing) -> None:
+    async def _serve_request(self, case: CaseWatcher, message: Request) -> None:
+        try:
+            await case.run(message)
+        except AdmissionRefused as refusal:
+            self._owner.refuse(refusal.reason, refusal.message, self)
+            return
+        self._owner.close()
+
+    def send(self, message: RefusedMessage | Registered | Closing | CaseUpdate) -> None:
         if self._chan is not None:
             self._chan.write(encode(message))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        # The agent closed its control channel: its tether ends with it.
+        # The agent closed its control channel: its tether (or request) ends with it.
+        if self._case is not None and not self._case.done:
+            self._owner.relay._tasks.spawn(self._case.cancel(), f"relay.cancel.{self._owner.peer}")
         self._owner.close()
 
 
@@ -591,6 +647,7 @@ class _RelayConnection(asyncssh.SSHServer):
                 f"machine {entry.serial} could not open port {port}: {exc.reason}",
             ) from None
         log.event(logger, "channel.open", engineer=self.username, serial=entry.serial, port=port)
+        stats.opened(self.relay)
         down = _CountingForwarder(
             stats, to_machine=True, peer=cast(asyncssh.SSHForwarder, upstream)
         )

@@ -1,0 +1,93 @@
+"""One-click support: ask the vendor for a key over the relay's SSH port.
+
+The machine logs in to the relay named in its configuration with its machine key
+(the relay's host key pinned by ``request_relay_host_key``), sends its serial and the
+customer's problem description, and waits — showing progress through ``on_update`` —
+until the vendor issues a key, denies the request, or the customer cancels (the
+caller cancels the coroutine; the relay is told, and closes the case).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import cast
+
+import asyncssh
+
+from tether.agent.tunnel import ControlClient, PinnedClient
+from tether.config import AgentConfig
+from tether.errors import NotReady, Refused
+from tether.keys import parse_address
+from tether.protocol import Cancel, CaseUpdate, Request, encode
+from tether.protocol import Refused as RefusedMessage
+from tether.wire import AGENT_USERNAME, CONTROL_SUBSYSTEM, PROTOCOL_VERSION
+
+
+async def request_key(
+    config: AgentConfig,
+    machine_key: asyncssh.SSHKey,
+    description: str,
+    *,
+    on_update: Callable[[CaseUpdate], None] = lambda update: None,
+) -> str:
+    """Open a support case with the vendor and return the tether key it issues."""
+    if config.request_relay is None or config.request_relay_host_key is None:
+        raise NotReady(
+            f"{config.path} names no request_relay: copy the vendor's agent-trust.toml into it, "
+            "or ask the vendor for a key and use --key"
+        )
+    host, port = parse_address(config.request_relay)
+    client = PinnedClient(config.request_relay_host_key)
+    try:
+        conn = await asyncio.wait_for(
+            asyncssh.connect(
+                host,
+                port,
+                username=AGENT_USERNAME,
+                client_keys=[machine_key],
+                client_factory=lambda: client,
+                known_hosts=([], [], []),
+                config=None,
+                agent_path=None,
+                preferred_auth=["publickey"],
+            ),
+            config.tether.connect_timeout,
+        )
+    except asyncssh.HostKeyNotVerifiable:
+        raise Refused(
+            f"the relay at {config.request_relay} presented host key {client.mismatch}, not the "
+            "one configured; refusing to send anything to it"
+        ) from None
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        raise NotReady(
+            f"cannot reach the vendor's relay at {config.request_relay}: {exc}"
+        ) from None
+    async with conn:
+        chan, session = await conn.create_session(
+            ControlClient, subsystem=CONTROL_SUBSYSTEM, encoding=None
+        )
+        control = cast(ControlClient, session)
+        chan.write(encode(Request(config.serial, description, PROTOCOL_VERSION)))
+        case_id: int | None = None
+        try:
+            while True:
+                message = await control.messages.get()
+                if message is None:
+                    raise NotReady("the relay closed the connection before the vendor answered")
+                if isinstance(message, RefusedMessage):
+                    raise Refused(f"the vendor's relay refused the request: {message.message}")
+                if not isinstance(message, CaseUpdate):
+                    continue
+                case_id = message.case_id
+                on_update(message)
+                if message.status == "issued" and message.key:
+                    return message.key
+                if message.status != "pending":
+                    raise Refused(f"support case {message.case_id}: {message.message}")
+        except asyncio.CancelledError:
+            if case_id is not None:
+                chan.write(encode(Cancel(case_id)))
+                await asyncio.sleep(0.2)  # let the cancel reach the relay before we hang up
+            raise
+    raise NotReady("the relay closed the connection before the vendor answered")

@@ -1,0 +1,165 @@
+"""One-click requests: agent → relay → case → vendor decision → key back to the agent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from tests.integration.harness import Agent, Vendor, vendor_setup
+from tether.agent.request import request_key
+from tether.agent.status import TunnelState
+from tether.config import AgentConfig, TetherSettings
+from tether.errors import Refused
+from tether.keys import KeyKind, parse_key
+from tether.protocol import CaseUpdate
+from tether.store import CaseStatus
+from tether.vendor.service import VendorService
+
+
+@dataclass
+class Customer:
+    config: AgentConfig
+    machine_key: asyncssh.SSHKey
+    updates: list[CaseUpdate]
+
+    async def ask(self, description: str) -> str:
+        return await request_key(
+            self.config, self.machine_key, description, on_update=self.updates.append
+        )
+
+
+def customer(vendor: Vendor, tmp: Path, serial: str = "M-1") -> Customer:
+    config = AgentConfig(
+        path=tmp / "agent.toml",
+        serial=serial,
+        vendor_keys=(vendor.authority.signing_key.verify_key(),),
+        state_dir=tmp / "state",
+        request_relay=f"127.0.0.1:{vendor.relay_port}",
+        request_relay_host_key=vendor.relay.host_key_fingerprint,
+        tether=TetherSettings(connect_timeout=5),
+    )
+    return Customer(config, asyncssh.generate_private_key("ssh-ed25519"), [])
+
+
+@pytest.fixture
+async def vendor(tmp_path: Path) -> AsyncIterator[Vendor]:
+    async with vendor_setup(tmp_path) as v:
+        yield v
+
+
+async def wait_for_case(vendor: Vendor, status: CaseStatus = CaseStatus.PENDING) -> int:
+    for _ in range(100):
+        cases = await vendor.store.cases.list(status=status)
+        if cases:
+            return cases[0].id
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {status.value} case appeared")
+
+
+async def test_hold_policy_waits_for_an_engineer_then_tethers(
+    vendor: Vendor, tmp_path: Path
+) -> None:
+    machine = customer(vendor, tmp_path)
+    asking = asyncio.ensure_future(machine.ask("disk full on /var, app down"))
+    case_id = await wait_for_case(vendor)
+    await asyncio.sleep(0.5)
+    assert not asking.done()  # still waiting for a human
+    assert machine.updates[0].status == "pending"
+    case = await vendor.authority.approve_case(case_id, by="alice")
+    key = await asyncio.wait_for(asking, 5)
+    claims = parse_key(
+        key, machine.config.vendor_keys, now=vendor.authority.clock.now(), serial="M-1"
+    )
+    assert claims.kind == KeyKind.REQUEST
+    assert claims.key_id == case.key_id
+    issued = await vendor.store.keys.get(claims.key_id)
+    assert issued is not None
+    assert issued.description == "disk full on /var, app down"
+    assert (claims.expires_at - claims.issued_at).days == 21
+    # Flow 1 continues: the same machine key tethers with the key it was given.
+    async with Agent(key, claims, [22], machine_key=machine.machine_key) as agent:
+        await agent.wait_for(TunnelState.CONNECTED)
+
+
+async def test_auto_policy_answers_at_once(vendor: Vendor, tmp_path: Path) -> None:
+    service = VendorService(vendor.authority.config, vendor.store, listen=("127.0.0.1", 0))
+    serving = asyncio.ensure_future(service.serve())
+    try:
+        await service.wait_ready()
+        machine = customer(vendor, tmp_path)
+        key = await asyncio.wait_for(machine.ask("please look at the backup job"), 10)
+        assert key.startswith("v4.public.")
+    finally:
+        await service.aclose()
+        await serving
+
+
+async def test_denied_request_says_why(vendor: Vendor, tmp_path: Path) -> None:
+    machine = customer(vendor, tmp_path)
+    asking = asyncio.ensure_future(machine.ask("help"))
+    case_id = await wait_for_case(vendor)
+    await vendor.authority.deny_case(
+        case_id, by="alice", reason="no support contract for this unit"
+    )
+    with pytest.raises(Refused, match="no support contract for this unit"):
+        await asyncio.wait_for(asking, 5)
+
+
+async def test_cancel_withdraws_the_case(vendor: Vendor, tmp_path: Path) -> None:
+    machine = customer(vendor, tmp_path)
+    asking = asyncio.ensure_future(machine.ask("never mind"))
+    case_id = await wait_for_case(vendor)
+    asking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    for _ in range(50):
+        case = await vendor.store.cases.get(case_id)
+        assert case is not None
+        if case.status == CaseStatus.CANCELLED:
+            break
+        await asyncio.sleep(0.05)
+    assert case.status == CaseStatus.CANCELLED
+
+
+async def test_spoofed_serial_is_refused_until_admin_rebinds(
+    vendor: Vendor, tmp_path: Path
+) -> None:
+    genuine = customer(vendor, tmp_path / "a")
+    first = asyncio.ensure_future(genuine.ask("first request"))
+    await wait_for_case(vendor)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    impostor = customer(vendor, tmp_path / "b")  # same serial, different machine key
+    with pytest.raises(Refused, match="registered to another machine"):
+        await asyncio.wait_for(impostor.ask("let me in"), 5)
+    await vendor.store.machines.rebind("M-1", by="admin", now=vendor.authority.clock.now())
+    replaced = asyncio.ensure_future(impostor.ask("the board was replaced"))
+    case_id = await wait_for_case(vendor)
+    case = await vendor.store.cases.get(case_id)
+    assert case is not None
+    assert case.description == "the board was replaced"
+    replaced.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await replaced
+
+
+async def test_relay_host_key_is_pinned_for_requests(vendor: Vendor, tmp_path: Path) -> None:
+    machine = customer(vendor, tmp_path)
+    machine.config = replace(machine.config, request_relay_host_key="SHA256:" + "A" * 43)
+    with pytest.raises(Refused, match="refusing to send anything"):
+        await machine.ask("secret problem description")
+    assert await vendor.store.cases.list() == []
+
+
+@pytest.mark.parametrize("bad", ["", " ", "x" * 2001, "bell\x07"])
+async def test_bad_descriptions_are_refused(vendor: Vendor, tmp_path: Path, bad: str) -> None:
+    machine = customer(vendor, tmp_path)
+    with pytest.raises(Refused):
+        await asyncio.wait_for(machine.ask(bad), 5)
+    assert await vendor.store.cases.list() == []
