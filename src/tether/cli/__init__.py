@@ -17,8 +17,12 @@ COMMANDS = {
     "access": "tether.cli.access:access",
     "agent": "tether.cli.serve:agent",
     "demo": "tether.cli.demo:demo",
+    "login": "tether.cli.engineer:login",
+    "ls": "tether.cli.engineer:ls",
     "relay": "tether.cli.serve:relay",
+    "ssh-config": "tether.cli.engineer:ssh_config",
     "vendor": "tether.cli.vendor:vendor",
+    "web": "tether.cli.engineer:web",
 }
 
 
@@ -50,6 +54,7 @@ def main() -> None:
     \b
     Customer:  tether access enable --key KEY · status · disable · reset
     Vendor:    tether vendor init · issue-key · revoke-key · engineer add · sign
+    Engineer:  tether login --vendor URL · ssh-config --install · web SERIAL · ls
     Services:  tether relay serve · tether agent serve
     Try it:    tether demo
     """
