@@ -30,8 +30,11 @@ from tether.config import RelayConfig, toml_string
 from tether.errors import NotReady
 from tether.relay.server import Relay
 from tether.sandbox import Sandbox
+from tether.seal import generate_password
 from tether.store import Store
+from tether.vendor.api_credentials import hash_password
 from tether.vendor.authority import Authority, init_data_dir, load_vendor_config
+from tether.vendor.service import VendorService
 from tether.wire import DEFAULT_SUPPORT_ACCOUNT
 
 logger = logging.getLogger("tether.demo")
@@ -85,6 +88,10 @@ class DemoSystem:
         self.engineer: EngineerFiles | None = None
         self.key: str | None = None
         self.key_id: str | None = None
+        self.vendor_service: VendorService | None = None
+        self._serving: asyncio.Future[None] | None = None
+        #: The demo engineer's password for `tether login` (printed by the demo).
+        self.engineer_password = generate_password()
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -111,6 +118,11 @@ class DemoSystem:
                     except subprocess.TimeoutExpired:
                         proc.kill()
             self.machine = None
+        if self.vendor_service is not None:
+            await self.vendor_service.aclose()
+            if self._serving is not None:
+                await self._serving
+            self.vendor_service = None
         if self.relay is not None:
             await self.relay.aclose()
             self.relay = None
@@ -124,11 +136,17 @@ class DemoSystem:
         await init_data_dir(data, vendor="Demo Vendor", relay="127.0.0.1:2222")
         config = load_vendor_config(data)
         self.store = await Store.open(config.database)
-        self.authority = Authority(config, self.store)
         relay_config = replace(RelayConfig.load(data / "relay.toml"), listen=("127.0.0.1", 0))
         self.relay = Relay(relay_config, self.store)
         await self.relay.start()
         self._say(f"relay: listening on 127.0.0.1:{self.relay.port}")
+        # Only now is the relay's port known; keys and certificates must name it.
+        config = replace(config, relay=f"127.0.0.1:{self.relay.port}")
+        self.authority = Authority(config, self.store)
+        self.vendor_service = VendorService(config, self.store, listen=("127.0.0.1", 0))
+        self._serving = asyncio.ensure_future(self.vendor_service.serve())
+        await self.vendor_service.wait_ready()
+        self._say(f"vendor service: {self.vendor_service.url}")
 
     @property
     def relay_port(self) -> int:
@@ -262,6 +280,9 @@ class DemoSystem:
         home = self.workdir / "engineer"
         home.mkdir(exist_ok=True)
         await store.engineers.add(self.engineer_name, authority.clock.now())
+        await store.engineers.set_password(
+            self.engineer_name, hash_password(self.engineer_password)
+        )
         key_path = home / "id_ed25519"
         key = asyncssh.generate_private_key("ssh-ed25519", comment=f"{self.engineer_name}@demo")
         key_path.write_bytes(key.export_private_key())
@@ -309,7 +330,14 @@ class DemoSystem:
                 f"Tether demo is up. Machine {self.serial} is tethered to the relay on "
                 f"127.0.0.1:{self.relay_port}.",
                 "",
-                "As the support engineer (stock OpenSSH, through the relay):",
+                "As a support engineer, the everyday way:",
+                f"  tether login --vendor {self.vendor_service.url if self.vendor_service else '?'} "
+                f"--name {self.engineer_name}      # password: {self.engineer_password}",
+                "  tether ls                    # live tethers",
+                "  tether ssh-config --install  # then plain: ssh DEMO-0001",
+                f"  tether web {self.serial}          # the machine's web UI on a local port",
+                "",
+                "Or with the demo's ready-made OpenSSH config (stock OpenSSH, through the relay):",
                 f"  ssh -F {cfg} {self.serial} hostname",
                 f"  ssh -F {cfg} {self.serial}                 # a shell on the machine",
                 f"  ssh -F {cfg} -N -L 8443:{self.serial}:443 tether-relay   # then open http://127.0.0.1:8443/",
