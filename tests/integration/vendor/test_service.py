@@ -31,13 +31,14 @@ async def running(
     service = VendorService(
         dataclasses.replace(config, request_policy=policy), store, listen=("127.0.0.1", 0)
     )
+    serving = tasks.spawn(service.serve(), "test.vendor")
     try:
-        serving = tasks.spawn(service.serve(), "test.vendor")
         await asyncio.wait_for(service.wait_ready(), 10)
         yield service, store
+    finally:
+        # Stop uvicorn the normal way even when the test failed, then wait for it.
         await service.aclose()
         await asyncio.wait_for(serving, 10)
-    finally:
         await tasks.aclose()
         await store.aclose()
 
@@ -78,8 +79,10 @@ async def test_http_on_port_zero_and_auto_policy_issues_within_a_second(
 
             started = time.monotonic()
             case = await _open_case(store)
-            decided = await _until(lambda: store.cases.get(case.id), timeout=1.5)
-            assert time.monotonic() - started < 1.5
+            decided = await _until(lambda: store.cases.get(case.id), timeout=5)
+            took = time.monotonic() - started
+            # A policy round every 0.5 s: about half a second; the margin is for busy CI hosts.
+            assert took < 2.0, f"auto-approval took {took:.2f} s"
             assert decided.status is CaseStatus.ISSUED
             assert decided.decided_by == "auto-approve"
             assert decided.key_text is not None
@@ -97,7 +100,7 @@ async def test_http_on_port_zero_and_auto_policy_issues_within_a_second(
 async def test_auto_policy_denies_a_case_no_key_can_name(vendor_config: VendorConfig) -> None:
     async with running(vendor_config, RequestPolicy.AUTO) as (_, store):
         case = await _open_case(store, serial="not a serial!")
-        decided = await _until(lambda: store.cases.get(case.id), timeout=1.5)
+        decided = await _until(lambda: store.cases.get(case.id), timeout=5)
         assert decided.status is CaseStatus.DENIED
         assert decided.deny_reason is not None
         assert "invalid serial" in decided.deny_reason
