@@ -323,7 +323,7 @@ class VendorConfig:
     support_account: str = DEFAULT_SUPPORT_ACCOUNT
     default_ports: tuple[int, ...] = DEFAULT_PORTS
     #: ``auto``: one-click requests get a key at once; ``hold``: an engineer decides.
-    request_policy: str = RequestPolicy.AUTO
+    request_policy: str = RequestPolicy.HOLD
     #: Lifetime of keys issued on one-click requests (``request_key_lifetime = "21d"``).
     request_key_lifetime: timedelta = timedelta(days=21)
 
@@ -356,7 +356,7 @@ class VendorConfig:
             default_ports = check_ports(ports)
         except Exception as exc:
             raise ConfigError(f"{path}: default_ports: {exc}") from None
-        policy = r.text("request_policy", RequestPolicy.AUTO.value)
+        policy = r.text("request_policy", RequestPolicy.HOLD.value)
         try:
             request_policy = RequestPolicy(policy)
         except ValueError:

@@ -13,7 +13,7 @@ import pytest
 from tests.integration.harness import Agent, Vendor, vendor_setup
 from tether.agent.request import request_key
 from tether.agent.status import TunnelState
-from tether.config import AgentConfig, TetherSettings
+from tether.config import AgentConfig, RequestPolicy, TetherSettings
 from tether.errors import Refused
 from tether.keys import KeyKind, parse_key
 from tether.protocol import CaseUpdate
@@ -87,7 +87,8 @@ async def test_hold_policy_waits_for_an_engineer_then_tethers(
 
 
 async def test_auto_policy_answers_at_once(vendor: Vendor, tmp_path: Path) -> None:
-    service = VendorService(vendor.authority.config, vendor.store, listen=("127.0.0.1", 0))
+    config = replace(vendor.authority.config, request_policy=RequestPolicy.AUTO)
+    service = VendorService(config, vendor.store, listen=("127.0.0.1", 0))
     serving = asyncio.ensure_future(service.serve())
     try:
         await service.wait_ready()

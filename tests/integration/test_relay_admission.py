@@ -183,3 +183,67 @@ def _tamper(key: str, old: bytes, new: bytes) -> str:
     assert old in raw
     changed = base64.urlsafe_b64encode(raw.replace(old, new)).rstrip(b"=").decode()
     return f"v4.public.{changed}.{footer}"
+
+
+async def test_another_machine_cannot_take_over_a_serial_route(tmp_path: Path) -> None:
+    """Security: a valid key for the same serial (any case) from another machine is refused."""
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        port = service.port
+        key, claims = await vendor.issue("ABC123", ports=[port])
+        async with Agent(key, claims, [port]) as genuine:
+            await genuine.wait_for(TunnelState.CONNECTED)
+            for serial in ("ABC123", "abc123"):
+                other_key, other_claims = await vendor.issue(serial, ports=[port])
+                async with Agent(other_key, other_claims, [port]) as impostor:
+                    await impostor.wait_for(TunnelState.REFUSED)
+                    assert "another machine" in (impostor.tunnel.status.reason or "")
+            entry = vendor.relay.registry.get("abc123")
+            assert entry is not None
+            assert entry.machine_key == genuine.machine_key.get_fingerprint("sha256")
+            assert genuine.tunnel.status.state == TunnelState.CONNECTED
+
+
+async def test_engineer_connection_ends_when_the_certificate_expires(tmp_path: Path) -> None:
+    """Security: a certificate is checked at login only, so the relay closes at its end."""
+    import subprocess
+
+    import asyncssh
+
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        alice = await vendor.engineer("alice", tmp_path)
+        public = asyncssh.read_public_key(str(alice.key) + ".pub")
+        short = await vendor.authority.sign("alice", public, ttl=timedelta(seconds=3))
+        (tmp_path / "alice_key-cert.pub").write_text(short.openssh() + "\n")
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            proc = await asyncio.create_subprocess_exec(
+                *alice.ssh_args(vendor.relay_port, "-N", "alice@127.0.0.1"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            started = asyncio.get_running_loop().time()
+            await asyncio.wait_for(proc.wait(), 10)  # closed by the relay at valid_before
+            lasted = asyncio.get_running_loop().time() - started
+            assert proc.returncode == 255
+            assert 1.5 < lasted < 6, f"connection lasted {lasted:.1f} s for a 3 s certificate"
+
+
+async def test_one_click_request_may_wait_past_the_register_deadline(tmp_path: Path) -> None:
+    from tests.integration.test_one_click import customer, wait_for_case
+
+    async with vendor_setup(tmp_path) as vendor:
+        quick = replace(vendor.relay.config, listen=("127.0.0.1", 0), register_timeout=0.5)
+        await vendor.relay.aclose()
+        vendor.relay = Relay(quick, vendor.store)
+        await vendor.relay.start()
+        vendor.authority.config = replace(
+            vendor.authority.config, relay=f"127.0.0.1:{vendor.relay.port}"
+        )
+        machine = customer(vendor, tmp_path)
+        asking = asyncio.ensure_future(machine.ask("needs a human"))
+        case_id = await wait_for_case(vendor)
+        await asyncio.sleep(1.5)  # three times the registration deadline
+        await vendor.authority.approve_case(case_id, by="alice")
+        key = await asyncio.wait_for(asking, 5)
+        assert key.startswith("v4.public.")

@@ -48,7 +48,6 @@ from tether.relay.routing import (
     RouteRefused,
     TetherEntry,
     admit_tether,
-    check_binding,
 )
 from tether.store import RevocationKind, Store
 from tether.tasks import TaskSet
@@ -188,6 +187,8 @@ class Relay:
         self.unauthenticated = 0
         self._engineers: dict[str, set[_RelayConnection]] = {}
         self.connections: set[_RelayConnection] = set()
+        #: Keys revoked while this relay ran (closes the revoke-during-register race).
+        self.revoked_keys: set[str] = set()
         self._tasks = TaskSet()
         self._server: asyncssh.SSHAcceptor | None = None
         self._host_key = asyncssh.read_private_key(config.host_key)
@@ -278,6 +279,7 @@ class Relay:
         for revocation in await self.store.revocations.since(self._revocation_cursor):
             self._revocation_cursor = revocation.id
             if revocation.kind == RevocationKind.KEY:
+                self.revoked_keys.add(revocation.subject)
                 for entry in self.registry.with_key(revocation.subject):
                     entry.link.drop(
                         RefusalReason.REVOKED, f"the vendor revoked this key: {revocation.reason}"
@@ -327,6 +329,7 @@ class _ControlSession(asyncssh.SSHServerSession[bytes]):
                     )
                 elif isinstance(message, Request) and self._owner.machine_key is not None:
                     self._registering = True
+                    self._owner.request_started()
                     self._case = CaseWatcher(
                         self._owner.relay.store,
                         self._owner.relay.clock.now,
@@ -378,6 +381,8 @@ class _RelayConnection(asyncssh.SSHServer):
         self._register_deadline: asyncio.TimerHandle | None = None
         self._closing = False
         self._password_received = False
+        self.certificate_valid_before: float | None = None
+        self._cert_expiry: asyncio.TimerHandle | None = None
 
     # --- connection lifecycle --------------------------------------------------------
 
@@ -387,17 +392,36 @@ class _RelayConnection(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"
         self.relay.unauthenticated += 1
+        self._capture_certificate(conn)
         if self.relay.unauthenticated > self.relay.config.max_unauthenticated:
             log.event(logger, "relay.busy", level=logging.WARNING, peer=self.peer)
             conn.disconnect(
                 asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections waiting to log in; retry"
             )
 
+    def _capture_certificate(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Remember when the engineer's certificate ends, to close the connection then.
+
+        asyncssh checks a certificate's validity at login only and hands the
+        certificate to no public hook, so its validation step is wrapped here
+        (tests/integration/test_relay_admission.py fails if this stops working).
+        """
+        original = conn._validate_openssh_certificate
+
+        async def validate(username: str, cert: asyncssh.SSHCertificate) -> asyncssh.SSHKey | None:
+            key = await original(username, cert)  # type: ignore[arg-type]
+            valid_before = getattr(cert, "_valid_before", None)
+            if key is not None and isinstance(valid_before, int):
+                self.certificate_valid_before = float(valid_before)
+            return key
+
+        conn._validate_openssh_certificate = validate  # type: ignore[method-assign]
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.relay.connections.discard(self)
         if not self.authenticated:
             self.relay.unauthenticated -= 1
-        for timer in (self._expiry, self._register_deadline):
+        for timer in (self._expiry, self._register_deadline, self._cert_expiry):
             if timer is not None:
                 timer.cancel()
         if self.role == "engineer":
@@ -486,11 +510,37 @@ class _RelayConnection(asyncssh.SSHServer):
         if self.role == "engineer":
             self.relay.engineer_connected(self.username, self)
             log.event(logger, "engineer.login", engineer=self.username, peer=self.peer)
+            if self.certificate_valid_before is None:
+                self.close()  # engineers only ever authenticate with a certificate
+                return
+            loop = asyncio.get_running_loop()
+            self._cert_expiry = loop.call_later(
+                max(0.0, self.certificate_valid_before - time.time()), self._certificate_expired
+            )
+            # A revocation processed between begin_auth and now found nothing to cut.
+            self.relay._tasks.spawn(self._recheck_engineer(), f"relay.recheck.{self.username}")
         elif self.role == "agent":
             loop = asyncio.get_running_loop()
             self._register_deadline = loop.call_later(
                 self.relay.config.register_timeout, self._register_timed_out
             )
+
+    def _certificate_expired(self) -> None:
+        log.event(logger, "engineer.cert_expired", engineer=self.username, peer=self.peer)
+        self.close()
+
+    async def _recheck_engineer(self) -> None:
+        engineer = await self.relay.store.engineers.get(self.username)
+        if engineer is None or not engineer.active:
+            log.event(
+                logger, "engineer.cut", engineer=self.username, reason="disabled during login"
+            )
+            self.close()
+
+    def request_started(self) -> None:
+        """A one-click request may wait for a human: no registration deadline then."""
+        if self._register_deadline is not None:
+            self._register_deadline.cancel()
 
     def _register_timed_out(self) -> None:
         if self.entry is None:
@@ -520,11 +570,32 @@ class _RelayConnection(asyncssh.SSHServer):
             bound = await store.keys.bind(claims.key_id, self.machine_key, now)
             if bound is None:
                 raise AdmissionRefused(RefusalReason.UNKNOWN_KEY, "this key is not known")
-            check_binding(bound, self.machine_key)
+            # Re-check the row as bound: a revocation may have landed since the read.
+            admit_tether(claims, bound, self.machine_key, now)
+            # A serial belongs to one machine (trust on first use, case-insensitive),
+            # so no other machine can take over its route, with any key.
+            owner = await store.machines.bind_first_use(claims.serial, self.machine_key, now)
+            if owner.machine_key is not None and owner.machine_key != self.machine_key:
+                raise AdmissionRefused(
+                    RefusalReason.OTHER_MACHINE,
+                    f"serial {claims.serial} is registered to another machine; the vendor "
+                    "must re-bind it before this machine can tether",
+                )
         except AdmissionRefused as refusal:
             self.refuse(refusal.reason, refusal.message, control)
             return
         if self._closing:
+            return
+        if claims.key_id in self.relay.revoked_keys:
+            self.refuse(RefusalReason.REVOKED, "this key was revoked by the vendor", control)
+            return
+        previous = self.relay.registry.get(claims.serial)
+        if previous is not None and previous.machine_key != self.machine_key:
+            self.refuse(
+                RefusalReason.OTHER_MACHINE,
+                f"machine {claims.serial} is tethered by another machine right now",
+                control,
+            )
             return
         entry = TetherEntry(
             serial=claims.serial,

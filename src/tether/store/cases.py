@@ -34,7 +34,11 @@ MAX_CASE_ID = 2**31 - 1
 
 
 class MachineRepo:
-    """Trust on first use: which machine key a serial belongs to."""
+    """Trust on first use: which machine key a serial belongs to.
+
+    Serials are compared case-insensitively (stored lower-case): OpenSSH lower-cases
+    the host names engineers type, so ``ABC1`` and ``abc1`` are the same machine.
+    """
 
     def __init__(self, db: Database) -> None:
         """Use ``db`` for every transaction."""
@@ -50,6 +54,7 @@ class MachineRepo:
         """
         at = require_aware(now, "now")
         require_text(serial, "serial", 128)
+        serial = serial.lower()
         require_text(machine_key, "machine key", 255)
         values: dict[str, Any] = {"serial": serial, "machine_key": machine_key, "first_seen_at": at}
         insert = pg_insert if self._db.is_postgresql else sqlite_insert
@@ -70,6 +75,7 @@ class MachineRepo:
 
     async def get(self, serial: str) -> MachineRecord | None:
         """The binding of ``serial``, or ``None`` if no machine ever asked for it."""
+        serial = serial.lower()
         async with self._db.read(f"reading machine {serial}") as session:
             row = await session.get(MachineRow, serial)
             return None if row is None else MachineRecord.from_row(row)
@@ -82,7 +88,7 @@ class MachineRepo:
         at = require_aware(now, "now")
         stmt = (
             update(MachineRow)
-            .where(MachineRow.serial == serial)
+            .where(MachineRow.serial == serial.lower())
             .values(machine_key=None, rebound_by=require_text(by, "who", 64), rebound_at=at)
             .execution_options(synchronize_session=False)
         )

@@ -133,8 +133,9 @@ def _create_files(
             f'data_dir = "."\n'
             f"database = {toml_string(database)}\n"
             f"relay = {toml_string(relay)}\n"
-            '# One-click requests: "auto" issues a key at once, "hold" waits for an engineer.\n'
-            '# request_policy = "auto"\n'
+            '# One-click requests: "hold" (default) waits for an engineer to approve;\n'
+            '# "auto" issues a key to any machine that asks — only behind other controls.\n'
+            '# request_policy = "hold"\n'
             '# request_key_lifetime = "21d"\n'
         ).encode(),
     )

@@ -208,7 +208,7 @@ def test_serve_prints_its_url_and_stops_cleanly_on_sigterm(data: Path) -> None:
         line = _first_line(proc, timeout=30)
         assert line.startswith("Vendor service on http://127.0.0.1:"), line
         url = line.split()[3]
-        assert "one-click policy: auto" in line
+        assert "one-click policy: hold" in line
         response = httpx.get(f"{url}/openapi.json", timeout=10)
         assert response.status_code == 200
         assert response.json()["info"]["title"] == "Tether vendor service (ACME)"

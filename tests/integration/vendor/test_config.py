@@ -24,11 +24,12 @@ async def toml(tmp_path: Path) -> Path:
     return result.config.path
 
 
-async def test_defaults_auto_and_21_days(toml: Path) -> None:
-    assert '# request_policy = "auto"' in toml.read_text()
+async def test_defaults_hold_and_21_days(toml: Path) -> None:
+    # Auto-approving anyone who asks hands keys to strangers: waiting for a human is the default.
+    assert '# request_policy = "hold"' in toml.read_text()
     config = VendorConfig.load(toml)
-    assert config.request_policy is RequestPolicy.AUTO
-    assert str(config.request_policy) == "auto"
+    assert config.request_policy is RequestPolicy.HOLD
+    assert str(config.request_policy) == "hold"
     assert config.request_key_lifetime == timedelta(days=21)
 
 
