@@ -264,6 +264,10 @@ class RelayConfig:
     advertise: str = ""
     login_timeout: float = 30.0
     max_unauthenticated: int = 200
+    #: Unauthenticated connections one source address may hold at once.
+    max_unauthenticated_per_source: int = 20
+    #: One-click requests one source address may make per hour.
+    requests_per_source_per_hour: int = 10
     keepalive_interval: float = 15.0
     keepalive_count_max: int = 3
     #: How often the relay looks for revocations and expiries (seconds).
@@ -289,6 +293,12 @@ class RelayConfig:
             advertise=r.text("advertise", ""),
             login_timeout=r.number("login_timeout", 30.0),
             max_unauthenticated=r.integer("max_unauthenticated", 200, low=1, high=100_000),
+            max_unauthenticated_per_source=r.integer(
+                "max_unauthenticated_per_source", 20, low=1, high=100_000
+            ),
+            requests_per_source_per_hour=r.integer(
+                "requests_per_source_per_hour", 10, low=1, high=100_000
+            ),
             keepalive_interval=r.number("keepalive_interval", 15.0),
             keepalive_count_max=r.integer("keepalive_count_max", 3, low=1, high=100),
             poll_interval=r.number("poll_interval", 0.25),

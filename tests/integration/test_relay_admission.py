@@ -247,3 +247,45 @@ async def test_one_click_request_may_wait_past_the_register_deadline(tmp_path: P
         await vendor.authority.approve_case(case_id, by="alice")
         key = await asyncio.wait_for(asking, 5)
         assert key.startswith("v4.public.")
+
+
+async def test_one_source_cannot_hold_every_login_slot(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path) as vendor:
+        limited = replace(
+            vendor.relay.config, listen=("127.0.0.1", 0), max_unauthenticated_per_source=2
+        )
+        relay = Relay(limited, vendor.store)
+        await relay.start()
+        try:
+            idle = [await asyncio.open_connection("127.0.0.1", relay.port) for _ in range(2)]
+            for reader, _ in idle:
+                await asyncio.wait_for(reader.readline(), 5)
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            data = await asyncio.wait_for(reader.read(), 5)
+            assert b"too many connections waiting to log in" in data
+            writer.close()
+            for _, w in idle:
+                w.close()
+                await w.wait_closed()
+            for _ in range(50):
+                if len(relay.unauthenticated_by_source) == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(relay.unauthenticated_by_source) == 0
+        finally:
+            await relay.aclose()
+
+
+async def test_one_pending_request_per_machine(tmp_path: Path) -> None:
+    from tests.integration.test_one_click import customer, wait_for_case
+    from tether.errors import Refused
+
+    async with vendor_setup(tmp_path) as vendor:
+        machine = customer(vendor, tmp_path)
+        first = asyncio.ensure_future(machine.ask("first"))
+        case_id = await wait_for_case(vendor)
+        with pytest.raises(Refused, match=f"already waiting \\(case {case_id}\\)"):
+            await asyncio.wait_for(machine.ask("second"), 5)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first

@@ -26,7 +26,7 @@ from tether import log
 from tether.keys import check_serial
 from tether.protocol import CaseUpdate, RefusalReason, Request
 from tether.relay.routing import AdmissionRefused
-from tether.store import Store
+from tether.store import CaseStatus, Store
 
 logger = logging.getLogger("tether.relay.requests")
 
@@ -95,6 +95,16 @@ class CaseWatcher:
                 RefusalReason.OTHER_MACHINE,
                 f"serial {message.serial} is registered to another machine; the vendor must "
                 "re-bind it before this machine can ask for support",
+            )
+        waiting = [
+            c
+            for c in await self._store.cases.list(status=CaseStatus.PENDING)
+            if c.machine_key == self._machine_key
+        ]
+        if waiting:
+            raise AdmissionRefused(
+                RefusalReason.PROTOCOL,
+                f"a request from this machine is already waiting (case {waiting[0].id})",
             )
         case = await self._store.cases.open(
             serial=message.serial,

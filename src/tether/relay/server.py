@@ -41,6 +41,7 @@ from tether.protocol import (
 )
 from tether.protocol import Refused as RefusedMessage
 from tether.protocol import decode as decode_message
+from tether.relay.limits import RateLimiter, SourceCounter
 from tether.relay.requests import CaseWatcher
 from tether.relay.routing import (
     AdmissionRefused,
@@ -189,6 +190,8 @@ class Relay:
         self.connections: set[_RelayConnection] = set()
         #: Keys revoked while this relay ran (closes the revoke-during-register race).
         self.revoked_keys: set[str] = set()
+        self.unauthenticated_by_source = SourceCounter(config.max_unauthenticated_per_source)
+        self.requests_by_source = RateLimiter(config.requests_per_source_per_hour, 3600.0)
         self._tasks = TaskSet()
         self._server: asyncssh.SSHAcceptor | None = None
         self._host_key = asyncssh.read_private_key(config.host_key)
@@ -329,6 +332,15 @@ class _ControlSession(asyncssh.SSHServerSession[bytes]):
                     )
                 elif isinstance(message, Request) and self._owner.machine_key is not None:
                     self._registering = True
+                    if not self._owner.relay.requests_by_source.allow(
+                        self._owner.source, time.monotonic()
+                    ):
+                        self._owner.refuse(
+                            RefusalReason.PROTOCOL,
+                            "too many support requests from this address; try again later",
+                            self,
+                        )
+                        return
                     self._owner.request_started()
                     self._case = CaseWatcher(
                         self._owner.relay.store,
@@ -382,6 +394,8 @@ class _RelayConnection(asyncssh.SSHServer):
         self._closing = False
         self._password_received = False
         self.certificate_valid_before: float | None = None
+        self.source = "?"
+        self._counted = False
         self._cert_expiry: asyncio.TimerHandle | None = None
 
     # --- connection lifecycle --------------------------------------------------------
@@ -391,9 +405,11 @@ class _RelayConnection(asyncssh.SSHServer):
         self.relay.connections.add(self)
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"
+        self.source = str(peer[0])
         self.relay.unauthenticated += 1
         self._capture_certificate(conn)
-        if self.relay.unauthenticated > self.relay.config.max_unauthenticated:
+        self._counted = self.relay.unauthenticated_by_source.admit(self.source)
+        if not self._counted or self.relay.unauthenticated > self.relay.config.max_unauthenticated:
             log.event(logger, "relay.busy", level=logging.WARNING, peer=self.peer)
             conn.disconnect(
                 asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections waiting to log in; retry"
@@ -417,8 +433,14 @@ class _RelayConnection(asyncssh.SSHServer):
 
         conn._validate_openssh_certificate = validate  # type: ignore[method-assign]
 
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.relay.unauthenticated_by_source.release(self.source)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.relay.connections.discard(self)
+        self._uncount()
         if not self.authenticated:
             self.relay.unauthenticated -= 1
         for timer in (self._expiry, self._register_deadline, self._cert_expiry):
@@ -507,6 +529,7 @@ class _RelayConnection(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         self.authenticated = True
         self.relay.unauthenticated -= 1
+        self._uncount()
         if self.role == "engineer":
             self.relay.engineer_connected(self.username, self)
             log.event(logger, "engineer.login", engineer=self.username, peer=self.peer)
