@@ -15,30 +15,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import date, timedelta
-from pathlib import Path
 
 import pytest
 
 from tether.agent.install import cron_command
 from tether.demo import DemoSystem
-from tether.sandbox import sandbox_unavailable_reason
 
 pytestmark = pytest.mark.sandbox
-
-
-@pytest.fixture
-async def system(tmp_path: Path) -> AsyncIterator[DemoSystem]:
-    reason = sandbox_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    demo = DemoSystem(tmp_path / "demo")
-    await demo.start()
-    try:
-        yield demo
-    finally:
-        await demo.aclose()
 
 
 async def ssh(

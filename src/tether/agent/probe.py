@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncssh
 
-from tether.agent.tunnel import PinnedClient
-from tether.keys import parse_address
-from tether.wire import AGENT_USERNAME, RELAY_TIME_BANNER
+from tether.agent.tunnel import PinnedClient, connect_as_agent
+from tether.wire import RELAY_TIME_BANNER
 
 
 class _BannerClient(PinnedClient):
@@ -41,23 +39,9 @@ async def probe_relay(
     relay: str, fingerprint: str, machine_key: asyncssh.SSHKey, *, within: float = 10.0
 ) -> RelayProbe:
     """Connect as an agent (no key registered), check the host key pin, read the relay's clock."""
-    host, port = parse_address(relay)
     client = _BannerClient(fingerprint)
     try:
-        conn = await asyncio.wait_for(
-            asyncssh.connect(
-                host,
-                port,
-                username=AGENT_USERNAME,
-                client_keys=[machine_key],
-                client_factory=lambda: client,
-                known_hosts=([], [], []),
-                config=None,
-                agent_path=None,
-                preferred_auth=["publickey"],
-            ),
-            within,
-        )
+        conn = await connect_as_agent(relay, client, machine_key, within=within)
     except asyncssh.HostKeyNotVerifiable:
         return RelayProbe(
             True, False, None, "the relay's host key is not the one the key pins", client.mismatch

@@ -15,13 +15,12 @@ from typing import cast
 
 import asyncssh
 
-from tether.agent.tunnel import ControlClient, PinnedClient
+from tether.agent.tunnel import ControlClient, PinnedClient, connect_as_agent
 from tether.config import AgentConfig
 from tether.errors import NotReady, Refused
-from tether.keys import parse_address
 from tether.protocol import Cancel, CaseUpdate, Request, encode
 from tether.protocol import Refused as RefusedMessage
-from tether.wire import AGENT_USERNAME, CONTROL_SUBSYSTEM, PROTOCOL_VERSION
+from tether.wire import CONTROL_SUBSYSTEM, PROTOCOL_VERSION
 
 
 async def request_key(
@@ -37,22 +36,16 @@ async def request_key(
             f"{config.path} names no request_relay: copy the vendor's agent-trust.toml into it, "
             "or ask the vendor for a key and use --key"
         )
-    host, port = parse_address(config.request_relay)
     client = PinnedClient(config.request_relay_host_key)
     try:
-        conn = await asyncio.wait_for(
-            asyncssh.connect(
-                host,
-                port,
-                username=AGENT_USERNAME,
-                client_keys=[machine_key],
-                client_factory=lambda: client,
-                known_hosts=([], [], []),
-                config=None,
-                agent_path=None,
-                preferred_auth=["publickey"],
-            ),
-            config.tether.connect_timeout,
+        conn = await connect_as_agent(
+            config.request_relay,
+            client,
+            machine_key,
+            within=config.tether.connect_timeout,
+            # A held request may wait long for a human: notice a dead relay meanwhile.
+            keepalive_interval=config.tether.keepalive_interval,
+            keepalive_count_max=config.tether.keepalive_count_max,
         )
     except asyncssh.HostKeyNotVerifiable:
         raise Refused(

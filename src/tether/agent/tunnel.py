@@ -90,6 +90,39 @@ class PinnedClient(asyncssh.SSHClient):
         return True
 
 
+async def connect_as_agent(
+    relay: str,
+    client: PinnedClient,
+    machine_key: asyncssh.SSHKey,
+    *,
+    within: float,
+    keepalive_interval: float = 0.0,
+    keepalive_count_max: int = 3,
+) -> asyncssh.SSHClientConnection:
+    """Log in to ``relay`` as an agent with the machine key, its host key pinned by ``client``.
+
+    Nothing of the local user's SSH setup is used (no config file, no ssh-agent).
+    Raises :class:`asyncssh.HostKeyNotVerifiable` when the pin does not match.
+    """
+    host, port = parse_address(relay)
+    return await asyncio.wait_for(
+        asyncssh.connect(
+            host,
+            port,
+            username=AGENT_USERNAME,
+            client_keys=[machine_key],
+            client_factory=lambda: client,
+            known_hosts=([], [], []),
+            config=None,
+            agent_path=None,
+            keepalive_interval=keepalive_interval,
+            keepalive_count_max=keepalive_count_max,
+            preferred_auth=["publickey"],
+        ),
+        within,
+    )
+
+
 #: What a relay may say to an agent.
 RelayMessage = Registered | RefusedMessage | Closing | CaseUpdate
 
@@ -224,25 +257,16 @@ class Tunnel:
         return None
 
     async def _run_once(self) -> None:
-        host, port = parse_address(self._claims.relay)
         client = PinnedClient(self._claims.relay_host_key)
         settings = self._settings
         try:
-            conn = await asyncio.wait_for(
-                asyncssh.connect(
-                    host,
-                    port,
-                    username=AGENT_USERNAME,
-                    client_keys=[self._machine_key],
-                    client_factory=lambda: client,
-                    known_hosts=([], [], []),
-                    config=None,
-                    agent_path=None,
-                    keepalive_interval=settings.keepalive_interval,
-                    keepalive_count_max=settings.keepalive_count_max,
-                    preferred_auth=["publickey"],
-                ),
-                timeout=settings.connect_timeout,
+            conn = await connect_as_agent(
+                self._claims.relay,
+                client,
+                self._machine_key,
+                within=settings.connect_timeout,
+                keepalive_interval=settings.keepalive_interval,
+                keepalive_count_max=settings.keepalive_count_max,
             )
         except asyncssh.HostKeyNotVerifiable:
             raise _Transient(
