@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import cast
 
 import asyncssh
@@ -746,14 +745,3 @@ class _RelayConnection(asyncssh.SSHServer):
             stats, to_machine=True, peer=cast(asyncssh.SSHForwarder, upstream)
         )
         return cast(asyncssh.SSHTCPSession[bytes], down)
-
-
-def describe(now: datetime, entry: TetherEntry[_RelayConnection]) -> dict[str, object]:
-    """A JSON-able view of a live tether (for status pages and tests)."""
-    return {
-        "serial": entry.serial,
-        "key_id": entry.key_id,
-        "ports": sorted(entry.offered_ports),
-        "since": entry.connected_at.isoformat(),
-        "expires_in": (entry.expires_at - now).total_seconds(),
-    }
