@@ -31,3 +31,17 @@ RELAY_SERVER_VERSION = "Tether_relay"
 
 #: The relay greets agents with its clock in the SSH auth banner: "<this><ISO time>".
 RELAY_TIME_BANNER = "tether-relay-time "
+
+#: Ciphers the relay and agents offer, fastest first. Only AES-GCM: it is one AEAD call per
+#: packet (AES-NI) where chacha20-poly1305 costs three, and stock OpenSSH picks the first of
+#: its own list that the server offers, so offering chacha20 would make every engineer use it.
+#: Every OpenSSH since 6.2 (2013) speaks AES-GCM.
+TRANSPORT_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+#: Largest SSH packet the relay and agents accept on a channel (OpenSSH's limit is 256 KiB
+#: for the whole packet). Stock clients send what the peer allows: bigger packets mean
+#: fewer per-packet costs, which dominate a relay written in Python.
+CHANNEL_MAX_PACKET = 192 * 1024
+
+#: Channel window: enough in flight to fill a fast link without waiting for window adjusts.
+CHANNEL_WINDOW = 8 * 1024 * 1024

@@ -43,12 +43,16 @@ from tether.protocol import (
     encode,
 )
 from tether.protocol import Refused as RefusedMessage
+from tether.tuning import coalesce_writes
 from tether.wire import (
     AGENT_USERNAME,
+    CHANNEL_MAX_PACKET,
+    CHANNEL_WINDOW,
     CONTROL_SUBSYSTEM,
     FORWARD_BIND_HOST,
     MACHINE_LOOPBACK,
     PROTOCOL_VERSION,
+    TRANSPORT_CIPHERS,
 )
 
 logger = logging.getLogger("tether.agent.tunnel")
@@ -79,6 +83,9 @@ class PinnedClient(asyncssh.SSHClient):
     def __init__(self, fingerprint: str) -> None:
         self._fingerprint = fingerprint
         self.mismatch: str | None = None
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        coalesce_writes(conn)
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
@@ -118,6 +125,9 @@ async def connect_as_agent(
             keepalive_interval=keepalive_interval,
             keepalive_count_max=keepalive_count_max,
             preferred_auth=["publickey"],
+            encryption_algs=list(TRANSPORT_CIPHERS),
+            window=CHANNEL_WINDOW,
+            max_pktsize=CHANNEL_MAX_PACKET,
         ),
         within,
     )

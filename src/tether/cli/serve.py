@@ -12,6 +12,7 @@ import click
 from tether import log
 from tether.cli.common import agent_config_option, handle_errors, run
 from tether.config import AgentConfig, RelayConfig
+from tether.tuning import tune_allocator
 
 
 @click.group()
@@ -41,6 +42,7 @@ def relay_serve(config_path: Path, listen: str | None, verbose: bool) -> None:
     from tether.store import Store
 
     log.setup(logging.DEBUG if verbose else logging.INFO)
+    tune_allocator()
     config = RelayConfig.load(config_path)
     if listen:
         config = replace(config, listen=parse_address(listen, what="listen address", any_port=True))
@@ -77,6 +79,7 @@ def agent_serve(config_path: Path, verbose: bool) -> None:
     from tether.agent.daemon import AgentDaemon
 
     log.setup(logging.DEBUG if verbose else logging.INFO)
+    tune_allocator()
     config = AgentConfig.load(config_path)
     run(AgentDaemon(config).serve())
 

@@ -51,12 +51,16 @@ from tether.relay.routing import (
 )
 from tether.store import RevocationKind, Store
 from tether.tasks import TaskSet
+from tether.tuning import coalesce_writes
 from tether.wire import (
     AGENT_USERNAME,
+    CHANNEL_MAX_PACKET,
+    CHANNEL_WINDOW,
     CONTROL_SUBSYSTEM,
     FORWARD_BIND_HOST,
     RELAY_SERVER_VERSION,
     RELAY_TIME_BANNER,
+    TRANSPORT_CIPHERS,
 )
 
 logger = logging.getLogger("tether.relay")
@@ -226,6 +230,9 @@ class Relay:
             allow_scp=False,
             encoding=None,  # the control channel speaks bytes
             tcp_keepalive=True,
+            encryption_algs=list(TRANSPORT_CIPHERS),
+            window=CHANNEL_WINDOW,
+            max_pktsize=CHANNEL_MAX_PACKET,
         )
         self._tasks.spawn(self._watch(), "relay.watch")
         log.event(
@@ -401,6 +408,7 @@ class _RelayConnection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        coalesce_writes(conn)
         self.relay.connections.add(self)
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"
@@ -730,6 +738,8 @@ class _RelayConnection(asyncssh.SSHServer):
                 port,
                 self.username,
                 0,
+                window=CHANNEL_WINDOW,
+                max_pktsize=CHANNEL_MAX_PACKET,
             )
         except asyncssh.ChannelOpenError as exc:
             log.event(

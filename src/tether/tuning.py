@@ -1,0 +1,152 @@
+"""Process-wide tuning for the parts that carry bulk data (relay and agent).
+
+An SSH packet on the tether is up to :data:`tether.wire.CHANNEL_MAX_PACKET` bytes, and
+asyncssh builds each one from several fresh ``bytes`` objects. glibc's malloc serves
+blocks above its mmap threshold (128 KiB at first) with a fresh ``mmap`` and returns
+them with ``munmap``: every packet then costs page faults and zeroed pages, which made
+the relay and agent spend most of their time in the kernel (measured in bench/README.md).
+Raising the threshold keeps those buffers in the heap, where they are reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import asyncssh
+
+from tether import log
+
+logger = logging.getLogger("tether.tuning")
+
+#: mallopt() parameters (glibc's malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+#: Blocks up to this size come from the heap (reused), not from mmap.
+MMAP_THRESHOLD = 4 * 1024 * 1024
+#: Free memory at the heap's top kept for reuse rather than returned at once.
+TRIM_THRESHOLD = 16 * 1024 * 1024
+
+
+def tune_allocator() -> bool:
+    """Keep per-packet buffers in malloc's heap; return whether it could be done.
+
+    A no-op (returning ``False``) where the C library is not glibc.
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    done = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
+    if not done:
+        log.event(logger, "tuning.malloc_refused")
+    return done
+
+
+class CoalescingTransport(asyncio.Transport):
+    """Gathers the writes of one event-loop pass into one write of the real transport.
+
+    asyncssh writes every SSH packet separately, and sends an ``SSH_MSG_IGNORE`` before
+    each data packet: a relay forwarding one 192 KiB tether packet as six 32 KiB packets
+    to a stock client would make twelve ``send()`` calls. Writes made while handling one
+    read are joined and handed over once, at the end of the loop pass. Order is kept,
+    and :meth:`close`, :meth:`abort` and :meth:`write_eof` first hand over what is pending
+    (so a disconnect message still leaves before the socket is closed).
+    """
+
+    def __init__(self, inner: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._inner = inner
+        self._loop = loop
+        self._pending: list[bytes] = []
+        self._scheduled = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        self._pending.append(bytes(data))
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        if self._inner.is_closing():
+            return
+        self._inner.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self._flush()
+        self._inner.close()
+
+    def abort(self) -> None:
+        self._flush()
+        self._inner.abort()
+
+    def can_write_eof(self) -> bool:
+        return self._inner.can_write_eof()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._inner.write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self._inner.get_write_buffer_size() + sum(len(d) for d in self._pending)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._inner.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._inner.set_write_buffer_limits(high, low)
+
+    def is_closing(self) -> bool:
+        return self._inner.is_closing()
+
+    def is_reading(self) -> bool:
+        return self._inner.is_reading()
+
+    def pause_reading(self) -> None:
+        self._inner.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._inner.resume_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._inner.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._inner.get_protocol()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._inner.get_extra_info(name, default)
+
+
+def coalesce_writes(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
+    """Make ``conn`` send through a :class:`CoalescingTransport`.
+
+    Call from an ``SSHClient``/``SSHServer`` ``connection_made`` (before any packet is
+    sent). asyncssh keeps its transport in a private attribute; if a future version
+    renames it, this does nothing rather than break the connection.
+    """
+    inner = getattr(conn, "_transport", None)
+    if isinstance(inner, asyncio.Transport) and not isinstance(inner, CoalescingTransport):
+        conn._transport = CoalescingTransport(inner, asyncio.get_running_loop())
