@@ -40,6 +40,7 @@ from tether.protocol import (
 )
 from tether.protocol import Refused as RefusedMessage
 from tether.protocol import decode as decode_message
+from tether.relay.admissions import AdmissionQueue
 from tether.relay.limits import RateLimiter, SourceCounter
 from tether.relay.requests import CaseWatcher
 from tether.relay.routing import (
@@ -49,7 +50,8 @@ from tether.relay.routing import (
     TetherEntry,
     admit_tether,
 )
-from tether.store import RevocationKind, Store
+from tether.store import IssuedKey, MachineRecord, RevocationKind, Store
+from tether.store.admission import Admission
 from tether.tasks import TaskSet
 from tether.tuning import coalesce_writes
 from tether.wire import (
@@ -196,6 +198,7 @@ class Relay:
         self.unauthenticated_by_source = SourceCounter(config.max_unauthenticated_per_source)
         self.requests_by_source = RateLimiter(config.requests_per_source_per_hour, 3600.0)
         self._tasks = TaskSet()
+        self.admissions = AdmissionQueue(store, self._tasks)
         self._server: asyncssh.SSHAcceptor | None = None
         self._host_key = asyncssh.read_private_key(config.host_key)
         self.engineer_ca = asyncssh.read_public_key(config.engineer_ca)
@@ -231,6 +234,9 @@ class Relay:
             encoding=None,  # the control channel speaks bytes
             tcp_keepalive=True,
             encryption_algs=list(TRANSPORT_CIPHERS),
+            # No GSSAPI: without this asyncssh looks up this host's FQDN (blocking DNS,
+            # in a thread) for every connection that logs in.
+            gss_host=None,
             window=CHANNEL_WINDOW,
             max_pktsize=CHANNEL_MAX_PACKET,
         )
@@ -590,67 +596,77 @@ class _RelayConnection(asyncssh.SSHServer):
         if self.machine_key is None:
             return
         now = self.relay.clock.now()
-        try:
-            try:
-                claims = parse_key(message.key, self.relay.config.vendor_keys, now=now)
-            except TetherKeyError as exc:
-                raise AdmissionRefused(RefusalReason(exc.reason), str(exc)) from None
-            store = self.relay.store
-            admit_tether(claims, await store.keys.get(claims.key_id), self.machine_key, now)
-            bound = await store.keys.bind(claims.key_id, self.machine_key, now)
-            if bound is None:
-                raise AdmissionRefused(RefusalReason.UNKNOWN_KEY, "this key is not known")
-            # Re-check the row as bound: a revocation may have landed since the read.
-            admit_tether(claims, bound, self.machine_key, now)
+        machine_key = self.machine_key
+        relay = self.relay
+
+        def check_key(issued: IssuedKey | None) -> None:
+            admit_tether(claims, issued, machine_key, now)
+            if claims.key_id in relay.revoked_keys:
+                raise AdmissionRefused(RefusalReason.REVOKED, "this key was revoked by the vendor")
+            previous = relay.registry.get(claims.serial)
+            if previous is not None and previous.machine_key != machine_key:
+                raise AdmissionRefused(
+                    RefusalReason.OTHER_MACHINE,
+                    f"machine {claims.serial} is tethered by another machine right now",
+                )
+
+        def check_owner(owner: MachineRecord) -> None:
             # A serial belongs to one machine (trust on first use, case-insensitive),
             # so no other machine can take over its route, with any key.
-            owner = await store.machines.bind_first_use(claims.serial, self.machine_key, now)
-            if owner.machine_key is not None and owner.machine_key != self.machine_key:
+            if owner.machine_key is not None and owner.machine_key != machine_key:
                 raise AdmissionRefused(
                     RefusalReason.OTHER_MACHINE,
                     f"serial {claims.serial} is registered to another machine; the vendor "
                     "must re-bind it before this machine can tether",
                 )
+
+        try:
+            try:
+                claims = parse_key(message.key, relay.config.vendor_keys, now=now)
+            except TetherKeyError as exc:
+                raise AdmissionRefused(RefusalReason(exc.reason), str(exc)) from None
+            # Key check, first-use bindings and the registry row: one transaction, so
+            # a refused tether changes nothing and a revocation cannot slip in between.
+            await relay.admissions.admit(
+                Admission(
+                    key_id=claims.key_id,
+                    serial=claims.serial,
+                    machine_key=machine_key,
+                    relay_id=relay.config.relay_id,
+                    relay_address=relay.config.advertise,
+                    now=now,
+                    check_key=check_key,
+                    check_owner=check_owner,
+                )
+            )
         except AdmissionRefused as refusal:
             self.refuse(refusal.reason, refusal.message, control)
             return
-        if self._closing:
-            return
-        if claims.key_id in self.relay.revoked_keys:
-            self.refuse(RefusalReason.REVOKED, "this key was revoked by the vendor", control)
-            return
-        previous = self.relay.registry.get(claims.serial)
-        if previous is not None and previous.machine_key != self.machine_key:
-            self.refuse(
-                RefusalReason.OTHER_MACHINE,
-                f"machine {claims.serial} is tethered by another machine right now",
-                control,
+        if self._closing or claims.key_id in relay.revoked_keys:
+            # Closed or revoked while the transaction ran: take the row back out.
+            relay._tasks.spawn(
+                relay.store.tethers.unregister(claims.serial, relay.config.relay_id),
+                f"relay.unregister.{claims.serial}",
             )
+            if not self._closing:
+                self.refuse(RefusalReason.REVOKED, "this key was revoked by the vendor", control)
             return
         entry = TetherEntry(
             serial=claims.serial,
             key_id=claims.key_id,
-            machine_key=self.machine_key,
+            machine_key=machine_key,
             expires_at=claims.expires_at,
             key_ports=frozenset(claims.ports),
             connected_at=now,
             link=self,
         )
         self.entry = entry
-        previous = self.relay.registry.add(entry)
+        previous = relay.registry.add(entry)
         if previous is not None:
             previous.link.entry = None  # its late close must not unregister the new tether
             previous.link.drop(
                 RefusalReason.REPLACED, "a newer tether from this machine replaced this one"
             )
-        await self.relay.store.tethers.register(
-            serial=claims.serial,
-            key_id=claims.key_id,
-            relay_id=self.relay.config.relay_id,
-            relay_address=self.relay.config.advertise,
-            machine_key=self.machine_key,
-            now=now,
-        )
         if self._register_deadline is not None:
             self._register_deadline.cancel()
         self._expiry = asyncio.get_running_loop().call_later(

@@ -15,12 +15,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tether.errors import BadInput, Refused
-from tether.store.db import Database, StoreError
+from tether.store.admission import bind_serials
+from tether.store.db import Database
 from tether.store.models import CaseRow, CaseStatus, MachineRow
 from tether.store.records import CaseRecord, MachineRecord
 from tether.store.types import require_aware, require_text
@@ -52,26 +51,9 @@ class MachineRepo:
         one binds and all get the same stored ``machine_key`` back. The caller compares
         it with its own: equal means first use or the same machine again.
         """
-        at = require_aware(now, "now")
-        require_text(serial, "serial", 128)
-        serial = serial.lower()
-        require_text(machine_key, "machine key", 255)
-        values: dict[str, Any] = {"serial": serial, "machine_key": machine_key, "first_seen_at": at}
-        insert = pg_insert if self._db.is_postgresql else sqlite_insert
-        add = insert(MachineRow).values(**values).on_conflict_do_nothing(index_elements=["serial"])
-        claim = (
-            update(MachineRow)
-            .where(MachineRow.serial == serial, MachineRow.machine_key.is_(None))
-            .values(machine_key=machine_key, first_seen_at=at)
-            .execution_options(synchronize_session=False)
-        )
         async with self._db.write(f"binding serial {serial} to its machine") as session:
-            await session.execute(add)
-            await session.execute(claim)
-            row = await session.get(MachineRow, serial, populate_existing=True)
-            if row is None:  # pragma: no cover - the row was inserted or existed
-                raise StoreError(f"serial {serial} vanished while it was being bound")
-            return MachineRecord.from_row(row)
+            stored = await bind_serials(self._db, session, [(serial, machine_key, now)])
+        return stored[serial.lower()]
 
     async def get(self, serial: str) -> MachineRecord | None:
         """The binding of ``serial``, or ``None`` if no machine ever asked for it."""

@@ -9,6 +9,8 @@ a plain deferred ``BEGIN`` and run concurrently with writers.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -54,6 +56,10 @@ def describe_error(exc: BaseException, url: str) -> str:
     return mask_secret(first, url)
 
 
+#: Pooled SQLite connections (writers still take turns: BEGIN IMMEDIATE).
+SQLITE_POOL_SIZE = 24
+
+
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # SQLAlchemy emits BEGIN itself (see _on_sqlite_begin); stop the driver doing it.
     dbapi_connection.isolation_level = None
@@ -61,6 +67,7 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     try:
         cursor.execute("PRAGMA busy_timeout=5000")
         cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
@@ -76,7 +83,10 @@ def _on_sqlite_begin(conn: Connection) -> None:
 def create_engine(url: str) -> AsyncEngine:
     """Create the async engine for a normalized store URL, with the SQLite set-up."""
     if url.startswith("sqlite"):
-        engine = create_async_engine(url)
+        # Each SQLite connection is a thread of aiosqlite's: keep enough of them pooled
+        # that a burst of tethers registering at once (a relay restart) reuses them
+        # instead of opening and closing one per transaction.
+        engine = create_async_engine(url, pool_size=SQLITE_POOL_SIZE, max_overflow=0)
         event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
         event.listen(engine.sync_engine, "begin", _on_sqlite_begin)
         return engine
@@ -98,6 +108,11 @@ class Database:
             else engine
         )
         self._sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        # SQLite has one writer at a time. Writers of this process queue here, in order,
+        # instead of all holding a pooled connection in SQLite's busy-wait: under a burst
+        # (a relay restart) that wait ran out ("database is locked"). Other processes on
+        # the same file still meet SQLite's own busy timeout.
+        self._sqlite_writers: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 
     @property
     def is_postgresql(self) -> bool:
@@ -113,11 +128,27 @@ class Database:
     @asynccontextmanager
     async def _transaction(self, doing: str, *, write: bool) -> AsyncIterator[AsyncSession]:
         bind = self.write_engine if write else self.engine
+        queue = self._writer_queue() if write else None
         try:
-            async with self._sessions(bind=bind) as session, session.begin():
+            async with (
+                queue or contextlib.nullcontext(),
+                self._sessions(bind=bind) as session,
+                session.begin(),
+            ):
                 yield session
         except (SQLAlchemyError, OSError) as exc:
             raise self.error(exc, doing) from exc
+
+    def _writer_queue(self) -> asyncio.Lock | None:
+        if self.dialect != "sqlite":
+            return None
+        loop = asyncio.get_running_loop()
+        lock = self._sqlite_writers.get(loop)
+        if lock is None:
+            for old in [other for other in self._sqlite_writers if other.is_closed()]:
+                del self._sqlite_writers[old]
+            lock = self._sqlite_writers[loop] = asyncio.Lock()
+        return lock
 
     def read(self, doing: str) -> AbstractAsyncContextManager[AsyncSession]:
         """``async with db.read("listing keys") as session:`` a read-only transaction."""

@@ -7,7 +7,7 @@ reconnect or a heartbeat is a single statement on either backend.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,9 +17,21 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql import Executable
 
 from tether.errors import BadInput
+from tether.store.admission import Admission, AdmissionResult, admit_many
 from tether.store.db import Database
-from tether.store.models import Base, LiveChannelRow, RelayRow, SealedPasswordRow, TetherRow
-from tether.store.records import ChannelRecord, RelayRecord, SealedPassword, TetherRecord
+from tether.store.models import (
+    Base,
+    LiveChannelRow,
+    RelayRow,
+    SealedPasswordRow,
+    TetherRow,
+)
+from tether.store.records import (
+    ChannelRecord,
+    RelayRecord,
+    SealedPassword,
+    TetherRecord,
+)
 from tether.store.types import require_aware, require_text
 
 __all__ = ["ChannelRepo", "PasswordRepo", "RelayRepo", "TetherRepo"]
@@ -72,6 +84,10 @@ class TetherRepo:
         async with self._db.write(f"registering tether {serial}") as session:
             await session.execute(stmt)
         return record
+
+    async def admit_many(self, admissions: Sequence[Admission]) -> list[AdmissionResult]:
+        """Admit tethers in one transaction; see :func:`tether.store.admission.admit_many`."""
+        return await admit_many(self._db, admissions)
 
     async def touch(self, serial: str, relay_id: str, now: datetime) -> None:
         """Mark the tether as seen at ``now`` (only if ``relay_id`` still holds it)."""

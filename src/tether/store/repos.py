@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tether.errors import BadInput, Refused
@@ -173,28 +173,6 @@ class KeyRepo:
         async with self._db.read("listing keys") as session:
             rows = (await session.scalars(stmt)).all()
             return [IssuedKey.from_row(r) for r in rows]
-
-    async def bind(self, key_id: str, machine_key: str, now: datetime) -> IssuedKey | None:
-        """Bind the key to ``machine_key`` if no machine used it yet; return it as stored.
-
-        Atomic under concurrency (a single conditional UPDATE): of several racing
-        callers exactly one binds, and all of them get the same stored
-        ``bound_machine_key`` back. The caller compares it with its own to tell a
-        first use or same-machine reconnect from another machine's attempt.
-        Revocation and expiry are not checked here. ``None`` if the key is unknown.
-        """
-        at = require_aware(now, "now")
-        require_text(machine_key, "machine key", 255)
-        stmt = (
-            update(IssuedKeyRow)
-            .where(IssuedKeyRow.key_id == key_id, IssuedKeyRow.bound_machine_key.is_(None))
-            .values(bound_machine_key=machine_key, first_used_at=at)
-            .execution_options(synchronize_session=False)
-        )
-        async with self._db.write(f"binding key {key_id}") as session:
-            await session.execute(stmt)
-            row = await session.get(IssuedKeyRow, key_id, populate_existing=True)
-            return None if row is None else IssuedKey.from_row(row)
 
     async def revoke(self, key_id: str, *, reason: str, now: datetime) -> IssuedKey:
         """Revoke a key and append a key revocation, in one transaction.

@@ -48,7 +48,7 @@ async def test_naive_datetimes_are_refused(store: Store) -> None:
         await issue(store, issued_at=datetime(2026, 1, 1))
     await issue(store)
     with pytest.raises(ValueError, match="timezone-aware"):
-        await store.keys.bind("k1", "SHA256:m", datetime(2026, 1, 1))
+        await store.machines.bind_first_use("SN-1", "SHA256:m", datetime(2026, 1, 1))
     assert await store.keys.get("k1") is not None
 
 
@@ -80,57 +80,6 @@ async def test_list_newest_first_by_serial_and_expiry(store: Store) -> None:
     assert [k.key_id for k in live] == ["new", "mid"]
     live_sn1 = await store.keys.list(serial="SN-1", include_expired=False, now=T0)
     assert [k.key_id for k in live_sn1] == ["new"]
-
-
-async def test_bind_first_use_then_same_machine_then_other_machine(store: Store) -> None:
-    await issue(store)
-    first = await store.keys.bind("k1", "SHA256:machine-a", T0)
-    assert first is not None
-    assert first.bound_machine_key == "SHA256:machine-a"
-    assert first.first_used_at == T0
-    assert first.used
-
-    again = await store.keys.bind("k1", "SHA256:machine-a", T0 + timedelta(hours=1))
-    assert again is not None
-    assert again.bound_machine_key == "SHA256:machine-a"
-    assert again.first_used_at == T0  # unchanged: a reconnect is not a first use
-
-    other = await store.keys.bind("k1", "SHA256:machine-b", T0 + timedelta(hours=2))
-    assert other is not None
-    assert other.bound_machine_key == "SHA256:machine-a"
-    assert other.first_used_at == T0
-
-
-async def test_bind_unknown_key_is_none(store: Store) -> None:
-    assert await store.keys.bind("nope", "SHA256:m", T0) is None
-
-
-async def test_concurrent_bind_race_exactly_one_machine_wins(store_url: str) -> None:
-    relay_a = await Store.open(store_url)
-    relay_b = await Store.open(store_url)
-    try:
-        await issue(relay_a)
-        attempts = [
-            (relay_a if i % 2 else relay_b).keys.bind(
-                "k1", f"SHA256:machine-{i}", T0 + timedelta(seconds=i)
-            )
-            for i in range(10)
-        ]
-        results = await asyncio.gather(*attempts)
-        winners = {r.bound_machine_key for r in results if r is not None}
-        assert len(winners) == 1
-        (winner,) = winners
-        assert winner is not None
-        index = int(winner.rsplit("-", 1)[1])
-        assert all(
-            r is not None and r.first_used_at == T0 + timedelta(seconds=index) for r in results
-        )
-        stored = await relay_b.keys.get("k1")
-        assert stored is not None
-        assert stored.bound_machine_key == winner
-    finally:
-        await relay_a.aclose()
-        await relay_b.aclose()
 
 
 async def test_revoke_writes_exactly_one_revocation(store: Store) -> None:
