@@ -1,0 +1,331 @@
+"""``python -m bench``: every benchmark of bench/README.md in one run, on loopback.
+
+Prints a table (with a progress bar while it runs) and writes JSON + markdown to
+``bench/results/``. ``--smoke`` runs every row with tiny sizes, so the test suite can
+keep the harness from rotting; its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bench import ending, tethers, throughput
+from bench.parts import World, machine_description
+from bench.report import Row, median, percentile, print_table, write
+
+GROUPS = ("throughput", "connect", "tethers", "restart", "ending", "agent")
+
+#: The relay's limits on unauthenticated connections are per source address; the
+#: swarm is one source, so a benchmark relay lets it dial as a fleet would.
+BENCH_RELAY = {"max_unauthenticated": 5000, "max_unauthenticated_per_source": 5000}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Tether's performance budgets, measured beside stock OpenSSH on loopback.",
+        epilog="Example: python -m bench --only throughput,connect --runs 5",
+    )
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the harness only")
+    p.add_argument(
+        "--only",
+        default=",".join(GROUPS),
+        help=f"comma-separated groups to run (default: all of {', '.join(GROUPS)})",
+    )
+    p.add_argument(
+        "--runs", type=int, default=3, help="runs of each throughput/connect figure (median)"
+    )
+    p.add_argument("--size-mib", type=int, default=1024, help="bytes per throughput run, in MiB")
+    p.add_argument("--tethers", default="1000,5000,20000", help="idle tether counts to measure at")
+    p.add_argument(
+        "--restart", type=int, default=10000, help="tethers held through a relay restart"
+    )
+    p.add_argument("--tries", type=int, default=50, help="tries of each disable / revoke timing")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).parent / "results",
+        help="where JSON and markdown results go (default: bench/results)",
+    )
+    args = p.parse_args(argv)
+    unknown = set(args.only.split(",")) - set(GROUPS)
+    if unknown:
+        p.error(f"unknown group(s) {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}")
+    if args.smoke:
+        args.runs, args.size_mib, args.tethers, args.restart, args.tries = 1, 8, "5,10", 10, 2
+    return args
+
+
+class Steps:
+    """The progress bar: one step per measurement."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress = progress
+        self.task = progress.add_task("starting", total=total)
+
+    def say(self, text: str) -> None:
+        self.progress.update(self.task, description=text)
+
+    def done(self, text: str | None = None) -> None:
+        self.progress.advance(self.task)
+        if text:
+            self.say(text)
+
+
+async def loopback_rows(
+    args: argparse.Namespace, groups: set[str], steps: Steps, work: Path
+) -> list[Row]:
+    rows: list[Row] = []
+    world = World(work / "loopback")
+    world.dir.mkdir()
+    try:
+        steps.say("starting relay, agent, sshds")
+        await world.start_vendor(relay_options=BENCH_RELAY)
+        await world.engineer()
+        paths = await throughput.build(world)
+        if "throughput" in groups:
+            size = args.size_mib << 20
+            for name, measure in (
+                ("relay-bound (ssh -L to a web server)", throughput.relay_bound),
+                ("full path (ssh through relay, cat > /dev/null)", throughput.full_path),
+            ):
+                ours, theirs = [], []
+                for run in range(args.runs):
+                    steps.say(f"throughput {name.split()[0]}, run {run + 1}/{args.runs}")
+                    a, b = await measure(world, paths, size)
+                    ours.append(a)
+                    theirs.append(b)
+                    steps.done()
+                ratio = median(ours) / median(theirs)
+                rows.append(
+                    Row(
+                        f"throughput, {name}",
+                        ratio,
+                        "x OpenSSH",
+                        "≥ 1.0x",
+                        ratio >= 1.0,
+                        detail=f"{median(ours):.0f} vs {median(theirs):.0f} MB/s, {args.size_mib} MiB",
+                        samples=ours,
+                    )
+                )
+        if "connect" in groups:
+            tether, openssh, direct = [], [], []
+            for run in range(max(args.runs, 5)):
+                steps.say(f"engineer connect, run {run + 1}")
+                a, b, c = await throughput.connect_times(world, paths)
+                tether.append(a)
+                openssh.append(b)
+                direct.append(c)
+            steps.done()
+            extra = (median(tether) - median(direct)) * 1000
+            rows.append(
+                Row(
+                    "engineer connect through relay vs direct ssh",
+                    extra,
+                    "ms extra",
+                    "≤ +50 ms",
+                    extra <= 50,
+                    detail=f"{median(tether) * 1000:.0f} ms via Tether, "
+                    f"{median(openssh) * 1000:.0f} ms via an OpenSSH relay, "
+                    f"{median(direct) * 1000:.0f} ms direct",
+                    samples=tether,
+                )
+            )
+        if "tethers" in groups:
+            steps.say("idle tethers: ramping up the swarm")
+            steps_at = [int(n) for n in args.tethers.split(",")]
+            idle = await tethers.idle_tethers(world, steps_at)
+            steps.done()
+            for count, kib in idle.kib_per_tether.items():
+                rows.append(
+                    Row(
+                        f"relay RSS per idle tether, {count:,} tethers",
+                        kib,
+                        "KiB",
+                        "≤ 64 KiB",
+                        kib <= 64,
+                    )
+                )
+            rows.append(
+                Row(
+                    "tether handshakes per relay CPU-second",
+                    idle.handshakes_per_cpu_second,
+                    "/s",
+                    "≥ 200",
+                    idle.handshakes_per_cpu_second >= 200,
+                    detail=f"{idle.handshakes_per_second:.0f}/s wall-clock, the swarm "
+                    "(same 2 cores) dialling 64 at once",
+                )
+            )
+        if "restart" in groups:
+            steps.say(f"relay restart with {args.restart:,} tethers")
+            back = await tethers.restart(world, args.restart)
+            steps.done()
+            spread = back.peak_per_second < back.tethers or back.tethers < 50
+            rows.append(
+                Row(
+                    f"{back.tethers:,} tethers back after a relay restart",
+                    back.all_back,
+                    "s",
+                    "spread out, not all in one second",
+                    spread,
+                    detail=f"peak {back.peak_per_second:,} in one second",
+                )
+            )
+    finally:
+        world.close()
+        if world.store is not None:
+            await world.store.aclose()
+    return rows
+
+
+async def system_rows(
+    args: argparse.Namespace, groups: set[str], steps: Steps, work: Path
+) -> list[Row]:
+    rows: list[Row] = []
+    system = DemoSystemQuiet(work / "system")
+    try:
+        steps.say("starting the whole system (sandboxed machine, real sshd)")
+        await system.start()
+        await ending.access(system, "disable")
+        if "ending" in groups:
+            for name, end in (("revoke", ending.revoke), ("disable", ending.disable)):
+                steps.say(f"{name} → live session gone, {args.tries} tries")
+                samples = await ending.time_ending(
+                    system, lambda end=end: end(system), args.tries, steps.done
+                )
+                p99 = percentile(samples, 99)
+                rows.append(
+                    Row(
+                        f"{name} → live session and tether gone (p99)",
+                        p99,
+                        "s",
+                        "≤ 1 s",
+                        p99 <= 1.0,
+                        detail=f"p50 {percentile(samples, 50):.2f} s over {len(samples)} tries",
+                        samples=samples,
+                    )
+                )
+            steps.say("expiry with the agent up")
+            up = [await ending.expiry_with_agent(system) for _ in range(3 if not args.smoke else 1)]
+            steps.done()
+            rows.append(
+                Row(
+                    "expiry → access closed, agent up",
+                    max(up),
+                    "s",
+                    "≤ 2 s",
+                    max(up) <= 2.0,
+                    detail="worst of the tries; live session gone",
+                    samples=up,
+                )
+            )
+            minute = 2.0 if args.smoke else 60.0
+            steps.say("expiry with the agent dead (waits for the cron job, up to a minute)")
+            dead = await ending.expiry_agent_dead(system, minute=minute)
+            steps.done()
+            rows.append(
+                Row(
+                    "expiry → access closed, agent dead",
+                    dead,
+                    "s",
+                    "≤ 60 s",
+                    dead <= 60.0 if not args.smoke else None,
+                    detail=f"closed by the installed cron job (run every {minute:g} s)",
+                )
+            )
+        if "agent" in groups:
+            steps.say("agent start-up and idle memory")
+            cost = await ending.agent_cost(system)
+            steps.done()
+            rows.append(
+                Row(
+                    "agent idle memory (tether up)",
+                    cost.idle_rss_mib,
+                    "MiB RSS",
+                    "≤ 80 MiB",
+                    cost.idle_rss_mib <= 80,
+                )
+            )
+            rows.append(
+                Row(
+                    "agent start-up",
+                    cost.ready_seconds,
+                    "s",
+                    "≤ 2 s",
+                    cost.ready_seconds <= 2,
+                    detail=f"answering; tether up again after {cost.tether_seconds:.2f} s",
+                )
+            )
+    finally:
+        await system.aclose()
+    return rows
+
+
+class DemoSystemQuiet(ending.DemoSystem):
+    """The demo system without its progress lines (the progress bar speaks instead)."""
+
+    def __init__(self, workdir: Path) -> None:
+        workdir.mkdir(parents=True)
+        quiet = logging.getLogger("bench.system")
+        quiet.setLevel(logging.WARNING)
+        super().__init__(workdir, progress=quiet)
+
+
+def count_steps(args: argparse.Namespace, groups: set[str]) -> int:
+    counts: dict[str, Callable[[], int]] = {
+        "throughput": lambda: 2 * args.runs,
+        "connect": lambda: 1,
+        "tethers": lambda: 1,
+        "restart": lambda: 1,
+        "ending": lambda: 2 * args.tries + 2,
+        "agent": lambda: 1,
+    }
+    return sum(counts[g]() for g in groups)
+
+
+async def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    groups = set(args.only.split(","))
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 20,000 tethers need the fds
+    console = Console(stderr=True)
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    rows: list[Row] = []
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    with progress, tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
+        steps = Steps(progress, count_steps(args, groups))
+        work = Path(tmp)
+        if groups & {"throughput", "connect", "tethers", "restart"}:
+            rows += await loopback_rows(args, groups, steps, work)
+        if groups & {"ending", "agent"}:
+            rows += await system_rows(args, groups, steps, work)
+    machine = machine_description()
+    print_table(rows, machine, Console())
+    stamp = time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if args.smoke else "")
+    json_path, md_path = write(args.out, stamp, rows, machine, settings)
+    console.print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(asyncio.run(main(sys.argv[1:])))

@@ -1,0 +1,62 @@
+"""The benchmark harness in smoke mode: every row runs (tiny sizes), so it never rots.
+
+The numbers of a smoke run mean nothing; this checks that each figure of the budget
+table is measured and written, against the real parts (relay, agent, stock sshd, the
+sandboxed machine).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tether.sandbox import sandbox_unavailable_reason
+
+pytestmark = pytest.mark.sandbox
+
+ROOT = Path(__file__).resolve().parents[2]
+FIGURES = [
+    "throughput, relay-bound",
+    "throughput, full path",
+    "engineer connect through relay vs direct ssh",
+    "relay RSS per idle tether, 10 tethers",
+    "tether handshakes per relay CPU-second",
+    "10 tethers back after a relay restart",
+    "revoke → live session and tether gone (p99)",
+    "disable → live session and tether gone (p99)",
+    "expiry → access closed, agent up",
+    "expiry → access closed, agent dead",
+    "agent idle memory (tether up)",
+    "agent start-up",
+]
+
+
+@pytest.mark.timeout(300)
+def test_every_budget_row_is_measured_and_written(tmp_path: Path) -> None:
+    reason = sandbox_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (json_file,) = tmp_path.glob("*-smoke.json")
+    data = json.loads(json_file.read_text())
+    measured = {row["figure"]: row for row in data["rows"]}
+    for figure in FIGURES:
+        assert any(name.startswith(figure) for name in measured), (figure, sorted(measured))
+    for row in data["rows"]:
+        assert isinstance(row["value"], float | int), row
+        assert row["value"] >= 0, row
+    assert data["machine"]["cores"] >= 1
+    markdown = json_file.with_suffix(".md").read_text()
+    assert "| figure | measured | budget |" in markdown
+    assert "agent start-up" in result.stdout
