@@ -74,16 +74,17 @@ def set_session_cookie(response: Response, name: str, value: str, *, max_age: in
     )
 
 
-def install_security_headers(app: FastAPI) -> None:
-    """Add the headers of the module docstring to every response of ``app``."""
+def install_security_headers(app: FastAPI, prefix: str = "/") -> None:
+    """Add the headers of the module docstring to responses of ``app`` under ``prefix``."""
 
     @app.middleware("http")
     async def headers(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         response = await call_next(request)
-        for name, value in _HEADERS.items():
-            response.headers.setdefault(name, value)
+        if request.url.path.startswith(prefix):
+            for name, value in _HEADERS.items():
+                response.headers.setdefault(name, value)
         return response
 
 
