@@ -49,9 +49,13 @@ async def test_issue_key_with_the_form_and_revoke_it(api: Api) -> None:
         "/console/keys", data={"csrf": token, "serial": "SN-42", "expires": "2d", "ports": "22,443"}
     )
     assert issued.status_code == 201
-    text = re.search(r'<textarea id="issued-key" readonly class="mono">([^<]+)</textarea>', issued.text)
+    text = re.search(
+        r'<textarea id="issued-key" readonly class="mono">([^<]+)</textarea>', issued.text
+    )
     assert text
-    claims = parse_key(text[1], [api.authority.signing_key.verify_key()], serial="SN-42", now=api.clock.now())
+    claims = parse_key(
+        text[1], [api.authority.signing_key.verify_key()], serial="SN-42", now=api.clock.now()
+    )
     assert claims.ports == (22, 443)
     assert 'data-copy="issued-key"' in issued.text
     revoked = await api.client.post(
@@ -59,7 +63,8 @@ async def test_issue_key_with_the_form_and_revoke_it(api: Api) -> None:
     )
     assert revoked.status_code == 303
     stored = await api.store.keys.get(claims.key_id)
-    assert stored is not None and stored.revoked
+    assert stored is not None
+    assert stored.revoked
     assert f"Key {claims.key_id} for SN-42 revoked" in (await api.client.get("/console/")).text
 
 
@@ -108,14 +113,13 @@ async def test_engineers_are_added_and_disabled_and_roles_hold(api: Api) -> None
     page = (await api.client.get("/console/")).text
     assert "Issue a key" not in page  # an engineer sees tethers and cases, not admin tools
     erin_token = await csrf(api.client, "/console/")
-    refused = await api.client.post(
-        "/console/keys", data={"csrf": erin_token, "serial": "SN-1"}
-    )
+    refused = await api.client.post("/console/keys", data={"csrf": erin_token, "serial": "SN-1"})
     assert "only a vendor admin may do this" in refused.text
     api.client.cookies.clear()
     assert (await console_login(api)).status_code == 303
     token = await csrf(api.client, "/console/")
     await api.client.post("/console/engineers/disable", data={"csrf": token, "name": "erin"})
     erin = await api.store.engineers.get("erin")
-    assert erin is not None and not erin.active
+    assert erin is not None
+    assert not erin.active
     assert "engineer.disabled" in [e.event for e in api.audit()]

@@ -187,7 +187,9 @@ async def test_bad_key_is_explained_next_to_the_field(page: Page) -> None:
         form = {"csrf": token, "mode": "key", "key": key, "ports": ["22", "443"]}
         response = await page.http.post("/access/enable", data=form)
         assert response.status_code == 400
-        error = re.search(r'<p class="error" id="key-error" role="alert">([^<]+)</p>', response.text)
+        error = re.search(
+            r'<p class="error" id="key-error" role="alert">([^<]+)</p>', response.text
+        )
         assert error, response.text
         assert words in error[1]
         assert "Traceback" not in response.text
