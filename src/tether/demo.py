@@ -336,7 +336,8 @@ class DemoSystem:
         self._say(f"vendor: issued key {self.key_id} for {self.serial}; the customer applies it")
         result = await asyncio.to_thread(self.access, "enable", "--key", key)
         if result.returncode != 0:
-            raise RuntimeError(f"tether access enable failed: {result.stderr.strip()}")
+            said = result.stderr.strip() or result.stdout.strip() or "(no output)"
+            raise RuntimeError(f"tether access enable failed (exit {result.returncode}): {said}")
         await self.wait_for_tether("connected")
         self._say(f"machine {self.serial}: tether connected to the relay")
 

@@ -123,3 +123,56 @@ async def test_engineers_are_added_and_disabled_and_roles_hold(api: Api) -> None
     assert erin is not None
     assert not erin.active
     assert "engineer.disabled" in [e.event for e in api.audit()]
+
+
+async def test_a_case_is_approved_from_the_console(api: Api) -> None:
+    case = await api.store.cases.open(
+        serial="ACME-7", machine_key="SHA256:machine", description="disk full", now=api.clock.now()
+    )
+    await api.add_engineer("alice")
+    assert (await console_login(api, "alice")).status_code == 303
+    page = (await api.client.get("/console/")).text
+    assert "disk full" in page
+    assert f'aria-label="Approve case {case.id}"' in page
+    token = await csrf(api.client, "/console/")
+    done = await api.client.post("/console/cases/approve", data={"csrf": token, "case_id": case.id})
+    assert done.status_code == 303
+    stored = await api.store.cases.get(case.id)
+    assert stored is not None
+    assert stored.status.value == "issued"
+    assert stored.decided_by == "alice"
+    assert f"Case {case.id} approved" in (await api.client.get("/console/")).text
+    again = await api.client.post(
+        "/console/cases/approve", data={"csrf": token, "case_id": case.id}
+    )
+    assert again.status_code == 303
+    assert "can no longer change" in (await api.client.get("/console/")).text
+
+
+async def test_revealing_a_sealed_password_is_audited_and_not_cached(api: Api) -> None:
+    from tether.seal import seal
+
+    _, claims = await api.authority.issue_key("ACME-9")
+    sealed = seal(
+        "Kx7pQ2mN9vR4tW8z", api.seal_key.public(), serial="ACME-9", grant_id=claims.key_id
+    )
+    await api.store.passwords.put(
+        key_id=claims.key_id, serial="ACME-9", sealed=sealed, now=api.clock.now()
+    )
+    await api.add_engineer("alice")
+    assert (await console_login(api, "alice")).status_code == 303
+    token = await csrf(api.client, "/console/")
+    shown = await api.client.post(
+        "/console/keys/password", data={"csrf": token, "key_id": claims.key_id}
+    )
+    assert shown.status_code == 200
+    assert 'value="Kx7pQ2mN9vR4tW8z"' in shown.text
+    assert shown.headers["cache-control"] == "no-store"
+    assert api.events("password.revealed") == [
+        {"engineer": "alice", "key_id": claims.key_id, "serial": "ACME-9"}
+    ]
+    missing = await api.client.post(
+        "/console/keys/password", data={"csrf": token, "key_id": "nope"}
+    )
+    assert missing.status_code == 303
+    assert "no password was sent for key nope" in (await api.client.get("/console/")).text
