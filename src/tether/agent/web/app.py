@@ -362,11 +362,12 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
         if isinstance(guarded, Response):
             return guarded
         before = host.access.state()
+        withdrawn = page.one_click.cancel()  # closing also means: no key is wanted any more
         await asyncio.to_thread(host.access.close, CloseReason.CUSTOMER, by="web")
         await host.reconcile()
         guarded.flash = (
             ("Support access closed.", False)
-            if before.is_open or before.in_transition
+            if before.is_open or before.in_transition or withdrawn
             else ("Support access was already closed.", False)
         )
         return _redirect("/")
