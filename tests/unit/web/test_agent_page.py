@@ -256,3 +256,17 @@ def issue_for(serial: str, *, expired: bool = False) -> str:
         vendor="Test Vendor",
     )
     return token
+
+
+async def test_missing_prerequisite_is_explained_at_the_form(page: Page) -> None:
+    """A good key on a machine whose agent lacks the vendor CA: plain words, nothing changed."""
+    assert (await page.login()).status_code == 303
+    token = await page.csrf("/")
+    form = {"csrf": token, "mode": "key", "key": issue_for("WEB-1"), "ports": ["22"]}
+    response = await page.http.post("/access/enable", data=form)
+    assert response.status_code == 400
+    error = re.search(r'<p class="error" id="form-error" role="alert">([^<]+)</p>', response.text)
+    assert error, response.text
+    assert "has no vendor_ca" in error[1]
+    assert not page.daemon.access.state().is_open
+    assert page.audit_size() == 0
