@@ -26,7 +26,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tether.agent.logins import LoginEvent, LoginSources, read_logins
@@ -175,8 +175,11 @@ def list_sessions(config: AgentConfig) -> list[SupportSession]:
     monitors = [pid for pid in _pids() if _is_monitor(pid, account, sshd)]
     if not monitors:
         return []
-    events = read_logins(account, sources=LoginSources(sshd_log=config.sshd_log))
     boot = _boot_time()
+    starts = [t for t in (_started(pid, boot) for pid in monitors) if t is not None]
+    # Only the log since the oldest live session began (the page asks every few seconds).
+    since = min(starts) - timedelta(minutes=1) if len(starts) == len(monitors) else None
+    events = read_logins(account, sources=LoginSources(sshd_log=config.sshd_log), since=since)
     tree = _process_tree()
     sessions: list[SupportSession] = []
     for pid in monitors:
