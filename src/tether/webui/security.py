@@ -120,6 +120,19 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+def loopback_host_header(value: str | None) -> bool:
+    """Whether a ``Host`` header names this machine's loopback (``localhost``, 127.x, ``[::1]``).
+
+    A page on the loopback address answers only to such names: a web site that
+    rebinds its own DNS name to 127.0.0.1 sends its name, and is refused.
+    """
+    if not value:
+        return False
+    host = value.rsplit(":", 1)[0] if not value.endswith("]") and value.count(":") == 1 else value
+    host = host.split("]")[0].lstrip("[") if host.startswith("[") else host
+    return host.lower() == "localhost" or is_loopback(host)
+
+
 def templates(*directories: Path) -> Jinja2Templates:
     """Templates from ``directories`` first, then the shared layout; autoescaped."""
     loader = ChoiceLoader([FileSystemLoader(str(d)) for d in (*directories, TEMPLATES_DIR)])

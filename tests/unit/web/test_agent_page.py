@@ -46,7 +46,7 @@ class Page:
         self.tasks = TaskSet()
         self.app = create_app(daemon, self.tasks)
         transport = httpx.ASGITransport(app=self.app, client=(client, 40000))
-        self.http = httpx.AsyncClient(transport=transport, base_url="http://page")
+        self.http = httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8700")
 
     async def csrf(self, path: str) -> str:
         text = (await self.http.get(path)).text
@@ -270,3 +270,20 @@ async def test_missing_prerequisite_is_explained_at_the_form(page: Page) -> None
     assert "has no vendor_ca" in error[1]
     assert not page.daemon.access.state().is_open
     assert page.audit_size() == 0
+
+
+async def test_a_loopback_page_refuses_other_host_names(page: Page) -> None:
+    """DNS rebinding: another site's name pointed at 127.0.0.1 does not reach the page."""
+    for name in ("evil.example", "127.0.0.1.evil.example", "evil.example:8700"):
+        response = await page.http.get("/login", headers={"host": name})
+        assert response.status_code == 403, name
+        assert "does not answer to other host names" in response.text
+    for name in ("localhost:8700", "127.0.0.1", "[::1]:8700", "LOCALHOST"):
+        assert (await page.http.get("/login", headers={"host": name})).status_code == 200, name
+
+
+async def test_anonymous_sessions_cannot_push_out_the_admins(page: Page) -> None:
+    assert (await page.login()).status_code == 303
+    for _ in range(1_050):
+        page.app.state.page.sessions.new(admin=False)
+    assert (await page.http.get("/")).status_code == 200

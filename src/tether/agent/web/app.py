@@ -48,6 +48,7 @@ from tether.webui.security import (
     csrf_token,
     install_security_headers,
     is_loopback,
+    loopback_host_header,
     parse_networks,
     set_session_cookie,
     templates,
@@ -129,6 +130,7 @@ def _redirect(to: str) -> Response:
 def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
     """The page's app around the running agent ``host``; background work goes to ``tasks``."""
     page = AgentPage(host, tasks)
+    on_loopback = is_loopback(host.config.web.listen[0])
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.state.page = page
 
@@ -141,6 +143,13 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
             return HTMLResponse(
                 "403 Forbidden: this address may not use the Tether admin page "
                 "(see [web] allowed_clients in the agent's configuration).\n",
+                status_code=403,
+            )
+        if on_loopback and not loopback_host_header(request.headers.get("host")):
+            log.event(logger, "web.host_refused", level=logging.WARNING, client=_source(request))
+            return HTMLResponse(
+                "403 Forbidden: open this page as http://127.0.0.1:PORT/ or http://localhost:PORT/ "
+                "(it does not answer to other host names).\n",
                 status_code=403,
             )
         return await call_next(request)
@@ -209,7 +218,7 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
         if page.password.is_set():
             return _redirect("/login")
         session = session_of(request) or page.sessions.new(admin=False)
-        local = is_loopback(_source(request))
+        local = is_loopback(_source(request)) and loopback_host_header(request.headers.get("host"))
         return with_cookie(page.render(request, "setup.html", session, local=local), session)
 
     @app.post("/setup", response_class=HTMLResponse)
@@ -219,7 +228,9 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
             return guarded
         if page.password.is_set():
             return _redirect("/login")
-        if not is_loopback(_source(request)):
+        if not (
+            is_loopback(_source(request)) and loopback_host_header(request.headers.get("host"))
+        ):
             return page.refuse(
                 request,
                 403,

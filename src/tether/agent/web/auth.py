@@ -134,12 +134,20 @@ class Sessions:
         self._by_id: OrderedDict[str, Session] = OrderedDict()
 
     def new(self, *, admin: bool) -> Session:
-        """Start a session; the oldest are forgotten beyond a thousand."""
+        """Start a session; beyond a thousand the oldest anonymous one is forgotten first.
+
+        So a client that only fetches the login form again and again cannot push the
+        admin's own session out.
+        """
         now = time.monotonic()
         session = Session(secrets.token_urlsafe(32), admin, now, now)
         self._by_id[session.sid] = session
         while len(self._by_id) > _MAX_SESSIONS:
-            self._by_id.popitem(last=False)
+            anonymous = next((sid for sid, s in self._by_id.items() if not s.admin), None)
+            if anonymous is None:
+                self._by_id.popitem(last=False)
+            else:
+                del self._by_id[anonymous]
         return session
 
     def get(self, sid: str | None) -> Session | None:
