@@ -8,6 +8,7 @@ value gets a message naming the file and the key.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import tomllib
@@ -133,6 +134,23 @@ class TetherSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """The customer's admin web page (the ``[web]`` table of agent.toml).
+
+    :ivar enabled: serve the page from ``tether agent serve``.
+    :ivar listen: ``(host, port)``; loopback by default, port 0 lets the OS pick.
+    :ivar allowed_clients: addresses / networks that may open the page; empty = any that
+        can reach ``listen``. Anyone else gets 403 before anything else happens.
+    :ivar admin_password_file: the admin password's argon2 hash (``None``: in the state dir).
+    """
+
+    enabled: bool = True
+    listen: tuple[str, int] = ("127.0.0.1", 8700)
+    allowed_clients: tuple[str, ...] = ()
+    admin_password_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The agent's settings (``/etc/tether/agent.toml``)."""
 
@@ -158,6 +176,7 @@ class AgentConfig:
     #: Where one-click requests go (HOST:PORT) and that relay's pinned host key.
     request_relay: str | None = None
     request_relay_host_key: str | None = None
+    web: WebSettings = field(default_factory=WebSettings)
 
     @property
     def allowed_ports(self) -> tuple[int, ...]:
@@ -166,6 +185,11 @@ class AgentConfig:
     @property
     def machine_key_path(self) -> Path:
         return self.state_dir / "machine_key"
+
+    @property
+    def web_password_path(self) -> Path:
+        """Where the admin page's password hash lives."""
+        return self.web.admin_password_file or self.state_dir / "web-admin.argon2"
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
@@ -235,9 +259,29 @@ class AgentConfig:
             cron_dir=cron_dir,
             request_relay=request_relay,
             request_relay_host_key=request_fp,
+            web=_web_settings(r.table_("web")),
         )
         r.finish()
         return config
+
+
+def _web_settings(w: _Reader) -> WebSettings:
+    enabled = w._get("enabled", bool, True)
+    try:
+        listen = parse_address(w.text("listen", "127.0.0.1:8700"), what="listen", any_port=True)
+        networks = w.strings("allowed_clients", [])
+        for text in networks:
+            ipaddress.ip_network(text, strict=False)
+    except Exception as exc:
+        raise ConfigError(f"{w.path}: [web]: {exc}") from None
+    settings = WebSettings(
+        enabled=enabled,
+        listen=listen,
+        allowed_clients=tuple(networks),
+        admin_password_file=w.path_("admin_password_file", None),
+    )
+    w.finish()
+    return settings
 
 
 def _ports(r: _Reader, values: list[int] | None) -> tuple[int, ...]:

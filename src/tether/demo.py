@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import subprocess
 import sys
 import time
@@ -29,7 +30,8 @@ import asyncssh
 from tether.config import RelayConfig, toml_string
 from tether.errors import NotReady
 from tether.relay.server import Relay
-from tether.sandbox import Sandbox
+from tether.sandbox import Sandbox, layout
+from tether.sandbox.machine import _read_line as read_line
 from tether.seal import generate_password
 from tether.store import Store
 from tether.vendor.api_credentials import hash_password
@@ -43,6 +45,10 @@ DEMO_SERIAL = "DEMO-0001"
 DEMO_ENGINEER = "demo"
 #: The machine's web UI in the demo: a plain page on its 127.0.0.1:443.
 WEB_PORT = 443
+#: The vendor admin who uses the console in the demo.
+DEMO_ADMIN = "admin"
+#: Where, inside the machine, the customer page's port is carried out to the host.
+_PAGE_SOCKETS = "/run/tether-demo-page"
 
 
 @dataclass
@@ -86,6 +92,13 @@ class DemoSystem:
         self.agent: subprocess.Popen[bytes] | None = None
         self.web: subprocess.Popen[bytes] | None = None
         self.engineer: EngineerFiles | None = None
+        #: The customer's admin page, as the host reaches it (and its admin password).
+        self.page_url: str | None = None
+        self.page_password = generate_password()
+        #: The vendor admin's password for the console (``DEMO_ADMIN``).
+        self.admin_password = generate_password()
+        #: The page's two forwarders (in the machine, on the host).
+        self._page_forwarders: list[subprocess.Popen[bytes]] = []
         self.key: str | None = None
         self.key_id: str | None = None
         self.vendor_service: VendorService | None = None
@@ -106,6 +119,18 @@ class DemoSystem:
             raise
 
     async def aclose(self) -> None:
+        for forwarder in self._page_forwarders:
+            forwarder.terminate()
+        for forwarder in self._page_forwarders:
+            try:
+                forwarder.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                forwarder.kill()
+                forwarder.wait()
+            for pipe in (forwarder.stdin, forwarder.stdout):
+                if pipe is not None:
+                    pipe.close()
+        self._page_forwarders = []
         if self.machine is not None:
             for proc in (self.agent, self.web):
                 if proc is not None and proc.poll() is None:
@@ -188,6 +213,7 @@ class DemoSystem:
         )
         await asyncio.to_thread(self.machine.start)
         authority = self._authority()
+        page_port = _free_port()
         trust = (authority.config.data_dir / "agent-trust.toml").read_text()
         agent_toml = self.machine.host_path("/etc/tether") / "agent.toml"
         agent_toml.write_text(
@@ -196,7 +222,12 @@ class DemoSystem:
             f"{trust}"
             'sshd_log = "/var/log/sshd.log"\n'
             "[tether]\nbackoff_cap = 10.0\nkeepalive_interval = 5.0\n"
+            f'[web]\nlisten = "127.0.0.1:{page_port}"\n'
         )
+        from tether.agent.web.auth import AdminPassword
+
+        password_file = self.machine.host_path("/var/lib/tether") / "web-admin.argon2"
+        await asyncio.to_thread(AdminPassword(password_file).set, self.page_password)
         www = self.machine.host_path("/var/lib/tether") / "demo-www"
         www.mkdir(parents=True, exist_ok=True)
         (www / "index.html").write_text(
@@ -232,6 +263,56 @@ class DemoSystem:
         )
         log_file.close()
         self._say(f"machine {self.serial}: agent started (log: {self.workdir / 'agent.log'})")
+        await asyncio.to_thread(self._expose_page, page_port)
+        self._say(f"machine {self.serial}: admin page carried out to {self.page_url}")
+
+    def _expose_page(self, port: int, timeout: float = 20.0) -> None:
+        """Carry the machine's 127.0.0.1:PORT (the agent's page) to the host's 127.0.0.1:PORT.
+
+        The uplink forwarders, the other way round: inside the machine one listens on a
+        Unix socket and connects to the page; on the host one listens on TCP and
+        connects to that socket (which the host sees in the machine's private /run).
+        """
+        machine = self._machine()
+        sockets = machine.host_path(_PAGE_SOCKETS)
+        sockets.mkdir(parents=True, exist_ok=True)
+        inside = machine.popen(
+            [
+                sys.executable,
+                "-m",
+                "tether.sandbox.uplink",
+                "host",
+                "--socket-dir",
+                _PAGE_SOCKETS,
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self._page_forwarders.append(inside)
+        _wait_ready(inside, "the machine's page forwarder", timeout)
+        # Relative to its working directory: the host path may exceed a socket name's limit.
+        outside = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tether.sandbox.uplink",
+                "inside",
+                "--exit-on-stdin-eof",
+                "--socket-dir",
+                ".",
+                "--port",
+                str(port),
+            ],
+            cwd=sockets,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self._page_forwarders.append(outside)
+        _wait_ready(outside, "the host's page forwarder", timeout)
+        self.page_url = f"http://127.0.0.1:{port}/"
 
     async def issue_key(self, lifetime: timedelta | None = None) -> str:
         authority = self._authority()
@@ -255,7 +336,8 @@ class DemoSystem:
         self._say(f"vendor: issued key {self.key_id} for {self.serial}; the customer applies it")
         result = await asyncio.to_thread(self.access, "enable", "--key", key)
         if result.returncode != 0:
-            raise RuntimeError(f"tether access enable failed: {result.stderr.strip()}")
+            said = result.stderr.strip() or result.stdout.strip() or "(no output)"
+            raise RuntimeError(f"tether access enable failed (exit {result.returncode}): {said}")
         await self.wait_for_tether("connected")
         self._say(f"machine {self.serial}: tether connected to the relay")
 
@@ -316,9 +398,18 @@ class DemoSystem:
             "    BatchMode yes\n"
         )
         self.engineer = EngineerFiles(key_path, cert_path, config)
+        await store.engineers.add(DEMO_ADMIN, authority.clock.now(), admin=True)
+        await store.engineers.set_password(DEMO_ADMIN, hash_password(self.admin_password))
         self._say(
             f"engineer {self.engineer_name}: certificate valid until {cert.valid_before:%H:%M} UTC"
         )
+
+    @property
+    def console_url(self) -> str:
+        """The vendor console's address."""
+        if self.vendor_service is None:
+            raise NotReady("the demo's vendor service is not running")
+        return self.vendor_service.url + "/console/"
 
     def instructions(self) -> str:
         if self.engineer is None:
@@ -342,6 +433,11 @@ class DemoSystem:
                 f"  ssh -F {cfg} {self.serial}                 # a shell on the machine",
                 f"  ssh -F {cfg} -N -L 8443:{self.serial}:443 tether-relay   # then open http://127.0.0.1:8443/",
                 "",
+                "In a browser:",
+                f"  the customer's admin page:  {self.page_url}   (password: {self.page_password})",
+                f"  the vendor console:         {self.console_url}   "
+                f"({DEMO_ADMIN} / {self.admin_password})",
+                "",
                 "As the customer's admin (on the machine):",
                 f"  nsenter -t {self.machine.pid if self.machine else '?'} -m -n -p -u "
                 f"{sys.executable} -m tether access status --config /etc/tether/agent.toml",
@@ -351,6 +447,26 @@ class DemoSystem:
                 "Press Ctrl-C to tear everything down.",
             ]
         )
+
+
+def _free_port() -> int:
+    """A TCP port free on the host's loopback right now (for the page's forwarder)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_ready(process: subprocess.Popen[bytes], what: str, timeout: float) -> None:
+    if process.stdout is None:  # pragma: no cover - started with stdout=PIPE
+        raise RuntimeError(f"no pipe to {what}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode}")
+        line = read_line(process.stdout, 0.2)
+        if line == layout.READY_LINE:
+            return
+    raise RuntimeError(f"{what} did not start in {timeout:.0f} s")
 
 
 async def run_demo(workdir: Path) -> None:

@@ -88,12 +88,17 @@ class AccessManager:
 
     # --- opening --------------------------------------------------------------------
 
-    def check_key(self, key_text: str) -> Offer:
-        """Verify a pasted key offline against this machine; raise a clear error if bad."""
+    def check_key(self, key_text: str, ports: tuple[int, ...] | None = None) -> Offer:
+        """Verify a pasted key offline against this machine; raise a clear error if bad.
+
+        :param ports: open only these of the key's ports (the customer's choice).
+        """
         claims = parse_key(
             key_text, self.config.vendor_keys, now=self.clock.now(), serial=self.config.serial
         )
         allowed = set(self.config.allowed_ports)
+        if ports is not None:
+            allowed &= set(ports)
         ports = tuple(p for p in claims.ports if p in allowed)
         refused = tuple(p for p in claims.ports if p not in allowed)
         if not ports:
@@ -111,9 +116,13 @@ class AccessManager:
         by: str,
         duration: timedelta | None = None,
         password: PasswordChoice | None = None,
+        ports: tuple[int, ...] | None = None,
     ) -> tuple[AccessState, Offer]:
-        """Open access with a pasted tether key (verified first; nothing changes if bad)."""
-        offer = self.check_key(key_text)
+        """Open access with a pasted tether key (verified first; nothing changes if bad).
+
+        :param ports: open only these of the key's ports (default: all this machine allows).
+        """
+        offer = self.check_key(key_text, ports)
         claims = offer.claims
         expires_at = claims.expires_at
         if duration is not None:

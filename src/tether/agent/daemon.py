@@ -14,7 +14,7 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
@@ -28,9 +28,13 @@ from tether.agent.status import TunnelStatus
 from tether.agent.tunnel import TetherRefused, Tunnel
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import AgentConfig
+from tether.errors import NotReady
 from tether.keys import TetherKeyError, parse_key
 from tether.protocol import RefusalReason
 from tether.tasks import TaskSet
+
+if TYPE_CHECKING:
+    from tether.agent.web.server import AgentWebServer
 
 logger = logging.getLogger("tether.agent")
 
@@ -83,7 +87,10 @@ class AgentDaemon:
                 log.event(logger, "agent.recovered", message=repaired)
             await self.reconcile()
             server = await serve_control(self.socket_path, self._on_command)
+            web = await self._start_web()
             await self._stop.wait()
+            if web is not None:
+                await web.aclose()
             server.close()
             await self._stop_tunnel()
             await self._tasks.aclose()
@@ -96,11 +103,34 @@ class AgentDaemon:
     def stop(self) -> None:
         self._stop.set()
 
+    async def _start_web(self) -> AgentWebServer | None:
+        """The customer's admin page, on this loop ([web] in agent.toml)."""
+        if not self.config.web.enabled:
+            return None
+        from tether.agent.web.server import AgentWebServer
+
+        web = AgentWebServer(self)
+        try:
+            await web.start()
+        except NotReady as exc:
+            # The page is a convenience: access control (and the CLI) must go on without it.
+            log.event(logger, "agent.web_failed", level=logging.ERROR, message=str(exc))
+            await web.aclose()
+            return None
+        return web
+
+    def reset_tether(self) -> bool:
+        """Reconnect the tether now (skips a backoff wait); False if none is held."""
+        if self._tunnel is None:
+            return False
+        self._tunnel.reset()
+        return True
+
     async def _on_command(self, cmd: str) -> dict[str, Any]:
         if cmd == "reconcile":
             await self.reconcile()
-        elif cmd == "reset" and self._tunnel is not None:
-            self._tunnel.reset()
+        elif cmd == "reset":
+            self.reset_tether()
         return {"ok": True, "tunnel": self._tunnel.status.to_json() if self._tunnel else None}
 
     async def reconcile(self) -> None:

@@ -27,7 +27,8 @@ def demo(workdir: Path | None, verbose: bool) -> None:
     """Run vendor, relay, a sandboxed customer machine (real sshd + agent) and an engineer.
 
     Needs root (the customer machine is a Linux namespace sandbox) and OpenSSH
-    (scripts/demo installs it). Prints the ssh commands to try; Ctrl-C ends it all.
+    (scripts/demo installs it). Prints the ssh commands to try, and the addresses and
+    passwords of the customer's admin page and the vendor console; Ctrl-C ends it all.
     """
     from tether.demo import run_demo
     from tether.sandbox import SandboxUnavailable, sandbox_unavailable_reason

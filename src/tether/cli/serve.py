@@ -84,16 +84,56 @@ def agent_serve(config_path: Path, verbose: bool) -> None:
     run(AgentDaemon(config).serve())
 
 
+def _set_web_password(config: AgentConfig) -> None:
+    """Ask for the admin page's password (never on the command line) and store its hash."""
+    import sys
+
+    from tether.agent.web.auth import AdminPassword
+
+    if sys.stdin.isatty():
+        chosen: str = click.prompt(
+            "Password for the admin web page", hide_input=True, confirmation_prompt=True, err=True
+        )
+    else:
+        # Scripts pipe it in: one line on standard input.
+        chosen = sys.stdin.readline().rstrip("\n")
+    AdminPassword(config.web_password_path).set(chosen)
+    click.echo(f"Admin page password set ({config.web_password_path}).", err=True)
+
+
 @agent.command("install")
 @agent_config_option
+@click.option(
+    "--web-password",
+    is_flag=True,
+    help="Also set the admin web page's password (asked without echo, or one line on stdin).",
+)
 @handle_errors
-def agent_install(config_path: Path) -> None:
-    """Install the agent as a service and the every-minute expiry check (systemd or cron)."""
+def agent_install(config_path: Path, web_password: bool) -> None:
+    """Install the agent as a service and the every-minute expiry check (systemd or cron).
+
+    The admin web page (``[web]`` in the configuration, http://127.0.0.1:8700/ by
+    default) needs a password: give --web-password here, run ``tether agent
+    web-password`` later, or set it on the first visit from the machine itself.
+    """
     import sys
 
     from tether.agent.install import install
 
     config = AgentConfig.load(config_path)
+    if web_password:
+        _set_web_password(config)
     report = install(config, [sys.executable, "-m", "tether"])
     click.echo(f"Installed with {report.scheduler}: " + ", ".join(str(f) for f in report.files))
     click.echo("Support access now closes on time even if the agent daemon stops.")
+
+
+@agent.command("web-password")
+@agent_config_option
+@handle_errors
+def agent_web_password(config_path: Path) -> None:
+    """Set or change the admin web page's password (asked without echo, or one line on stdin).
+
+    Sessions already logged in stay until they end; restart the agent to end them now.
+    """
+    _set_web_password(AgentConfig.load(config_path))

@@ -370,4 +370,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(admin_router)
+    from tether.vendor.console import mount_console  # the console calls this module back
+
+    mount_console(app)
     return app

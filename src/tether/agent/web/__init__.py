@@ -1,0 +1,1 @@
+"""The customer's admin page, served by ``tether agent serve`` (see :mod:`.app`)."""

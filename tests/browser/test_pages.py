@@ -1,0 +1,173 @@
+"""Whole flows in a real browser against real running parts (vendor, relay, sshd, agent).
+
+The customer's page is served by the agent daemon inside the sandboxed machine and
+reached from the host through the demo's page forwarder; the engineer connects with
+stock ``ssh`` through the relay. Each page is screenshotted at 1280x800 and at a
+phone's width into ``test-artifacts/browser/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+from typing import Any
+
+import pytest
+
+from tests.browser.conftest import ARTIFACTS
+from tether.demo import DemoSystem
+
+pytestmark = [pytest.mark.browser, pytest.mark.sandbox]
+
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+SLOW = 25_000  # ms: the tether and sshd's log take a moment on a busy machine
+
+
+async def shoot(page: Any, name: str) -> None:
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+async def fits_phone(page: Any, name: str) -> None:
+    """At a phone's width the page must not scroll sideways (tables scroll in their box)."""
+    await page.set_viewport_size(PHONE)
+    await shoot(page, f"{name}-phone")
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    wide = await page.evaluate(
+        "[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > "
+        f"{PHONE['width'] + 1}).slice(0, 5).map(e => e.tagName + '#' + e.id + '.' + e.className)"
+    )
+    assert width <= PHONE["width"] + 1, f"{name} is {width}px wide on a phone: {wide}"
+    await page.set_viewport_size(DESKTOP)
+
+
+async def access_status(system: DemoSystem) -> dict[str, Any]:
+    result = await asyncio.to_thread(system.access, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    status: dict[str, Any] = json.loads(result.stdout)
+    return status
+
+
+async def test_customer_opens_access_sees_the_engineer_ends_the_session_and_closes(
+    system: DemoSystem, browser: Any
+) -> None:
+    from playwright.async_api import expect
+
+    assert system.page_url is not None
+    assert system.engineer is not None
+    # The demo opened access with the CLI; the customer now does it on the page.
+    assert (await asyncio.to_thread(system.access, "disable")).returncode == 0
+    key = await system.issue_key()
+
+    context = await browser.new_context(viewport=DESKTOP)
+    page = await context.new_page()
+    await page.goto(system.page_url)
+    await expect(page).to_have_url(system.page_url + "login")
+    await shoot(page, "customer-login")
+    # By keyboard alone: the password field has the focus; Enter submits.
+    await page.keyboard.type(system.page_password)
+    await page.keyboard.press("Enter")
+    state = page.locator("#access-state")
+    await expect(state).to_have_text("Support access: closed")
+    assert await page.evaluate("document.cookie") == ""  # the session cookie is HttpOnly
+    await shoot(page, "customer-closed")
+
+    # Pasted from an e-mail: line breaks and spaces in the key are harmless.
+    wrapped = "\n  ".join(key[i : i + 60] for i in range(0, len(key), 60))
+    await page.get_by_label("Tether key").fill(wrapped)
+    await page.get_by_role("button", name="Open access with this key").click()
+    await expect(state).to_contain_text("connected to relay 127.0.0.1:", timeout=SLOW)
+    await expect(page.locator("#countdown")).to_have_text(re.compile(r"^\d+h \d\dm \d\ds$"))
+    await shoot(page, "customer-connected")
+
+    ssh = subprocess.Popen(  # noqa: ASYNC220 - it runs alongside, as the engineer's terminal
+        system.engineer.ssh(system.serial, "echo in; sleep 300"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        row = page.locator("#sessions-table tbody tr")
+        await expect(row).to_have_count(1, timeout=SLOW)
+        await expect(row).to_contain_text(system.engineer_name)
+        await expect(row.locator("td").nth(2)).to_contain_text("22")
+        await shoot(page, "customer-session")
+        await fits_phone(page, "customer")
+
+        await page.get_by_role("button", name=f"End the session of {system.engineer_name}").click()
+        await expect(page.locator(".flash")).to_have_text(
+            f"Ended the session of {system.engineer_name}."
+        )
+        # Really ended: the engineer's ssh sees the connection go.
+        out, _ = await asyncio.to_thread(ssh.communicate, None, 10)
+        assert ssh.returncode != 0
+        assert out == b"in\n"  # it was in, and was thrown out
+        await expect(page.locator("#no-sessions")).to_be_visible()
+        await expect(state).to_contain_text("connected to relay")  # access itself stays open
+    finally:
+        if ssh.poll() is None:
+            ssh.kill()
+        ssh.communicate()
+
+    await page.get_by_role("button", name="Close support access now").click()
+    await expect(page.locator(".flash")).to_have_text("Support access closed.")
+    await expect(state).to_have_text("Support access: closed")
+    await expect(page.locator("#audit-verdict")).to_contain_text("chain intact")
+    await expect(page.locator("#audit")).to_contain_text("session ended")
+    await shoot(page, "customer-after")
+    status = await access_status(system)
+    assert status["access"]["status"] == "closed"
+    await context.close()
+
+
+async def test_vendor_issues_a_key_and_sees_the_tether_appear_and_disappear(
+    system: DemoSystem, browser: Any
+) -> None:
+    from playwright.async_api import expect
+
+    assert (await asyncio.to_thread(system.access, "disable")).returncode == 0
+    context = await browser.new_context(viewport=DESKTOP)
+    page = await context.new_page()
+    await page.goto(system.console_url)
+    await expect(page).to_have_url(system.console_url + "login")
+    await shoot(page, "console-login")
+    await page.get_by_label("Engineer name").fill("admin")
+    await page.get_by_label("Password").fill(system.admin_password)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.locator("#no-tethers")).to_be_visible(timeout=SLOW)
+
+    await page.get_by_label("Machine serial").fill(system.serial)
+    await page.get_by_label("Valid for (at most 12w)").fill("1d")
+    await page.get_by_role("button", name="Issue key").click()
+    issued = page.locator("#issued-key")
+    await expect(issued).to_be_visible()
+    copy = page.locator('button[data-copy="issued-key"]')
+    await expect(copy).to_have_text("Copy")
+    await copy.click()
+    await expect(copy).to_have_text("Copied")
+    key = await issued.input_value()
+    await shoot(page, "console-key-issued")
+
+    # The customer applies it (the CLI, this time): the tether appears on the console live.
+    result = await asyncio.to_thread(system.access, "enable", "--key", key)
+    assert result.returncode == 0, result.stderr
+    row = page.locator("#tethers-table tbody tr")
+    await expect(row).to_have_count(1, timeout=SLOW)
+    await expect(row).to_contain_text(system.serial)
+    await expect(row).to_contain_text("22, 80, 443")
+    await shoot(page, "console-tether")
+    await fits_phone(page, "console")
+
+    await page.get_by_role("button", name=f"Revoke the key of {system.serial}").click()
+    await expect(page.locator(".flash")).to_contain_text("revoked")
+    await expect(page.locator("#no-tethers")).to_be_visible(timeout=SLOW)
+    await expect(page.locator("#audit")).to_contain_text("key revoked")
+    await shoot(page, "console-after")
+    for _ in range(100):  # the machine hears of the revocation and closes access itself
+        if (await access_status(system))["access"]["status"] == "closed":
+            break
+        await asyncio.sleep(0.2)
+    else:
+        pytest.fail("the machine did not close access after the key was revoked")
+    await context.close()
