@@ -318,6 +318,9 @@ class RelayConfig:
     poll_interval: float = 0.25
     #: How long an agent has after logging in to present its tether key.
     register_timeout: float = 15.0
+    #: Tethers per second this relay asks its agents to come back at when it shuts down
+    #: (each waits a random time within tethers / rate seconds).
+    reconnect_rate: float = 300.0
 
     @classmethod
     def load(cls, path: Path) -> RelayConfig:
@@ -347,6 +350,7 @@ class RelayConfig:
             keepalive_count_max=r.integer("keepalive_count_max", 3, low=1, high=100),
             poll_interval=r.number("poll_interval", 0.25),
             register_timeout=r.number("register_timeout", 15.0),
+            reconnect_rate=r.number("reconnect_rate", 300.0, low=1.0, high=100_000.0),
         )
         r.finish()
         return config

@@ -80,6 +80,9 @@ class Refused:
 class Closing:
     reason: RefusalReason
     message: str
+    #: Seconds over which to spread the reconnect (0: the agent's own backoff). A relay
+    #: going down with many tethers asks for this so they do not all return at once.
+    retry_within: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -137,8 +140,10 @@ def encode(message: Message) -> bytes:
             }
         case Refused(reason, text):
             body = {"op": "refused", "reason": reason.value, "message": text}
-        case Closing(reason, text):
+        case Closing(reason, text, retry_within):
             body = {"op": "closing", "reason": reason.value, "message": text}
+            if retry_within:
+                body["retry_within"] = retry_within
         case SealedPassword(key_id, sealed):
             body = {"op": "sealed-password", "key_id": key_id, "sealed": sealed}
         case Request(serial, description, version):
@@ -167,6 +172,18 @@ def _int(body: dict[str, Any], name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be a whole number")
     return value
+
+
+#: Longest reconnect spread a relay may ask for.
+MAX_RETRY_WITHIN = 3600.0
+
+
+def _seconds(value: object) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError("retry_within must be a number of seconds")
+    if not 0.0 <= value <= MAX_RETRY_WITHIN:  # also refuses NaN
+        raise ValueError(f"retry_within must be 0 to {MAX_RETRY_WITHIN:g} seconds")
+    return float(value)
 
 
 def decode(line: bytes) -> Message:
@@ -208,7 +225,9 @@ def decode(line: bytes) -> Message:
         if op in ("refused", "closing"):
             reason = RefusalReason(_text(body, "reason"))
             text = _text(body, "message")
-            return Refused(reason, text) if op == "refused" else Closing(reason, text)
+            if op == "refused":
+                return Refused(reason, text)
+            return Closing(reason, text, _seconds(body.get("retry_within", 0.0)))
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ProtocolError(f"bad control message: {exc}") from None
     raise ProtocolError(f"unknown control operation {str(op)[:40]!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import asyncssh
@@ -106,6 +107,24 @@ async def test_relay_restart_agent_comes_back_within_backoff(tmp_path: Path) -> 
                 input=b"back\n",
             )
             assert result.stdout.endswith(b"back\n"), result.stderr
+
+
+async def test_a_relay_going_down_spreads_its_agents_return(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        # A relay that wants its tethers back at 0.1 per second: one tether, 10 s window.
+        vendor.relay.config = replace(vendor.relay.config, reconnect_rate=0.1)
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            await vendor.relay.aclose()
+            await agent.wait_for(TunnelState.RECONNECTING, timeout=5)
+            status = agent.tunnel.status
+            assert status.retry_at is not None
+            wait = (status.retry_at - status.since).total_seconds()
+            # The agent's own backoff would wait at most 1 s (FAST settings); the relay's
+            # spread makes it wait a random time within 10 s (this seeded one: 3.24 s).
+            assert wait == pytest.approx(3.238, abs=0.01)
+            assert "the relay is shutting down" in (status.reason or "")
 
 
 async def test_unauthenticated_and_wrong_users_cannot_log_in(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ MESSAGES: list[Message] = [
     Registered("SN-1001", "2030-06-15T12:00:00Z", ()),
     *(Refused(reason, f"refused: {reason.value} — ünïcode") for reason in RefusalReason),
     *(Closing(reason, "closing\nwith a line break") for reason in RefusalReason),
+    Closing(RefusalReason.SHUTDOWN, "come back within 33 s", 33.3),
 ]
 
 
@@ -59,6 +60,16 @@ def test_a_message_from_a_newer_relay_with_extra_fields_is_read() -> None:
     line = b'{"op":"closing","reason":"shutdown","message":"bye","retry_in":5}'
 
     assert decode(line) == Closing(RefusalReason.SHUTDOWN, "bye")
+
+
+@pytest.mark.parametrize("spread", ["-1", "3601", "NaN", "Infinity", '"5"', "true", "null"])
+def test_a_reconnect_spread_out_of_range_is_a_protocol_error(spread: str) -> None:
+    line = (
+        b'{"op":"closing","reason":"shutdown","message":"bye","retry_within":%s}' % spread.encode()
+    )
+
+    with pytest.raises(ProtocolError, match="retry_within"):
+        decode(line)
 
 
 def test_permanent_reasons_are_those_a_retry_cannot_fix() -> None:

@@ -74,7 +74,11 @@ class TetherRefused(Exception):
 
 
 class _Transient(Exception):
-    """A failure worth retrying after a backoff."""
+    """A failure worth retrying after a backoff (or within ``retry_within`` seconds)."""
+
+    def __init__(self, message: str, retry_within: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_within = retry_within
 
 
 class PinnedClient(asyncssh.SSHClient):
@@ -210,6 +214,7 @@ class Tunnel:
                     TunnelState.CONNECTING, self._claims.relay, self._clock.now(), ports=self._ports
                 )
             )
+            spread = 0.0
             try:
                 await self._run_once()
                 reason = "connection closed"
@@ -233,6 +238,7 @@ class Tunnel:
                 return refusal
             except _Transient as exc:
                 reason = str(exc)
+                spread = exc.retry_within
             except (TimeoutError, OSError, asyncssh.Error) as exc:
                 reason = _describe_error(exc)
             if self._stopped:
@@ -240,11 +246,15 @@ class Tunnel:
             was_connected = self.status.state == TunnelState.CONNECTED
             if was_connected:
                 attempt = 0
-            delay = backoff_delay(
-                attempt,
-                initial=self._settings.backoff_initial,
-                cap=self._settings.backoff_cap,
-                rng=self._rng,
+            delay = (
+                self._rng.uniform(0, spread)
+                if spread
+                else backoff_delay(
+                    attempt,
+                    initial=self._settings.backoff_initial,
+                    cap=self._settings.backoff_cap,
+                    rng=self._rng,
+                )
             )
             attempt += 1
             now = self._clock.now()
@@ -346,7 +356,7 @@ class Tunnel:
                 )
                 if message.reason in PERMANENT_REASONS:
                     raise TetherRefused(message.reason, message.message)
-                raise _Transient(message.message)
+                raise _Transient(message.message, message.retry_within)
 
     def reset(self) -> None:
         """Drop the current connection (if any) and reconnect now."""

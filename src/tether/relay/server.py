@@ -258,8 +258,14 @@ class Relay:
         """Stop listening and drop every tether and engineer connection."""
         if self._server is not None:
             self._server.close()
+        # Spread the agents' return so the next relay is not met by all of them at once.
+        spread = len(self.registry) / self.config.reconnect_rate
         for entry in self.registry:
-            entry.link.drop(RefusalReason.SHUTDOWN, "the relay is shutting down; reconnect later")
+            entry.link.drop(
+                RefusalReason.SHUTDOWN,
+                "the relay is shutting down; reconnect later",
+                retry_within=spread,
+            )
         for conn in list(self.connections):
             conn.close()
         await self._tasks.aclose()
@@ -481,10 +487,10 @@ class _RelayConnection(asyncssh.SSHServer):
             self._closing = True
             self.conn.close()
 
-    def drop(self, reason: RefusalReason, message: str) -> None:
-        """Tell the agent why, then end its tether (and every channel through it)."""
+    def drop(self, reason: RefusalReason, message: str, *, retry_within: float = 0.0) -> None:
+        """Tell the agent why (and when to come back), then end its tether and channels."""
         if self.control is not None:
-            self.control.send(Closing(reason, message))
+            self.control.send(Closing(reason, message, retry_within))
         if self.entry is not None:
             log.event(logger, "tether.drop", serial=self.entry.serial, reason=reason.value)
         self.close()
