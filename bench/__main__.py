@@ -73,9 +73,14 @@ class Steps:
     def __init__(self, progress: Progress, total: int) -> None:
         self.progress = progress
         self.task = progress.add_task("starting", total=total)
+        self.started = time.monotonic()
+        #: Without a terminal (CI logs) the bar cannot redraw: print each step instead.
+        self.plain = not progress.console.is_terminal
 
     def say(self, text: str) -> None:
         self.progress.update(self.task, description=text)
+        if self.plain:
+            self.progress.console.print(f"[{time.monotonic() - self.started:6.1f} s] {text}")
 
     def done(self, text: str | None = None) -> None:
         self.progress.advance(self.task)

@@ -167,10 +167,7 @@ def agent_pid(system: DemoSystem) -> int:
 
 
 def start_agent(system: DemoSystem) -> None:
-    assert system.machine is not None
-    log = open(system.workdir / "agent.log", "ab")  # noqa: SIM115 - handed to the child
-    system.agent = system.machine.popen(AGENT_ARGV, stdout=log, stderr=log)
-    log.close()
+    system.start_agent()
 
 
 def stop_agent(system: DemoSystem, sig: int = signal.SIGTERM) -> None:

@@ -43,6 +43,8 @@ logger = logging.getLogger("tether.demo")
 
 DEMO_SERIAL = "DEMO-0001"
 DEMO_ENGINEER = "demo"
+#: Where the demo machine's agent configuration lives (inside the machine).
+AGENT_CONFIG = "/etc/tether/agent.toml"
 #: The machine's web UI in the demo: a plain page on its 127.0.0.1:443.
 WEB_PORT = 443
 #: The vendor admin who uses the console in the demo.
@@ -247,21 +249,7 @@ class DemoSystem:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        log_file = open(self.workdir / "agent.log", "ab")  # noqa: SIM115, ASYNC230 - start-up, handed to the child
-        self.agent = self.machine.popen(
-            [
-                sys.executable,
-                "-m",
-                "tether",
-                "agent",
-                "serve",
-                "--config",
-                "/etc/tether/agent.toml",
-            ],
-            stdout=log_file,
-            stderr=log_file,
-        )
-        log_file.close()
+        self.start_agent()
         self._say(f"machine {self.serial}: agent started (log: {self.workdir / 'agent.log'})")
         await asyncio.to_thread(self._expose_page, page_port)
         self._say(f"machine {self.serial}: admin page carried out to {self.page_url}")
@@ -314,6 +302,17 @@ class DemoSystem:
         _wait_ready(outside, "the host's page forwarder", timeout)
         self.page_url = f"http://127.0.0.1:{port}/"
 
+    def start_agent(self) -> subprocess.Popen[bytes]:
+        """Start (or start again) ``tether agent serve`` on the machine, logging to agent.log."""
+        machine = self._machine()
+        with open(self.workdir / "agent.log", "ab") as log_file:  # the child keeps its own fd
+            self.agent = machine.popen(
+                [sys.executable, "-m", "tether", "agent", "serve", "--config", AGENT_CONFIG],
+                stdout=log_file,
+                stderr=log_file,
+            )
+        return self.agent
+
     async def issue_key(self, lifetime: timedelta | None = None) -> str:
         authority = self._authority()
         key, claims = await authority.issue_key(
@@ -328,7 +327,7 @@ class DemoSystem:
         """Run ``tether access ARGS`` on the machine, as its admin would."""
         machine = self._machine()
         return machine.run(
-            [sys.executable, "-m", "tether", "access", *args, "--config", "/etc/tether/agent.toml"]
+            [sys.executable, "-m", "tether", "access", *args, "--config", AGENT_CONFIG]
         )
 
     async def open_access(self) -> None:

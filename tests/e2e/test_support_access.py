@@ -269,14 +269,7 @@ async def test_crash_in_the_middle_is_repaired_at_next_start(
     await asyncio.wait_for(proc.wait(), 10)
     assert caught, "the change finished before it could be interrupted"
     assert json.loads(state_file.read_text())["status"] == phase
-    log = open(system.workdir / "agent2.log", "ab")  # noqa: SIM115
-    agent = system.machine.popen(
-        [sys.executable, "-m", "tether", "agent", "serve", "--config", "/etc/tether/agent.toml"],
-        stdout=log,
-        stderr=log,
-    )
-    log.close()
-    system.agent = agent
+    system.start_agent()
     for _ in range(100):
         status = json.loads((await asyncio.to_thread(system.access, "status", "--json")).stdout)
         if status["daemon_running"]:
