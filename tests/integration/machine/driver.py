@@ -33,15 +33,20 @@ from tether.agent.machine import SystemMachine
 class BadKeywordMachine(SystemMachine):
     """Writes a directive sshd does not know (as a buggy release of Tether might)."""
 
-    def render_sshd_config(self, account: str, sources: tuple[str, ...]) -> str:
-        return super().render_sshd_config(account, sources) + "    NoSuchKeyword yes\n"
+    def render_sshd_config(
+        self, account: str, sources: tuple[str, ...], force_command: str | None = None
+    ) -> str:
+        body = super().render_sshd_config(account, sources, force_command)
+        return body + "    NoSuchKeyword yes\n"
 
 
 class GlobalSettingMachine(SystemMachine):
     """Writes a global directive before its Match blocks: valid, but it changes root's."""
 
-    def render_sshd_config(self, account: str, sources: tuple[str, ...]) -> str:
-        return "PermitRootLogin no\n" + super().render_sshd_config(account, sources)
+    def render_sshd_config(
+        self, account: str, sources: tuple[str, ...], force_command: str | None = None
+    ) -> str:
+        return "PermitRootLogin no\n" + super().render_sshd_config(account, sources, force_command)
 
 
 class BadSudoersMachine(SystemMachine):
