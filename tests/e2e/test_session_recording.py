@@ -173,6 +173,11 @@ async def test_support_sessions_through_the_relay_are_recorded(
     (scp,) = by_kind["scp"]
     assert scp["transfers"] == [{"op": "upload", "path": "up.bin", "bytes": 200_000}]
 
+    checked = json.loads(system.access("check", "--json").stdout)
+    (recording_check,) = [c for c in checked["checks"] if c["name"] == "session recording"]
+    assert recording_check["ok"], recording_check
+    assert "/var/lib/tether/recordings" in recording_check["detail"]
+
     audit = _json(system.access("log", "--json"))
     texts = [row["text"] for row in audit["rows"]]
     assert sum(t.startswith("support login:") for t in texts) == 7

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -51,6 +52,8 @@ logger = logging.getLogger("tether.agent.recordings")
 
 #: How often (seconds) the daemon looks at the recordings directory.
 SCAN_INTERVAL = 1.0
+#: How often (seconds) retention runs when no session has ended meanwhile.
+RETENTION_INTERVAL = 60.0
 LIVE, DONE = "live", "done"
 
 
@@ -129,6 +132,8 @@ class RecordingWatcher:
         self.clock = clock
         self.interval = interval
         self._state_path = config.state_dir / "recordings.json"
+        self._seen: dict[str, str] | None = None
+        self._retained_at: float | None = None
 
     async def serve(self) -> None:
         """Scan every :attr:`interval` seconds until cancelled."""
@@ -159,8 +164,14 @@ class RecordingWatcher:
         os.replace(temporary, self._state_path)
 
     def scan(self) -> list[dict[str, Any]]:
-        """Look once; return the notifications sent (also for tests)."""
-        seen = self._load()
+        """Look once; return the notifications sent (also for tests).
+
+        Cheap when nothing happened (one directory listing, one lock probe per live
+        session); retention runs when a session ended, and otherwise once a minute.
+        """
+        if self._seen is None:
+            self._seen = self._load()
+        seen = self._seen
         before = dict(seen)
         sent: list[dict[str, Any]] = []
         present = recording_ids(self.directory)
@@ -183,7 +194,14 @@ class RecordingWatcher:
         for recording_id in set(seen) - set(present):
             if seen.pop(recording_id) == DONE:
                 self.audit.append("recording.missing", session=recording_id)
-        self._retain(seen)
+        now = time.monotonic()
+        if (
+            seen != before
+            or self._retained_at is None
+            or now - self._retained_at > RETENTION_INTERVAL
+        ):
+            self._retained_at = now
+            self._retain(seen)
         if seen != before:
             self._save(seen)
         return sent
