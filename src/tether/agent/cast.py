@@ -20,10 +20,29 @@ import os
 import time
 import zlib
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any
 
 #: Longest time (seconds) recorded output may wait in memory before it reaches the disk.
 FLUSH_EVERY = 1.0
+CAST_SUFFIX = ".cast.gz"
+META_SUFFIX = ".json"
+
+
+def new_recording_id(now: datetime) -> str:
+    """Return a fresh id for a session starting at ``now`` (timezone-aware)."""
+    return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{os.urandom(6).hex()}"
+
+
+def cast_path(directory: Path, recording_id: str) -> Path:
+    """The recording's asciicast file."""
+    return directory / f"{recording_id}{CAST_SUFFIX}"
+
+
+def meta_path(directory: Path, recording_id: str) -> Path:
+    """The recording's metadata file."""
+    return directory / f"{recording_id}{META_SUFFIX}"
 
 
 def header(

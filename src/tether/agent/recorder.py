@@ -27,7 +27,6 @@ the standard library only.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import fcntl
@@ -44,9 +43,16 @@ import time
 import tty
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tether.agent.cast import CastWriter, header, open_new
+from tether.agent.cast import (
+    CastWriter,
+    cast_path,
+    header,
+    meta_path,
+    new_recording_id,
+    open_new,
+)
 from tether.agent.recorder_io import (
     ScpLog,
     SessionPlan,
@@ -54,8 +60,9 @@ from tether.agent.recorder_io import (
     plan_session,
     read_engineer,
 )
-from tether.agent.recordings import cast_path, meta_path, new_recording_id
-from tether.agent.sftp_log import SftpLog
+
+if TYPE_CHECKING:
+    from tether.agent.sftp_log import SftpLog
 
 #: Output recorded per session before the recording stops (the session goes on).
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -464,30 +471,71 @@ def _check(directory: Path) -> int:
     return 0
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m tether.agent.recorder",
-        description="Record a support session (run by sshd as ForceCommand; not by hand).",
-    )
-    parser.add_argument("--dir", required=True, type=Path, help="the recordings directory")
-    parser.add_argument("--serial", default="", help="this machine's serial number")
-    parser.add_argument(
-        "--fail",
-        choices=("closed", "open"),
-        default="closed",
-        help="without a recording: refuse the session (closed) or run it unrecorded (open)",
-    )
-    parser.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
-    parser.add_argument("--sftp-server", default=None, help="sftp-server to use for SFTP")
-    parser.add_argument(
-        "--check", action="store_true", help="only check that a recording can be made here"
-    )
-    return parser.parse_args(argv)
+class Options:
+    """The recorder's command line (written by the agent into sshd's ForceCommand)."""
+
+    def __init__(self) -> None:
+        self.dir: Path | None = None
+        self.serial = ""
+        self.fail = "closed"
+        self.max_bytes = DEFAULT_MAX_BYTES
+        self.sftp_server: str | None = None
+        self.check = False
+
+
+USAGE = (
+    "usage: python -m tether.agent.recorder --dir DIR [--serial S] [--fail closed|open]\n"
+    "       [--max-bytes N] [--sftp-server PATH] [--check]\n"
+    "Records a support session; sshd runs it as the support account's ForceCommand."
+)
+
+
+def parse_args(argv: list[str]) -> Options:
+    """Read the recorder's options (no argparse: every session pays for its import).
+
+    Raises:
+        ValueError: an unknown option or a bad value (the message says which).
+    """
+    options = Options()
+    words = list(argv)
+    while words:
+        word = words.pop(0)
+        if word == "--check":
+            options.check = True
+            continue
+        if word not in ("--dir", "--serial", "--fail", "--max-bytes", "--sftp-server"):
+            raise ValueError(f"unknown option {word!r}")
+        if not words:
+            raise ValueError(f"{word} needs a value")
+        value = words.pop(0)
+        if word == "--dir":
+            options.dir = Path(value)
+        elif word == "--serial":
+            options.serial = value
+        elif word == "--fail":
+            if value not in ("closed", "open"):
+                raise ValueError("--fail is closed or open")
+            options.fail = value
+        elif word == "--max-bytes":
+            if not value.isdigit():
+                raise ValueError("--max-bytes is a number of bytes")
+            options.max_bytes = int(value)
+        else:
+            options.sftp_server = value
+    if options.dir is None:
+        raise ValueError("--dir is required")
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
     """Record one session as described in the module docstring; return its exit status."""
-    args = parse_args(argv)
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        print(f"tether recorder: {exc}\n{USAGE}", file=sys.stderr)
+        return REFUSED
+    if args.dir is None:  # pragma: no cover - parse_args refuses it
+        return REFUSED
     if args.check:
         return _check(args.dir)
     environ = dict(os.environ)
@@ -540,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     status = REFUSED
     try:
         if plan.kind == "sftp":
+            from tether.agent.sftp_log import SftpLog  # only SFTP sessions pay for it
+
             sftp = SftpLog()
             status = run_pipes(plan, sink, sftp=sftp)
             transfers = [t.to_json() for t in sftp.transfers]

@@ -11,7 +11,6 @@ import binascii
 import os
 import shlex
 import struct
-from dataclasses import dataclass, field
 
 #: Where OpenSSH's sftp-server lives on the distributions Tether knows.
 SFTP_SERVERS = (
@@ -95,7 +94,6 @@ def read_engineer(environ: dict[str, str]) -> str:
         return "unknown"
 
 
-@dataclass(frozen=True)
 class SessionPlan:
     """What to run for a session and how to record it.
 
@@ -106,13 +104,22 @@ class SessionPlan:
     :param scp_mode: for ``scp``: ``t`` (the engineer uploads) or ``f`` (downloads).
     """
 
-    kind: str
-    argv: list[str]
-    argv0: str
-    command: str | None
-    scp_mode: str | None = None
-    scp_target: str | None = None
-    notes: list[str] = field(default_factory=list)
+    def __init__(
+        self,
+        kind: str,
+        argv: list[str],
+        argv0: str,
+        command: str | None,
+        *,
+        scp_mode: str | None = None,
+        scp_target: str | None = None,
+    ) -> None:
+        self.kind = kind
+        self.argv = argv
+        self.argv0 = argv0
+        self.command = command
+        self.scp_mode = scp_mode
+        self.scp_target = scp_target
 
 
 def find_sftp_server(candidates: tuple[str, ...] = SFTP_SERVERS) -> str | None:

@@ -19,17 +19,37 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tether.agent.cast import decompress_partial
+from tether.agent.cast import (
+    CAST_SUFFIX,
+    META_SUFFIX,
+    cast_path,
+    decompress_partial,
+    meta_path,
+    new_recording_id,
+)
 
-CAST_SUFFIX = ".cast.gz"
-META_SUFFIX = ".json"
+__all__ = [
+    "CAST_SUFFIX",
+    "META_SUFFIX",
+    "RecordingInfo",
+    "RecordingNotFound",
+    "Removal",
+    "cast_path",
+    "check_id",
+    "info_for",
+    "list_recordings",
+    "meta_path",
+    "new_recording_id",
+    "read_cast",
+    "recording_ids",
+    "select_for_removal",
+]
 #: A recording id: ``YYYYMMDDTHHMMSSZ-`` and 8 to 32 hex digits.
 RECORDING_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8,32}$")
 #: Biggest metadata file read (the recorder caps its transfer list well below).
@@ -38,11 +58,6 @@ MAX_META_BYTES = 1 << 20
 
 class RecordingNotFound(LookupError):
     """No recording of that id (or the id is not a recording id)."""
-
-
-def new_recording_id(now: datetime) -> str:
-    """Return a fresh id for a session starting at ``now`` (timezone-aware)."""
-    return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}"
 
 
 def check_id(recording_id: str) -> str:
@@ -111,14 +126,6 @@ class RecordingInfo:
             "recorded_bytes": self.recorded_bytes,
             "transfers": list(self.transfers),
         }
-
-
-def cast_path(directory: Path, recording_id: str) -> Path:
-    return directory / f"{recording_id}{CAST_SUFFIX}"
-
-
-def meta_path(directory: Path, recording_id: str) -> Path:
-    return directory / f"{recording_id}{META_SUFFIX}"
 
 
 def _time(value: object) -> datetime | None:

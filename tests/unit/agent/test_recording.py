@@ -14,6 +14,7 @@ import asyncssh
 import pytest
 
 from tether.agent.cast import CastWriter, decompress_partial, header
+from tether.agent.recorder import parse_args
 from tether.agent.recorder_io import (
     ScpLog,
     certificate_key_id,
@@ -253,3 +254,23 @@ def test_playback_keeps_timing_caps_idle_and_scales_speed() -> None:
     )
     assert list(playback(cast, speed=1.0, max_idle=None)) == [(0.5, "a"), (10.0, "b")]
     assert list(playback(cast, speed=2.0, max_idle=2.0)) == [(0.25, "a"), (1.0, "b")]
+
+
+def test_recorder_options_are_read_strictly() -> None:
+    options = parse_args(["--dir", "/r", "--serial", "S1", "--fail", "open", "--max-bytes", "9"])
+    assert (options.dir, options.serial, options.fail, options.max_bytes) == (
+        Path("/r"),
+        "S1",
+        "open",
+        9,
+    )
+    assert parse_args(["--dir", "/r", "--check"]).check
+    for bad, words in (
+        ([], "--dir is required"),
+        (["--dir"], "needs a value"),
+        (["--dir", "/r", "--fail", "maybe"], "closed or open"),
+        (["--dir", "/r", "--max-bytes", "-1"], "number of bytes"),
+        (["--dir", "/r", "--shell"], "unknown option"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            parse_args(bad)
