@@ -198,3 +198,29 @@ def test_retention_removes_the_oldest_first_and_audits_each(tmp_path: Path) -> N
     (directory / f"{old}.cast.gz").unlink()
     RecordingWatcher(config, audit).scan()
     assert _events(audit)[-1] == ("recording.missing", {"session": old})
+
+
+def test_metadata_the_audit_log_refuses_is_withheld_not_the_entry(tmp_path: Path) -> None:
+    """The support account writes the metadata: a command that looks like a tether key
+    (or anything else the log refuses) must not stop the audit."""
+    directory = tmp_path / "recordings"
+    directory.mkdir()
+    recording_id = _old_recording(directory, datetime.now(UTC), 10)
+    meta = json.loads((directory / f"{recording_id}.json").read_text())
+    meta.update(engineer="mallory", command="echo v4.public.eyJzZWNyZXQiOiJ4In0", kind="command")
+    (directory / f"{recording_id}.json").write_text(json.dumps(meta))
+    config = AgentConfig(
+        path=tmp_path / "agent.toml",
+        serial="S-1",
+        vendor_keys=(),
+        state_dir=tmp_path,
+        recording=RecordingSettings(directory=directory),
+    )
+    audit = AuditLog(tmp_path / "audit.log")
+    RecordingWatcher(config, audit).scan()
+    events = _events(audit)
+    assert [e for e, _ in events] == ["support.login", "support.logout", "recording.stored"]
+    assert events[0][1]["session"] == recording_id
+    assert "looks like a private key or a tether key" in events[0][1]["withheld"]
+    assert "v4.public" not in (tmp_path / "audit.log").read_text()
+    assert events[1][1]["engineer"] == "mallory"

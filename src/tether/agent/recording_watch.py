@@ -92,17 +92,17 @@ def _take_over(path: Path) -> None:
 
 
 def transfer_lines(info: RecordingInfo) -> list[str]:
-    """The transfers as audit-friendly strings (``upload /path 1234``), at most 50."""
+    """The transfers as audit-friendly strings (``upload /path 1234``), at most 20."""
     lines = []
-    for item in info.transfers[:50]:
+    for item in info.transfers[:20]:
         line = f"{item.get('op')} {item.get('path')}"
         if "bytes" in item:
             line += f" {item.get('bytes')}"
         if item.get("target"):
             line += f" -> {item.get('target')}"
-        lines.append(line[:300])
-    if len(info.transfers) > 50:
-        lines.append(f"... {len(info.transfers) - 50} more")
+        lines.append(line[:200])
+    if len(info.transfers) > 20:
+        lines.append(f"... {len(info.transfers) - 20} more (tether access recordings)")
     return lines
 
 
@@ -140,8 +140,8 @@ class RecordingWatcher:
         while True:
             try:
                 await asyncio.to_thread(self.scan)
-            except OSError as exc:
-                log.event(logger, "recordings.scan_failed", level=logging.WARNING, error=str(exc))
+            except Exception as exc:
+                log.event(logger, "recordings.scan_failed", level=logging.ERROR, error=repr(exc))
             await asyncio.sleep(self.interval)
 
     def _load(self) -> dict[str, str]:
@@ -193,7 +193,7 @@ class RecordingWatcher:
                 seen[recording_id] = DONE
         for recording_id in set(seen) - set(present):
             if seen.pop(recording_id) == DONE:
-                self.audit.append("recording.missing", session=recording_id)
+                self._append("recording.missing", session=recording_id)
         now = time.monotonic()
         if (
             seen != before
@@ -206,8 +206,17 @@ class RecordingWatcher:
             self._save(seen)
         return sent
 
+    def _append(self, event: str, **fields: Any) -> None:
+        """Audit ``event``; fields the log refuses (they come from files the support
+        account wrote: too long, or looking like a secret) are withheld, never the entry."""
+        try:
+            self.audit.append(event, **fields)
+        except ValueError as exc:
+            kept = {k: fields[k] for k in ("session", "exit_status", "size") if k in fields}
+            self.audit.append(event, **kept, withheld=f"other fields refused: {exc}"[:500])
+
     def _login(self, info: RecordingInfo, sent: list[dict[str, Any]]) -> None:
-        self.audit.append(
+        self._append(
             "support.login",
             engineer=info.engineer,
             session=info.id,
@@ -221,7 +230,7 @@ class RecordingWatcher:
 
     def _logout(self, info: RecordingInfo, sent: list[dict[str, Any]]) -> None:
         ended = info.ended.isoformat() if info.ended else None
-        self.audit.append(
+        self._append(
             "support.logout",
             engineer=info.engineer,
             session=info.id,
@@ -230,7 +239,7 @@ class RecordingWatcher:
             duration=round(info.duration, 3) if info.duration is not None else None,
             clean=info.ended is not None,
         )
-        self.audit.append(
+        self._append(
             "recording.stored",
             session=info.id,
             engineer=info.engineer,
@@ -276,7 +285,7 @@ class RecordingWatcher:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             seen.pop(removal.id, None)
-            self.audit.append(
+            self._append(
                 "recording.removed", session=removal.id, reason=removal.reason, size=removal.size
             )
             log.event(logger, "recording.removed", session=removal.id, reason=removal.reason)
