@@ -254,7 +254,23 @@ class SystemMachine:
             entry = lookup(account)
             if entry is None:
                 raise MachineError(f"account {account} vanished while access was opening")
-            prepare_directory(checked.recorder.directory, entry.pw_gid, self.paths.state_dir)
+            try:
+                prepare_directory(
+                    checked.recorder.directory, entry.pw_gid, self.paths.state_dir, journal
+                )
+            except OSError as exc:
+                if not checked.recorder.fail_open:
+                    raise MachineError(
+                        f"cannot prepare the recordings directory {checked.recorder.directory} "
+                        f"({exc.strerror or exc}); support sessions would all be refused"
+                    ) from exc
+                log.event(
+                    logger,
+                    "machine.recordings_dir.unusable",
+                    level=logging.WARNING,
+                    path=checked.recorder.directory,
+                    error=str(exc),
+                )
 
         journal.save_file(self.sudoers_file)
         sudoers = self.sudoers_template.format(account=account).encode()

@@ -15,6 +15,7 @@ the support account has sudo.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import sys
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import tether
 from tether.agent.effects import MachineError, RecorderSpec
-from tether.agent.machine_files import Runner, output_of
+from tether.agent.machine_files import Journal, Runner, output_of, remove_dir_if_empty
 
 #: The recordings directory's mode: owner root (rwx), the account's group (wx), sticky.
 DIRECTORY_MODE = 0o1730
@@ -112,22 +113,38 @@ def recorder_command(
     return " ".join(words)
 
 
-def prepare_directory(directory: Path, gid: int, state_dir: Path) -> None:
+def prepare_directory(directory: Path, gid: int, state_dir: Path, journal: Journal) -> None:
     """Create (or fix) the recordings directory: root, group ``gid``, mode 1730.
 
     If it lies in the agent's own state directory, that directory is made searchable
     (not listable) by others so the account can reach it; the files there stay 0600.
+    Each change is undone by ``journal`` if opening access fails later; recordings
+    already in the directory are never touched.
     """
     if directory.is_symlink():
         raise MachineError(f"the recordings directory {directory} is a symlink; refusing it")
-    directory.mkdir(parents=True, exist_ok=True)
+    missing = [p for p in (directory, *directory.parents) if not p.exists()]
+    for path in reversed(missing):
+        path.mkdir()
+        journal.add(f"remove {path}", functools.partial(remove_dir_if_empty, path))
+    if not missing:
+        info = directory.stat()
+        mode, owner = stat.S_IMODE(info.st_mode), (info.st_uid, info.st_gid)
+        journal.add(f"restore {directory}", lambda: _restore(directory, mode, owner))
     os.chown(directory, 0, gid)
     os.chmod(directory, DIRECTORY_MODE)
     for parent in directory.parents:
         if parent == state_dir or state_dir in parent.parents:
-            mode = parent.stat().st_mode
-            if not mode & stat.S_IXOTH:
-                os.chmod(parent, stat.S_IMODE(mode) | stat.S_IXOTH)
+            info = parent.stat()
+            if not info.st_mode & stat.S_IXOTH:
+                mode = stat.S_IMODE(info.st_mode)
+                os.chmod(parent, mode | stat.S_IXOTH)
+                journal.add(f"restore {parent}", functools.partial(os.chmod, parent, mode))
+
+
+def _restore(path: Path, mode: int, owner: tuple[int, int]) -> None:
+    os.chown(path, *owner)
+    os.chmod(path, mode)
 
 
 def check_as_account(run: Runner, account: str, spec: RecorderSpec) -> str | None:

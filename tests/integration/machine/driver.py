@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tether.agent.effects import MachineError, SupportGrant
+from tether.agent.effects import MachineError, RecorderSpec, SupportGrant
 from tether.agent.machine import SystemMachine
 
 
@@ -90,6 +90,13 @@ def main() -> int:
                     expires_at=None if expires is None else datetime.fromisoformat(expires),
                     allow_from=tuple(g.get("allow_from", ())),
                     password=g.get("password"),
+                    recorder=None
+                    if g.get("recorder") is None
+                    else RecorderSpec(
+                        g["recorder"]["command"],
+                        Path(g["recorder"]["directory"]),
+                        g["recorder"].get("fail_open", False),
+                    ),
                 )
             )
             result: Any = None
