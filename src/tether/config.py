@@ -133,6 +133,127 @@ class TetherSettings:
     connect_timeout: float = 20.0
 
 
+class FailMode(StrEnum):
+    """What happens to a support session when its recording cannot start."""
+
+    CLOSED = "closed"
+    """Refuse the session (the default)."""
+    OPEN = "open"
+    """Run it unrecorded ("record if possible"), with a warning and a trace."""
+
+
+@dataclass(frozen=True)
+class RecordingSettings:
+    """Session recording (the ``[recording]`` table of agent.toml).
+
+    :param directory: where recordings go (``dir``; default ``STATE_DIR/recordings``).
+    :param max_age: recordings older than this are removed.
+    :param max_total: the recordings together may take this many bytes on disk; the
+        oldest are removed first.
+    :param max_session: most bytes of output recorded per session.
+    :param python: the interpreter sshd starts the recorder with (default: the agent's,
+        or the system's ``python3`` if the support account cannot run the agent's).
+    """
+
+    enabled: bool = True
+    directory: Path | None = None
+    fail: FailMode = FailMode.CLOSED
+    max_age: timedelta = timedelta(days=90)
+    max_total: int = 1 << 30
+    max_session: int = 64 << 20
+    python: Path | None = None
+    sftp_server: Path | None = None
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Who hears of support logins and logouts (the ``[notify]`` table of agent.toml).
+
+    :param webhook_url: gets each event as a JSON POST (retried with backoff).
+    :param command: an argument list run with the event's JSON on stdin (and
+        ``TETHER_EVENT`` / ``TETHER_ENGINEER`` / ``TETHER_RECORDING`` in its environment).
+    """
+
+    webhook_url: str | None = None
+    command: tuple[str, ...] = ()
+    timeout: float = 10.0
+    attempts: int = 5
+
+
+_SIZE = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2}
+_SIZE |= {"mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_SIZE |= {"t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+
+
+def parse_size(value: object) -> int:
+    """Read a size: a number of bytes, or text like ``"500MB"``, ``"1 GiB"``, ``"64k"``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        number = text.rstrip("kmgtib")
+        unit = text[len(number) :]
+        try:
+            amount = float(number)
+        except ValueError:
+            amount = -1.0
+        if unit in _SIZE and math.isfinite(amount) and amount > 0:
+            return int(amount * _SIZE[unit])
+    raise ValueError(f"{value!r} is not a size (use bytes or e.g. 500MB, 1GiB)")
+
+
+def _recording(r: _Reader, state_dir: Path) -> RecordingSettings:
+    t = r.table_("recording")
+    fail = t.text("fail", FailMode.CLOSED.value)
+    try:
+        fail_mode = FailMode(fail)
+    except ValueError:
+        raise ConfigError(
+            f'{r.path}: recording.fail must be "closed" (refuse unrecorded sessions) or '
+            f'"open" (record if possible), not {fail!r}'
+        ) from None
+    values: dict[str, Any] = {}
+    for key, default in (("max_total", "1GiB"), ("max_session", "64MiB")):
+        raw = t._get(key, (int, str), default)
+        try:
+            values[key] = parse_size(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{r.path}: recording.{key}: {exc}") from None
+    try:
+        max_age = parse_duration(t.text("max_age", "90d"))
+    except Exception as exc:
+        raise ConfigError(f"{r.path}: recording.max_age: {exc}") from None
+    settings = RecordingSettings(
+        enabled=t._get("enabled", bool, True),
+        directory=t.path_("dir", None) or state_dir / "recordings",
+        fail=fail_mode,
+        max_age=max_age,
+        python=t.path_("python", None),
+        sftp_server=t.path_("sftp_server", None),
+        **values,
+    )
+    t.finish()
+    return settings
+
+
+def _notify(r: _Reader) -> NotifySettings:
+    t = r.table_("notify")
+    url = t.text("webhook_url", None)
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{r.path}: notify.webhook_url must be an http:// or https:// URL")
+    command = tuple(t.strings("command", []))
+    if command and not Path(command[0]).is_absolute():
+        raise ConfigError(f"{r.path}: notify.command must start with an absolute program path")
+    settings = NotifySettings(
+        webhook_url=url,
+        command=command,
+        timeout=t.number("timeout", 10.0, high=300.0),
+        attempts=t.integer("attempts", 5, low=1, high=20),
+    )
+    t.finish()
+    return settings
+
+
 @dataclass(frozen=True)
 class WebSettings:
     """The customer's admin web page (the ``[web]`` table of agent.toml).
@@ -177,6 +298,13 @@ class AgentConfig:
     request_relay: str | None = None
     request_relay_host_key: str | None = None
     web: WebSettings = field(default_factory=WebSettings)
+    recording: RecordingSettings = field(default_factory=RecordingSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
+
+    @property
+    def recordings_dir(self) -> Path:
+        """Where session recordings are kept."""
+        return self.recording.directory or self.state_dir / "recordings"
 
     @property
     def allowed_ports(self) -> tuple[int, ...]:
@@ -260,6 +388,8 @@ class AgentConfig:
             request_relay=request_relay,
             request_relay_host_key=request_fp,
             web=_web_settings(r.table_("web")),
+            recording=_recording(r, state_dir),
+            notify=_notify(r),
         )
         r.finish()
         return config

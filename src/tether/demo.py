@@ -441,6 +441,7 @@ class DemoSystem:
                 f"  nsenter -t {self.machine.pid if self.machine else '?'} -m -n -p -u "
                 f"{sys.executable} -m tether access status --config /etc/tether/agent.toml",
                 "  ... access disable  (ends every session at once)",
+                "  ... access recordings · access play ID  (every support session is recorded)",
                 "",
                 "Refused, as it should be: ssh -F ... -W otherhost:22 tether-relay, port 8080, a shell on the relay.",
                 "Press Ctrl-C to tear everything down.",

@@ -16,12 +16,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from tether import log
-from tether.agent.effects import Machine, MachineError, SupportGrant
+from tether.agent.effects import Machine, MachineError, RecorderSpec, SupportGrant
 from tether.agent.locks import state_lock
+from tether.agent.machine_recording import choose_python, recorder_command
 from tether.agent.state import AccessMode, AccessState, AccessStatus, CloseReason, StateFile
 from tether.audit import AuditLog
 from tether.clock import SYSTEM_CLOCK, Clock
-from tether.config import AgentConfig
+from tether.config import AgentConfig, FailMode
 from tether.errors import BadInput, NotReady, Refused
 from tether.keys import TetherKeyClaims, parse_key
 from tether.seal import generate_password, seal
@@ -52,6 +53,41 @@ class PasswordChoice:
     @property
     def generated(self) -> bool:
         return self.own is None
+
+
+def recorder_for(config: AgentConfig) -> RecorderSpec | None:
+    """Return how sessions are recorded under ``config`` (None: recording is off).
+
+    Raises:
+        MachineError: recording is on, must not fail open, and no recorder can run.
+    """
+    settings = config.recording
+    if not settings.enabled:
+        return None
+    fail_open = settings.fail == FailMode.OPEN
+    python = choose_python(settings.python)
+    if python is None:
+        if fail_open:
+            log.event(
+                logger,
+                "access.recording_unavailable",
+                level=logging.WARNING,
+                note="no Python the support account can run; sessions will not be recorded",
+            )
+            return None
+        raise MachineError(
+            "no Python the support account can run for the session recorder: set "
+            f'[recording] python in {config.path} (or fail = "open" to run unrecorded)'
+        )
+    command = recorder_command(
+        python=python,
+        directory=config.recordings_dir,
+        serial=config.serial,
+        fail_open=fail_open,
+        max_bytes=settings.max_session,
+        sftp_server=settings.sftp_server,
+    )
+    return RecorderSpec(command, config.recordings_dir, fail_open)
 
 
 def _machine_for(config: AgentConfig) -> Machine:
@@ -173,6 +209,7 @@ class AccessManager:
                 f"{self.config.path} has no vendor_ca: copy the vendor's agent-trust.toml into it"
             )
         secret, sealed = self._password(state, password)
+        recorder = recorder_for(self.config)
         with state_lock(self._lock_path):
             current = self.state_file.load()
             if current.in_transition:
@@ -198,6 +235,7 @@ class AccessManager:
                 expires_at=state.expires_at,
                 allow_from=state.allow_from,
                 password=secret,
+                recorder=recorder,
             )
             try:
                 self.machine.open(grant)
@@ -224,6 +262,7 @@ class AccessManager:
                 password_source="generated"
                 if password.generated and sealed
                 else ("own" if secret else "none"),
+                recording=self.config.recording.fail.value if recorder else "off",
             )
         log.event(
             logger,

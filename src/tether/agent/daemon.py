@@ -23,6 +23,8 @@ from tether.agent.access import AccessManager
 from tether.agent.control import serve_control
 from tether.agent.identity import load_or_create_machine_key
 from tether.agent.locks import DaemonLock
+from tether.agent.notify import Notifier
+from tether.agent.recording_watch import RecordingWatcher
 from tether.agent.state import AccessMode, AccessState, CloseReason
 from tether.agent.status import TunnelStatus
 from tether.agent.tunnel import TetherRefused, Tunnel
@@ -56,6 +58,7 @@ class AgentDaemon:
         self._stop = asyncio.Event()
         self._reconcile_lock = asyncio.Lock()
         self.socket_path: Path = config.run_dir / "agent.sock"
+        self.recordings: RecordingWatcher | None = None
 
     async def serve(self) -> None:
         """Run until stopped; always leaves a clean-shutdown trace when it ends normally."""
@@ -87,6 +90,7 @@ class AgentDaemon:
                 log.event(logger, "agent.recovered", message=repaired)
             await self.reconcile()
             server = await serve_control(self.socket_path, self._on_command)
+            self._start_recordings()
             web = await self._start_web()
             await self._stop.wait()
             if web is not None:
@@ -125,6 +129,16 @@ class AgentDaemon:
             return False
         self._tunnel.reset()
         return True
+
+    def _start_recordings(self) -> None:
+        """Audit, retain and announce support sessions (also those from while we were down)."""
+        notifier = Notifier(self.config.notify)
+        if notifier.enabled:
+            self._tasks.spawn(notifier.serve(), "agent.notify")
+        self.recordings = RecordingWatcher(
+            self.config, self.access.audit, notify=notifier.send, clock=self.clock
+        )
+        self._tasks.spawn(self.recordings.serve(), "agent.recordings")
 
     async def _on_command(self, cmd: str) -> dict[str, Any]:
         if cmd == "reconcile":

@@ -59,6 +59,23 @@ class MachinePaths:
 
 
 @dataclass(frozen=True)
+class RecorderSpec:
+    """How sshd records the support account's sessions (its ``ForceCommand``).
+
+    :param command: the recorder's command line (no quotes or blanks inside a word:
+        sshd hands it to the account's shell as it stands).
+    :param directory: the recordings directory; prepared by :meth:`Machine.open`
+        (root-owned, the account's group may only add files: mode 1730).
+    :param fail_open: run a session unrecorded when recording cannot start
+        (otherwise the session is refused).
+    """
+
+    command: str
+    directory: Path
+    fail_open: bool = False
+
+
+@dataclass(frozen=True)
 class SupportGrant:
     """What opening access puts in place.
 
@@ -71,6 +88,7 @@ class SupportGrant:
         agent). Direct mode: the customer's ``--from`` list, or ``()`` for anywhere.
     :param password: the account's password in clear (set through stdin, never an
         argument), or None for an account without a usable password.
+    :param recorder: record every session of the account (``ForceCommand``), or None.
     """
 
     account: str
@@ -78,6 +96,7 @@ class SupportGrant:
     expires_at: datetime | None
     allow_from: tuple[str, ...] = ()
     password: str | None = field(default=None, repr=False)
+    recorder: RecorderSpec | None = None
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ from tether.agent.machine_grant import (
     check_account_name,
     check_grant,
 )
+from tether.agent.machine_recording import check_as_account, prepare_directory
 from tether.agent.machine_sshd import (
     ConnectionSpec,
     Sshd,
@@ -143,9 +144,13 @@ class SystemMachine:
         """The copy of ``sshd_config`` from before the first :meth:`open`."""
         return self.paths.state_dir / "backup" / "sshd_config"
 
-    def render_sshd_config(self, account: str, sources: tuple[str, ...]) -> str:
+    def render_sshd_config(
+        self, account: str, sources: tuple[str, ...], force_command: str | None = None
+    ) -> str:
         """Return the sshd settings for ``account`` (the drop-in, or the block's body)."""
-        return render_match_config(account, self.ca_file, self.principals_file, sources)
+        return render_match_config(
+            account, self.ca_file, self.principals_file, sources, force_command
+        )
 
     # -- open -----------------------------------------------------------------------
 
@@ -212,9 +217,29 @@ class SystemMachine:
         self._sshd.check_unchanged(before)
         first = checked.sources[0] if checked.sources else "127.0.0.1"
         addr = str(ipaddress.ip_network(first, strict=False).network_address)
+        recorder = checked.recorder
         self._sshd.check_trust(
-            ConnectionSpec(checked.account, addr), self.ca_file, self.principals_file
+            ConnectionSpec(checked.account, addr),
+            self.ca_file,
+            self.principals_file,
+            recorder.command if recorder is not None else None,
         )
+        if recorder is not None:
+            problem = check_as_account(self._run, checked.account, recorder)
+            if problem is not None and not recorder.fail_open:
+                raise MachineError(
+                    f"the session recorder cannot run as {checked.account} ({problem}); "
+                    "support sessions would all be refused -- see [recording] in agent.toml"
+                )
+            if problem is not None:
+                log.event(
+                    logger,
+                    "machine.recorder.unusable",
+                    level=logging.WARNING,
+                    account=checked.account,
+                    problem=problem,
+                    note="fail = open: sessions will run unrecorded",
+                )
 
     def _apply(self, checked: CheckedGrant, journal: Journal) -> None:
         self._keep_backup(journal)
@@ -225,6 +250,27 @@ class SystemMachine:
             self._accounts.create(account, checked.expires)
             journal.add(f"remove account {account}", lambda: self._accounts.remove_new(account))
         self._accounts.set_password(account, checked.password)
+        if checked.recorder is not None:
+            entry = lookup(account)
+            if entry is None:
+                raise MachineError(f"account {account} vanished while access was opening")
+            try:
+                prepare_directory(
+                    checked.recorder.directory, entry.pw_gid, self.paths.state_dir, journal
+                )
+            except OSError as exc:
+                if not checked.recorder.fail_open:
+                    raise MachineError(
+                        f"cannot prepare the recordings directory {checked.recorder.directory} "
+                        f"({exc.strerror or exc}); support sessions would all be refused"
+                    ) from exc
+                log.event(
+                    logger,
+                    "machine.recordings_dir.unusable",
+                    level=logging.WARNING,
+                    path=checked.recorder.directory,
+                    error=str(exc),
+                )
 
         journal.save_file(self.sudoers_file)
         sudoers = self.sudoers_template.format(account=account).encode()
@@ -238,7 +284,11 @@ class SystemMachine:
             journal.save_file(path)
             write_atomic(path, f"{text}\n".encode(), 0o644, owner=(0, 0))
 
-        body = self.render_sshd_config(account, checked.sources)
+        body = self.render_sshd_config(
+            account,
+            checked.sources,
+            checked.recorder.command if checked.recorder is not None else None,
+        )
         config = read_text(self.paths.sshd_config) or ""
         if includes_path(config, self.paths.drop_in, self.paths.sshd_config.parent):
             if make_dir(self.paths.sshd_config_d, 0o755):

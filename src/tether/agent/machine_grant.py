@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncssh
 
-from tether.agent.effects import MachineBadInput, SupportGrant
+from tether.agent.effects import MachineBadInput, RecorderSpec, SupportGrant
 from tether.agent.machine_account import conflict_message, expiry_date, is_ours, lookup
 
 #: Account names Tether accepts (those of ``useradd`` without its odd corners).
@@ -41,6 +41,7 @@ class CheckedGrant:
     expires: str | None
     exists: bool
     password: str | None = field(default=None, repr=False)
+    recorder: RecorderSpec | None = None
 
 
 def check_account_name(account: str) -> None:
@@ -103,6 +104,13 @@ def check_grant(grant: SupportGrant, config_paths: Sequence[Path]) -> CheckedGra
     for path in config_paths:
         if _UNSAFE_PATH.search(str(path)):
             raise MachineBadInput(f"path {path} cannot go into sshd_config (blank, quote, # or \\)")
+    if grant.recorder is not None:
+        if "\n" in grant.recorder.command or "\r" in grant.recorder.command:
+            raise MachineBadInput("the session recorder's command must be one line")
+        if _UNSAFE_PATH.search(str(grant.recorder.directory)):
+            raise MachineBadInput(
+                f"recordings directory {grant.recorder.directory} has a blank, quote, # or \\"
+            )
     existing = lookup(grant.account)
     if existing is not None and not is_ours(existing):
         raise MachineBadInput(conflict_message(grant.account))
@@ -113,4 +121,5 @@ def check_grant(grant: SupportGrant, config_paths: Sequence[Path]) -> CheckedGra
         expires=None if grant.expires_at is None else expiry_date(grant.expires_at),
         exists=existing is not None,
         password=password,
+        recorder=grant.recorder,
     )

@@ -53,12 +53,17 @@ _KEYWORD = re.compile(r"^\s*([A-Za-z]+)(?:\s*=\s*|\s+)(.*?)\s*$")
 
 
 def render_match_config(
-    account: str, ca_file: Path, principals_file: Path, sources: Sequence[str]
+    account: str,
+    ca_file: Path,
+    principals_file: Path,
+    sources: Sequence[str],
+    force_command: str | None = None,
 ) -> str:
     """Return the ``Match`` sections for ``account`` (the drop-in, or the block's body).
 
     With ``sources`` the CA is trusted only for connections from those addresses; the
-    hardening applies to the account from anywhere.
+    hardening (and the session recorder, ``force_command``) applies to the account
+    from anywhere.
     """
     trust = [f"    TrustedUserCAKeys {ca_file}", f"    AuthorizedPrincipalsFile {principals_file}"]
     lines = [
@@ -71,6 +76,8 @@ def render_match_config(
     else:
         lines += [f"Match User {account}", *trust]
     lines += [f"    {setting}" for setting in HARDENING]
+    if force_command is not None:
+        lines += [f"    ForceCommand {force_command}"]
     return "\n".join(lines) + "\n"
 
 
@@ -202,7 +209,7 @@ def parse_effective(text: str) -> dict[str, str]:
 
 
 def check_own_settings(
-    effective: str, ca_file: Path, principals_file: Path
+    effective: str, ca_file: Path, principals_file: Path, force_command: str | None = None
 ) -> tuple[list[str], list[str]]:
     """Compare the support account's ``sshd -T`` output with what Tether asked for.
 
@@ -216,6 +223,8 @@ def check_own_settings(
         "authorizedprincipalsfile": str(principals_file),
         "authorizedkeysfile": "none",
     }
+    if force_command is not None:
+        required["forcecommand"] = force_command
     wrong = [f"{k} is {settings.get(k)!r}" for k, v in required.items() if settings.get(k) != v]
     weaker = []
     for setting in HARDENING:
@@ -291,13 +300,20 @@ class Sshd:
                     f"{probe.user} (from {probe.addr}): {'; '.join(diff_lines(old, new))}"
                 )
 
-    def check_trust(self, spec: ConnectionSpec, ca_file: Path, principals_file: Path) -> None:
-        """Check that sshd gives the support account the CA trust (else raise) and the
-        hardening (else warn): an earlier ``Match`` of the customer's could win."""
+    def check_trust(
+        self,
+        spec: ConnectionSpec,
+        ca_file: Path,
+        principals_file: Path,
+        force_command: str | None = None,
+    ) -> None:
+        """Check that sshd gives the support account the CA trust and the recorder
+        (else raise) and the hardening (else warn): an earlier ``Match`` of the
+        customer's could win."""
         text, error = self.effective(spec)
         if text is None:
             raise MachineError(f"sshd -T failed for {spec}: {error}")
-        wrong, weaker = check_own_settings(text, ca_file, principals_file)
+        wrong, weaker = check_own_settings(text, ca_file, principals_file, force_command)
         if wrong:
             raise MachineError(
                 f"an earlier setting in sshd's configuration overrides Tether's for "

@@ -13,6 +13,7 @@ from tether.agent.access import AccessManager, PasswordChoice
 from tether.agent.control import ask_daemon
 from tether.agent.state import AccessMode, AccessState, AccessStatus, CloseReason
 from tether.agent.status import TunnelStatus
+from tether.cli.access_recordings import play, recordings
 from tether.cli.common import agent_config_option, err, handle_errors, json_option, out, print_json
 from tether.clock import SYSTEM_CLOCK
 from tether.config import AgentConfig
@@ -331,3 +332,5 @@ from tether.cli.access_info import check, log_command  # noqa: E402
 
 access.add_command(check)
 access.add_command(log_command)
+access.add_command(recordings)
+access.add_command(play)

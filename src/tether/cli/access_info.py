@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -90,10 +91,34 @@ def run_checks(config: AgentConfig, key_text: str | None) -> list[Check]:
             "install cron (apt-get install cron) so access closes even if the agent is down",
         )
     )
+    checks.append(_recording_check(config))
     relay_key = key_text or manager.state().key
     if relay_key:
         checks.extend(_relay_checks(config, relay_key))
     return checks
+
+
+def _recording_check(config: AgentConfig) -> Check:
+    """Can sessions be recorded (the recorder's Python; the directory's disk space)?"""
+    from tether.agent.access import recorder_for
+    from tether.errors import TetherError
+
+    fix = f"see [recording] in {config.path}"
+    if not config.recording.enabled:
+        return Check("session recording", True, "off: support sessions are NOT recorded", fix)
+    try:
+        spec = recorder_for(config)
+    except TetherError as exc:
+        return Check("session recording", False, str(exc), fix)
+    if spec is None:
+        return Check("session recording", True, "no recorder: sessions run unrecorded", fix)
+    probe = spec.directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    ok = free >= 64 << 20 or config.recording.fail.value == "open"
+    detail = f"{spec.directory} ({free >> 20} MiB free; if recording fails: {config.recording.fail.value})"
+    return Check("session recording", ok, detail, "free disk space for the recordings; " + fix)
 
 
 def _relay_checks(config: AgentConfig, key_text: str) -> list[Check]:

@@ -26,22 +26,27 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tether.agent.effects import MachineError, SupportGrant
+from tether.agent.effects import MachineError, RecorderSpec, SupportGrant
 from tether.agent.machine import SystemMachine
 
 
 class BadKeywordMachine(SystemMachine):
     """Writes a directive sshd does not know (as a buggy release of Tether might)."""
 
-    def render_sshd_config(self, account: str, sources: tuple[str, ...]) -> str:
-        return super().render_sshd_config(account, sources) + "    NoSuchKeyword yes\n"
+    def render_sshd_config(
+        self, account: str, sources: tuple[str, ...], force_command: str | None = None
+    ) -> str:
+        body = super().render_sshd_config(account, sources, force_command)
+        return body + "    NoSuchKeyword yes\n"
 
 
 class GlobalSettingMachine(SystemMachine):
     """Writes a global directive before its Match blocks: valid, but it changes root's."""
 
-    def render_sshd_config(self, account: str, sources: tuple[str, ...]) -> str:
-        return "PermitRootLogin no\n" + super().render_sshd_config(account, sources)
+    def render_sshd_config(
+        self, account: str, sources: tuple[str, ...], force_command: str | None = None
+    ) -> str:
+        return "PermitRootLogin no\n" + super().render_sshd_config(account, sources, force_command)
 
 
 class BadSudoersMachine(SystemMachine):
@@ -85,6 +90,13 @@ def main() -> int:
                     expires_at=None if expires is None else datetime.fromisoformat(expires),
                     allow_from=tuple(g.get("allow_from", ())),
                     password=g.get("password"),
+                    recorder=None
+                    if g.get("recorder") is None
+                    else RecorderSpec(
+                        g["recorder"]["command"],
+                        Path(g["recorder"]["directory"]),
+                        g["recorder"].get("fail_open", False),
+                    ),
                 )
             )
             result: Any = None

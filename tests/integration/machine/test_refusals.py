@@ -22,11 +22,13 @@ from tests.integration.machine.helpers import (
     authorize,
     call,
     effective,
+    open_ok,
     refused,
     reload_sshd,
     ssh,
     tree,
 )
+from tether.agent.machine_recording import recorder_command
 from tether.sandbox import Sandbox
 
 pytestmark = pytest.mark.sandbox
@@ -139,3 +141,33 @@ def test_foreign_account_and_bad_input_are_refused(
     assert not closed["result"]["account_removed"], closed
     assert account_line(box) == own
     assert box.host_path(f"/home/{ACCOUNT}").is_dir()
+
+
+def test_a_recorder_that_cannot_run_refuses_access_and_changes_nothing(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Fail closed at the door: if the support account could not start the recorder,
+    every session would be refused, so opening access is refused instead."""
+    keys = Keys(tmp_path / "keys")
+    directory = "/var/lib/tether/recordings"
+    good = recorder_command(
+        python=Path("/usr/bin/python3"),
+        directory=Path(directory),
+        serial="SN-1",
+        fail_open=False,
+        max_bytes=1 << 20,
+    )
+    missing = good.replace("/usr/bin/python3", "/opt/none/python3")
+    message = _refused_unchanged(
+        sandbox,
+        {"grant": keys.grant(recorder={"command": missing, "directory": directory})},
+        "the session recorder cannot run as tether-support",
+    )
+    assert "/opt/none/python3" in message
+    # The same with a Python the account can run: access opens, the directory is a drop box.
+    open_ok(sandbox, keys.grant(recorder={"command": good, "directory": directory}))
+    info = sandbox.host_path(directory).stat()
+    assert (info.st_uid, oct(info.st_mode & 0o7777)) == (0, "0o1730")
+    assert info.st_gid == int(account_line(sandbox).split(":")[3])
+    drop_in = sandbox.host_path("/etc/ssh/sshd_config.d/tether.conf").read_text()
+    assert f"    ForceCommand {good}\n" in drop_in
