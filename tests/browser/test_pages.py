@@ -118,6 +118,16 @@ async def test_customer_opens_access_sees_the_engineer_ends_the_session_and_clos
     await shoot(page, "customer-after")
     status = await access_status(system)
     assert status["access"]["status"] == "closed"
+
+    # The session was recorded: it is listed, and the vendored player replays its output.
+    recording = page.locator("#recordings-table tbody tr").first
+    await expect(recording).to_contain_text(system.engineer_name, timeout=SLOW)
+    await expect(recording).to_contain_text("echo in; sleep 300")
+    await recording.get_by_role("link", name=re.compile("^Play the session of")).click()
+    await expect(page.locator("#player .ap-term, #player .ap-terminal").first).to_contain_text(
+        "in", timeout=SLOW
+    )
+    await shoot(page, "customer-recording")
     await context.close()
 
 

@@ -287,3 +287,65 @@ async def test_anonymous_sessions_cannot_push_out_the_admins(page: Page) -> None
     for _ in range(1_050):
         page.app.state.page.sessions.new(admin=False)
     assert (await page.http.get("/")).status_code == 200
+
+
+def put_recording(config: AgentConfig, recording_id: str, engineer: str, output: str) -> None:
+    """A finished recording as the recorder leaves it: gzip asciicast plus its metadata."""
+    import gzip
+    import json
+
+    from tether.agent.recordings import cast_path, meta_path
+
+    directory = config.recordings_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    cast = json.dumps({"version": 2, "width": 80, "height": 24}) + "\n"
+    cast += json.dumps([0.5, "o", output]) + "\n"
+    cast_path(directory, recording_id).write_bytes(gzip.compress(cast.encode()))
+    meta_path(directory, recording_id).write_text(
+        json.dumps(
+            {
+                "engineer": engineer,
+                "kind": "command",
+                "command": "uptime",
+                "started": "2026-11-25T03:00:00+00:00",
+                "ended": "2026-11-25T03:01:05+00:00",
+                "exit_status": 0,
+                "status": "ended",
+                "transfers": [{"op": "put", "path": "/tmp/fix.sh", "bytes": 120}],
+            }
+        )
+    )
+
+
+async def test_recordings_are_listed_and_served_to_the_player(page: Page) -> None:
+    rid = "20261125T030000Z-0123abcd"
+    put_recording(page.daemon.config, rid, "alice", "load average: 0.42\r\n")
+    assert (await page.login()).status_code == 303
+    body = (await page.http.get("/")).text
+    assert 'id="recordings-table"' in body
+    assert "alice" in body
+    assert "1m 05s" in body
+    assert "put /tmp/fix.sh (120 bytes)" in body
+    player = await page.http.get(f"/recordings/{rid}")
+    assert player.status_code == 200
+    assert f'data-cast="/recordings/{rid}/cast"' in player.text
+    assert "/static/agent/asciinema-player.min.js" in player.text
+    assert "'wasm-unsafe-eval'" in player.headers["content-security-policy"]
+    cast = await page.http.get(f"/recordings/{rid}/cast")
+    assert cast.status_code == 200
+    assert "load average: 0.42" in cast.text
+    assert cast.text.startswith('{"version": 2')
+
+
+async def test_recordings_need_a_session_and_a_real_id(page: Page) -> None:
+    rid = "20261125T030000Z-0123abcd"
+    put_recording(page.daemon.config, rid, "alice", "secret output\r\n")
+    anonymous = await page.http.get(f"/recordings/{rid}/cast")
+    assert anonymous.status_code == 303
+    assert "secret output" not in anonymous.text
+    assert (await page.login()).status_code == 303
+    for bad in ("..%2F..%2Fetc%2Fshadow", "20261125T030000Z-0123abcd.json", "nope"):
+        response = await page.http.get(f"/recordings/{bad}/cast")
+        assert response.status_code == 404, bad
+        assert (await page.http.get(f"/recordings/{bad}")).status_code == 404, bad
+    assert "No support session has been recorded yet" not in (await page.http.get("/")).text

@@ -34,6 +34,7 @@ from tether.agent.status import TunnelStatus
 from tether.agent.support_sessions import end_session, list_sessions
 from tether.agent.web.auth import AdminPassword, Session, Sessions, Throttle
 from tether.agent.web.oneclick import AccessOptions, OneClick
+from tether.agent.web.recordings import add_recording_routes, recordings_view
 from tether.agent.web.views import audit_view, status_view
 from tether.config import AgentConfig
 from tether.durations import parse_duration
@@ -269,6 +270,8 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
             return _redirect(target)
         return session
 
+    add_recording_routes(app, page.config, admin_or_login, page.render)
+
     async def status_context() -> dict[str, Any]:
         return await asyncio.to_thread(status_view, host, page.one_click)
 
@@ -285,6 +288,7 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
         context = await status_context()
         context.update(await sessions_context())
         context.update(await asyncio.to_thread(audit_view, host.access))
+        context.update(await asyncio.to_thread(recordings_view, page.config))
         context.setdefault("errors", {})
         context.setdefault("values", {})
         context.update(extra)
