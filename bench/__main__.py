@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import resource
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench import ending, tethers, throughput
-from bench.parts import World, machine_description
+from bench.parts import World, machine_description, raise_fd_limit
 from bench.report import Row, median, percentile, print_table, write
 
 GROUPS = ("throughput", "connect", "tethers", "restart", "ending", "agent")
@@ -89,7 +88,7 @@ class Steps:
 
 
 async def loopback_rows(
-    args: argparse.Namespace, groups: set[str], steps: Steps, work: Path
+    args: argparse.Namespace, groups: set[str], steps: Steps, work: Path, fd_limit: int
 ) -> list[Row]:
     rows: list[Row] = []
     world = World(work / "loopback")
@@ -99,6 +98,9 @@ async def loopback_rows(
         await world.start_vendor(relay_options=BENCH_RELAY)
         await world.engineer()
         paths = await throughput.build(world)
+        restart_keys = world.dir / "restart.keys"
+        if "restart" in groups:  # issued now: the store is quiet before the swarms come
+            await tethers.issue_many(world, args.restart, restart_keys)
         if "throughput" in groups:
             size = args.size_mib << 20
             for name, measure in (
@@ -149,7 +151,10 @@ async def loopback_rows(
             )
         if "tethers" in groups:
             steps.say("idle tethers: ramping up the swarm")
-            steps_at = [int(n) for n in args.tethers.split(",")]
+            # One relay process holds one socket per tether: this machine's limit on open
+            # files per process (it may not be raisable) caps the largest step.
+            room = fd_limit - 300
+            steps_at = sorted({min(int(n), room) for n in args.tethers.split(",")})
             idle = await tethers.idle_tethers(world, steps_at)
             steps.done()
             for count, kib in idle.kib_per_tether.items():
@@ -175,7 +180,7 @@ async def loopback_rows(
             )
         if "restart" in groups:
             steps.say(f"relay restart with {args.restart:,} tethers")
-            back = await tethers.restart(world, args.restart)
+            back = await tethers.restart(world, args.restart, restart_keys)
             steps.done()
             spread = back.peak_per_second < back.tethers or back.tethers < 50
             rows.append(
@@ -303,8 +308,7 @@ def count_steps(args: argparse.Namespace, groups: set[str]) -> int:
 async def main(argv: list[str]) -> int:
     args = parse_args(argv)
     groups = set(args.only.split(","))
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 20,000 tethers need the fds
+    fd_limit = raise_fd_limit()  # 20,000 tethers need more descriptors than a shell's default
     console = Console(stderr=True)
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     rows: list[Row] = []
@@ -320,7 +324,7 @@ async def main(argv: list[str]) -> int:
         steps = Steps(progress, count_steps(args, groups))
         work = Path(tmp)
         if groups & {"throughput", "connect", "tethers", "restart"}:
-            rows += await loopback_rows(args, groups, steps, work)
+            rows += await loopback_rows(args, groups, steps, work, fd_limit)
         if groups & {"ending", "agent"}:
             rows += await system_rows(args, groups, steps, work)
     machine = machine_description()

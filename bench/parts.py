@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -54,6 +55,25 @@ SSH_BASE = (
     "-o",
     "LogLevel=ERROR",
 )
+
+
+#: Descriptors a benchmark process (and the relay it starts) may hold.
+FD_LIMIT = 100_000
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's open-file limit (children inherit it); return the new limit.
+
+    As root the hard limit itself is raised (up to the kernel's ``fs.nr_open``);
+    otherwise the soft limit goes up to the hard one.
+    """
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, max(hard, FD_LIMIT)))
+        return FD_LIMIT
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
 
 
 def free_port() -> int:

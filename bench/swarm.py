@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import asyncssh
 
+from bench.parts import raise_fd_limit
 from tether.agent.status import TunnelState, TunnelStatus
 from tether.agent.tunnel import Tunnel
 from tether.clock import SYSTEM_CLOCK
@@ -114,7 +114,6 @@ async def main(keys_file: Path, relay_toml: Path) -> None:
 
 
 if __name__ == "__main__":
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     tune_allocator()
     asyncio.run(main(Path(sys.argv[1]), Path(sys.argv[2])))

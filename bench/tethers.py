@@ -120,6 +120,20 @@ def start_swarm(world: World, keys: Path) -> SwarmHandle:
     return SwarmHandle(proc)
 
 
+#: Tethers one swarm process holds at most (each is a socket: the fd limit applies).
+PER_SWARM = 10_000
+
+
+async def add_across(swarms: list[SwarmHandle], count: int, have: int) -> float:
+    """Add ``count`` tethers spread over ``swarms`` (filling each up to PER_SWARM)."""
+    jobs = []
+    for i, swarm in enumerate(swarms):
+        room = max(0, min(PER_SWARM * (i + 1), have + count) - max(PER_SWARM * i, have))
+        if room:
+            jobs.append(swarm.add(room, timeout=max(120.0, room / 20)))
+    return max(await asyncio.gather(*jobs))
+
+
 @dataclass
 class IdleResult:
     #: tethers -> relay RSS growth per tether (KiB) over the relay with none.
@@ -130,30 +144,34 @@ class IdleResult:
     handshakes_per_second: float
 
 
-async def idle_tethers(world: World, steps: list[int], progress: object = None) -> IdleResult:
-    """Ramp a swarm through ``steps`` tethers, reading the relay's RSS at each."""
+async def idle_tethers(world: World, steps: list[int]) -> IdleResult:
+    """Ramp swarms through ``steps`` tethers, reading the relay's RSS at each."""
     assert world.relay_proc is not None
-    keys = world.dir / "swarm.keys"
-    await issue_many(world, steps[-1], keys)
+    swarms = []
+    for i in range(0, steps[-1], PER_SWARM):
+        keys = world.dir / f"swarm-{i // PER_SWARM}.keys"
+        await issue_many(world, min(PER_SWARM, steps[-1] - i), keys)
+        swarms.append(keys)
     await asyncio.sleep(1.0)  # let the relay settle after start-up
     relay = world.relay_proc.pid
     base = rss_kib(relay)
-    swarm = start_swarm(world, keys)
+    handles = [start_swarm(world, keys) for keys in swarms]
     per_tether: dict[int, float] = {}
     cpu_start = cpu_seconds(relay)
-    wall = 0.0
+    cpu = wall = 0.0
     have = 0
     try:
         for step in steps:
-            wall += await swarm.add(step - have, timeout=max(120.0, step / 20))
+            wall += await add_across(handles, step - have, have)
             have = step
             cpu = cpu_seconds(relay) - cpu_start
             await asyncio.sleep(1.0)
             per_tether[step] = (rss_kib(relay) - base) / step
-            cpu_start = cpu_seconds(relay) - cpu
+            cpu_start = cpu_seconds(relay) - cpu  # the idle second is not handshake time
             world.relay_proc.check_alive()
     finally:
-        swarm.close(world)
+        for handle in handles:
+            handle.close(world)
     return IdleResult(per_tether, have / max(cpu, 1e-6), have / max(wall, 1e-6))
 
 
@@ -166,10 +184,8 @@ class RestartResult:
     peak_per_second: int
 
 
-async def restart(world: World, count: int) -> RestartResult:
-    """Hold ``count`` tethers, restart the relay, and time their return."""
-    keys = world.dir / "restart.keys"
-    await issue_many(world, count, keys)
+async def restart(world: World, count: int, keys: Path) -> RestartResult:
+    """Hold ``count`` tethers (keys from :func:`issue_many`), restart the relay, time their return."""
     swarm = start_swarm(world, keys)
     try:
         await swarm.add(count, timeout=max(120.0, count / 20))

@@ -40,7 +40,7 @@ from tether.protocol import (
 )
 from tether.protocol import Refused as RefusedMessage
 from tether.protocol import decode as decode_message
-from tether.relay.admissions import AdmissionQueue
+from tether.relay.batching import Batcher
 from tether.relay.limits import RateLimiter, SourceCounter
 from tether.relay.requests import CaseWatcher
 from tether.relay.routing import (
@@ -52,6 +52,7 @@ from tether.relay.routing import (
 )
 from tether.store import IssuedKey, MachineRecord, RevocationKind, Store
 from tether.store.admission import Admission
+from tether.store.records import TetherRecord
 from tether.tasks import TaskSet
 from tether.tuning import coalesce_writes
 from tether.wire import (
@@ -198,7 +199,14 @@ class Relay:
         self.unauthenticated_by_source = SourceCounter(config.max_unauthenticated_per_source)
         self.requests_by_source = RateLimiter(config.requests_per_source_per_hour, 3600.0)
         self._tasks = TaskSet()
-        self.admissions = AdmissionQueue(store, self._tasks)
+        #: Admissions and unregistrations are batched: a relay restart or a network
+        #: failure moves thousands of tethers at once (bench/README.md).
+        self.admissions: Batcher[Admission, TetherRecord] = Batcher(
+            store.tethers.admit_many, self._tasks, "relay.admissions"
+        )
+        self.departures: Batcher[tuple[str, str], None] = Batcher(
+            store.tethers.unregister_many, self._tasks, "relay.departures"
+        )
         self._server: asyncssh.SSHAcceptor | None = None
         self._host_key = asyncssh.read_private_key(config.host_key)
         self.engineer_ca = asyncssh.read_public_key(config.engineer_ca)
@@ -478,7 +486,7 @@ class _RelayConnection(asyncssh.SSHServer):
                 reason=str(exc) if exc else "closed",
             )
             self.relay._tasks.spawn(
-                self.relay.store.tethers.unregister(entry.serial, self.relay.config.relay_id),
+                self.relay.departures.submit((entry.serial, self.relay.config.relay_id)),
                 f"relay.unregister.{entry.serial}",
             )
 
@@ -633,7 +641,7 @@ class _RelayConnection(asyncssh.SSHServer):
                 raise AdmissionRefused(RefusalReason(exc.reason), str(exc)) from None
             # Key check, first-use bindings and the registry row: one transaction, so
             # a refused tether changes nothing and a revocation cannot slip in between.
-            await relay.admissions.admit(
+            await relay.admissions.submit(
                 Admission(
                     key_id=claims.key_id,
                     serial=claims.serial,
@@ -651,7 +659,7 @@ class _RelayConnection(asyncssh.SSHServer):
         if self._closing or claims.key_id in relay.revoked_keys:
             # Closed or revoked while the transaction ran: take the row back out.
             relay._tasks.spawn(
-                relay.store.tethers.unregister(claims.serial, relay.config.relay_id),
+                relay.departures.submit((claims.serial, relay.config.relay_id)),
                 f"relay.unregister.{claims.serial}",
             )
             if not self._closing:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql import Executable
@@ -107,9 +107,20 @@ class TetherRepo:
         A machine that reconnected to another relay is not wiped by the old
         relay's late clean-up.
         """
-        stmt = delete(TetherRow).where(TetherRow.serial == serial, TetherRow.relay_id == relay_id)
-        async with self._db.write(f"unregistering tether {serial}") as session:
-            await session.execute(stmt.execution_options(synchronize_session=False))
+        await self.unregister_many([(serial, relay_id)])
+
+    async def unregister_many(self, tethers: Sequence[tuple[str, str]]) -> list[None]:
+        """:meth:`unregister` each ``(serial, relay_id)``, in one transaction."""
+        if tethers:
+            table = cast(Table, TetherRow.__table__)
+            stmt = delete(table).where(
+                table.c.serial == bindparam("s"), table.c.relay_id == bindparam("r")
+            )
+            async with self._db.write(f"unregistering {len(tethers)} tether(s)") as session:
+                await session.execute(
+                    stmt, [{"s": serial, "r": relay_id} for serial, relay_id in tethers]
+                )
+        return [None] * len(tethers)
 
     async def get(self, serial: str) -> TetherRecord | None:
         """The live tether of ``serial``, or ``None``."""

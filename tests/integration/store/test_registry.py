@@ -139,3 +139,15 @@ async def test_sealed_password_is_stored_per_key_and_replaced(store_url: str) ->
         assert stored.sealed == "hpke1.second"
     finally:
         await store.aclose()
+
+
+async def test_unregister_many_removes_only_rows_still_held_by_that_relay(store: Store) -> None:
+    await issue(store)
+    for serial in ("SN-1", "SN-2", "SN-3"):
+        await _register(store, serial, "relay-a")
+    await _register(store, "SN-2", "relay-b")  # moved to another relay meanwhile
+    assert await store.tethers.unregister_many(
+        [("SN-1", "relay-a"), ("SN-2", "relay-a"), ("SN-3", "relay-a")]
+    ) == [None, None, None]
+    remaining = await store.tethers.list()
+    assert [(t.serial, t.relay_id) for t in remaining] == [("SN-2", "relay-b")]
