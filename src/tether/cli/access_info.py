@@ -13,7 +13,6 @@ import click
 from rich.markup import escape
 
 from tether.agent.access import AccessManager
-from tether.agent.identity import load_or_create_machine_key
 from tether.agent.logins import LoginSources, merge_timeline, read_logins
 from tether.cli.common import agent_config_option, handle_errors, json_option, out, print_json
 from tether.clock import SYSTEM_CLOCK
@@ -122,6 +121,9 @@ def _recording_check(config: AgentConfig) -> Check:
 
 
 def _relay_checks(config: AgentConfig, key_text: str) -> list[Check]:
+    # asyncssh is imported only here: `tether access disable` must start fast (sessions
+    # end within a second of the customer pressing Enter).
+    from tether.agent.identity import load_or_create_machine_key
     from tether.agent.probe import probe_relay
 
     try:
