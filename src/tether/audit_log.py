@@ -20,10 +20,8 @@ from tether.audit import (
     AuditFormatError,
     FieldValue,
     Verification,
-    _check_event,
-    _normalise_fields,
     chain_entry,
-    check_no_secrets,
+    check_event,
     verify,
 )
 from tether.audit import GENESIS as GENESIS
@@ -61,8 +59,7 @@ class AuditLog:
             identifiers, not secrets.
         :raises OSError: the file cannot be created or written.
         """
-        _check_event(event)
-        check_no_secrets(_normalise_fields(fields))
+        check_event(event, fields)
         self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
