@@ -98,6 +98,31 @@ class AuditLog:
             os.close(fd)
         return (last.seq, last.hash) if last else (0, GENESIS)
 
+    def entry_hash(self, seq: int) -> str | None:
+        """Return the ``hash`` the file holds now for entry ``seq``; ``None`` if it has none.
+
+        Reads from the end of the file and stops at the first entry numbered below ``seq``,
+        so asking about a recent entry costs little on a long log. This is what the agent
+        answers when the vendor checks that the log still holds an entry it reported.
+        """
+        fd = self._open_for_reading()
+        if fd is None:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            for line in _lines_backwards(fd, os.fstat(fd).st_size):
+                try:
+                    entry = AuditEntry.from_json_line(line.decode("utf-8"))
+                except (AuditFormatError, UnicodeDecodeError):
+                    continue
+                if entry.seq == seq:
+                    return entry.hash
+                if entry.seq < seq:
+                    return None
+        finally:
+            os.close(fd)
+        return None
+
     def read_lines(self) -> list[str]:
         """Return every line of the file, damaged ones included ([] if there is no file)."""
         fd = self._open_for_reading()

@@ -224,3 +224,16 @@ def test_entries_round_trip_through_the_file(tmp_path: Path) -> None:
 
     assert line.isascii()
     assert AuditEntry.from_json_line(line) == written
+
+
+def test_entry_hash_answers_from_the_file_as_it_is_now(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.log")
+    written = [log.append("test.appended", i=i) for i in range(5)]
+
+    assert [log.entry_hash(e.seq) for e in written] == [e.hash for e in written]
+    assert log.entry_hash(6) is None
+    assert AuditLog(tmp_path / "none.log").entry_hash(1) is None
+    lines = log.read_lines()
+    log.path.write_text("\n".join(lines[:2] + lines[3:]) + "\n")  # entry 3 removed
+    assert log.entry_hash(3) is None
+    assert log.entry_hash(4) == written[3].hash

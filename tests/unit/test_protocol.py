@@ -8,8 +8,12 @@ import pytest
 
 from tether.protocol import (
     MAX_LINE,
+    MAX_SEQ,
     PERMANENT_REASONS,
+    ChainHead,
     Closing,
+    HeadAnswer,
+    HeadQuery,
     LineBuffer,
     Message,
     ProtocolError,
@@ -27,6 +31,11 @@ MESSAGES: list[Message] = [
     Registered("SN-1001", "2030-06-15T12:00:00Z", ()),
     *(Refused(reason, f"refused: {reason.value} — ünïcode") for reason in RefusalReason),
     *(Closing(reason, "closing\nwith a line break") for reason in RefusalReason),
+    ChainHead(0, "0" * 64),
+    ChainHead(MAX_SEQ, "ab" * 32),
+    HeadQuery(1),
+    HeadAnswer(7, "cd" * 32),
+    HeadAnswer(7, None),
 ]
 
 
@@ -95,6 +104,15 @@ def test_permanent_reasons_are_those_a_retry_cannot_fix() -> None:
         b'{"op":"refused","reason":"revoked"}',
         b'{"op":"closing","message":"m"}',
         b'{"op":"closing","reason":["revoked"],"message":"m"}',
+        b'{"op":"audit-head","seq":-1,"hash":"' + b"a" * 64 + b'"}',
+        b'{"op":"audit-head","seq":9223372036854775808,"hash":"' + b"a" * 64 + b'"}',
+        b'{"op":"audit-head","seq":1,"hash":"' + b"A" * 64 + b'"}',
+        b'{"op":"audit-head","seq":1,"hash":null}',
+        b'{"op":"audit-head","seq":1.5,"hash":"' + b"a" * 64 + b'"}',
+        b'{"op":"audit-head","seq":1}',
+        b'{"op":"audit-query","seq":0}',
+        b'{"op":"audit-entry","seq":3,"hash":"short"}',
+        b'{"op":"audit-entry","seq":3}',
     ],
 )
 def test_garbage_and_wrong_types_are_protocol_errors(line: bytes) -> None:
