@@ -124,6 +124,7 @@ async def test_engineer_endpoints_are_admin_only(api: Api) -> None:
         ("POST", f"/api/engineers/{ADMIN}/enable"),
         ("DELETE", f"/api/engineers/{ADMIN}"),
         ("POST", "/api/machines/ACME-1/rebind"),
+        ("GET", "/api/audit/heads"),
     ):
         response = await api.client.request(
             method, path, headers=headers, json={"name": "eve", "password": PASSWORD, "reason": "x"}
@@ -213,3 +214,37 @@ async def test_free_text_with_control_characters_or_keys_is_handled(api: Api) ->
     (entry,) = await api.events("key.revoked")
     assert entry["reason"] == "[withheld: looked like a key]"
     api.clock.advance(timedelta(seconds=1))
+
+
+async def test_audit_heads_show_which_machine_log_was_rewritten(api: Api) -> None:
+    now = api.clock.now()
+    await api.store.audit.put_head(
+        serial="S1", machine_key="SHA256:a", seq=3, hash="a" * 64, now=now
+    )
+    await api.store.audit.put_head(
+        serial="S2", machine_key="SHA256:b", seq=7, hash="b" * 64, now=now
+    )
+    await api.store.audit.flag_head(
+        serial="S2",
+        machine_key="SHA256:b",
+        seq=8,
+        hash="c" * 64,
+        problem="entry 7 differs",
+        now=now,
+    )
+    headers = await api.headers(ADMIN)
+
+    every = await api.client.get("/api/audit/heads", headers=headers)
+    flagged = await api.client.get("/api/audit/heads?mismatched=true", headers=headers)
+
+    assert every.status_code == 200
+    assert [(h["serial"], h["seq"], h["mismatches"]) for h in every.json()] == [
+        ("S1", 3, 0),
+        ("S2", 8, 1),
+    ]
+    (only,) = flagged.json()
+    assert (only["serial"], only["mismatch"], only["machine_key"]) == (
+        "S2",
+        "entry 7 differs",
+        "SHA256:b",
+    )
