@@ -78,6 +78,9 @@ class Registered:
     serial: str
     expires_at: str
     ports: tuple[int, ...]
+    #: The relay checks audit heads: the agent reports them only then, so a relay that
+    #: predates them never sees an operation it would refuse.
+    audit_heads: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,13 +176,15 @@ def encode(message: Message) -> bytes:
     match message:
         case Register(key, version):
             body = {"op": "register", "key": key, "version": version}
-        case Registered(serial, expires_at, ports):
+        case Registered(serial, expires_at, ports, audit_heads):
             body = {
                 "op": "registered",
                 "serial": serial,
                 "expires_at": expires_at,
                 "ports": list(ports),
             }
+            if audit_heads:
+                body["audit_heads"] = True
         case Refused(reason, text):
             body = {"op": "refused", "reason": reason.value, "message": text}
         case Closing(reason, text):
@@ -255,7 +260,12 @@ def decode(line: bytes) -> Message:
                 isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports
             ):
                 raise TypeError("ports must be a list of port numbers")
-            return Registered(_text(body, "serial"), _text(body, "expires_at"), tuple(ports))
+            return Registered(
+                _text(body, "serial"),
+                _text(body, "expires_at"),
+                tuple(ports),
+                body.get("audit_heads") is True,
+            )
         if op == "request":
             return Request(_text(body, "serial"), _text(body, "description"), _int(body, "version"))
         if op == "cancel":

@@ -29,6 +29,7 @@ MESSAGES: list[Message] = [
     Register("v4.public.abc.def", 1),
     Registered("SN-1001", "2030-06-15T12:00:00Z", (22, 80, 443)),
     Registered("SN-1001", "2030-06-15T12:00:00Z", ()),
+    Registered("SN-1001", "2030-06-15T12:00:00Z", (22,), audit_heads=True),
     *(Refused(reason, f"refused: {reason.value} — ünïcode") for reason in RefusalReason),
     *(Closing(reason, "closing\nwith a line break") for reason in RefusalReason),
     ChainHead(0, "0" * 64),
@@ -62,6 +63,15 @@ def test_wire_format_is_plain_json_with_an_op() -> None:
         "expires_at": "T",
         "ports": [22],
     }
+
+
+def test_audit_heads_is_said_only_by_a_relay_that_checks_them() -> None:
+    older = b'{"op":"registered","serial":"S","expires_at":"T","ports":[22]}'
+    odd = b'{"op":"registered","serial":"S","expires_at":"T","ports":[22],"audit_heads":"yes"}'
+
+    assert decode(older) == Registered("S", "T", (22,), audit_heads=False)
+    assert decode(odd) == Registered("S", "T", (22,), audit_heads=False)
+    assert json.loads(encode(Registered("S", "T", (22,), audit_heads=True)))["audit_heads"] is True
 
 
 def test_a_message_from_a_newer_relay_with_extra_fields_is_read() -> None:

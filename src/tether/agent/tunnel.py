@@ -350,7 +350,7 @@ class Tunnel:
         )
         reporter = (
             self._tasks.spawn(self._report_heads(chan, self._audit), "tether.heads")
-            if self._audit is not None
+            if self._audit is not None and reply.audit_heads
             else None
         )
         try:

@@ -35,7 +35,8 @@ from tether.audit import FieldValue, check_event
 from tether.store import PendingEvent, Store, StoreError
 from tether.tasks import TaskSet
 
-logger = logging.getLogger("tether.relay.audit")
+# The relay's own logger: audit lines sit with the relay's other lines.
+logger = logging.getLogger("tether.relay")
 
 #: Events held in memory while the database is slow or away; beyond this they are dropped
 #: (and the drop is logged), so a database outage cannot exhaust the relay's memory.

@@ -671,7 +671,9 @@ class _RelayConnection(asyncssh.SSHServer):
             RefusalReason.EXPIRED,
             "the tether key expired",
         )
-        control.send(Registered(claims.serial, claims.expires_at.isoformat(), claims.ports))
+        control.send(
+            Registered(claims.serial, claims.expires_at.isoformat(), claims.ports, audit_heads=True)
+        )
         log.event(
             logger,
             "tether.up",
