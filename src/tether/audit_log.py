@@ -1,4 +1,4 @@
-"""The hash-chained audit log kept in a file (the agent's and the vendor's own).
+"""The hash-chained audit log kept in a file (the agent's; relays and the vendor use the database).
 
 The chain format and its verification are pure code in :mod:`tether.audit`; this
 module adds the file: appends under an exclusive ``flock`` (so the CLI and the
