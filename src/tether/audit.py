@@ -185,6 +185,15 @@ def check_no_secrets(fields: Mapping[str, object]) -> None:
             )
 
 
+def check_event(event: str, fields: Mapping[str, object]) -> None:
+    """Raise :class:`ValueError` unless ``event`` and ``fields`` make a valid, secret-free entry.
+
+    Writers call it before they lock or touch their storage, so bad input changes nothing.
+    """
+    _check_event(event)
+    check_no_secrets(_normalise_fields(fields))
+
+
 def _content_hash(
     seq: int, at: str, event: str, fields: Mapping[str, FieldValue], prev: str
 ) -> str:
@@ -529,6 +538,7 @@ __all__ = [
     "Problem",
     "Verification",
     "chain_entry",
+    "check_event",
     "check_no_secrets",
     "format_at",
     "verify",

@@ -1,4 +1,4 @@
-"""The hash-chained audit log kept in a file (the agent's and the vendor's own).
+"""The hash-chained audit log kept in a file (the agent's; relays and the vendor use the database).
 
 The chain format and its verification are pure code in :mod:`tether.audit`; this
 module adds the file: appends under an exclusive ``flock`` (so the CLI and the
@@ -20,10 +20,8 @@ from tether.audit import (
     AuditFormatError,
     FieldValue,
     Verification,
-    _check_event,
-    _normalise_fields,
     chain_entry,
-    check_no_secrets,
+    check_event,
     verify,
 )
 from tether.audit import GENESIS as GENESIS
@@ -61,8 +59,7 @@ class AuditLog:
             identifiers, not secrets.
         :raises OSError: the file cannot be created or written.
         """
-        _check_event(event)
-        check_no_secrets(_normalise_fields(fields))
+        check_event(event, fields)
         self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
@@ -100,6 +97,31 @@ class AuditLog:
         finally:
             os.close(fd)
         return (last.seq, last.hash) if last else (0, GENESIS)
+
+    def entry_hash(self, seq: int) -> str | None:
+        """Return the ``hash`` the file holds now for entry ``seq``; ``None`` if it has none.
+
+        Reads from the end of the file and stops at the first entry numbered below ``seq``,
+        so asking about a recent entry costs little on a long log. This is what the agent
+        answers when the vendor checks that the log still holds an entry it reported.
+        """
+        fd = self._open_for_reading()
+        if fd is None:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            for line in _lines_backwards(fd, os.fstat(fd).st_size):
+                try:
+                    entry = AuditEntry.from_json_line(line.decode("utf-8"))
+                except (AuditFormatError, UnicodeDecodeError):
+                    continue
+                if entry.seq == seq:
+                    return entry.hash
+                if entry.seq < seq:
+                    return None
+        finally:
+            os.close(fd)
+        return None
 
     def read_lines(self) -> list[str]:
         """Return every line of the file, damaged ones included ([] if there is no file)."""

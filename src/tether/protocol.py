@@ -5,14 +5,24 @@ channel right after logging in with its machine key and sends ``register``; the 
 answers ``registered`` or ``refused`` and, later, may send ``closing`` just before it
 drops the tether (revoked, expired). ``refused``/``closing`` carry a
 :class:`RefusalReason`; reasons in :data:`PERMANENT_REASONS` mean "do not reconnect".
+
+Once registered, the agent reports its audit log's head (``audit-head``: seq and hash of
+its last entry). To check that the log still holds what it reported before, the relay
+may ask for the hash of one earlier entry (``audit-query``), which the agent answers
+(``audit-entry``, hash ``null`` if the log no longer has that entry).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+#: Largest entry number an audit message may carry (the log's own limit).
+MAX_SEQ = 2**63 - 1
 
 #: A control line longer than this is a protocol violation (a key is well under 2 KiB).
 MAX_LINE = 16 * 1024
@@ -68,6 +78,9 @@ class Registered:
     serial: str
     expires_at: str
     ports: tuple[int, ...]
+    #: The relay checks audit heads: the agent reports them only then, so a relay that
+    #: predates them never sees an operation it would refuse.
+    audit_heads: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,10 +132,45 @@ class CaseUpdate:
     key: str | None = None
 
 
+@dataclass(frozen=True)
+class ChainHead:
+    """Agent → relay: the last entry of the agent's audit log (``seq`` 0: empty log)."""
+
+    seq: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class HeadQuery:
+    """Relay → agent: what is the hash of entry ``seq`` of your audit log now?"""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class HeadAnswer:
+    """Agent → relay: the hash of entry ``seq``, or ``None`` if the log has no such entry."""
+
+    seq: int
+    hash: str | None
+
+
 #: Case states a relay reports; all but "pending" end the request.
 CASE_STATES = frozenset({"pending", "issued", "denied", "cancelled"})
 
-Message = Register | Registered | Refused | Closing | SealedPassword | Request | Cancel | CaseUpdate
+Message = (
+    Register
+    | Registered
+    | Refused
+    | Closing
+    | SealedPassword
+    | Request
+    | Cancel
+    | CaseUpdate
+    | ChainHead
+    | HeadQuery
+    | HeadAnswer
+)
 
 
 def encode(message: Message) -> bytes:
@@ -131,13 +179,15 @@ def encode(message: Message) -> bytes:
     match message:
         case Register(key, version):
             body = {"op": "register", "key": key, "version": version}
-        case Registered(serial, expires_at, ports):
+        case Registered(serial, expires_at, ports, audit_heads):
             body = {
                 "op": "registered",
                 "serial": serial,
                 "expires_at": expires_at,
                 "ports": list(ports),
             }
+            if audit_heads:
+                body["audit_heads"] = True
         case Refused(reason, text):
             body = {"op": "refused", "reason": reason.value, "message": text}
         case Closing(reason, text, retry_within):
@@ -157,6 +207,12 @@ def encode(message: Message) -> bytes:
             body = {"op": "cancel", "case_id": case_id}
         case CaseUpdate(case_id, status, text, key):
             body = {"op": "case", "case_id": case_id, "status": status, "message": text, "key": key}
+        case ChainHead(seq, digest):
+            body = {"op": "audit-head", "seq": seq, "hash": digest}
+        case HeadQuery(seq):
+            body = {"op": "audit-query", "seq": seq}
+        case HeadAnswer(seq, digest):
+            body = {"op": "audit-entry", "seq": seq, "hash": digest}
     return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
@@ -186,6 +242,20 @@ def _seconds(value: object) -> float:
     return float(value)
 
 
+def _seq(body: dict[str, Any], *, lowest: int) -> int:
+    value = _int(body, "seq")
+    if not lowest <= value <= MAX_SEQ:
+        raise ValueError(f"seq must be {lowest} to {MAX_SEQ}")
+    return value
+
+
+def _digest(body: dict[str, Any]) -> str:
+    value = body["hash"]
+    if not (isinstance(value, str) and _HEX64.fullmatch(value)):
+        raise ValueError("hash must be 64 lower-case hex digits")
+    return value
+
+
 def decode(line: bytes) -> Message:
     """Parse one JSON line; raise :class:`ProtocolError` for anything unexpected.
 
@@ -207,7 +277,12 @@ def decode(line: bytes) -> Message:
                 isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports
             ):
                 raise TypeError("ports must be a list of port numbers")
-            return Registered(_text(body, "serial"), _text(body, "expires_at"), tuple(ports))
+            return Registered(
+                _text(body, "serial"),
+                _text(body, "expires_at"),
+                tuple(ports),
+                body.get("audit_heads") is True,
+            )
         if op == "request":
             return Request(_text(body, "serial"), _text(body, "description"), _int(body, "version"))
         if op == "cancel":
@@ -220,6 +295,13 @@ def decode(line: bytes) -> Message:
             if key is not None and not isinstance(key, str):
                 raise TypeError("key must be text")
             return CaseUpdate(_int(body, "case_id"), status, _text(body, "message"), key)
+        if op == "audit-head":
+            return ChainHead(_seq(body, lowest=0), _digest(body))
+        if op == "audit-query":
+            return HeadQuery(_seq(body, lowest=1))
+        if op == "audit-entry":
+            digest = None if body["hash"] is None else _digest(body)
+            return HeadAnswer(_seq(body, lowest=1), digest)
         if op == "sealed-password":
             return SealedPassword(_text(body, "key_id"), _text(body, "sealed"))
         if op in ("refused", "closing"):

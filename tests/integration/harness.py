@@ -22,6 +22,7 @@ import asyncssh
 
 from tether.agent.status import TunnelState
 from tether.agent.tunnel import Tunnel
+from tether.audit import AuditLog
 from tether.config import RelayConfig, TetherSettings
 from tether.keys import KeyKind, TetherKeyClaims
 from tether.relay.server import Relay
@@ -140,10 +141,19 @@ class Agent:
         ports: Sequence[int],
         *,
         machine_key: asyncssh.SSHKey | None = None,
+        audit: AuditLog | None = None,
+        head_check: float = 5.0,
     ) -> None:
         self.machine_key = machine_key or asyncssh.generate_private_key("ssh-ed25519")
         self.tunnel = Tunnel(
-            key, claims, self.machine_key, tuple(ports), FAST, rng=random.Random(7)
+            key,
+            claims,
+            self.machine_key,
+            tuple(ports),
+            FAST,
+            rng=random.Random(7),
+            audit=audit,
+            head_check=head_check,
         )
         self.task: asyncio.Task[object] | None = None
 

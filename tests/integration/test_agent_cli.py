@@ -20,6 +20,7 @@ import pytest
 
 from tests.integration.harness import Vendor, vendor_setup
 from tether.agent.control import ask_daemon
+from tether.audit import AuditLog
 from tether.sandbox import Sandbox
 
 pytestmark = pytest.mark.sandbox
@@ -138,6 +139,39 @@ async def test_enable_status_reset_disable(setup: tuple[Vendor, Machine, int]) -
     log = machine.log.read_text()
     assert "agent.stop" in log
     assert claims.key_id not in log or "v4.public" not in log  # the key itself never reaches logs
+
+
+async def test_the_daemon_audits_its_tether_and_reports_its_chain_head(
+    setup: tuple[Vendor, Machine, int],
+) -> None:
+    vendor, machine, service = setup
+    agent = await machine.start_agent()
+    audit = AuditLog(machine.state_dir / "audit.log")
+    try:
+        key, _ = await vendor.issue("M-1", ports=[22, service])
+        enabled = await machine.tether("access", "enable", "--key", key)
+        assert enabled.returncode == 0, enabled.stderr
+        await machine.wait_tunnel("connected")
+        head = None
+        for _ in range(100):  # the agent reports at once; the relay stores the first head as is
+            heads = await vendor.store.audit.heads()
+            if heads and (heads[0].seq, heads[0].hash) == audit.head():
+                head = heads[0]
+                break
+            await asyncio.sleep(0.1)
+        assert head is not None, (heads, audit.head())
+        disabled = await machine.tether("access", "disable")
+        assert disabled.returncode == 0, disabled.stderr
+    finally:
+        await stop(machine, agent)
+    events = [(e.event, dict(e.fields)) for e in audit.entries()]
+    names = [name for name, _ in events]
+    assert names[:2] == ["access.opened", "tether.up"]
+    assert "tether.down" in names
+    assert ("access.closed", "customer") in [(n, f.get("reason")) for n, f in events]
+    assert head.serial == "M-1"
+    assert head.mismatches == 0
+    assert audit.verify().ok
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from tether.audit import GENESIS, AuditEntry, AuditFormatError, AuditLog, chain_entry
+from tether.cli import main
 from tether.clock import FrozenClock
+from tether.keys import SigningKey
 
 T0 = datetime(2026, 11, 25, 0, 31, 5, tzinfo=UTC)
 
@@ -224,3 +227,69 @@ def test_entries_round_trip_through_the_file(tmp_path: Path) -> None:
 
     assert line.isascii()
     assert AuditEntry.from_json_line(line) == written
+
+
+def test_entry_hash_answers_from_the_file_as_it_is_now(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.log")
+    written = [log.append("test.appended", i=i) for i in range(5)]
+
+    assert [log.entry_hash(e.seq) for e in written] == [e.hash for e in written]
+    assert log.entry_hash(6) is None
+    assert AuditLog(tmp_path / "none.log").entry_hash(1) is None
+    lines = log.read_lines()
+    log.path.write_text("\n".join(lines[:2] + lines[3:]) + "\n")  # entry 3 removed
+    assert log.entry_hash(3) is None
+    assert log.entry_hash(4) == written[3].hash
+
+
+def _agent_config(tmp_path: Path) -> Path:
+    """An agent configuration whose state (and audit log) lives under ``tmp_path``."""
+    (tmp_path / "sshd.log").write_text("")
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        'serial = "SN-1"\n'
+        f'vendor_keys = ["{SigningKey.generate().verify_key().to_paserk()}"]\n'
+        f'state_dir = "{tmp_path / "state"}"\n'
+        f'run_dir = "{tmp_path / "run"}"\n'
+        f'sshd_log = "{tmp_path / "sshd.log"}"\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("tamper", "words"),
+    [
+        (
+            lambda ls: [*ls[:2], ls[2].replace('"alice"', '"mallory"'), *ls[3:]],
+            "entry 3 (support.login",
+        ),
+        (lambda ls: [*ls[:2], *ls[3:]], "entry 3 is missing"),
+        (lambda ls: [ls[0], ls[2], ls[1], *ls[3:]], "entry 2 (tether.up"),
+    ],
+    ids=["edited", "removed", "swapped"],
+)
+def test_access_log_verify_names_an_edited_removed_or_swapped_event(
+    tmp_path: Path, tamper: object, words: str
+) -> None:
+    config = _agent_config(tmp_path)
+    log = AuditLog(tmp_path / "state" / "audit.log")
+    log.append("access.opened", by="cli", mode="tether", key_id="k1")
+    log.append("tether.up", relay="relay.example:2222", serial="SN-1")
+    log.append("support.login", engineer="alice")
+    log.append("access.closed", by="expiry", reason="expired")
+    args = ["access", "log", "--verify", "--config", str(config)]
+    intact = CliRunner().invoke(main, args)
+    lines = log.read_lines()
+    assert callable(tamper)
+    log.path.write_text("\n".join(tamper(lines)) + "\n")
+
+    tampered = CliRunner().invoke(main, args)
+    as_json = CliRunner().invoke(main, [*args, "--json"])
+
+    assert intact.exit_code == 0, intact.output
+    assert "Audit log intact: 4 entries" in intact.stdout
+    assert tampered.exit_code == 1
+    assert "TAMPERED" in tampered.stdout
+    assert words in tampered.stdout
+    assert as_json.exit_code == 1
+    assert '"verified": false' in as_json.stdout

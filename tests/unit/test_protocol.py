@@ -8,8 +8,12 @@ import pytest
 
 from tether.protocol import (
     MAX_LINE,
+    MAX_SEQ,
     PERMANENT_REASONS,
+    ChainHead,
     Closing,
+    HeadAnswer,
+    HeadQuery,
     LineBuffer,
     Message,
     ProtocolError,
@@ -25,9 +29,15 @@ MESSAGES: list[Message] = [
     Register("v4.public.abc.def", 1),
     Registered("SN-1001", "2030-06-15T12:00:00Z", (22, 80, 443)),
     Registered("SN-1001", "2030-06-15T12:00:00Z", ()),
+    Registered("SN-1001", "2030-06-15T12:00:00Z", (22,), audit_heads=True),
     *(Refused(reason, f"refused: {reason.value} — ünïcode") for reason in RefusalReason),
     *(Closing(reason, "closing\nwith a line break") for reason in RefusalReason),
     Closing(RefusalReason.SHUTDOWN, "come back within 33 s", 33.3),
+    ChainHead(0, "0" * 64),
+    ChainHead(MAX_SEQ, "ab" * 32),
+    HeadQuery(1),
+    HeadAnswer(7, "cd" * 32),
+    HeadAnswer(7, None),
 ]
 
 
@@ -54,6 +64,15 @@ def test_wire_format_is_plain_json_with_an_op() -> None:
         "expires_at": "T",
         "ports": [22],
     }
+
+
+def test_audit_heads_is_said_only_by_a_relay_that_checks_them() -> None:
+    older = b'{"op":"registered","serial":"S","expires_at":"T","ports":[22]}'
+    odd = b'{"op":"registered","serial":"S","expires_at":"T","ports":[22],"audit_heads":"yes"}'
+
+    assert decode(older) == Registered("S", "T", (22,), audit_heads=False)
+    assert decode(odd) == Registered("S", "T", (22,), audit_heads=False)
+    assert json.loads(encode(Registered("S", "T", (22,), audit_heads=True)))["audit_heads"] is True
 
 
 def test_a_message_from_a_newer_relay_with_extra_fields_is_read() -> None:
@@ -106,6 +125,15 @@ def test_permanent_reasons_are_those_a_retry_cannot_fix() -> None:
         b'{"op":"refused","reason":"revoked"}',
         b'{"op":"closing","message":"m"}',
         b'{"op":"closing","reason":["revoked"],"message":"m"}',
+        b'{"op":"audit-head","seq":-1,"hash":"' + b"a" * 64 + b'"}',
+        b'{"op":"audit-head","seq":9223372036854775808,"hash":"' + b"a" * 64 + b'"}',
+        b'{"op":"audit-head","seq":1,"hash":"' + b"A" * 64 + b'"}',
+        b'{"op":"audit-head","seq":1,"hash":null}',
+        b'{"op":"audit-head","seq":1.5,"hash":"' + b"a" * 64 + b'"}',
+        b'{"op":"audit-head","seq":1}',
+        b'{"op":"audit-query","seq":0}',
+        b'{"op":"audit-entry","seq":3,"hash":"short"}',
+        b'{"op":"audit-entry","seq":3}',
     ],
 )
 def test_garbage_and_wrong_types_are_protocol_errors(line: bytes) -> None:

@@ -26,8 +26,9 @@ from tether.agent.locks import DaemonLock
 from tether.agent.notify import Notifier
 from tether.agent.recording_watch import RecordingWatcher
 from tether.agent.state import AccessMode, AccessState, CloseReason
-from tether.agent.status import TunnelStatus
+from tether.agent.status import TunnelState, TunnelStatus
 from tether.agent.tunnel import TetherRefused, Tunnel
+from tether.audit import FieldValue
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import AgentConfig
 from tether.errors import NotReady
@@ -53,6 +54,7 @@ class AgentDaemon:
         self._tasks = TaskSet()
         self._tunnel: Tunnel | None = None
         self._tunnel_key: str | None = None
+        self._tether_up = False
         self._expiry: asyncio.TimerHandle | None = None
         self._machine_key: asyncssh.SSHKey | None = None
         self._stop = asyncio.Event()
@@ -191,6 +193,7 @@ class AgentDaemon:
             clock=self.clock,
             on_change=self._on_tunnel_change,
             sealed_password=state.sealed_password,
+            audit=self.access.audit,
         )
         self._tunnel = tunnel
         self._tunnel_key = state.key
@@ -219,6 +222,21 @@ class AgentDaemon:
             relay=status.relay,
             reason=status.reason,
         )
+        was_up, self._tether_up = self._tether_up, status.state == TunnelState.CONNECTED
+        if was_up != self._tether_up:
+            # Rare (once per connection), so the fsync'd append runs right here, in order.
+            event = "tether.up" if self._tether_up else "tether.down"
+            fields: dict[str, FieldValue] = {"relay": status.relay, "serial": self.config.serial}
+            if self._tether_up:
+                fields["ports"] = list(status.ports)
+            else:
+                fields["reason"] = status.reason or status.state.value
+            try:
+                self.access.audit.append(event, **fields)
+            except (OSError, ValueError) as exc:
+                log.event(
+                    logger, "audit.failed", level=logging.ERROR, audit_event=event, error=str(exc)
+                )
 
     async def _stop_tunnel(self) -> None:
         tunnel, self._tunnel, self._tunnel_key = self._tunnel, None, None

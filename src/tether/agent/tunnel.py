@@ -10,6 +10,11 @@ tunnel reconnects after an exponential backoff with full jitter (capped, 60 s by
 default) and logs ``reconnecting in N s (reason)``. If the relay refuses the key for a
 reason that cannot pass (revoked, expired, used by another machine), the tunnel stops
 and reports it so that access is closed.
+
+While the tether is up, the agent reports its audit log's head (seq and hash of the last
+entry) to the relay: at once, whenever it changes (checked every few seconds) and at
+least once a minute; and it answers the relay's questions about the hash of an earlier
+entry, so that the vendor notices a log rewritten on the machine.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -26,13 +32,17 @@ import asyncssh
 
 from tether import log
 from tether.agent.status import TunnelState, TunnelStatus
+from tether.audit_log import AuditLog
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import TetherSettings
 from tether.keys import TetherKeyClaims, parse_address
 from tether.protocol import (
     PERMANENT_REASONS,
     CaseUpdate,
+    ChainHead,
     Closing,
+    HeadAnswer,
+    HeadQuery,
     LineBuffer,
     ProtocolError,
     RefusalReason,
@@ -43,6 +53,7 @@ from tether.protocol import (
     encode,
 )
 from tether.protocol import Refused as RefusedMessage
+from tether.tasks import TaskSet
 from tether.tuning import coalesce_writes
 from tether.wire import (
     AGENT_USERNAME,
@@ -138,7 +149,7 @@ async def connect_as_agent(
 
 
 #: What a relay may say to an agent.
-RelayMessage = Registered | RefusedMessage | Closing | CaseUpdate
+RelayMessage = Registered | RefusedMessage | Closing | CaseUpdate | HeadQuery
 
 
 class ControlClient(asyncssh.SSHClientSession[bytes]):
@@ -152,7 +163,9 @@ class ControlClient(asyncssh.SSHClientSession[bytes]):
         try:
             for line in self.lines.feed(data):
                 message = decode(line)
-                if not isinstance(message, (Registered, RefusedMessage, Closing, CaseUpdate)):
+                if not isinstance(
+                    message, (Registered, RefusedMessage, Closing, CaseUpdate, HeadQuery)
+                ):
                     raise ProtocolError("relay sent an agent's message")
                 self.messages.put_nowait(message)
         except ProtocolError as exc:
@@ -171,6 +184,9 @@ class Tunnel:
     :param machine_key: the agent's private machine key.
     :param ports: the ports to offer (the key's ports that the customer allows).
     :param on_change: called with every new :class:`TunnelStatus`.
+    :param audit: the machine's audit log, whose head is reported to the relay.
+    :param head_check: seconds between two looks at the audit log's head.
+    :param head_refresh: seconds after which an unchanged head is reported again.
     """
 
     def __init__(
@@ -185,6 +201,9 @@ class Tunnel:
         rng: random.Random | None = None,
         on_change: Callable[[TunnelStatus], None] | None = None,
         sealed_password: str | None = None,
+        audit: AuditLog | None = None,
+        head_check: float = 5.0,
+        head_refresh: float = 60.0,
     ) -> None:
         self._key_text = key_text
         self._claims = claims
@@ -195,6 +214,10 @@ class Tunnel:
         self._rng = rng or random.Random()
         self._on_change = on_change
         self._sealed_password = sealed_password
+        self._audit = audit
+        self._head_check = head_check
+        self._head_refresh = head_refresh
+        self._tasks = TaskSet()
         self._conn: asyncssh.SSHClientConnection | None = None
         self._wake = asyncio.Event()
         self._stopped = False
@@ -345,11 +368,28 @@ class Tunnel:
             serial=self._claims.serial,
             ports=self._ports,
         )
-        # Now listen for the relay's notices until the channel closes.
+        reporter = (
+            self._tasks.spawn(self._report_heads(chan, self._audit), "tether.heads")
+            if self._audit is not None and reply.audit_heads
+            else None
+        )
+        try:
+            await self._listen(chan, control)
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+
+    async def _listen(self, chan: asyncssh.SSHClientChannel[bytes], control: ControlClient) -> None:
+        """Listen for the relay's notices and questions until the channel closes."""
         while True:
             message = await control.messages.get()
             if message is None:
                 raise _Transient("the relay closed the tether")
+            if isinstance(message, HeadQuery):
+                if self._audit is not None:
+                    digest = await asyncio.to_thread(self._audit.entry_hash, message.seq)
+                    chan.write(encode(HeadAnswer(message.seq, digest)))
+                continue
             if isinstance(message, Closing):
                 log.event(
                     logger, "tether.closing", reason=message.reason.value, message=message.message
@@ -357,6 +397,24 @@ class Tunnel:
                 if message.reason in PERMANENT_REASONS:
                     raise TetherRefused(message.reason, message.message)
                 raise _Transient(message.message, message.retry_within)
+
+    async def _report_heads(self, chan: asyncssh.SSHClientChannel[bytes], audit: AuditLog) -> None:
+        """Report the audit log's head now, when it changes, and at least every refresh."""
+        last: tuple[int, str] | None = None
+        sent_at = 0.0
+        while True:
+            try:
+                head = await asyncio.to_thread(audit.head)
+            except OSError as exc:
+                log.event(logger, "tether.audit_unreadable", level=logging.WARNING, error=str(exc))
+            else:
+                if head != last or time.monotonic() - sent_at >= self._head_refresh:
+                    try:
+                        chan.write(encode(ChainHead(*head)))
+                    except BrokenPipeError:
+                        return  # the tether is going down; the listener ends it
+                    last, sent_at = head, time.monotonic()
+            await asyncio.sleep(self._head_check)
 
     def reset(self) -> None:
         """Drop the current connection (if any) and reconnect now."""

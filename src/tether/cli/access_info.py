@@ -14,7 +14,14 @@ from rich.markup import escape
 
 from tether.agent.access import AccessManager
 from tether.agent.logins import LoginSources, merge_timeline, read_logins
-from tether.cli.common import agent_config_option, handle_errors, json_option, out, print_json
+from tether.cli.common import (
+    agent_config_option,
+    handle_errors,
+    json_option,
+    out,
+    print_json,
+    print_verification,
+)
 from tether.clock import SYSTEM_CLOCK
 from tether.config import AgentConfig
 from tether.keys import TetherKeyError, parse_key
@@ -221,11 +228,6 @@ def log_command(config_path: Path, verify: bool, as_json: bool) -> None:
             when = f"{row.at:%Y-%m-%d %H:%M:%S}" if row.at else " " * 19
             out.print(f"{when}  {row.source:<5}  {escape(row.text)}")
         if verify:
-            if verification.ok:
-                out.print(
-                    f"[green]Audit log intact[/]: {verification.entries} entries, chain head {verification.head[:16]}…"
-                )
-            for problem in verification.problems:
-                out.print(f"[red]TAMPERED[/]: {escape(problem.message)}")
+            print_verification(verification)
     if verify and not verification.ok:
         sys.exit(1)

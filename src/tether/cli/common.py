@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from tether.audit import Verification
 from tether.errors import TetherError
 
 T = TypeVar("T")
@@ -44,6 +45,21 @@ def handle_errors(fn: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def print_verification(verification: Verification, name: str = "Audit log") -> None:
+    """Say whether a hash chain is intact, or what was tampered with, one line per problem.
+
+    The same words for every log (``tether access log --verify``, ``tether vendor audit``)
+    so that a person or a script reads them the same way.
+    """
+    if verification.ok:
+        out.print(
+            f"[green]{escape(name)} intact[/]: {verification.entries} entries, "
+            f"chain head {verification.head[:16]}…"
+        )
+    for problem in verification.problems:
+        out.print(f"[red]TAMPERED[/]: {escape(problem.message)}")
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
@@ -67,4 +83,15 @@ agent_config_option = click.option(
     default="/etc/tether/agent.toml",
     show_default=True,
     help="The agent's configuration file. Env: TETHER_AGENT_CONFIG.",
+)
+
+
+#: The vendor data directory, for every ``tether vendor …`` command.
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="TETHER_VENDOR_DIR",
+    default="/var/lib/tether-vendor",
+    show_default=True,
+    help="The vendor data directory (keys, CA, database, vendor.toml). Env: TETHER_VENDOR_DIR.",
 )

@@ -15,7 +15,8 @@ from rich.markup import escape
 
 from tether import log
 from tether.certs import DEFAULT_CERT_TTL, EngineerCertificate, load_public_key
-from tether.cli.common import err, handle_errors, json_option, out, print_json, run
+from tether.cli.common import data_dir_option, err, handle_errors, json_option, out, print_json, run
+from tether.cli.vendor_audit import audit
 from tether.config import VendorConfig
 from tether.durations import format_duration, parse_duration
 from tether.errors import BadInput
@@ -27,19 +28,13 @@ from tether.vendor.authority import Authority, init_data_dir, load_vendor_config
 #: Who the audit log names for acts done with the CLI on the vendor host.
 CLI_ACTOR = "vendor-cli"
 
-data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="TETHER_VENDOR_DIR",
-    default="/var/lib/tether-vendor",
-    show_default=True,
-    help="The vendor data directory (keys, CA, database, vendor.toml). Env: TETHER_VENDOR_DIR.",
-)
-
 
 @click.group()
 def vendor() -> None:
-    """The vendor side: the vendor service, keys, certificates, engineers, cases."""
+    """The vendor side: the vendor service, keys, certificates, engineers, cases, audit."""
+
+
+vendor.add_command(audit)
 
 
 @vendor.command()

@@ -21,6 +21,7 @@ from typing import cast
 import asyncssh
 
 from tether import log
+from tether.audit import FieldValue
 from tether.certs import RESERVED_NAMES
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import RelayConfig
@@ -28,7 +29,10 @@ from tether.keys import TetherKeyError, parse_key
 from tether.protocol import (
     Cancel,
     CaseUpdate,
+    ChainHead,
     Closing,
+    HeadAnswer,
+    HeadQuery,
     LineBuffer,
     ProtocolError,
     RefusalReason,
@@ -40,6 +44,7 @@ from tether.protocol import (
 )
 from tether.protocol import Refused as RefusedMessage
 from tether.protocol import decode as decode_message
+from tether.relay.audit import HEAD_INTERVAL, AuditWriter, HeadChecker, HeadChecks
 from tether.relay.batching import Batcher
 from tether.relay.limits import RateLimiter, SourceCounter
 from tether.relay.requests import CaseWatcher
@@ -50,7 +55,7 @@ from tether.relay.routing import (
     TetherEntry,
     admit_tether,
 )
-from tether.store import IssuedKey, MachineRecord, RevocationKind, Store
+from tether.store import IssuedKey, MachineRecord, RevocationKind, Store, relay_chain
 from tether.store.admission import Admission
 from tether.store.records import TetherRecord
 from tether.tasks import TaskSet
@@ -123,20 +128,21 @@ class _ChannelStats:
         if self.logged:
             return
         self.logged = True
+        details: dict[str, FieldValue] = {
+            "engineer": self.engineer,
+            "serial": self.serial,
+            "port": self.port,
+            "bytes_to_machine": self.to_machine,
+            "bytes_to_engineer": self.to_engineer,
+            "duration": round(time.monotonic() - self.started, 3),
+        }
         if self.row is not None and self.relay is not None:
             self.relay._tasks.spawn(
                 self._forget(self.relay, self.row), f"relay.channel_close.{self.serial}"
             )
-        log.event(
-            logger,
-            "channel.close",
-            engineer=self.engineer,
-            serial=self.serial,
-            port=self.port,
-            bytes_to_machine=self.to_machine,
-            bytes_to_engineer=self.to_engineer,
-            duration=time.monotonic() - self.started,
-        )
+            self.relay.audit.record("channel.closed", details, log_as="channel.close")
+        else:
+            logger.info(log.format_event("channel.close", **details))
 
 
 class _CountingForwarder(asyncssh.SSHForwarder):
@@ -213,6 +219,11 @@ class Relay:
         self.host_key_fingerprint = self._host_key.get_fingerprint("sha256")
         self._revocation_cursor = 0
         self._closed = asyncio.Event()
+        #: The relay's hash-chained audit log (``relay:<relay id>`` in the database).
+        self.audit = AuditWriter(store, relay_chain(config.relay_id), clock.now)
+        #: Seconds between two checks of one machine's reported audit chain heads.
+        self.head_interval = HEAD_INTERVAL
+        self.head_checks = HeadChecks()
 
     @property
     def port(self) -> int:
@@ -226,6 +237,7 @@ class Relay:
         await self.store.tethers.clear_relay(self.config.relay_id)
         await self.store.channels.clear_relay(self.config.relay_id)
         self._revocation_cursor = await self.store.revocations.head()
+        self.audit.start()
         host, port = self.config.listen
         self._server = await asyncssh.create_server(
             lambda: _RelayConnection(self),
@@ -276,9 +288,11 @@ class Relay:
             )
         for conn in list(self.connections):
             conn.close()
+        await self.head_checks.aclose()
         await self._tasks.aclose()
         if self._server is not None:
             await self._server.wait_closed()
+        await self.audit.aclose()
         self._closed.set()
 
     # --- engineers ---------------------------------------------------------------
@@ -347,6 +361,8 @@ class _ControlSession(asyncssh.SSHServerSession[bytes]):
                 message = decode_message(line)
                 if isinstance(message, SealedPassword):
                     self._owner.store_sealed_password(message)
+                elif isinstance(message, ChainHead | HeadAnswer):
+                    self._owner.audit_message(message)
                 elif isinstance(message, Cancel) and self._case is not None:
                     tasks.spawn(self._case.cancel(), f"relay.cancel.{self._owner.peer}")
                 elif self._registering:
@@ -391,7 +407,7 @@ class _ControlSession(asyncssh.SSHServerSession[bytes]):
             return
         self._owner.close()
 
-    def send(self, message: RefusedMessage | Registered | Closing | CaseUpdate) -> None:
+    def send(self, message: RefusedMessage | Registered | Closing | CaseUpdate | HeadQuery) -> None:
         if self._chan is not None:
             self._chan.write(encode(message))
 
@@ -415,6 +431,7 @@ class _RelayConnection(asyncssh.SSHServer):
         self.machine_key: str | None = None
         self.entry: TetherEntry[_RelayConnection] | None = None
         self.control: _ControlSession | None = None
+        self.heads: HeadChecker | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._register_deadline: asyncio.TimerHandle | None = None
         self._closing = False
@@ -475,16 +492,18 @@ class _RelayConnection(asyncssh.SSHServer):
                 timer.cancel()
         if self.role == "engineer":
             self.relay.engineer_gone(self.username, self)
+        if self.heads is not None:
+            self.heads.stop()
         if self.entry is not None and self.relay.registry.remove(self.entry):
             entry = self.entry
-            log.event(
-                logger,
-                "tether.down",
-                serial=entry.serial,
-                key=entry.key_id,
-                duration=(self.relay.clock.now() - entry.connected_at).total_seconds(),
-                reason=str(exc) if exc else "closed",
-            )
+            down: dict[str, FieldValue] = {
+                "serial": entry.serial,
+                "key_id": entry.key_id,
+                "machine": entry.machine_key,
+                "duration": (self.relay.clock.now() - entry.connected_at).total_seconds(),
+                "reason": str(exc)[:200] if exc else "closed",
+            }
+            self.relay.audit.record("tether.down", down, log_as="tether.down")
             self.relay._tasks.spawn(
                 self.relay.departures.submit((entry.serial, self.relay.config.relay_id)),
                 f"relay.unregister.{entry.serial}",
@@ -612,9 +631,13 @@ class _RelayConnection(asyncssh.SSHServer):
         now = self.relay.clock.now()
         machine_key = self.machine_key
         relay = self.relay
+        first_use = False
 
         def check_key(issued: IssuedKey | None) -> None:
+            nonlocal first_use
             admit_tether(claims, issued, machine_key, now)
+            # The admission binds an unused key to this machine at ``now``.
+            first_use = issued is not None and issued.first_used_at == now
             if claims.key_id in relay.revoked_keys:
                 raise AdmissionRefused(RefusalReason.REVOKED, "this key was revoked by the vendor")
             previous = relay.registry.get(claims.serial)
@@ -689,7 +712,9 @@ class _RelayConnection(asyncssh.SSHServer):
             RefusalReason.EXPIRED,
             "the tether key expired",
         )
-        control.send(Registered(claims.serial, claims.expires_at.isoformat(), claims.ports))
+        control.send(
+            Registered(claims.serial, claims.expires_at.isoformat(), claims.ports, audit_heads=True)
+        )
         log.event(
             logger,
             "tether.up",
@@ -700,6 +725,44 @@ class _RelayConnection(asyncssh.SSHServer):
             ports=claims.ports,
             expires=claims.expires_at,
         )
+        self._audit_up(claims.key_id, first_use=first_use)
+
+    def _audit_up(self, key_id: str, *, first_use: bool) -> None:
+        """Audit the tether (and the key's first use) and start checking its chain heads."""
+        entry, control = self.entry, self.control
+        if entry is None or control is None:
+            return
+        machine = entry.machine_key
+        if first_use:
+            self.relay.audit.write("key.used", key_id=key_id, serial=entry.serial, machine=machine)
+        self.relay.audit.write(
+            "tether.up",
+            serial=entry.serial,
+            key_id=key_id,
+            machine=machine,
+            peer=self.peer,
+            relay=self.relay.config.relay_id,
+            ports=sorted(entry.key_ports),
+        )
+        self.heads = HeadChecker(
+            self.relay.store,
+            entry.serial,
+            machine,
+            ask=lambda seq: control.send(HeadQuery(seq)),
+            audit=self.relay.audit,
+            now=self.relay.clock.now,
+            min_interval=self.relay.head_interval,
+        )
+        self.relay.head_checks.start(self.heads)
+
+    def audit_message(self, message: ChainHead | HeadAnswer) -> None:
+        """Hand the agent's audit head report or answer to this tether's checker."""
+        if self.heads is None:
+            raise ProtocolError("audit message before registration")
+        if isinstance(message, ChainHead):
+            self.heads.reported(message.seq, message.hash)
+        else:
+            self.heads.answered(message.seq, message.hash)
 
     def store_sealed_password(self, message: SealedPassword) -> None:
         """Keep the machine's sealed support password for the vendor service (once)."""
@@ -780,6 +843,9 @@ class _RelayConnection(asyncssh.SSHServer):
                 f"machine {entry.serial} could not open port {port}: {exc.reason}",
             ) from None
         log.event(logger, "channel.open", engineer=self.username, serial=entry.serial, port=port)
+        self.relay.audit.write(
+            "channel.opened", engineer=self.username, serial=entry.serial, port=port
+        )
         stats.opened(self.relay)
         down = _CountingForwarder(
             stats, to_machine=True, peer=cast(asyncssh.SSHForwarder, upstream)

@@ -8,6 +8,13 @@ table. Repositories return frozen records (:class:`IssuedKey`,
 :class:`ChannelRecord`, :class:`TokenRecord` …) with timezone-aware UTC datetimes.
 """
 
+from tether.store.auditchain import (
+    AuditHead,
+    AuditRepo,
+    ChainReport,
+    PendingEvent,
+    relay_chain,
+)
 from tether.store.cases import MAX_CASE_ID, MAX_DESCRIPTION, CaseRepo, MachineRepo
 from tether.store.db import StoreConflict, StoreError
 from tether.store.engine import Store
@@ -44,9 +51,12 @@ __all__ = [
     "MAX_CASE_ID",
     "MAX_DESCRIPTION",
     "REVOCATION_CHANNEL",
+    "AuditHead",
+    "AuditRepo",
     "CaseRecord",
     "CaseRepo",
     "CaseStatus",
+    "ChainReport",
     "ChannelRecord",
     "ChannelRepo",
     "Engineer",
@@ -58,6 +68,7 @@ __all__ = [
     "MachineRecord",
     "MachineRepo",
     "PasswordRepo",
+    "PendingEvent",
     "RelayRecord",
     "RelayRepo",
     "Revocation",
@@ -74,6 +85,7 @@ __all__ = [
     "display_url",
     "head_revision",
     "normalize_url",
+    "relay_chain",
     "sqlite_url",
     "validate_engineer_name",
 ]

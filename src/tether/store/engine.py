@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tether.errors import NotReady
 from tether.store import migrate as migrations
+from tether.store.auditchain import AuditRepo
 from tether.store.cases import CaseRepo, MachineRepo
 from tether.store.db import Database, StoreError, create_engine, describe_error
 from tether.store.registry import ChannelRepo, PasswordRepo, RelayRepo, TetherRepo
@@ -49,7 +50,7 @@ class Store:
     Open with :meth:`open`, close with :meth:`aclose`; use the repositories
     :attr:`keys`, :attr:`engineers`, :attr:`tethers`, :attr:`revocations`,
     :attr:`relays`, :attr:`passwords`, :attr:`machines`, :attr:`cases`,
-    :attr:`channels` and :attr:`tokens`. Several :class:`Store` objects (in one or
+    :attr:`channels`, :attr:`tokens` and :attr:`audit`. Several :class:`Store` objects (in one or
     many processes) may share a database.
     """
 
@@ -73,6 +74,8 @@ class Store:
     """Engineers' channels open right now."""
     tokens: TokenRepo
     """Vendor-service sessions (hashed bearer tokens)."""
+    audit: AuditRepo
+    """Hash-chained audit logs of the vendor and the relays, and machines' chain heads."""
 
     def __init__(self, db: Database) -> None:
         """Wrap an open :class:`Database`; use :meth:`open` instead."""
@@ -87,6 +90,7 @@ class Store:
         self.cases = CaseRepo(db)
         self.channels = ChannelRepo(db)
         self.tokens = TokenRepo(db)
+        self.audit = AuditRepo(db)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:

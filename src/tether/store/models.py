@@ -13,13 +13,26 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Boolean, Enum, ForeignKey, Integer, MetaData, String, Text, false
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Enum,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tether.store.types import PortList, UTCDateTime
 
 __all__ = [
     "ApiTokenRow",
+    "AuditEventRow",
+    "AuditHeadRow",
     "Base",
     "CaseRow",
     "CaseStatus",
@@ -242,3 +255,44 @@ class LiveChannelRow(Base):
     engineer: Mapped[str] = mapped_column(String(64))
     port: Mapped[int] = mapped_column(Integer)
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AuditEventRow(Base):
+    """One entry of a hash-chained audit log kept in the database (see :mod:`tether.audit`).
+
+    ``chain`` names the log (``vendor``, ``relay:<relay id>``); ``id`` is the order
+    rows were written in, the database's equivalent of a file's line order, so a
+    verifier can tell entries that were swapped from entries that were edited.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (UniqueConstraint("chain", "seq"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    chain: Mapped[str] = mapped_column(String(160))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    #: Exactly as hashed: UTC to the second, ``Z`` suffix.
+    at: Mapped[str] = mapped_column(String(20))
+    event: Mapped[str] = mapped_column(String(64))
+    #: The fields as canonical JSON text (an object).
+    fields: Mapped[str] = mapped_column(Text)
+    prev: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHeadRow(Base):
+    """The last chain head a machine reported over its tether, and any mismatch seen."""
+
+    __tablename__ = "audit_heads"
+
+    serial: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: SHA256 fingerprint of the machine key that reported it.
+    machine_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: How many times the machine's log was found not to contain what it reported before.
+    mismatches: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: The last mismatch, in words (``None`` while the log has always matched).
+    mismatch: Mapped[str | None] = mapped_column(Text)
+    mismatch_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

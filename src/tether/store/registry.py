@@ -38,16 +38,21 @@ __all__ = ["ChannelRepo", "PasswordRepo", "RelayRepo", "TetherRepo"]
 
 
 def _upsert(
-    db: Database, model: type[Base], values: Mapping[str, Any], key: str, update_cols: list[str]
+    db: Database,
+    model: type[Base],
+    values: Mapping[str, Any],
+    key: str | list[str],
+    update_cols: list[str],
 ) -> Executable:
-    """``INSERT ... ON CONFLICT (key) DO UPDATE`` on either backend."""
+    """``INSERT ... ON CONFLICT (key) DO UPDATE`` on either backend (``key``: column(s))."""
     set_ = {col: values[col] for col in update_cols}
+    keys = [key] if isinstance(key, str) else key
     if db.is_postgresql:
         return (
-            pg_insert(model).values(**values).on_conflict_do_update(index_elements=[key], set_=set_)
+            pg_insert(model).values(**values).on_conflict_do_update(index_elements=keys, set_=set_)
         )
     return (
-        sqlite_insert(model).values(**values).on_conflict_do_update(index_elements=[key], set_=set_)
+        sqlite_insert(model).values(**values).on_conflict_do_update(index_elements=keys, set_=set_)
     )
 
 

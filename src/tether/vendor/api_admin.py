@@ -1,4 +1,4 @@
-"""Admin-only endpoints of the vendor API: tether keys, machine re-binds, engineers.
+"""Admin-only endpoints of the vendor API: tether keys, machine re-binds, engineers, audit.
 
 Every endpoint here depends on :data:`~tether.vendor.api_auth.Admin` (403 for an
 engineer who is not an admin). Disabling or removing an engineer writes the
@@ -23,6 +23,7 @@ from tether.vendor.api_errors import api_error, check_text
 from tether.vendor.api_models import (
     NAME,
     SERIAL,
+    AuditHeadInfo,
     DisableRequest,
     EngineerCreate,
     EngineerInfo,
@@ -190,3 +191,29 @@ async def remove_engineer(name: Name, admin: Admin, ctx: Ctx) -> Response:
     await ctx.store.engineers.remove(name, now=ctx.now())
     await ctx.authority.record("engineer.removed", engineer=name, by=admin.name)
     return Response(status_code=204)
+
+
+# --- audit ------------------------------------------------------------------------
+
+
+@router.get("/api/audit/heads", tags=["audit"])
+async def audit_heads(admin: Admin, ctx: Ctx, mismatched: bool = False) -> list[AuditHeadInfo]:
+    """Machines' audit chain heads as reported over their tethers, by serial.
+
+    A head with ``mismatches > 0`` belongs to a machine whose audit log no longer holds
+    what it reported before (rewritten, truncated or replaced); ``mismatched=true``
+    lists only those.
+    """
+    return [
+        AuditHeadInfo(
+            serial=head.serial,
+            machine_key=head.machine_key,
+            seq=head.seq,
+            hash=head.hash,
+            received_at=head.received_at,
+            mismatches=head.mismatches,
+            mismatch=head.mismatch,
+            mismatch_at=head.mismatch_at,
+        )
+        for head in await ctx.store.audit.heads(mismatched=mismatched)
+    ]

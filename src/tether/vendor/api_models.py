@@ -160,6 +160,19 @@ class DisableRequest(Strict):
     reason: str = Field(default="disabled by vendor", min_length=1, max_length=500)
 
 
+class AuditHeadInfo(Strict):
+    """The audit chain head a machine last reported over its tether, and any mismatch."""
+
+    serial: str
+    machine_key: str = Field(description="SHA256 fingerprint of the machine key")
+    seq: int
+    hash: str
+    received_at: datetime
+    mismatches: int = Field(description="times the machine's log was found rewritten")
+    mismatch: str | None = Field(description="the last mismatch, in words")
+    mismatch_at: datetime | None
+
+
 #: method, path, who, request model, response model — the whole API at a glance.
 ENDPOINTS: tuple[tuple[str, str, str, str | None, str | None], ...] = (
     ("POST", "/api/login", "anyone", "LoginRequest", "LoginResponse"),
@@ -181,4 +194,5 @@ ENDPOINTS: tuple[tuple[str, str, str, str | None, str | None], ...] = (
     ("POST", "/api/engineers/{name}/disable", "admin", "DisableRequest", "EngineerInfo"),
     ("POST", "/api/engineers/{name}/enable", "admin", None, "EngineerInfo"),
     ("DELETE", "/api/engineers/{name}", "admin", None, None),
+    ("GET", "/api/audit/heads", "admin", None, "list[AuditHeadInfo]"),
 )

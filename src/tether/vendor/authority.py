@@ -6,12 +6,12 @@ shared database, plus ready-to-use ``vendor.toml`` and ``relay.toml`` and the tr
 snippet that goes into customers' agent configuration. It refuses to overwrite
 anything. :class:`Authority` then issues and revokes keys, signs certificates and
 decides one-click cases, recording what it issued in the store so relays can check
-it, and every such act in the vendor's own audit log (``vendor-audit.log``).
+it, and every such act in the vendor's own hash-chained audit log: the ``vendor`` chain
+of the shared database (:class:`~tether.store.AuditRepo`), next to the relays' chains.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from dataclasses import dataclass
@@ -21,21 +21,29 @@ from pathlib import Path
 import asyncssh
 
 from tether import log
-from tether.audit import AuditEntry, AuditLog, FieldValue, check_no_secrets
+from tether.audit import AuditEntry, FieldValue, check_no_secrets
 from tether.certs import EngineerCertificate, sign_engineer_certificate
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import VendorConfig, toml_string
 from tether.errors import BadInput, NotReady, Refused
 from tether.keys import KeyKind, SigningKey, TetherKeyClaims, check_ports, issue_key, parse_address
 from tether.seal import SealPrivateKey
-from tether.store import CaseRecord, CaseStatus, IssuedKey, Store, sqlite_url
+from tether.store import (
+    CaseRecord,
+    CaseStatus,
+    ChainReport,
+    IssuedKey,
+    Store,
+    StoreError,
+    sqlite_url,
+)
 from tether.store import KeyKind as StoreKeyKind
 
 logger = logging.getLogger("tether.vendor")
 
 DEFAULT_KEY_LIFETIME = timedelta(days=14)
-#: The vendor's own audit log, in its data directory.
-AUDIT_LOG_NAME = "vendor-audit.log"
+#: The vendor's own audit chain in the shared database.
+VENDOR_CHAIN = "vendor"
 #: Who decides cases under ``request_policy = "auto"``.
 AUTO_APPROVER = "auto-approve"
 #: What replaces a free-text audit field that looked like a secret.
@@ -195,7 +203,6 @@ class Authority:
         self.config = config
         self.store = store
         self.clock = clock
-        self.audit = AuditLog(config.data_dir / AUDIT_LOG_NAME, clock=clock)
         try:
             self.signing_key = SigningKey.from_pem(config.signing_key_path.read_bytes())
             self.ca_key = asyncssh.read_private_key(config.engineer_ca_path)
@@ -209,7 +216,7 @@ class Authority:
     async def record(
         self, event: str, /, *, required: bool = False, **fields: FieldValue
     ) -> AuditEntry | None:
-        """Append ``event`` to the vendor's audit log (in a worker thread: it fsyncs).
+        """Append ``event`` to the vendor's audit chain (``vendor``) in the shared database.
 
         Free-text values that look like a key are replaced by :data:`WITHHELD`. With
         ``required`` a failure to write raises :class:`NotReady` (the caller must not go
@@ -224,21 +231,32 @@ class Authority:
                 value = WITHHELD
             safe[name] = value
         try:
-            return await asyncio.to_thread(self.audit.append, event, **safe)
-        except (OSError, ValueError) as exc:
+            return await self.store.audit.append(VENDOR_CHAIN, event, now=self.clock.now(), **safe)
+        except (StoreError, ValueError) as exc:
             log.event(
                 logger,
                 "audit.failed",
                 level=logging.ERROR,
                 audit_event=event,
-                path=str(self.audit.path),
+                chain=VENDOR_CHAIN,
                 error=str(exc),
             )
             if required:
-                raise NotReady(
-                    f"cannot write the vendor audit log {self.audit.path}: {exc}"
-                ) from None
+                raise NotReady(f"cannot write the vendor audit log: {exc}") from None
             return None
+
+    async def audit_report(self, chain: str = VENDOR_CHAIN) -> ChainReport:
+        """Read an audit chain of the shared database and verify it.
+
+        :param chain: ``vendor`` (this service's acts) or ``relay:<relay id>`` (a relay's
+            tethers and engineer channels); :meth:`~tether.store.AuditRepo.chains` lists them.
+        :returns: the readable entries in write order and the chain's
+            :class:`~tether.audit.Verification` (problems name the edited, removed or
+            reordered entry).
+        :raises ValueError: ``chain`` is not a valid chain name.
+        :raises StoreError: the database cannot be read.
+        """
+        return await self.store.audit.read(chain)
 
     async def issue_key(
         self,

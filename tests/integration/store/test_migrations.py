@@ -28,6 +28,8 @@ TABLES = {
     "machines",
     "cases",
     "live_channels",
+    "audit_events",
+    "audit_heads",
 }
 
 

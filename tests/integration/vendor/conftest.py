@@ -18,14 +18,14 @@ import httpx
 import pytest
 from argon2 import PasswordHasher
 
-from tether.audit import AuditEntry, AuditLog
+from tether.audit import AuditEntry
 from tether.clock import FrozenClock
 from tether.config import RequestPolicy, VendorConfig
 from tether.seal import SealPrivateKey
 from tether.store import Store
 from tether.vendor.api import create_app
 from tether.vendor.api_credentials import Passwords
-from tether.vendor.authority import AUDIT_LOG_NAME, Authority, init_data_dir
+from tether.vendor.authority import Authority, init_data_dir
 
 PASSWORD = "correct horse battery"
 ADMIN = "boss"
@@ -65,15 +65,19 @@ class Api:
         """Authorization headers of a fresh session of ``name``."""
         return {"Authorization": f"Bearer {await self.login(name)}"}
 
-    def audit(self) -> list[AuditEntry]:
-        """The vendor audit log's entries (checking its chain first)."""
-        log = AuditLog(self.config.data_dir / AUDIT_LOG_NAME)
-        assert log.verify().ok
-        return log.entries()
+    async def audit(self) -> list[AuditEntry]:
+        """The vendor audit chain's entries (checking the chain first)."""
+        report = await self.authority.audit_report()
+        assert report.verification.ok, report.verification.problems
+        return list(report.entries)
 
-    def events(self, name: str) -> list[dict[str, Any]]:
+    async def events(self, name: str) -> list[dict[str, Any]]:
         """The fields of every audit entry called ``name``."""
-        return [dict(e.fields) for e in self.audit() if e.event == name]
+        return [dict(e.fields) for e in await self.audit() if e.event == name]
+
+    async def audit_text(self) -> str:
+        """The whole vendor audit chain as text (to check that no secret is in it)."""
+        return "\n".join(e.to_json_line() for e in await self.audit())
 
 
 async def make_vendor(tmp_path: Path, database: str) -> VendorConfig:

@@ -32,8 +32,10 @@ async def test_add_list_and_login_as_new_engineer(api: Api) -> None:
     assert creds is not None
     assert creds.password_hash is not None
     assert creds.password_hash.startswith("$argon2id$")
-    assert PASSWORD not in (api.config.data_dir / "vendor-audit.log").read_text()
-    assert api.events("engineer.added") == [{"engineer": "alice", "admin": False, "by": ADMIN}]
+    assert PASSWORD not in await api.audit_text()
+    assert await api.events("engineer.added") == [
+        {"engineer": "alice", "admin": False, "by": ADMIN}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -85,17 +87,17 @@ async def test_disable_enable_remove(api: Api) -> None:
         response = await api.client.request(method, path, headers=headers)
         assert response.status_code == 404, path
         assert response.json() == {"detail": "no engineer alice"}
-    assert [e["event"] for e in _events(api, "engineer.")] == [
+    assert [e["event"] for e in await _events(api, "engineer.")] == [
         "engineer.disabled",
         "engineer.enabled",
         "engineer.removed",
     ]
 
 
-def _events(api: Api, prefix: str) -> list[dict[str, object]]:
+async def _events(api: Api, prefix: str) -> list[dict[str, object]]:
     return [
         {"event": e.event, **e.fields}
-        for e in api.audit()
+        for e in await api.audit()
         if e.event.startswith(prefix) and e.event not in ("engineer.login", "engineer.added")
     ]
 
@@ -122,6 +124,7 @@ async def test_engineer_endpoints_are_admin_only(api: Api) -> None:
         ("POST", f"/api/engineers/{ADMIN}/enable"),
         ("DELETE", f"/api/engineers/{ADMIN}"),
         ("POST", "/api/machines/ACME-1/rebind"),
+        ("GET", "/api/audit/heads"),
     ):
         response = await api.client.request(
             method, path, headers=headers, json={"name": "eve", "password": PASSWORD, "reason": "x"}
@@ -142,7 +145,7 @@ async def test_machine_rebind(api: Api) -> None:
     assert (machine.machine_key, machine.rebound_by) == (None, ADMIN)
     rebound = await api.store.machines.bind_first_use("ACME-1", "SHA256:new", api.clock.now())
     assert rebound.machine_key == "SHA256:new"
-    assert api.events("machine.rebound") == [
+    assert await api.events("machine.rebound") == [
         {"serial": "ACME-1", "by": ADMIN, "reason": "mainboard replaced"}
     ]
     unknown = await api.client.post(
@@ -208,6 +211,40 @@ async def test_free_text_with_control_characters_or_keys_is_handled(api: Api) ->
         json={"reason": "dup of v4.public.eyJhbGciOi"},
     )
     assert pasted.status_code == 200
-    (entry,) = api.events("key.revoked")
+    (entry,) = await api.events("key.revoked")
     assert entry["reason"] == "[withheld: looked like a key]"
     api.clock.advance(timedelta(seconds=1))
+
+
+async def test_audit_heads_show_which_machine_log_was_rewritten(api: Api) -> None:
+    now = api.clock.now()
+    await api.store.audit.put_head(
+        serial="S1", machine_key="SHA256:a", seq=3, hash="a" * 64, now=now
+    )
+    await api.store.audit.put_head(
+        serial="S2", machine_key="SHA256:b", seq=7, hash="b" * 64, now=now
+    )
+    await api.store.audit.flag_head(
+        serial="S2",
+        machine_key="SHA256:b",
+        seq=8,
+        hash="c" * 64,
+        problem="entry 7 differs",
+        now=now,
+    )
+    headers = await api.headers(ADMIN)
+
+    every = await api.client.get("/api/audit/heads", headers=headers)
+    flagged = await api.client.get("/api/audit/heads?mismatched=true", headers=headers)
+
+    assert every.status_code == 200
+    assert [(h["serial"], h["seq"], h["mismatches"]) for h in every.json()] == [
+        ("S1", 3, 0),
+        ("S2", 8, 1),
+    ]
+    (only,) = flagged.json()
+    assert (only["serial"], only["mismatch"], only["machine_key"]) == (
+        "S2",
+        "entry 7 differs",
+        "SHA256:b",
+    )

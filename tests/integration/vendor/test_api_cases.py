@@ -59,7 +59,7 @@ async def test_engineer_approves_a_case_and_a_request_key_is_issued(api: Api) ->
     key = await api.store.keys.get(claims.key_id)
     assert key is not None
     assert (key.description, key.issued_by) == ("printer on fire", "alice")
-    assert api.events("case.approved") == [
+    assert await api.events("case.approved") == [
         {"case_id": case_id, "serial": "ACME-7", "key_id": claims.key_id, "by": "alice"}
     ]
     again = await api.client.post(f"/api/cases/{case_id}/approve", headers=headers)
@@ -85,7 +85,7 @@ async def test_deny_with_and_without_a_reason(api: Api) -> None:
     stored = await api.store.cases.get(two)
     assert stored is not None
     assert stored.deny_reason == "denied by vendor"
-    assert [e["reason"] for e in api.events("case.denied")] == [
+    assert [e["reason"] for e in await api.events("case.denied")] == [
         "unknown customer",
         "denied by vendor",
     ]

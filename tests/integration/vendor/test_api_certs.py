@@ -36,7 +36,7 @@ async def test_sign_own_key(api: Api) -> None:
     host_key = (api.config.data_dir / "relay_host_key.pub").read_text().strip()
     assert body["relay_host_key"] == host_key
     assert body["support_account"] == "tether-support"
-    (signed,) = api.events("cert.signed")
+    (signed,) = await api.events("cert.signed")
     assert signed["engineer"] == "alice"
     assert signed["cert_serial"] == cert._serial
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 from tether.seal import seal
 from tether.store import RevocationKind
@@ -46,8 +47,8 @@ async def test_issue_list_revoke(api: Api) -> None:
     again = await api.client.post(f"/api/keys/{body['key_id']}/revoke", headers=headers)
     assert again.status_code == 200  # no body: the default reason; already revoked: unchanged
     assert again.json()["revoke_reason"] == "case closed"
-    assert [e["key_id"] for e in api.events("key.issued")] == [body["key_id"]]
-    assert api.events("key.revoked")[0] == {
+    assert [e["key_id"] for e in await api.events("key.issued")] == [body["key_id"]]
+    assert (await api.events("key.revoked"))[0] == {
         "key_id": body["key_id"],
         "serial": "ACME-1",
         "by": ADMIN,
@@ -138,11 +139,11 @@ async def test_reveal_password_is_audited(api: Api) -> None:
         "password": "Kx7pQ2mN9vR4tW8z",
     }
     await api.client.post(f"/api/keys/{key_id}/password", headers=await api.headers(ADMIN))
-    assert api.events("password.revealed") == [
+    assert await api.events("password.revealed") == [
         {"engineer": "alice", "key_id": key_id, "serial": "ACME-9"},
         {"engineer": ADMIN, "key_id": key_id, "serial": "ACME-9"},
     ]
-    assert "Kx7pQ2mN9vR4tW8z" not in (api.config.data_dir / "vendor-audit.log").read_text()
+    assert "Kx7pQ2mN9vR4tW8z" not in await api.audit_text()
 
 
 async def test_reveal_needs_a_session_and_a_sealed_password(api: Api) -> None:
@@ -156,7 +157,7 @@ async def test_reveal_needs_a_session_and_a_sealed_password(api: Api) -> None:
     assert "no password was sent" in none_sent.json()["detail"]
     unknown = await api.client.post("/api/keys/unknown/password", headers=headers)
     assert unknown.status_code == 404
-    assert api.events("password.revealed") == []
+    assert await api.events("password.revealed") == []
 
 
 async def test_reveal_refuses_a_password_sealed_for_another_grant(api: Api) -> None:
@@ -170,19 +171,20 @@ async def test_reveal_refuses_a_password_sealed_for_another_grant(api: Api) -> N
     )
     assert response.status_code == 409
     assert "belongs to another machine or grant" in response.json()["detail"]
-    assert api.events("password.revealed") == []
+    assert await api.events("password.revealed") == []
 
 
 async def test_reveal_is_refused_when_the_audit_log_cannot_be_written(api: Api) -> None:
     key_id = await _sealed_key(api)
     headers = await api.headers(ADMIN)
-    log_path = api.config.data_dir / "vendor-audit.log"
-    log_path.unlink()
-    log_path.mkdir()  # appending now fails
+    # Appending now fails: the audit table is not where the service looks for it.
+    async with api.store._db.write("hiding the audit table") as session:
+        await session.execute(text("ALTER TABLE audit_events RENAME TO audit_hidden"))
     try:
         response = await api.client.post(f"/api/keys/{key_id}/password", headers=headers)
     finally:
-        log_path.rmdir()
+        async with api.store._db.write("restoring the audit table") as session:
+            await session.execute(text("ALTER TABLE audit_hidden RENAME TO audit_events"))
     assert response.status_code == 503
     assert "audit log" in response.json()["detail"]
     assert "password" not in response.json()

@@ -62,11 +62,12 @@ _TEMPLATES = templates(Path(__file__).parent / "templates")
 AUDIT_SHOWN = 100
 
 
-def read_audit(
+async def read_audit(
     authority: Authority, limit: int = AUDIT_SHOWN
 ) -> tuple[list[AuditEntry], Verification]:
     """The newest vendor audit entries and the chain check: the console's only audit read."""
-    return authority.audit.entries(skip_damaged=True)[-limit:], authority.audit.verify()
+    report = await authority.audit_report()
+    return list(report.entries[-limit:]), report.verification
 
 
 def problem(exc: Exception) -> str:
@@ -230,7 +231,7 @@ def mount_console(app: FastAPI) -> None:
         if caller.admin:
             context["keys"] = (await api_admin.list_keys(caller, ctx))[:50]
             context["engineers"] = await api_admin.list_engineers(caller, ctx)
-            entries, check = read_audit(ctx.authority)
+            entries, check = await read_audit(ctx.authority)
             context["audit"] = [
                 {"seq": e.seq, "at": f"{e.at:%Y-%m-%d %H:%M:%S}", "what": describe_entry(e)}
                 for e in reversed(entries)
