@@ -526,15 +526,10 @@ def _check_head(
     return []
 
 
-# The file-backed log lives in its own module; importing it here keeps
-# ``from tether.audit import AuditLog`` working (it needs the names above).
-from tether.audit_log import AuditLog  # noqa: E402
-
 __all__ = [
     "GENESIS",
     "AuditEntry",
     "AuditFormatError",
-    "AuditLog",
     "Problem",
     "Verification",
     "chain_entry",

@@ -22,7 +22,7 @@ import asyncssh
 
 from tether.agent.status import TunnelState
 from tether.agent.tunnel import Tunnel
-from tether.audit import AuditLog
+from tether.audit_log import AuditLog
 from tether.config import RelayConfig, TetherSettings
 from tether.keys import KeyKind, TetherKeyClaims
 from tether.relay.server import Relay

@@ -20,7 +20,7 @@ import pytest
 
 from tests.integration.harness import Vendor, vendor_setup
 from tether.agent.control import ask_daemon
-from tether.audit import AuditLog
+from tether.audit_log import AuditLog
 from tether.sandbox import Sandbox
 
 pytestmark = pytest.mark.sandbox

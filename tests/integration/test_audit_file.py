@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tether.audit import GENESIS, AuditEntry, AuditFormatError, AuditLog, chain_entry
+from tether.audit import GENESIS, AuditEntry, AuditFormatError, chain_entry
+from tether.audit_log import AuditLog
 from tether.cli import main
 from tether.clock import FrozenClock
 from tether.keys import SigningKey
@@ -28,7 +29,7 @@ T0 = datetime(2026, 11, 25, 0, 31, 5, tzinfo=UTC)
 WRITER = """
 import sys
 from pathlib import Path
-from tether.audit import AuditLog
+from tether.audit_log import AuditLog
 
 log = AuditLog(Path(sys.argv[1]))
 for i in range(int(sys.argv[3])):

@@ -20,7 +20,8 @@ from click.testing import CliRunner
 
 from tests.integration.harness import Agent, EchoServer, Vendor, run_ssh, vendor_setup
 from tether.agent.tunnel import TunnelState
-from tether.audit import AuditEntry, AuditLog, chain_entry
+from tether.audit import AuditEntry, chain_entry
+from tether.audit_log import AuditLog
 from tether.cli import main
 from tether.store import AuditHead, ChainReport, relay_chain
 

@@ -24,7 +24,7 @@ import pytest
 from tether.agent.notify import Notifier
 from tether.agent.recording_watch import RecordingWatcher
 from tether.agent.recordings import list_recordings, read_cast
-from tether.audit import AuditLog
+from tether.audit_log import AuditLog
 from tether.config import AgentConfig, NotifySettings, RecordingSettings
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")

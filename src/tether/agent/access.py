@@ -20,7 +20,7 @@ from tether.agent.effects import Machine, MachineError, RecorderSpec, SupportGra
 from tether.agent.locks import state_lock
 from tether.agent.machine_recording import choose_python, recorder_command
 from tether.agent.state import AccessMode, AccessState, AccessStatus, CloseReason, StateFile
-from tether.audit import AuditLog
+from tether.audit_log import AuditLog
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import AgentConfig, FailMode
 from tether.errors import BadInput, NotReady, Refused

@@ -44,7 +44,7 @@ from tether.agent.recordings import (
     recording_ids,
     select_for_removal,
 )
-from tether.audit import AuditLog
+from tether.audit_log import AuditLog
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import AgentConfig
 
