@@ -11,9 +11,11 @@ Raising the threshold keeps those buffers in the heap, where they are reused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import logging
+import socket
 from collections.abc import Iterable
 from typing import Any
 
@@ -150,3 +152,28 @@ def coalesce_writes(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConne
     inner = getattr(conn, "_transport", None)
     if isinstance(inner, asyncio.Transport) and not isinstance(inner, CoalescingTransport):
         conn._transport = CoalescingTransport(inner, asyncio.get_running_loop())
+
+
+def quick_acks(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
+    """Acknowledge each segment the peer sends at once (``TCP_QUICKACK``).
+
+    A stock OpenSSH client writes some handshake messages as separate small segments
+    with Nagle's algorithm on: each waits for the ACK of the one before, and Linux
+    delays that ACK by 40 ms when it has no reply to piggyback it on. Twice per login
+    that made ``ssh -J relay machine`` 80 ms slower than it needs to be. Setting
+    ``TCP_QUICKACK`` after a read sends the pending ACK now (the kernel turns quick ACKs
+    off again by itself, hence after every read: one cheap syscall per read).
+    """
+    sock = conn.get_extra_info("socket")
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    if sock is None or quickack is None:
+        return
+    received = conn.data_received
+
+    def data_received(data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+        received(data)
+
+    # An instance attribute shadows the method asyncio calls for this connection.
+    setattr(conn, "data_received", data_received)  # noqa: B010

@@ -65,3 +65,36 @@ async def test_close_and_abort_send_what_is_pending_first(ending: str) -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_allocator_tuning_applies_on_glibc() -> None:
     assert tune_allocator() is True
+
+
+class FakeConnection:
+    def __init__(self, sock: object) -> None:
+        self.sock = sock
+        self.received: list[bytes] = []
+
+    def get_extra_info(self, name: str) -> object:
+        return self.sock if name == "socket" else None
+
+    def data_received(self, data: bytes) -> None:
+        self.received.append(data)
+
+
+@pytest.mark.skipif(not hasattr(__import__("socket"), "TCP_QUICKACK"), reason="Linux only")
+def test_quick_acks_arm_tcp_quickack_before_each_read_is_handled() -> None:
+    import socket
+
+    from tether.tuning import quick_acks
+
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    try:
+        conn = FakeConnection(accepted)
+        quick_acks(conn)  # type: ignore[arg-type]
+        accepted.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+        conn.data_received(b"kexinit")
+        assert conn.received == [b"kexinit"]
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+    finally:
+        for s in (client, accepted, server):
+            s.close()

@@ -59,7 +59,7 @@ from tether.store import IssuedKey, MachineRecord, RevocationKind, Store, relay_
 from tether.store.admission import Admission
 from tether.store.records import TetherRecord
 from tether.tasks import TaskSet
-from tether.tuning import coalesce_writes
+from tether.tuning import coalesce_writes, quick_acks
 from tether.wire import (
     AGENT_USERNAME,
     CHANNEL_MAX_PACKET,
@@ -446,6 +446,7 @@ class _RelayConnection(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         coalesce_writes(conn)
+        quick_acks(conn)
         self.relay.connections.add(self)
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"
