@@ -190,7 +190,8 @@ async def loopback_rows(
                     "s",
                     "spread out, not all in one second",
                     spread,
-                    detail=f"peak {back.peak_per_second:,} in one second",
+                    detail=f"peak {back.peak_per_second:,} in one second; the relay took "
+                    f"{back.stop_seconds:.1f} s to stop",
                 )
             )
     finally:

@@ -215,11 +215,14 @@ class World:
             raise
         return self.relay_proc
 
-    def stop_relay(self) -> None:
+    def stop_relay(self) -> float:
+        """Stop the relay as its service manager would (SIGTERM); return the seconds it took."""
+        start = time.monotonic()
         if self.relay_proc is not None:
-            self.relay_proc.stop()
+            self.relay_proc.stop(timeout=90.0)  # systemd's default stop timeout
             self.processes.remove(self.relay_proc)
             self.relay_proc = None
+        return time.monotonic() - start
 
     def next_serial(self) -> str:
         return f"BENCH-{next(self._serials):06d}"

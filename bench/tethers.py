@@ -182,6 +182,8 @@ class RestartResult:
     all_back: float
     #: most tethers that came back within one second.
     peak_per_second: int
+    #: seconds the relay took to stop (telling every agent when to come back)
+    stop_seconds: float
 
 
 async def restart(world: World, count: int, keys: Path) -> RestartResult:
@@ -189,7 +191,7 @@ async def restart(world: World, count: int, keys: Path) -> RestartResult:
     swarm = start_swarm(world, keys)
     try:
         await swarm.add(count, timeout=max(120.0, count / 20))
-        world.stop_relay()
+        stopped = world.stop_relay()
         world.start_relay()
         back_from = time.perf_counter()
         swarm.send("watch")
@@ -213,4 +215,4 @@ async def restart(world: World, count: int, keys: Path) -> RestartResult:
     for t, n in ticks:
         earlier = [m for s, m in ticks if s <= t - 1.0]
         peak = max(peak, n - (earlier[-1] if earlier else low))
-    return RestartResult(count, ticks[-1][0], peak)
+    return RestartResult(count, ticks[-1][0], peak, stopped)
