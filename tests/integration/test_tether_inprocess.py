@@ -109,6 +109,10 @@ async def test_relay_restart_agent_comes_back_within_backoff(tmp_path: Path) -> 
             assert result.stdout.endswith(b"back\n"), result.stderr
 
 
+#: What the harness's seeded agent (random.Random(7)) draws second from uniform(0, 10).
+SECOND_DRAW = 1.5085
+
+
 async def test_a_relay_going_down_spreads_its_agents_return(tmp_path: Path) -> None:
     async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
         # A relay that wants its tethers back at 0.1 per second: one tether, 10 s window.
@@ -125,6 +129,19 @@ async def test_a_relay_going_down_spreads_its_agents_return(tmp_path: Path) -> N
             # spread makes it wait a random time within 10 s (this seeded one: 3.24 s).
             assert wait == pytest.approx(3.238, abs=0.01)
             assert "the relay is shutting down" in (status.reason or "")
+            # The relay is still down when the agent tries: its next wait is drawn from
+            # the same window, not from the short backoff that would meet the relay's
+            # return together with every other agent.
+            first = status
+            for _ in range(300):  # the first retry is refused at once: a new wait starts
+                await asyncio.sleep(0.02)
+                status = agent.tunnel.status
+                if status.state == TunnelState.RECONNECTING and status.since != first.since:
+                    break
+            assert status.retry_at is not None
+            assert status.reason == "relay refused the connection"
+            again = (status.retry_at - status.since).total_seconds()
+            assert again == pytest.approx(SECOND_DRAW, abs=0.01)
 
 
 async def test_unauthenticated_and_wrong_users_cannot_log_in(tmp_path: Path) -> None:

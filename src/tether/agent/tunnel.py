@@ -231,13 +231,17 @@ class Tunnel:
     async def serve(self) -> TetherRefused | None:
         """Hold the tether; return the refusal that ended it, or None if stopped."""
         attempt = 0
+        # A relay going down says within how long to come back; that holds for every
+        # attempt until one succeeds (attempts while it is still down must not fall back
+        # to short backoffs and all meet it the moment it is up again).
+        spread = 0.0
         while not self._stopped:
             self._set(
                 TunnelStatus(
                     TunnelState.CONNECTING, self._claims.relay, self._clock.now(), ports=self._ports
                 )
             )
-            spread = 0.0
+            hint = 0.0
             try:
                 await self._run_once()
                 reason = "connection closed"
@@ -261,7 +265,7 @@ class Tunnel:
                 return refusal
             except _Transient as exc:
                 reason = str(exc)
-                spread = exc.retry_within
+                hint = exc.retry_within
             except (TimeoutError, OSError, asyncssh.Error) as exc:
                 reason = _describe_error(exc)
             if self._stopped:
@@ -269,6 +273,9 @@ class Tunnel:
             was_connected = self.status.state == TunnelState.CONNECTED
             if was_connected:
                 attempt = 0
+                spread = hint  # a new drop: this one's hint (or none) decides
+            elif hint:
+                spread = hint
             delay = (
                 self._rng.uniform(0, spread)
                 if spread
@@ -293,7 +300,7 @@ class Tunnel:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
-                attempt = 0  # an explicit reset reconnects now and starts the backoff over
+                attempt, spread = 0, 0.0  # an explicit reset reconnects now, backoff anew
             except TimeoutError:
                 pass
         self._set(TunnelStatus(TunnelState.STOPPED, self._claims.relay, self._clock.now()))
