@@ -302,10 +302,10 @@ class DemoSystem:
         _wait_ready(outside, "the host's page forwarder", timeout)
         self.page_url = f"http://127.0.0.1:{port}/"
 
-    def start_agent(self) -> subprocess.Popen[bytes]:
-        """Start (or start again) ``tether agent serve`` on the machine, logging to agent.log."""
+    def start_agent(self, log_name: str = "agent.log") -> subprocess.Popen[bytes]:
+        """Start (or start again) ``tether agent serve`` on the machine, logging to ``log_name``."""
         machine = self._machine()
-        with open(self.workdir / "agent.log", "ab") as log_file:  # the child keeps its own fd
+        with open(self.workdir / log_name, "ab") as log_file:  # the child keeps its own fd
             self.agent = machine.popen(
                 [sys.executable, "-m", "tether", "agent", "serve", "--config", AGENT_CONFIG],
                 stdout=log_file,

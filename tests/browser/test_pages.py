@@ -123,7 +123,9 @@ async def test_customer_opens_access_sees_the_engineer_ends_the_session_and_clos
     recording = page.locator("#recordings-table tbody tr").first
     await expect(recording).to_contain_text(system.engineer_name, timeout=SLOW)
     await expect(recording).to_contain_text("echo in; sleep 300")
+    await expect(recording).not_to_contain_text("still running")  # it was ended above
     await recording.get_by_role("link", name=re.compile("^Play the session of")).click()
+
     await expect(page.locator("#player .ap-term, #player .ap-terminal").first).to_contain_text(
         "in", timeout=SLOW
     )

@@ -269,7 +269,7 @@ async def test_crash_in_the_middle_is_repaired_at_next_start(
     await asyncio.wait_for(proc.wait(), 10)
     assert caught, "the change finished before it could be interrupted"
     assert json.loads(state_file.read_text())["status"] == phase
-    system.start_agent()
+    system.start_agent("agent2.log")  # only what the restarted daemon says
     for _ in range(100):
         status = json.loads((await asyncio.to_thread(system.access, "status", "--json")).stdout)
         if status["daemon_running"]:

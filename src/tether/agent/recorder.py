@@ -335,11 +335,13 @@ def _copy_loop(
     stdin_to: int | None,
     on_input: Any,
     signals: _Signals,
+    tick: Any,
 ) -> None:
     """Copy each child pipe in ``streams`` (fd -> (our fd, callback)) until all are shut.
 
     With ``stdin_to``, our stdin is copied to that fd (its bytes passed to ``on_input``)
-    and the fd closed at our stdin's end.
+    and the fd closed at our stdin's end. ``tick`` is called at least every second, so
+    output recorded before a long quiet spell is flushed even if the session is killed.
     """
     open_out = dict(streams)
     reading_stdin = stdin_to is not None
@@ -348,6 +350,7 @@ def _copy_loop(
         if reading_stdin:
             readers.append(0)
         readable, _, _ = select.select(readers, [], [], 1.0)
+        tick()
         for sig in signals.take():
             if sig in (signal.SIGHUP, signal.SIGTERM):
                 with contextlib.suppress(OSError):
@@ -429,7 +432,7 @@ def run_pipes(
     if proc.stdin is not None:
         stdin_to = os.dup(proc.stdin.fileno())
         proc.stdin.close()
-    _copy_loop(proc, streams, stdin_to, on_input, signals)
+    _copy_loop(proc, streams, stdin_to, on_input, signals, sink.tick)
     return _returncode(proc)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -39,6 +38,7 @@ from tether.agent.recordings import (
     RecordingInfo,
     cast_path,
     info_for,
+    is_live,
     list_recordings,
     meta_path,
     recording_ids,
@@ -55,21 +55,6 @@ SCAN_INTERVAL = 1.0
 #: How often (seconds) retention runs when no session has ended meanwhile.
 RETENTION_INTERVAL = 60.0
 LIVE, DONE = "live", "done"
-
-
-def is_live(path: Path) -> bool:
-    """Tell whether a recorder still holds its lock on recording ``path``."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def _sha256(path: Path) -> str:

@@ -16,6 +16,7 @@ so it uses nothing outside the standard library.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -43,6 +44,7 @@ __all__ = [
     "cast_path",
     "check_id",
     "info_for",
+    "is_live",
     "list_recordings",
     "meta_path",
     "new_recording_id",
@@ -205,6 +207,21 @@ def recording_ids(directory: Path) -> list[str]:
         return []
     ids = {name[: -len(CAST_SUFFIX)] for name in names if name.endswith(CAST_SUFFIX)}
     return sorted(i for i in ids if RECORDING_ID.match(i))
+
+
+def is_live(path: Path) -> bool:
+    """Tell whether a recorder still holds its lock on recording ``path``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def list_recordings(directory: Path) -> list[RecordingInfo]:

@@ -39,7 +39,7 @@ async def test_login_sets_a_strict_httponly_cookie_and_shows_the_console(api: Ap
     assert "No machine is tethered right now." in page.text
     assert "chain intact" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
-    assert "engineer.login" in [e.event for e in api.audit()]
+    assert "engineer.login" in [e.event for e in await api.audit()]
 
 
 async def test_issue_key_with_the_form_and_revoke_it(api: Api) -> None:
@@ -122,7 +122,7 @@ async def test_engineers_are_added_and_disabled_and_roles_hold(api: Api) -> None
     erin = await api.store.engineers.get("erin")
     assert erin is not None
     assert not erin.active
-    assert "engineer.disabled" in [e.event for e in api.audit()]
+    assert "engineer.disabled" in [e.event for e in await api.audit()]
 
 
 async def test_a_case_is_approved_from_the_console(api: Api) -> None:
@@ -168,7 +168,7 @@ async def test_revealing_a_sealed_password_is_audited_and_not_cached(api: Api) -
     assert shown.status_code == 200
     assert 'value="Kx7pQ2mN9vR4tW8z"' in shown.text
     assert shown.headers["cache-control"] == "no-store"
-    assert api.events("password.revealed") == [
+    assert await api.events("password.revealed") == [
         {"engineer": "alice", "key_id": claims.key_id, "serial": "ACME-9"}
     ]
     missing = await api.client.post(

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+import schemathesis.specs.openapi.schemas
 from hypothesis import HealthCheck, given, settings
 from schemathesis import APIOperation, GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -36,6 +37,10 @@ from tether.vendor.api_credentials import TOKEN_LIFETIME, Passwords, new_token
 from tether.vendor.api_models import ENDPOINTS
 from tether.vendor.authority import Authority
 
+# schemathesis loads its OpenAPI modules on first use, and pytest rewrites their
+# asserts as they load; done deep inside a running test, CPython 3.11's compiler can
+# fail ("AST constructor recursion depth mismatch"). Imported above, they load at
+# collection time instead.
 from .conftest import ADMIN, FAST_HASHER, PASSWORD, make_vendor
 
 #: Examples per operation and generation mode (positive, negative).

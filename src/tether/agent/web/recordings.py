@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -17,8 +18,10 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 from tether.agent.recordings import (
     RecordingInfo,
     RecordingNotFound,
+    cast_path,
     check_id,
     info_for,
+    is_live,
     list_recordings,
     read_cast,
 )
@@ -45,19 +48,22 @@ def recordings_view(config: AgentConfig) -> dict[str, Any]:
         return {"recordings": [], "recordings_total": 0, "recordings_error": str(exc)}
     newest = list(reversed(everything))[:RECORDINGS_SHOWN]
     return {
-        "recordings": [describe(info) for info in newest],
+        "recordings": [describe(info, config.recordings_dir) for info in newest],
         "recordings_total": len(everything),
         "recordings_error": None,
     }
 
 
-def describe(info: RecordingInfo) -> dict[str, Any]:
+def describe(info: RecordingInfo, directory: Path) -> dict[str, Any]:
     seconds = info.duration
+    # Its metadata says "live" until the recorder ends it; a recorder killed with its
+    # session (ended from this page, access closed) never does: ask its lock instead.
+    running = info.live and is_live(cast_path(directory, info.id))
     return {
         "id": info.id,
         "engineer": info.engineer,
         "started": info.started.strftime("%Y-%m-%d %H:%M:%S"),
-        "duration": "still running" if info.live else _span(seconds),
+        "duration": "still running" if running else _span(seconds),
         "what": info.command or ("interactive shell" if info.kind == "shell" else info.kind),
         "exit": "" if info.exit_status is None else str(info.exit_status),
         "size": _size(info.size),
@@ -70,7 +76,7 @@ def describe(info: RecordingInfo) -> dict[str, Any]:
 
 def _span(seconds: float | None) -> str:
     if seconds is None:
-        return "ended (time unknown)"
+        return "ended (its recorder was stopped with it)"
     minutes, rest = divmod(int(seconds), 60)
     return f"{minutes}m {rest:02d}s" if minutes else f"{rest}s"
 
@@ -103,7 +109,8 @@ def add_recording_routes(
                 message=f"There is no recording {recording_id[:40]!r}.",
                 back="/#recordings",
             )
-        response = render(request, "recording.html", session, recording=describe(info))
+        recording = describe(info, config.recordings_dir)
+        response = render(request, "recording.html", session, recording=recording)
         response.headers["Content-Security-Policy"] = PLAYER_POLICY
         return response
 
