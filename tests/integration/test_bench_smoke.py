@@ -8,6 +8,7 @@ sandboxed machine).
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,9 @@ def test_every_budget_row_is_measured_and_written(tmp_path: Path) -> None:
         assert any(name.startswith(figure) for name in measured), (figure, sorted(measured))
     for row in data["rows"]:
         assert isinstance(row["value"], float | int), row
-        assert row["value"] >= 0, row
+        assert math.isfinite(row["value"]), row
+        # Only the connect row is a difference (through the relay can beat direct ssh).
+        assert row["value"] >= 0 or row["unit"] == "ms extra", row
     assert data["machine"]["cores"] >= 1
     markdown = json_file.with_suffix(".md").read_text()
     assert "| figure | measured | budget |" in markdown
