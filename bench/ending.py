@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -181,9 +182,9 @@ def stop_agent(system: DemoSystem, sig: int = signal.SIGTERM) -> None:
 async def expiry_agent_dead(system: DemoSystem, minute: float = 60.0, seconds: int = 3) -> float:
     """Agent killed, access past its expiry: until the installed cron job closed it.
 
-    Nothing else runs on the sandboxed machine, so this plays cron: the command that
-    ``tether agent install`` wrote into the cron entry runs at each wall-clock
-    ``minute`` boundary, as cron would run it.
+    Nothing else runs on the sandboxed machine, so this plays cron: each line of the
+    entry ``tether agent install`` wrote runs at every wall-clock ``minute`` boundary,
+    after its ``sleep N;`` if it has one, as cron would run it.
     """
     assert system.machine is not None
     install = system.machine.run(
@@ -193,13 +194,18 @@ async def expiry_agent_dead(system: DemoSystem, minute: float = 60.0, seconds: i
     if not entry.exists():
         raise RuntimeError(f"tether agent install wrote no cron entry: {install.stderr.strip()}")
     command = cron_command(entry)
+    offsets = sorted(
+        {0.0, *(int(n) * minute / 60 for n in re.findall(r"sleep (\d+);", entry.read_text()))}
+    )
     await open_access(system, "--duration", f"{seconds}s")
     expires = _expires_at(await status(system))
     stop_agent(system, signal.SIGKILL)
     try:
         while True:
             now = time.time()
-            await asyncio.sleep(minute - now % minute)
+            start = now - now % minute
+            runs = [start + o for o in offsets] + [start + minute + o for o in offsets]
+            await asyncio.sleep(min(t for t in runs if t > now) - now)
             await asyncio.to_thread(system.machine.run, command)
             state = await status(system)
             if _access(state).get("status") == "closed" and time.time() > expires:

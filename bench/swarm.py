@@ -8,7 +8,8 @@ Commands on stdin, one per line:
 
 * ``add N``: start N more tunnels (at most ``--connecting`` dialling at once) and
   answer ``added TOTAL SECONDS`` once all of them are connected;
-* ``watch``: print ``tick T CONNECTED`` every 0.1 s (until ``quiet``);
+* ``watch``: print ``tick T CONNECTED DIALS`` every 0.1 s (until ``quiet``), DIALS
+  counting every connection attempt the tunnels have started;
 * ``quiet``: stop ticking.
 
 All machine keys share one Ed25519 key: the relay binds each tether key to the
@@ -47,6 +48,7 @@ class Swarm:
         self.tunnels: list[Tunnel] = []
         self.tasks: list[asyncio.Task[object]] = []
         self.connected = 0
+        self.dials = 0
         self.changed = asyncio.Event()
 
     def _watcher(self) -> Callable[[TunnelStatus], None]:
@@ -55,6 +57,8 @@ class Swarm:
 
         def on_change(status: TunnelStatus) -> None:
             nonlocal was_connected
+            if status.state == TunnelState.CONNECTING:
+                self.dials += 1
             now = status.state == TunnelState.CONNECTED
             if now != was_connected:
                 self.connected += 1 if now else -1
@@ -86,7 +90,9 @@ class Swarm:
     async def watch(self, stop: asyncio.Event) -> None:
         start = time.perf_counter()
         while not stop.is_set():
-            print(f"tick {time.perf_counter() - start:.2f} {self.connected}", flush=True)
+            print(
+                f"tick {time.perf_counter() - start:.2f} {self.connected} {self.dials}", flush=True
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.1)
 

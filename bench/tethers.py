@@ -182,6 +182,8 @@ class RestartResult:
     all_back: float
     #: most tethers that came back within one second.
     peak_per_second: int
+    #: most connection attempts the agents started within one second (the spread).
+    peak_dials_per_second: int
     #: seconds the relay took to stop (telling every agent when to come back)
     stop_seconds: float
 
@@ -195,13 +197,13 @@ async def restart(world: World, count: int, keys: Path) -> RestartResult:
         world.start_relay()
         back_from = time.perf_counter()
         swarm.send("watch")
-        ticks: list[tuple[float, int]] = []
+        ticks: list[tuple[float, int, int]] = []
         deadline = back_from + 600
         while time.perf_counter() < deadline:
             words = (await swarm.read(60)).split()
             if words[0] != "tick":
                 continue
-            ticks.append((time.perf_counter() - back_from, int(words[2])))
+            ticks.append((time.perf_counter() - back_from, int(words[2]), int(words[3])))
             if ticks[-1][1] >= count and ticks[-1][0] > 0:
                 break
         swarm.send("quiet")
@@ -209,10 +211,21 @@ async def restart(world: World, count: int, keys: Path) -> RestartResult:
         swarm.close(world)
     if not ticks or ticks[-1][1] < count:
         raise RuntimeError(f"only {ticks[-1][1] if ticks else 0} of {count} tethers came back")
-    # Tethers back per one-second window, from the connected counts sampled every 0.1 s.
-    low = min(n for _, n in ticks)
+    # Per one-second window, from the counts sampled every 0.1 s: tethers back, dials.
+    return RestartResult(
+        count,
+        ticks[-1][0],
+        _peak([(t, n) for t, n, _ in ticks]),
+        _peak([(t, d) for t, _, d in ticks]),
+        stopped,
+    )
+
+
+def _peak(samples: list[tuple[float, int]]) -> int:
+    """Largest rise of a sampled counter within any one second."""
+    low = min(n for _, n in samples)
     peak = 0
-    for t, n in ticks:
-        earlier = [m for s, m in ticks if s <= t - 1.0]
+    for t, n in samples:
+        earlier = [m for s, m in samples if s <= t - 1.0]
         peak = max(peak, n - (earlier[-1] if earlier else low))
-    return RestartResult(count, ticks[-1][0], peak, stopped)
+    return peak

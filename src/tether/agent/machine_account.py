@@ -128,13 +128,15 @@ class Accounts:
         self._check(["userdel", "--remove", account], f"removing account {account}")
 
     def lock(self, account: str) -> list[str]:
-        """Lock the password and expire the account; return problems met."""
-        notes: list[str] = []
-        for argv in (["usermod", "--lock", account], ["usermod", "--expiredate", "1", account]):
-            result = self._run(argv)
-            if result.returncode != 0:
-                notes.append(f"{' '.join(argv[:2])} failed: {output_of(result)}")
-        return notes
+        """Lock the password and expire the account; return problems met.
+
+        One ``usermod``: this runs before the account's sessions are killed, and every
+        process started here delays the moment they are gone.
+        """
+        result = self._run(["usermod", "--lock", "--expiredate", "1", account])
+        if result.returncode != 0:
+            return [f"usermod --lock --expiredate failed: {output_of(result)}"]
+        return []
 
     def delete(self, account: str, *, remove_home: bool) -> int:
         """``userdel`` the account; return its exit status."""
