@@ -84,8 +84,8 @@ def install(config: AgentConfig, command: list[str]) -> InstallReport:
         )
     # cron's finest step is a minute: a second line half a minute later keeps the worst
     # case (expiry just after a run) at 30 s plus the run, within the 60 s budget.
-    command = f"{base} access expire --config {cfg} >/dev/null 2>&1"
-    line = f"* * * * * root {command}\n* * * * * root sleep 30; {command}\n"
+    expire = f"{base} access expire --config {cfg} >/dev/null 2>&1"
+    line = f"* * * * * root {expire}\n* * * * * root sleep 30; {expire}\n"
     entry = _write(config.cron_dir / "tether", "# Tether: close support access on time.\n" + line)
     return InstallReport("cron", (entry,))
 
