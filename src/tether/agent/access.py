@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from tether import log
 from tether.agent.effects import Machine, MachineError, RecorderSpec, SupportGrant
 from tether.agent.locks import state_lock
-from tether.agent.machine_recording import choose_python, recorder_command
+from tether.agent.machine_recording import choose_python, library_for, recorder_command
 from tether.agent.state import AccessMode, AccessState, AccessStatus, CloseReason, StateFile
 from tether.audit_log import AuditLog
 from tether.clock import SYSTEM_CLOCK, Clock
@@ -79,6 +79,7 @@ def recorder_for(config: AgentConfig) -> RecorderSpec | None:
             "no Python the support account can run for the session recorder: set "
             f'[recording] python in {config.path} (or fail = "open" to run unrecorded)'
         )
+    library = library_for(config.state_dir)
     command = recorder_command(
         python=python,
         directory=config.recordings_dir,
@@ -86,8 +87,9 @@ def recorder_for(config: AgentConfig) -> RecorderSpec | None:
         fail_open=fail_open,
         max_bytes=settings.max_session,
         sftp_server=settings.sftp_server,
+        root=library,
     )
-    return RecorderSpec(command, config.recordings_dir, fail_open)
+    return RecorderSpec(command, config.recordings_dir, fail_open, library)
 
 
 def _machine_for(config: AgentConfig) -> Machine:

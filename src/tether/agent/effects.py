@@ -68,11 +68,14 @@ class RecorderSpec:
         (root-owned, the account's group may only add files: mode 1730).
     :param fail_open: run a session unrecorded when recording cannot start
         (otherwise the session is refused).
+    :param library: where :meth:`Machine.open` puts a copy of Tether's code for the
+        recorder to import (``None``: the installed package is readable by the account).
     """
 
     command: str
     directory: Path
     fail_open: bool = False
+    library: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ from tether.agent.machine_grant import (
     check_account_name,
     check_grant,
 )
-from tether.agent.machine_recording import check_as_account, prepare_directory
+from tether.agent.machine_recording import check_as_account, install_library, prepare_directory
 from tether.agent.machine_sshd import (
     ConnectionSpec,
     Sshd,
@@ -271,6 +271,17 @@ class SystemMachine:
                     path=checked.recorder.directory,
                     error=str(exc),
                 )
+            if checked.recorder.library is not None:
+                try:
+                    install_library(checked.recorder.library, self.paths.state_dir, journal)
+                except OSError as exc:  # the recorder check below then says what fails
+                    log.event(
+                        logger,
+                        "machine.recorder_library.failed",
+                        level=logging.WARNING,
+                        path=checked.recorder.library,
+                        error=str(exc),
+                    )
 
         journal.save_file(self.sudoers_file)
         sudoers = self.sudoers_template.format(account=account).encode()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import stat
 import sys
 from collections.abc import Sequence
@@ -67,6 +68,57 @@ def choose_python(
 def package_root() -> Path:
     """The directory holding the ``tether`` package (what goes on ``PYTHONPATH``)."""
     return Path(tether.__file__).resolve().parent.parent
+
+
+#: Where, in the agent's state directory, a copy of Tether's code for the recorder goes
+#: when the installed package is out of the support account's reach.
+LIBRARY_DIR = "recorder-lib"
+
+
+def library_for(state_dir: Path) -> Path | None:
+    """Where the recorder imports Tether from: ``None`` if the installed package will do.
+
+    sshd runs the recorder as the support account, which cannot read a package in a
+    private place (a source checkout or virtualenv under a 0700 directory); then
+    :func:`install_library` puts a copy of the code in ``STATE_DIR/recorder-lib``.
+    """
+    if others_can_use(package_root() / "tether"):
+        return None
+    return state_dir / LIBRARY_DIR
+
+
+def install_library(target: Path, state_dir: Path, journal: Journal) -> None:
+    """Copy Tether's Python code to ``target`` (root's; readable and searchable by all).
+
+    The copy replaces any earlier one whole (a staging directory renamed into place),
+    and every directory from ``state_dir`` down is made searchable by others. A copy
+    this call created is removed again by ``journal`` if opening access fails.
+    """
+    staging = target.with_name(target.name + ".new")
+    retired = target.with_name(target.name + ".old")
+    for leftover in (staging, retired):
+        shutil.rmtree(leftover, ignore_errors=True)
+    shutil.copytree(
+        package_root() / "tether",
+        staging / "tether",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "static", "templates"),
+    )
+    for path in (staging, *staging.rglob("*")):
+        os.chown(path, 0, 0)
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    existed = target.exists()
+    if existed:
+        target.rename(retired)
+    staging.rename(target)
+    shutil.rmtree(retired, ignore_errors=True)
+    if not existed:
+        journal.add(f"remove {target}", functools.partial(shutil.rmtree, target, True))
+    for parent in target.parents:
+        if parent == state_dir or state_dir in parent.parents:
+            mode = stat.S_IMODE(parent.stat().st_mode)
+            if not mode & stat.S_IXOTH:
+                os.chmod(parent, mode | stat.S_IXOTH)
+                journal.add(f"restore {parent}", functools.partial(os.chmod, parent, mode))
 
 
 def recorder_command(
