@@ -96,6 +96,7 @@ def main() -> int:
                         g["recorder"]["command"],
                         Path(g["recorder"]["directory"]),
                         g["recorder"].get("fail_open", False),
+                        Path(g["recorder"]["library"]) if g["recorder"].get("library") else None,
                     ),
                 )
             )

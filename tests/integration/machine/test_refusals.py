@@ -28,7 +28,7 @@ from tests.integration.machine.helpers import (
     ssh,
     tree,
 )
-from tether.agent.machine_recording import recorder_command
+from tether.agent.machine_recording import library_for, recorder_command
 from tether.sandbox import Sandbox
 
 pytestmark = pytest.mark.sandbox
@@ -150,13 +150,17 @@ def test_a_recorder_that_cannot_run_refuses_access_and_changes_nothing(
     every session would be refused, so opening access is refused instead."""
     keys = Keys(tmp_path / "keys")
     directory = "/var/lib/tether/recordings"
+    # Where the account imports Tether from: in place, or a copy if this checkout is private.
+    library = library_for(Path("/var/lib/tether"))
     good = recorder_command(
         python=Path("/usr/bin/python3"),
         directory=Path(directory),
         serial="SN-1",
         fail_open=False,
         max_bytes=1 << 20,
+        root=library,
     )
+    spec = {"command": good, "directory": directory, "library": str(library or "")}
     missing = good.replace("/usr/bin/python3", "/opt/none/python3")
     message = _refused_unchanged(
         sandbox,
@@ -165,7 +169,7 @@ def test_a_recorder_that_cannot_run_refuses_access_and_changes_nothing(
     )
     assert "/opt/none/python3" in message
     # The same with a Python the account can run: access opens, the directory is a drop box.
-    open_ok(sandbox, keys.grant(recorder={"command": good, "directory": directory}))
+    open_ok(sandbox, keys.grant(recorder=spec))
     info = sandbox.host_path(directory).stat()
     assert (info.st_uid, oct(info.st_mode & 0o7777)) == (0, "0o1730")
     assert info.st_gid == int(account_line(sandbox).split(":")[3])
