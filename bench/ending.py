@@ -167,10 +167,6 @@ def agent_pid(system: DemoSystem) -> int:
     raise RuntimeError("the agent daemon's process was not found")
 
 
-def start_agent(system: DemoSystem) -> None:
-    system.start_agent()
-
-
 def stop_agent(system: DemoSystem, sig: int = signal.SIGTERM) -> None:
     """Stop the daemon (SIGKILL: as a crash or power loss would)."""
     assert system.agent is not None
@@ -211,7 +207,7 @@ async def expiry_agent_dead(system: DemoSystem, minute: float = 60.0, seconds: i
             if _access(state).get("status") == "closed" and time.time() > expires:
                 return time.time() - expires
     finally:
-        start_agent(system)
+        system.start_agent()
 
 
 @dataclass
@@ -228,7 +224,7 @@ async def agent_cost(system: DemoSystem) -> AgentCost:
     await open_access(system)
     stop_agent(system)
     start = time.perf_counter()
-    start_agent(system)
+    system.start_agent()
     ready = tether = 0.0
     while time.perf_counter() - start < 30:
         state = await status(system)
