@@ -13,13 +13,12 @@ import signal
 import sys
 from pathlib import Path
 
-import asyncssh
-
 from tether.agent.status import TunnelState
 from tether.agent.tunnel import Tunnel
 from tether.clock import SYSTEM_CLOCK
 from tether.config import RelayConfig, TetherSettings
 from tether.keys import parse_key
+from tether.sshlib import asyncssh
 from tether.tuning import tune_allocator
 
 SETTINGS = TetherSettings(keepalive_interval=15, backoff_initial=1.0, backoff_cap=60.0)

@@ -32,9 +32,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-import asyncssh
-
 from tether.keys import KeyKind
+from tether.sshlib import asyncssh
 from tether.store import Store
 from tether.vendor.authority import Authority, init_data_dir, load_vendor_config
 

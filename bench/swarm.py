@@ -26,14 +26,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import asyncssh
-
 from bench.parts import raise_fd_limit
 from tether.agent.status import TunnelState, TunnelStatus
 from tether.agent.tunnel import Tunnel
 from tether.clock import SYSTEM_CLOCK
 from tether.config import RelayConfig, TetherSettings
 from tether.keys import parse_key
+from tether.sshlib import asyncssh
 from tether.tuning import tune_allocator
 
 #: How many tunnels may be dialling at once while ramping up (a fleet coming online).

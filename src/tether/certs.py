@@ -14,9 +14,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import asyncssh
-
 from tether.errors import BadInput
+from tether.sshlib import asyncssh
 from tether.wire import AGENT_USERNAME, DEFAULT_SUPPORT_ACCOUNT
 
 DEFAULT_CERT_TTL = timedelta(hours=8)

@@ -25,14 +25,13 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
-import asyncssh
-
 from tether.config import RelayConfig, toml_string
 from tether.errors import NotReady
 from tether.relay.server import Relay
 from tether.sandbox import Sandbox, layout
 from tether.sandbox.machine import _read_line as read_line
 from tether.seal import generate_password
+from tether.sshlib import asyncssh
 from tether.store import Store
 from tether.vendor.api_credentials import hash_password
 from tether.vendor.authority import Authority, init_data_dir, load_vendor_config

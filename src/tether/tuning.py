@@ -19,9 +19,8 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-import asyncssh
-
 from tether import log
+from tether.sshlib import asyncssh
 
 logger = logging.getLogger("tether.tuning")
 

@@ -18,14 +18,13 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
-import asyncssh
-
 from tether.agent.status import TunnelState
 from tether.agent.tunnel import Tunnel
 from tether.audit_log import AuditLog
 from tether.config import RelayConfig, TetherSettings
 from tether.keys import KeyKind, TetherKeyClaims
 from tether.relay.server import Relay
+from tether.sshlib import asyncssh
 from tether.store import Store
 from tether.vendor.authority import Authority, init_data_dir, load_vendor_config
 

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import asyncssh
 import pytest
 
 from tests.integration.harness import Agent, Vendor, vendor_setup
@@ -17,6 +16,7 @@ from tether.config import AgentConfig, RequestPolicy, TetherSettings
 from tether.errors import Refused
 from tether.keys import KeyKind, parse_key
 from tether.protocol import CaseUpdate
+from tether.sshlib import asyncssh
 from tether.store import CaseStatus
 from tether.vendor.service import VendorService
 

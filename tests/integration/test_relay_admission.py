@@ -207,7 +207,7 @@ async def test_engineer_connection_ends_when_the_certificate_expires(tmp_path: P
     """Security: a certificate is checked at login only, so the relay closes at its end."""
     import subprocess
 
-    import asyncssh
+    from tether.sshlib import asyncssh
 
     async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
         key, claims = await vendor.issue("M-1", ports=[service.port])

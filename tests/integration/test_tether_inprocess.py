@@ -11,12 +11,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import asyncssh
 import pytest
 
 from tests.integration.harness import Agent, EchoServer, run_ssh, vendor_setup
 from tether.agent.tunnel import TunnelState
 from tether.protocol import RefusalReason
+from tether.sshlib import asyncssh
 
 
 async def test_engineer_reaches_allowed_port_through_tether(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncssh
 import pytest
 
 from tether.certs import (
@@ -23,6 +22,7 @@ from tether.certs import (
     sign_engineer_certificate,
 )
 from tether.errors import BadInput
+from tether.sshlib import asyncssh
 
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
 CA = asyncssh.generate_private_key("ssh-ed25519")

@@ -16,8 +16,6 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import asyncssh
-
 from tether import log
 from tether.agent.access import AccessManager
 from tether.agent.control import serve_control
@@ -34,6 +32,7 @@ from tether.config import AgentConfig
 from tether.errors import NotReady
 from tether.keys import TetherKeyError, parse_key
 from tether.protocol import RefusalReason
+from tether.sshlib import asyncssh
 from tether.tasks import TaskSet
 
 if TYPE_CHECKING:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import asyncssh
-
 from tether.errors import NotReady
+from tether.sshlib import asyncssh
 
 
 def load_or_create_machine_key(path: Path) -> asyncssh.SSHKey:

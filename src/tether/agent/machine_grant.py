@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncssh
-
 from tether.agent.effects import MachineBadInput, RecorderSpec, SupportGrant
 from tether.agent.machine_account import conflict_message, expiry_date, is_ours, lookup
+from tether.sshlib import asyncssh
 
 #: Account names Tether accepts (those of ``useradd`` without its odd corners).
 ACCOUNT_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncssh
-
 from tether.agent.tunnel import PinnedClient, connect_as_agent
+from tether.sshlib import asyncssh
 from tether.wire import RELAY_TIME_BANNER
 
 

@@ -13,13 +13,12 @@ import asyncio
 from collections.abc import Callable
 from typing import cast
 
-import asyncssh
-
 from tether.agent.tunnel import ControlClient, PinnedClient, connect_as_agent
 from tether.config import AgentConfig
 from tether.errors import NotReady, Refused
 from tether.protocol import Cancel, CaseUpdate, Request, encode
 from tether.protocol import Refused as RefusedMessage
+from tether.sshlib import asyncssh
 from tether.wire import CONTROL_SUBSYSTEM, PROTOCOL_VERSION
 
 

@@ -28,8 +28,6 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import cast
 
-import asyncssh
-
 from tether import log
 from tether.agent.status import TunnelState, TunnelStatus
 from tether.audit_log import AuditLog
@@ -53,6 +51,7 @@ from tether.protocol import (
     encode,
 )
 from tether.protocol import Refused as RefusedMessage
+from tether.sshlib import asyncssh
 from tether.tasks import TaskSet
 from tether.tuning import coalesce_writes
 from tether.wire import (

@@ -10,11 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncssh
-
 from tether.certs import load_public_key
 from tether.engineer.state import PUBLIC_MODE, SECRET_MODE, EngineerState
 from tether.errors import BadInput, NotReady
+from tether.sshlib import asyncssh
 
 _ENCRYPTED = "passphrase"
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import asyncssh
 import httpx
 
 from tether.certs import MAX_CERT_TTL, check_engineer_name, load_public_key
@@ -39,6 +38,7 @@ from tether.engineer.state import (
 )
 from tether.errors import BadInput, ConfigError, NotReady
 from tether.keys import parse_address
+from tether.sshlib import asyncssh
 from tether.vendor.api_models import CertificateResponse
 
 _TOTP = re.compile(r"^[0-9]{6}$")

@@ -20,14 +20,13 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 
-import asyncssh
-
 from tether.clock import Clock
 from tether.engineer.client import clean_detail
 from tether.engineer.identity import load_client_identity
 from tether.engineer.state import CertificateExpired, Session, format_utc, login_command
 from tether.errors import NotReady, Refused
 from tether.keys import check_serial
+from tether.sshlib import asyncssh
 
 #: Seconds to reach the relay and log in before giving up.
 CONNECT_TIMEOUT = 15.0

@@ -18,8 +18,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import cast
 
-import asyncssh
-
 from tether import log
 from tether.audit import FieldValue
 from tether.certs import RESERVED_NAMES
@@ -55,6 +53,7 @@ from tether.relay.routing import (
     TetherEntry,
     admit_tether,
 )
+from tether.sshlib import asyncssh
 from tether.store import IssuedKey, MachineRecord, RevocationKind, Store, relay_chain
 from tether.store.admission import Admission
 from tether.store.records import TetherRecord

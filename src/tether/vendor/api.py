@@ -14,7 +14,6 @@ import logging
 from datetime import timedelta
 from typing import Annotated
 
-import asyncssh
 from fastapi import APIRouter, FastAPI, Path, Response
 
 from tether import __version__, log
@@ -22,6 +21,7 @@ from tether.certs import load_public_key
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.errors import BadInput, NotReady, Refused
 from tether.seal import SealPrivateKey, unseal
+from tether.sshlib import asyncssh
 from tether.store import MAX_CASE_ID, CaseRecord
 from tether.vendor.api_admin import router as admin_router
 from tether.vendor.api_auth import ApiContext, Caller, Ctx, LoginLimiter

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import asyncssh
-
 from tether import log
 from tether.audit import AuditEntry, FieldValue, check_no_secrets
 from tether.certs import EngineerCertificate, sign_engineer_certificate
@@ -28,6 +26,7 @@ from tether.config import VendorConfig, toml_string
 from tether.errors import BadInput, NotReady, Refused
 from tether.keys import KeyKind, SigningKey, TetherKeyClaims, check_ports, issue_key, parse_address
 from tether.seal import SealPrivateKey
+from tether.sshlib import asyncssh
 from tether.store import (
     CaseRecord,
     CaseStatus,

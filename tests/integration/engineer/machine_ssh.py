@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import TracebackType
 
-import asyncssh
+from tether.sshlib import asyncssh
 
 
 class MachineSSH:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-import asyncssh
 import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +28,7 @@ from fastapi.responses import JSONResponse
 
 from tether.certs import EngineerCertificate, load_public_key
 from tether.errors import TetherError
+from tether.sshlib import asyncssh
 from tether.vendor.api_models import (
     CertificateRequest,
     CertificateResponse,

@@ -18,7 +18,6 @@ import stat
 from datetime import timedelta
 from pathlib import Path
 
-import asyncssh
 import pytest
 
 from tests.integration.engineer.world import (
@@ -30,6 +29,7 @@ from tests.integration.engineer.world import (
 )
 from tests.integration.harness import run_ssh
 from tether.certs import sign_engineer_certificate
+from tether.sshlib import asyncssh
 
 SSH = shutil.which("ssh") or "/usr/bin/ssh"
 SCP = shutil.which("scp") or "/usr/bin/scp"

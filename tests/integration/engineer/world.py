@@ -29,7 +29,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 import httpx
 import pyotp
 import pytest
@@ -40,6 +39,7 @@ from tests.integration.engineer.stub_api import StubVendorAPI, serve
 from tests.integration.harness import Agent, EchoServer, Vendor, vendor_setup
 from tether.agent.status import TunnelState
 from tether.certs import EngineerCertificate
+from tether.sshlib import asyncssh
 from tether.vendor.api_models import Tether
 from tether.vendor.authority import Authority
 

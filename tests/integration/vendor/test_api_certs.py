@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-import asyncssh
+from tether.sshlib import asyncssh
 
 from .conftest import Api
 

@@ -10,7 +10,6 @@ import struct
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncssh
 import pytest
 
 from tether.agent.cast import CastWriter, decompress_partial, header
@@ -32,6 +31,7 @@ from tether.agent.recordings import (
 from tether.agent.sftp_log import SftpLog
 from tether.cli.access_recordings import playback
 from tether.config import parse_size
+from tether.sshlib import asyncssh
 
 
 class FakeClock:

@@ -7,13 +7,13 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncssh
 import pytest
 
 from tether.certs import sign_engineer_certificate
 from tether.engineer.identity import ensure_key, load_client_identity
 from tether.engineer.state import EngineerState
 from tether.errors import BadInput, NotReady
+from tether.sshlib import asyncssh
 
 
 def test_key_is_generated_once_with_private_mode(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncssh
 import httpx
 import pytest
 
@@ -27,6 +26,7 @@ from tether.engineer.client import (
 from tether.engineer.login import LoginResult, Prompts, login
 from tether.engineer.state import EngineerState
 from tether.errors import BadInput, NotReady
+from tether.sshlib import asyncssh
 
 CA = asyncssh.generate_private_key("ssh-ed25519")
 RELAY_KEY = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()

@@ -7,7 +7,6 @@ import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncssh
 import pytest
 
 from tether.certs import sign_engineer_certificate
@@ -22,6 +21,7 @@ from tether.engineer.state import (
     default_state_dir,
 )
 from tether.errors import ConfigError
+from tether.sshlib import asyncssh
 
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
 CA = asyncssh.generate_private_key("ssh-ed25519")

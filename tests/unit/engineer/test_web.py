@@ -6,13 +6,13 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-import asyncssh
 import pytest
 
 from tether.clock import FrozenClock
 from tether.engineer.state import CertificateExpired
 from tether.engineer.web import WebForward, _Client, web_url
 from tether.errors import NotReady
+from tether.sshlib import asyncssh
 
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
 
