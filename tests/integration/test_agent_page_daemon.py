@@ -24,12 +24,21 @@ async def start(daemon: AgentDaemon) -> asyncio.Task[None]:
     raise AssertionError("the daemon did not answer on its control socket")
 
 
+async def page_url(daemon: AgentDaemon) -> str:
+    """The URL the daemon writes once its page listens (after its control socket answers)."""
+    url_file = daemon.config.run_dir / "web.url"
+    for _ in range(400):
+        if url_file.exists() and (url := url_file.read_text().strip()):
+            return url
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"the daemon never wrote {url_file}")
+
+
 async def test_daemon_serves_the_page_and_says_where(tmp_path: Path) -> None:
     daemon = AgentDaemon(make_config(tmp_path, '[web]\nlisten = "127.0.0.1:0"\n'))
     task = await start(daemon)
     try:
-        url_file = daemon.config.run_dir / "web.url"
-        url = url_file.read_text().strip()
+        url = await page_url(daemon)
         assert url.startswith("http://127.0.0.1:")
         async with httpx.AsyncClient(base_url=url) as client:
             first = await client.get("/")
@@ -42,7 +51,7 @@ async def test_daemon_serves_the_page_and_says_where(tmp_path: Path) -> None:
     finally:
         daemon.stop()
         await asyncio.wait_for(task, 10)
-    assert not url_file.exists()
+    assert not (daemon.config.run_dir / "web.url").exists()
     with socket.socket() as probe:  # the port was given back
         host, port = url.removeprefix("http://").rsplit(":", 1)
         assert probe.connect_ex((host, int(port))) != 0
