@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.parts import rss_kib
-from tether.agent.install import cron_command
+from tether.agent.machine.service import cron_command
 from tether.demo import DemoSystem
 
 AGENT_ARGV = [

@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from tether.agent.effects import MachinePaths
+from tether.agent.machine.effects import MachinePaths
 from tether.durations import parse_duration
 from tether.errors import ConfigError
 from tether.keys import VerifyKey, check_ports, check_serial, parse_address

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import run_ssh
-from tether.agent.machine_recording import DIRECTORY_MODE
+from tether.agent.machine.recorder_setup import DIRECTORY_MODE
 from tether.demo import DemoSystem
 
 pytestmark = pytest.mark.sandbox

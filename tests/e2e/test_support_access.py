@@ -19,7 +19,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from tether.agent.install import cron_command
+from tether.agent.machine.service import cron_command
 from tether.demo import DemoSystem
 
 pytestmark = pytest.mark.sandbox

@@ -4,7 +4,7 @@ These operations run in the CLI process as well as in the daemon, always under t
 state lock, so they work when the daemon and the web page are down. Each change is
 bracketed by intent records (``OPENING`` → ``OPEN``, ``CLOSING`` → ``CLOSED``) so
 that :meth:`AccessManager.recover` can finish or undo it after a crash. The machine
-itself is changed only through :class:`~tether.agent.effects.Machine`; every step is
+itself is changed only through :class:`~tether.agent.machine.effects.Machine`; every step is
 written to the agent's hash-chained audit log.
 """
 
@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from tether import log
-from tether.agent.effects import Machine, MachineError, RecorderSpec, SupportGrant
 from tether.agent.locks import state_lock
-from tether.agent.machine_recording import choose_python, library_for, recorder_command
+from tether.agent.machine.effects import Machine, MachineError, RecorderSpec, SupportGrant
+from tether.agent.machine.recorder_setup import choose_python, library_for, recorder_command
 from tether.agent.state import AccessMode, AccessState, AccessStatus, CloseReason, StateFile
 from tether.audit_log import AuditLog
 from tether.clock import SYSTEM_CLOCK, Clock
@@ -93,7 +93,7 @@ def recorder_for(config: AgentConfig) -> RecorderSpec | None:
 
 
 def _machine_for(config: AgentConfig) -> Machine:
-    from tether.agent.machine import SystemMachine
+    from tether.agent.machine.system import SystemMachine
 
     return SystemMachine(config.paths)
 

@@ -22,7 +22,7 @@ from tether.agent.control import serve_control
 from tether.agent.identity import load_or_create_machine_key
 from tether.agent.locks import DaemonLock
 from tether.agent.notify import Notifier
-from tether.agent.recording_watch import RecordingWatcher
+from tether.agent.recording.watch import RecordingWatcher
 from tether.agent.state import AccessMode, AccessState, CloseReason
 from tether.agent.status import TunnelState, TunnelStatus
 from tether.agent.tunnel import TetherRefused, Tunnel

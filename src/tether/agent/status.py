@@ -1,4 +1,4 @@
-"""The tether's live state in the words the CLI and the web page both show (no I/O)."""
+"""Access and the tether in the words the CLI and the web page both show (no I/O)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from tether.agent.state import AccessMode, AccessState
 from tether.durations import format_duration
 
 
@@ -73,3 +74,44 @@ class TunnelStatus:
             reason=str(body["reason"]) if body.get("reason") else None,
             ports=tuple(int(p) for p in body.get("ports", ())),
         )
+
+
+def describe_access(state: AccessState, serial: str, now: datetime) -> str:
+    """One line on access at ``now``, in the words of ``tether access status`` and the page."""
+    head = f"Support access on {serial}"
+    if state.in_transition:
+        return f"{head}: {state.status.value} was interrupted; the agent repairs it when it starts"
+    if not state.is_open:
+        line = f"{head}: closed"
+        if state.closed_at is not None and state.close_reason is not None:
+            line += f" ({state.close_reason.value} at {state.closed_at:%Y-%m-%d %H:%M} UTC"
+            line += f": {state.close_detail})" if state.close_detail else ")"
+        return line
+    how = "through the relay" if state.mode == AccessMode.TETHER else "direct"
+    if state.mode == AccessMode.DIRECT:
+        how += f" from {', '.join(state.allow_from)}" if state.allow_from else " from anywhere"
+    if state.expires_at is None:
+        return f"{head}: OPEN WITHOUT END ({how}) — nothing closes it but `tether access disable`"
+    if state.expires_at <= now:
+        return (
+            f"{head}: past its expiry ({state.expires_at:%Y-%m-%d %H:%M} UTC); "
+            "the agent or the expiry timer closes it at once"
+        )
+    ports = f", ports {', '.join(map(str, state.ports))}" if state.ports else ""
+    return (
+        f"{head}: open until {state.expires_at:%Y-%m-%d %H:%M} UTC "
+        f"({format_duration(state.expires_at - now)} left), {how}{ports}"
+    )
+
+
+def describe_tunnel(daemon_running: bool, tunnel: object, now: datetime) -> str:
+    """One line on the tether, from the daemon's status reply (``tunnel``) if it runs."""
+    if not daemon_running:
+        return "agent not running (start it: systemctl start tether-agent, or `tether agent serve`)"
+    if not isinstance(tunnel, dict):
+        return "not connected"
+    try:
+        tunnel_status = TunnelStatus.from_json(tunnel)
+    except (ValueError, KeyError, TypeError):
+        return "agent sent an unreadable status"
+    return tunnel_status.describe(now)

@@ -11,8 +11,8 @@ from rich.markup import escape
 
 from tether.agent.access import AccessManager, PasswordChoice
 from tether.agent.control import ask_daemon
-from tether.agent.state import AccessMode, AccessState, AccessStatus, CloseReason
-from tether.agent.status import TunnelStatus
+from tether.agent.state import AccessMode, AccessStatus, CloseReason
+from tether.agent.status import describe_access, describe_tunnel
 from tether.cli.access_recordings import play, recordings
 from tether.cli.common import agent_config_option, err, handle_errors, json_option, out, print_json
 from tether.clock import SYSTEM_CLOCK
@@ -151,7 +151,7 @@ def enable(
     if as_json:
         print_json({"access": state.to_json(with_key=False), "daemon_running": daemon is not None})
         return
-    out.print(describe_access(state, config.serial))
+    out.print(describe_access(state, config.serial, SYSTEM_CLOCK.now()))
     if refused_ports:
         err.print(
             f"warning: not opening port(s) {', '.join(map(str, refused_ports))}: not allowed on this machine"
@@ -242,9 +242,9 @@ def status(config_path: Path, as_json: bool) -> None:
             }
         )
         return
-    out.print(describe_access(state, config.serial))
+    out.print(describe_access(state, config.serial, SYSTEM_CLOCK.now()))
     if state.is_open and state.mode == AccessMode.TETHER:
-        out.print(f"Tether:   {describe_tunnel(reply is not None, tunnel)}")
+        out.print(f"Tether:   {describe_tunnel(reply is not None, tunnel, SYSTEM_CLOCK.now())}")
 
 
 def _ask_vendor(config: AgentConfig, description: str) -> str:
@@ -284,47 +284,6 @@ def _ask_vendor(config: AgentConfig, description: str) -> str:
     elapsed = format_duration(timedelta(seconds=time.monotonic() - started))
     err.print(f"The vendor issued a key after {elapsed}.")
     return key
-
-
-def describe_access(state: AccessState, serial: str) -> str:
-    """One line on access, in the words the web page uses too."""
-    now = SYSTEM_CLOCK.now()
-    head = f"Support access on {serial}"
-    if state.in_transition:
-        return f"{head}: {state.status.value} was interrupted; the agent repairs it when it starts"
-    if not state.is_open:
-        line = f"{head}: closed"
-        if state.closed_at is not None and state.close_reason is not None:
-            line += f" ({state.close_reason.value} at {state.closed_at:%Y-%m-%d %H:%M} UTC"
-            line += f": {state.close_detail})" if state.close_detail else ")"
-        return line
-    how = "through the relay" if state.mode == AccessMode.TETHER else "direct"
-    if state.mode == AccessMode.DIRECT:
-        how += f" from {', '.join(state.allow_from)}" if state.allow_from else " from anywhere"
-    if state.expires_at is None:
-        return f"{head}: OPEN WITHOUT END ({how}) — nothing closes it but `tether access disable`"
-    if state.expires_at <= now:
-        return (
-            f"{head}: past its expiry ({state.expires_at:%Y-%m-%d %H:%M} UTC); "
-            "the agent or the expiry timer closes it at once"
-        )
-    ports = f", ports {', '.join(map(str, state.ports))}" if state.ports else ""
-    return (
-        f"{head}: open until {state.expires_at:%Y-%m-%d %H:%M} UTC "
-        f"({format_duration(state.expires_at - now)} left), {how}{ports}"
-    )
-
-
-def describe_tunnel(daemon_running: bool, tunnel: object) -> str:
-    if not daemon_running:
-        return "agent not running (start it: systemctl start tether-agent, or `tether agent serve`)"
-    if not isinstance(tunnel, dict):
-        return "not connected"
-    try:
-        tunnel_status = TunnelStatus.from_json(tunnel)
-    except (ValueError, KeyError, TypeError):
-        return "agent sent an unreadable status"
-    return tunnel_status.describe(SYSTEM_CLOCK.now())
 
 
 # `check` and `log` live in their own module to keep this one small.

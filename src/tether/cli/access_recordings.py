@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from tether.agent.recordings import RecordingNotFound, list_recordings, read_cast
+from tether.agent.recording.catalog import RecordingNotFound, list_recordings, read_cast
 from tether.cli.common import agent_config_option, handle_errors, json_option, out, print_json
 from tether.config import AgentConfig
 from tether.durations import format_duration

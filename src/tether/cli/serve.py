@@ -118,7 +118,7 @@ def agent_install(config_path: Path, web_password: bool) -> None:
     """
     import sys
 
-    from tether.agent.install import install
+    from tether.agent.machine.service import install
 
     config = AgentConfig.load(config_path)
     if web_password:

@@ -464,7 +464,7 @@ class _RelayConnection(asyncssh.SSHServer):
 
         asyncssh checks a certificate's validity at login only and hands the
         certificate to no public hook, so its validation step is wrapped here
-        (tests/integration/test_relay_admission.py fails if this stops working).
+        (tests/integration/relay/test_admission.py fails if this stops working).
         """
         original = conn._validate_openssh_certificate
 

@@ -3,7 +3,7 @@
 :func:`create_app` builds a FastAPI app around the running agent (:class:`AgentHost`:
 the daemon). Every change goes through the same functions the ``tether access`` CLI
 uses (:class:`~tether.agent.access.AccessManager`, the daemon's reconcile), and the
-page shows state in the CLI's words (:func:`tether.cli.access.describe_access`,
+page shows state in the CLI's words (:func:`tether.agent.status.describe_access`,
 :meth:`~tether.agent.status.TunnelStatus.describe`).
 
 Order of checks on every request: the client address against ``[web]
@@ -29,9 +29,9 @@ from starlette.datastructures import FormData
 
 from tether import log
 from tether.agent.access import AccessManager, PasswordChoice
+from tether.agent.machine.sessions import end_session, list_sessions
 from tether.agent.state import AccessMode, CloseReason
 from tether.agent.status import TunnelStatus
-from tether.agent.support_sessions import end_session, list_sessions
 from tether.agent.web.auth import AdminPassword, Session, Sessions, Throttle
 from tether.agent.web.oneclick import AccessOptions, OneClick
 from tether.agent.web.recordings import add_recording_routes, recordings_view

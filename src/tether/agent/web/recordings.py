@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
-from tether.agent.recordings import (
+from tether.agent.recording.catalog import (
     RecordingInfo,
     RecordingNotFound,
     cast_path,

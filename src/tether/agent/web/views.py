@@ -1,6 +1,6 @@
 """What the page shows, computed from the agent's state (no HTTP here).
 
-The words are the CLI's: :func:`tether.cli.access.describe_access` for access and
+The words are the CLI's: :func:`tether.agent.status.describe_access` for access and
 :meth:`~tether.agent.status.TunnelStatus.describe` for the tether, so ``tether access
 status`` and the page never disagree.
 """
@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Any
 from tether.agent.access import AccessManager
 from tether.agent.logins import describe_entry
 from tether.agent.state import AccessMode
-from tether.agent.status import TunnelState
-from tether.cli.access import describe_access
+from tether.agent.status import TunnelState, describe_access
 from tether.durations import format_duration
 
 if TYPE_CHECKING:
@@ -29,7 +28,7 @@ def status_view(host: AgentHost, one_click: OneClick) -> dict[str, Any]:
     state = host.access.state()
     now = host.access.clock.now()
     tunnel = host.tunnel_status
-    access_line = describe_access(state, host.config.serial)
+    access_line = describe_access(state, host.config.serial, now)
     tether_line = None
     kind, headline = "closed", "closed"
     if state.is_open:

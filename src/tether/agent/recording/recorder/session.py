@@ -1,0 +1,620 @@
+"""The session recorder: sshd's ForceCommand for the support account (stdlib only).
+
+sshd runs ``python -m tether.agent.recording.recorder --dir DIR --serial S …`` as the support
+account for every session (ForceCommand), with the engineer's own request in
+``SSH_ORIGINAL_COMMAND`` and, thanks to ``ExposeAuthInfo``, the engineer's certificate
+in the file named by ``SSH_USER_AUTH``. The recorder:
+
+1. creates the session's recording (:mod:`tether.agent.recording.catalog`) *before running
+   anything*; if it cannot (directory missing or unwritable, disk full), it refuses
+   the session with one line on stderr -- unless started with ``--fail open``, which
+   runs the session unrecorded and says so on stderr and in syslog;
+2. runs what was asked (:func:`~tether.agent.recording.recorder.context.plan_session`): on a terminal
+   the login shell or ``shell -c COMMAND`` on a new pty of the same size and modes,
+   passing window size changes on (SIGWINCH) and recording them; without a terminal
+   the command with its stdin untouched and its stdout/stderr copied through; an
+   SFTP subsystem through the real ``sftp-server`` with the packets followed; legacy
+   ``scp -t/-f`` with the file names and sizes followed;
+3. records output only (never typed input: it would hold passwords), up to
+   ``--max-bytes``, as asciicast v2 flushed every second;
+4. exits with the session's exit status (128+N when a signal N ended it).
+
+It holds an exclusive ``flock`` on its ``.cast.gz`` for its whole life: the agent
+daemon knows a session is over when that lock is free, even if the recorder was
+killed. This file runs under whatever Python sshd finds (often the system's): it uses
+the standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import pwd
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+import tty
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tether.agent.recording.recorder.cast import (
+    CastWriter,
+    cast_path,
+    header,
+    meta_path,
+    new_recording_id,
+    open_new,
+)
+from tether.agent.recording.recorder.context import (
+    ScpLog,
+    SessionPlan,
+    find_sftp_server,
+    plan_session,
+    read_engineer,
+)
+
+if TYPE_CHECKING:
+    from tether.agent.recording.recorder.sftp_log import SftpLog
+
+#: Output recorded per session before the recording stops (the session goes on).
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+#: Exit status of a session the recorder refused or could not start.
+REFUSED = 255
+_CHUNK = 65536
+
+
+class Recording:
+    """One session's files: the asciicast stream (locked) and its metadata."""
+
+    def __init__(self, directory: Path, meta: dict[str, Any], head: dict[str, Any], limit: int):
+        self.directory = directory
+        self.meta = meta
+        self.id = str(meta["id"])
+        self._fd = open_new(str(cast_path(directory, self.id)))
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._file = os.fdopen(self._fd, "wb", buffering=0)
+            self.writer = CastWriter(self._file, head, limit=limit)
+            self.write_meta()
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(cast_path(directory, self.id))
+            os.close(self._fd)
+            raise
+
+    def write_meta(self) -> None:
+        """Replace the metadata file (write a new file, then rename it over the old)."""
+        temporary = self.directory / f".{self.id}.tmp"
+        data = json.dumps(self.meta, ensure_ascii=False, indent=1).encode() + b"\n"
+        fd = open_new(str(temporary))
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.rename(temporary, meta_path(self.directory, self.id))
+
+    def output(self, data: bytes) -> None:
+        try:
+            self.writer.output(data)
+        except OSError:
+            self.meta["write_error"] = True
+
+    def resize(self, columns: int, rows: int) -> None:
+        with contextlib.suppress(OSError):
+            self.writer.resize(columns, rows)
+
+    def tick(self) -> None:
+        with contextlib.suppress(OSError):
+            self.writer.maybe_flush()
+
+    def finish(self, status: int, transfers: list[dict[str, Any]], notes: list[str]) -> None:
+        """Close the stream and write the final metadata (best effort: never raises)."""
+        if transfers or notes:
+            lines = [f"tether: {n}" for n in notes]
+            lines += [f"tether: {_describe(t)}" for t in transfers]
+            self.output(("\r\n".join(lines) + "\r\n").encode())
+        with contextlib.suppress(OSError):
+            self.writer.close()
+        self.meta.update(
+            status="done",
+            ended=datetime.now(UTC).isoformat(),
+            exit_status=status,
+            recorded_bytes=self.writer.recorded,
+            truncated=self.writer.truncated,
+            transfers=transfers,
+        )
+        if notes:
+            self.meta["notes"] = notes
+        with contextlib.suppress(OSError):
+            self.write_meta()
+        with contextlib.suppress(OSError):
+            self._file.close()
+
+
+class _Unrecorded:
+    """Stands in for a :class:`Recording` when ``--fail open`` let a session run without."""
+
+    def output(self, data: bytes) -> None:
+        pass
+
+    def resize(self, columns: int, rows: int) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+    def finish(self, status: int, transfers: list[dict[str, Any]], notes: list[str]) -> None:
+        pass
+
+
+Sink = Recording | _Unrecorded
+
+
+def _describe(transfer: dict[str, Any]) -> str:
+    text = f"{transfer.get('op')} {transfer.get('path')}"
+    if "bytes" in transfer:
+        text += f" ({transfer['bytes']} bytes)"
+    if transfer.get("target"):
+        text += f" -> {transfer['target']}"
+    return text
+
+
+def _winsize(fd: int) -> tuple[int, int]:
+    """Return (columns, rows) of the terminal on ``fd``."""
+    rows, columns, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+    return columns or 80, rows or 24
+
+
+def _set_winsize(fd: int, columns: int, rows: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [], 1.0)
+            continue
+        view = view[written:]
+
+
+def _exit_status(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _default_signals() -> None:
+    """Undo what Python did to signal dispositions, for the session's programs."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+class _Signals:
+    """Wakes the copy loop on SIGWINCH / SIGHUP / SIGTERM / SIGCHLD (self-pipe)."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.seen: set[int] = set()
+        signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
+        for sig in (signal.SIGWINCH, signal.SIGHUP, signal.SIGTERM, signal.SIGCHLD):
+            signal.signal(sig, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.seen.add(signum)
+
+    def take(self) -> set[int]:
+        with contextlib.suppress(OSError):
+            while os.read(self.read_fd, 512):
+                pass
+        seen, self.seen = self.seen, set()
+        return seen
+
+
+def run_pty(plan: SessionPlan, sink: Sink, columns: int, rows: int) -> int:
+    """Run ``plan`` on a new pty sized like ours, copying both ways; return its status."""
+    saved = termios.tcgetattr(0)
+    master, slave = os.openpty()
+    termios.tcsetattr(slave, termios.TCSANOW, saved)
+    _set_winsize(slave, columns, rows)
+    signals = _Signals()
+    pid = os.fork()
+    if pid == 0:  # the session's process: new session, the new pty as its terminal
+        try:
+            os.close(master)
+            os.setsid()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            for fd in (0, 1, 2):
+                os.dup2(slave, fd)
+            if slave > 2:
+                os.close(slave)
+            signal.set_wakeup_fd(-1)
+            _default_signals()
+            signal.signal(signal.SIGWINCH, signal.SIG_DFL)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.execv(plan.argv[0], [plan.argv0, *plan.argv[1:]])  # noqa: S606 - as sshd would
+        except OSError as exc:
+            os.write(2, f"tether: cannot run {plan.argv[0]}: {exc.strerror}\r\n".encode())
+        os._exit(127)
+    os.close(slave)
+    os.set_blocking(master, False)
+    tty.setraw(0, termios.TCSANOW)
+    status: int | None = None
+    try:
+        status = _pty_loop(pid, master, signals, sink)
+    finally:
+        with contextlib.suppress(termios.error):
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        os.close(master)
+    return status
+
+
+def _pty_loop(pid: int, master: int, signals: _Signals, sink: Sink) -> int:
+    pending = bytearray()
+    reading_stdin = True
+    status: int | None = None
+    drain_until: float | None = None
+    while True:
+        readers = [signals.read_fd, master]
+        if reading_stdin and len(pending) < 4 * _CHUNK:
+            readers.append(0)
+        writers = [master] if pending else []
+        timeout = 0.05 if drain_until is not None else 1.0
+        readable, writable, _ = select.select(readers, writers, [], timeout)
+        for sig in signals.take():
+            if sig == signal.SIGWINCH:
+                with contextlib.suppress(OSError):
+                    columns, rows = _winsize(0)
+                    _set_winsize(master, columns, rows)
+                    sink.resize(columns, rows)
+            elif sig in (signal.SIGHUP, signal.SIGTERM):
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGHUP)
+        if master in readable:
+            try:
+                data = os.read(master, _CHUNK)
+            except BlockingIOError:
+                data = b""
+            except OSError:  # EIO: every holder of the pty's other side is gone
+                break
+            if data:
+                try:
+                    _write_all(1, data)
+                except OSError:  # our terminal is gone: hang the session up
+                    reading_stdin = False
+                    with contextlib.suppress(OSError):
+                        os.killpg(pid, signal.SIGHUP)
+                sink.output(data)
+                if drain_until is not None:
+                    drain_until = time.monotonic() + 0.05
+        if 0 in readable:
+            try:
+                data = os.read(0, _CHUNK)
+            except OSError:
+                data = b""
+            if data:
+                pending += data
+            else:
+                reading_stdin = False
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGHUP)
+        if master in writable and pending:
+            try:
+                pending = pending[os.write(master, pending) :]
+            except BlockingIOError:
+                pass
+            except OSError:
+                pending.clear()
+        sink.tick()
+        if status is None:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = raw
+                # Others may still hold the pty (a background job): take what is
+                # already there, then end like sshd does when the shell exits.
+                drain_until = time.monotonic() + 0.05
+        if drain_until is not None and time.monotonic() > drain_until and not readable:
+            break
+    if status is None:
+        _, status = os.waitpid(pid, 0)
+    return _exit_status(status)
+
+
+def _copy_loop(
+    proc: subprocess.Popen[bytes],
+    streams: dict[int, tuple[int, Any]],
+    stdin_to: int | None,
+    on_input: Any,
+    signals: _Signals,
+    tick: Any,
+) -> None:
+    """Copy each child pipe in ``streams`` (fd -> (our fd, callback)) until all are shut.
+
+    With ``stdin_to``, our stdin is copied to that fd (its bytes passed to ``on_input``)
+    and the fd closed at our stdin's end. ``tick`` is called at least every second, so
+    output recorded before a long quiet spell is flushed even if the session is killed.
+    """
+    open_out = dict(streams)
+    reading_stdin = stdin_to is not None
+    while open_out or reading_stdin:
+        readers = [signals.read_fd, *open_out]
+        if reading_stdin:
+            readers.append(0)
+        readable, _, _ = select.select(readers, [], [], 1.0)
+        tick()
+        for sig in signals.take():
+            if sig in (signal.SIGHUP, signal.SIGTERM):
+                with contextlib.suppress(OSError):
+                    proc.send_signal(sig)
+        for fd in readable:
+            if fd == 0 and stdin_to is not None:
+                try:
+                    data = os.read(0, _CHUNK)
+                except OSError:
+                    data = b""
+                if data:
+                    on_input(data)
+                    try:
+                        _write_all(stdin_to, data)
+                    except OSError:
+                        data = b""
+                if not data:
+                    reading_stdin = False
+                    with contextlib.suppress(OSError):
+                        os.close(stdin_to)
+            elif fd in open_out:
+                ours, callback = open_out[fd]
+                try:
+                    data = os.read(fd, _CHUNK)
+                except OSError:
+                    data = b""
+                if data:
+                    callback(data)
+                    try:
+                        _write_all(ours, data)
+                    except OSError:  # our side is gone: let the program see a broken pipe
+                        data = b""
+                if not data:
+                    del open_out[fd]
+                    os.close(fd)
+        if not open_out and proc.poll() is not None and reading_stdin:
+            reading_stdin = False  # nobody left to read it
+            with contextlib.suppress(OSError):
+                os.close(stdin_to)  # type: ignore[arg-type]
+
+
+def run_pipes(
+    plan: SessionPlan, sink: Sink, sftp: SftpLog | None = None, scp: ScpLog | None = None
+) -> int:
+    """Run ``plan`` without a terminal; return its exit status.
+
+    A command's stdin is its own (never read by the recorder); its stdout and stderr
+    are copied through and recorded. sftp and scp sessions have their stdin proxied
+    too, so the transfer can be followed; their data is not recorded.
+    """
+    signals = _Signals()
+    proxy_stdin = sftp is not None or scp is not None
+    proc = subprocess.Popen(
+        [plan.argv0, *plan.argv[1:]],
+        executable=plan.argv[0],
+        stdin=subprocess.PIPE if proxy_stdin else None,
+        stdout=subprocess.PIPE,
+        stderr=None if proxy_stdin else subprocess.PIPE,
+    )
+    if proc.stdout is None:  # pragma: no cover - stdout=PIPE always sets it
+        raise OSError("no pipe from the session's program")
+    out = os.dup(proc.stdout.fileno())
+    proc.stdout.close()
+    streams: dict[int, tuple[int, Any]]
+    if sftp is not None:
+        streams = {out: (1, sftp.server_data)}
+        on_input: Any = sftp.client_data
+    elif scp is not None:
+        streams = {out: (1, scp.feed if plan.scp_mode == "f" else _ignore)}
+        on_input = scp.feed if plan.scp_mode == "t" else _ignore
+    else:
+        if proc.stderr is None:  # pragma: no cover - stderr=PIPE always sets it
+            raise OSError("no pipe from the session's program")
+        err = os.dup(proc.stderr.fileno())
+        proc.stderr.close()
+        streams = {out: (1, sink.output), err: (2, sink.output)}
+        on_input = _ignore
+    stdin_to = None
+    if proc.stdin is not None:
+        stdin_to = os.dup(proc.stdin.fileno())
+        proc.stdin.close()
+    _copy_loop(proc, streams, stdin_to, on_input, signals, sink.tick)
+    return _returncode(proc)
+
+
+def _returncode(proc: subprocess.Popen[bytes]) -> int:
+    code = proc.wait()
+    return 128 - code if code < 0 else code
+
+
+def _ignore(data: bytes) -> None:
+    pass
+
+
+def _refuse(message: str) -> int:
+    with contextlib.suppress(OSError):
+        os.write(2, f"tether: session refused: {message}\r\n".encode())
+    return REFUSED
+
+
+def _trace_unrecorded(reason: str, engineer: str) -> None:
+    """Leave a trace of a session that runs unrecorded (``--fail open``)."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"tether: warning: this session is NOT recorded ({reason})\r\n".encode())
+    with contextlib.suppress(Exception):
+        import syslog
+
+        syslog.openlog("tether-recorder", 0, syslog.LOG_AUTHPRIV)
+        syslog.syslog(syslog.LOG_WARNING, f"support session of {engineer} NOT recorded: {reason}")
+
+
+def _check(directory: Path) -> int:
+    """Make and remove a file in ``directory`` as this account; say why not if it fails."""
+    probe = directory / f".check-{os.getpid()}"
+    try:
+        os.close(open_new(str(probe)))
+        os.unlink(probe)
+    except OSError as exc:
+        print(f"cannot record in {directory}: {exc.strerror or exc}", file=sys.stderr)
+        return REFUSED
+    return 0
+
+
+class Options:
+    """The recorder's command line (written by the agent into sshd's ForceCommand)."""
+
+    def __init__(self) -> None:
+        self.dir: Path | None = None
+        self.serial = ""
+        self.fail = "closed"
+        self.max_bytes = DEFAULT_MAX_BYTES
+        self.sftp_server: str | None = None
+        self.check = False
+
+
+USAGE = (
+    "usage: python -m tether.agent.recording.recorder --dir DIR [--serial S] [--fail closed|open]\n"
+    "       [--max-bytes N] [--sftp-server PATH] [--check]\n"
+    "Records a support session; sshd runs it as the support account's ForceCommand."
+)
+
+
+def parse_args(argv: list[str]) -> Options:
+    """Read the recorder's options (no argparse: every session pays for its import).
+
+    Raises:
+        ValueError: an unknown option or a bad value (the message says which).
+    """
+    options = Options()
+    words = list(argv)
+    while words:
+        word = words.pop(0)
+        if word == "--check":
+            options.check = True
+            continue
+        if word not in ("--dir", "--serial", "--fail", "--max-bytes", "--sftp-server"):
+            raise ValueError(f"unknown option {word!r}")
+        if not words:
+            raise ValueError(f"{word} needs a value")
+        value = words.pop(0)
+        if word == "--dir":
+            options.dir = Path(value)
+        elif word == "--serial":
+            options.serial = value
+        elif word == "--fail":
+            if value not in ("closed", "open"):
+                raise ValueError("--fail is closed or open")
+            options.fail = value
+        elif word == "--max-bytes":
+            if not value.isdigit():
+                raise ValueError("--max-bytes is a number of bytes")
+            options.max_bytes = int(value)
+        else:
+            options.sftp_server = value
+    if options.dir is None:
+        raise ValueError("--dir is required")
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Record one session as described in the module docstring; return its exit status."""
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        print(f"tether recorder: {exc}\n{USAGE}", file=sys.stderr)
+        return REFUSED
+    if args.dir is None:  # pragma: no cover - parse_args refuses it
+        return REFUSED
+    if args.check:
+        return _check(args.dir)
+    environ = dict(os.environ)
+    account = pwd.getpwuid(os.getuid())
+    command = environ.get("SSH_ORIGINAL_COMMAND") or None
+    sftp_server = args.sftp_server or find_sftp_server()
+    plan = plan_session(account.pw_shell, command, sftp_server)
+    engineer = read_engineer(environ)
+    on_tty = os.isatty(0) and plan.kind in ("shell", "command")
+    columns, rows = _winsize(0) if on_tty else (80, 24)
+    now = datetime.now(UTC)
+    recording_id = new_recording_id(now)
+    meta: dict[str, Any] = {
+        "version": 1,
+        "id": recording_id,
+        "status": "live",
+        "engineer": engineer,
+        "serial": args.serial,
+        "account": account.pw_name,
+        "kind": plan.kind,
+        "command": command,
+        "tty": on_tty,
+        "started": now.isoformat(),
+        "client": environ.get("SSH_CONNECTION", "").split(" ")[0],
+        "pid": os.getpid(),
+    }
+    head = header(
+        columns,
+        rows,
+        now.timestamp(),
+        {"TERM": environ.get("TERM", ""), "SHELL": account.pw_shell},
+        {k: meta[k] for k in ("id", "engineer", "serial", "account", "kind", "command")},
+    )
+    sink: Sink
+    try:
+        if not args.dir.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "no such directory", str(args.dir))
+        sink = Recording(args.dir, meta, head, max(0, args.max_bytes))
+    except OSError as exc:
+        reason = f"cannot record ({exc.strerror or exc}: {args.dir})"
+        if args.fail == "closed":
+            return _refuse(reason)
+        _trace_unrecorded(reason, engineer)
+        sink = _Unrecorded()
+    if plan.kind == "sftp" and sftp_server is None:
+        sink.finish(REFUSED, [], ["no sftp-server on this machine"])
+        return _refuse("no sftp-server found for SFTP")
+    transfers: list[dict[str, Any]] = []
+    notes: list[str] = []
+    status = REFUSED
+    try:
+        if plan.kind == "sftp":
+            from tether.agent.recording.recorder.sftp_log import (
+                SftpLog,  # only SFTP sessions pay for it
+            )
+
+            sftp = SftpLog()
+            status = run_pipes(plan, sink, sftp=sftp)
+            transfers = [t.to_json() for t in sftp.transfers]
+            if sftp.dropped:
+                notes.append(f"{sftp.dropped} more transfers not listed")
+        elif plan.kind == "scp":
+            scp = ScpLog("upload" if plan.scp_mode == "t" else "download")
+            status = run_pipes(plan, sink, scp=scp)
+            transfers = list(scp.files)
+            if scp.dropped:
+                notes.append(f"{scp.dropped} more files not listed")
+        elif on_tty:
+            status = run_pty(plan, sink, columns, rows)
+        else:
+            status = run_pipes(plan, sink)
+    except OSError as exc:
+        notes.append(f"session failed: {exc}")
+        with contextlib.suppress(OSError):
+            os.write(2, f"tether: cannot run the session: {exc}\r\n".encode())
+        status = 127
+    finally:
+        sink.finish(status, transfers, notes)
+    return status

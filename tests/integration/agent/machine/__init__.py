@@ -1,0 +1,1 @@
+"""Integration tests of tether.agent.machine.system.SystemMachine in a sandboxed machine."""

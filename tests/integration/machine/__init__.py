@@ -1,1 +1,0 @@
-"""Integration tests of tether.agent.machine.SystemMachine in a sandboxed machine."""
