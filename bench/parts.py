@@ -35,7 +35,7 @@ from pathlib import Path
 from tether.keys import KeyKind
 from tether.sshlib import asyncssh
 from tether.store import Store
-from tether.vendor.authority import Authority, init_data_dir, load_vendor_config
+from tether.vendor_service.authority import Authority, init_data_dir, load_vendor_config
 
 SSHD = "/usr/sbin/sshd"
 SSH = shutil.which("ssh") or "/usr/bin/ssh"

@@ -33,9 +33,9 @@ from tether.sandbox.machine import _read_line as read_line
 from tether.seal import generate_password
 from tether.sshlib import asyncssh
 from tether.store import Store
-from tether.vendor.api_credentials import hash_password
-from tether.vendor.authority import Authority, init_data_dir, load_vendor_config
-from tether.vendor.service import VendorService
+from tether.vendor_service.api_credentials import hash_password
+from tether.vendor_service.authority import Authority, init_data_dir, load_vendor_config
+from tether.vendor_service.service import VendorService
 from tether.wire import DEFAULT_SUPPORT_ACCOUNT
 
 logger = logging.getLogger("tether.demo")

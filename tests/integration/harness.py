@@ -26,7 +26,7 @@ from tether.keys import KeyKind, TetherKeyClaims
 from tether.relay.server import Relay
 from tether.sshlib import asyncssh
 from tether.store import Store
-from tether.vendor.authority import Authority, init_data_dir, load_vendor_config
+from tether.vendor_service.authority import Authority, init_data_dir, load_vendor_config
 
 SSH = shutil.which("ssh") or "/usr/bin/ssh"
 

@@ -18,7 +18,7 @@ from tether.keys import KeyKind, parse_key
 from tether.protocol import CaseUpdate
 from tether.sshlib import asyncssh
 from tether.store import CaseStatus
-from tether.vendor.service import VendorService
+from tether.vendor_service.service import VendorService
 
 
 @dataclass

@@ -23,7 +23,7 @@ from tether.errors import BadInput
 from tether.keys import check_serial, format_address, parse_address, parse_ports
 from tether.store import CaseStatus, Store
 from tether.tasks import TaskSet
-from tether.vendor.authority import Authority, init_data_dir, load_vendor_config
+from tether.vendor_service.authority import Authority, init_data_dir, load_vendor_config
 
 #: Who the audit log names for acts done with the CLI on the vendor host.
 CLI_ACTOR = "vendor-cli"
@@ -213,7 +213,7 @@ def engineer() -> None:
 
 def _read_password(name: str) -> str:
     """A new password: from a hidden prompt on a terminal, else one line of stdin."""
-    from tether.vendor.api_credentials import check_password
+    from tether.vendor_service.api_credentials import check_password
 
     if sys.stdin.isatty():
         password = click.prompt(
@@ -239,7 +239,7 @@ def _read_password(name: str) -> str:
 def engineer_add(data_dir: Path, name: str, admin: bool, password_prompt: bool) -> None:
     """Add an engineer (lower-case letters, digits, '.', '_', '-')."""
     from tether.certs import check_engineer_name
-    from tether.vendor.api_credentials import hash_password
+    from tether.vendor_service.api_credentials import hash_password
 
     check_engineer_name(name)
     password_hash = hash_password(_read_password(name)) if password_prompt else None
@@ -267,7 +267,7 @@ def engineer_add(data_dir: Path, name: str, admin: bool, password_prompt: bool) 
 @handle_errors
 def engineer_totp(data_dir: Path, name: str, off: bool) -> None:
     """Give an engineer a new TOTP secret and print its otpauth:// URI (shown only once)."""
-    from tether.vendor.api_credentials import new_totp_secret, totp_uri
+    from tether.vendor_service.api_credentials import new_totp_secret, totp_uri
 
     secret = None if off else new_totp_secret()
 
@@ -398,7 +398,7 @@ def serve(data_dir: Path, listen: str) -> None:
 
 
 async def _serve(config: VendorConfig, listen: tuple[str, int]) -> None:
-    from tether.vendor.service import VendorService
+    from tether.vendor_service.service import VendorService
 
     store = await Store.open(config.database)
     try:

@@ -25,7 +25,7 @@ from tether.cli.common import (
 )
 from tether.errors import BadInput
 from tether.store import AuditHead, ChainReport, Store
-from tether.vendor.authority import load_vendor_config
+from tether.vendor_service.authority import load_vendor_config
 
 
 def _describe(entry: AuditEntry) -> str:

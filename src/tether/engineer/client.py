@@ -1,4 +1,4 @@
-"""A client of the vendor service's HTTP API (:mod:`tether.vendor.api_models`).
+"""A client of the vendor service's HTTP API (:mod:`tether.vendor_service.api_models`).
 
 Only the four endpoints the engineer CLI needs: ``POST /api/login``, ``GET /api/me``,
 ``POST /api/certificates`` and ``GET /api/tethers``. Every failure becomes one of our
@@ -23,7 +23,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from tether.errors import BadInput, NotReady, Refused
-from tether.vendor.api_models import (
+from tether.vendor_service.api_models import (
     CertificateRequest,
     CertificateResponse,
     LoginRequest,

@@ -1,6 +1,6 @@
 """``tether login``: authenticate to the vendor service and get a short-lived certificate.
 
-The flow follows the API contract (:mod:`tether.vendor.api_models`):
+The flow follows the API contract (:mod:`tether.vendor_service.api_models`):
 
 1. ``POST /api/login`` with name and password. A refusal whose words ask for a TOTP
    code (the contract's ``LoginRequest.totp``) makes us ask for the code and retry once.
@@ -39,7 +39,7 @@ from tether.engineer.state import (
 from tether.errors import BadInput, ConfigError, NotReady
 from tether.keys import parse_address
 from tether.sshlib import asyncssh
-from tether.vendor.api_models import CertificateResponse
+from tether.vendor_service.api_models import CertificateResponse
 
 _TOTP = re.compile(r"^[0-9]{6}$")
 _ACCOUNT = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")

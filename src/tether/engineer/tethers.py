@@ -11,7 +11,7 @@ from tether.clock import utc
 from tether.durations import format_duration
 from tether.engineer.client import VendorClient, clean_detail
 from tether.engineer.state import Session
-from tether.vendor.api_models import Tether
+from tether.vendor_service.api_models import Tether
 
 
 async def fetch_tethers(

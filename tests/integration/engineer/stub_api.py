@@ -1,12 +1,12 @@
 """A minimal vendor service for engineer CLI tests: exactly the api_models contract, 4 endpoints.
 
 ``POST /api/login``, ``GET /api/me``, ``POST /api/certificates`` and ``GET /api/tethers``,
-with the request and response bodies of :mod:`tether.vendor.api_models`, bearer tokens,
+with the request and response bodies of :mod:`tether.vendor_service.api_models`, bearer tokens,
 and errors as ``{"detail": "..."}`` with the contract's status codes (400 bad input,
 401 not logged in). A login of an account with TOTP and no code is answered 401
 "TOTP code required".
 
-It stands in for :mod:`tether.vendor.api` until that exists; the tests that use it are
+It stands in for :mod:`tether.vendor_service.api` until that exists; the tests that use it are
 written against the contract, so they can run against the real service unchanged
 (see ``test_engineer_flow_against_real_vendor_service``).
 """
@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from tether.certs import EngineerCertificate, load_public_key
 from tether.errors import TetherError
 from tether.sshlib import asyncssh
-from tether.vendor.api_models import (
+from tether.vendor_service.api_models import (
     CertificateRequest,
     CertificateResponse,
     LoginRequest,

@@ -1,4 +1,4 @@
-"""The engineer CLI against the real vendor service (:mod:`tether.vendor.api`), end to end.
+"""The engineer CLI against the real vendor service (:mod:`tether.vendor_service.api`), end to end.
 
 Same flow as the stub-backed tests: login, ls, ssh-config with stock ssh, web. Until
 the service exists this skips with the reason "vendor service not built yet"; once it

@@ -4,7 +4,7 @@
 
 * the vendor side of tests/integration/harness.py (keys, CA, SQLite, a relay);
 * a vendor HTTP service: the contract stub (``backend="stub"``) or the real
-  :mod:`tether.vendor.api` (``backend="real"``; see :func:`real_service`);
+  :mod:`tether.vendor_service.api` (``backend="real"``; see :func:`real_service`);
 * a machine tethered to the relay (the harness's in-process agent tunnel) serving an
   echo service and an SSH server trusting the vendor CA (``MachineSSH``);
 * the engineer ``alice`` with a password.
@@ -40,8 +40,8 @@ from tests.integration.harness import Agent, EchoServer, Vendor, vendor_setup
 from tether.agent.status import TunnelState
 from tether.certs import EngineerCertificate
 from tether.sshlib import asyncssh
-from tether.vendor.api_models import Tether
-from tether.vendor.authority import Authority
+from tether.vendor_service.api_models import Tether
+from tether.vendor_service.authority import Authority
 
 SERIAL = "ACME-0001"
 ENGINEER = "alice"
@@ -188,15 +188,15 @@ def stub_service(vendor: Vendor) -> tuple[Any, StubVendorAPI, AddEngineer, EndSe
 
 
 def real_service(vendor: Vendor) -> tuple[Any, AddEngineer, EndSession]:
-    """The real vendor service's app (:func:`tether.vendor.api.create_app`) over the harness.
+    """The real vendor service's app (:func:`tether.vendor_service.api.create_app`) over the harness.
 
-    Skips with "vendor service not built yet" while :mod:`tether.vendor.api` cannot be
+    Skips with "vendor service not built yet" while :mod:`tether.vendor_service.api` cannot be
     imported. The service tells engineers the relay address of its configuration; the
     harness's relay listens on an OS-picked port, so the app gets an authority whose
     configuration names that port (same keys, same store).
     """
     try:
-        api = importlib.import_module("tether.vendor.api")
+        api = importlib.import_module("tether.vendor_service.api")
     except ImportError:
         pytest.skip("vendor service not built yet")
     authority = vendor.authority

@@ -14,7 +14,7 @@ from tether.agent.status import TunnelState
 from tether.clock import FrozenClock
 from tether.keys import SigningKey, issue_key
 from tether.relay.server import Relay
-from tether.vendor.authority import Authority
+from tether.vendor_service.authority import Authority
 
 
 async def _expect_refused(

@@ -10,7 +10,7 @@ import pytest
 from tether.config import RequestPolicy, VendorConfig
 from tether.errors import ConfigError
 from tether.store import sqlite_url
-from tether.vendor.authority import init_data_dir
+from tether.vendor_service.authority import init_data_dir
 
 
 @pytest.fixture

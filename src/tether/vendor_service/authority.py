@@ -38,7 +38,7 @@ from tether.store import (
 )
 from tether.store import KeyKind as StoreKeyKind
 
-logger = logging.getLogger("tether.vendor")
+logger = logging.getLogger("tether.vendor_service")
 
 DEFAULT_KEY_LIFETIME = timedelta(days=14)
 #: The vendor's own audit chain in the shared database.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tether.vendor.api_models import ENDPOINTS
+from tether.vendor_service.api_models import ENDPOINTS
 
 from .conftest import ADMIN, Api
 

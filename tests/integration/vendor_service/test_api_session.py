@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pyotp
 
-from tether.vendor.api_credentials import TOKEN_LIFETIME, token_hash
+from tether.vendor_service.api_credentials import TOKEN_LIFETIME, token_hash
 
 from .conftest import ADMIN, PASSWORD, Api
 

@@ -32,7 +32,7 @@ __all__ = [
     "install_error_handlers",
 ]
 
-logger = logging.getLogger("tether.vendor.api")
+logger = logging.getLogger("tether.vendor_service.api")
 
 _SERIAL_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 _KEY_ID_RULE = "a key id: 1-64 letters, digits, '_' or '-'"

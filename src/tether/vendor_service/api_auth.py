@@ -22,9 +22,9 @@ from tether.clock import Clock
 from tether.config import VendorConfig
 from tether.seal import SealPrivateKey
 from tether.store import Store
-from tether.vendor.api_credentials import Passwords, token_hash
-from tether.vendor.api_errors import api_error
-from tether.vendor.authority import Authority
+from tether.vendor_service.api_credentials import Passwords, token_hash
+from tether.vendor_service.api_errors import api_error
+from tether.vendor_service.authority import Authority
 
 __all__ = [
     "Admin",
@@ -103,7 +103,7 @@ class LoginLimiter:
 
 @dataclass
 class ApiContext:
-    """Everything the endpoints use, built once by :func:`~tether.vendor.api.create_app`."""
+    """Everything the endpoints use, built once by :func:`~tether.vendor_service.api.create_app`."""
 
     authority: Authority
     clock: Clock

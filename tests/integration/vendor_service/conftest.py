@@ -23,9 +23,9 @@ from tether.clock import FrozenClock
 from tether.config import RequestPolicy, VendorConfig
 from tether.seal import SealPrivateKey
 from tether.store import Store
-from tether.vendor.api import create_app
-from tether.vendor.api_credentials import Passwords
-from tether.vendor.authority import Authority, init_data_dir
+from tether.vendor_service.api import create_app
+from tether.vendor_service.api_credentials import Passwords
+from tether.vendor_service.authority import Authority, init_data_dir
 
 PASSWORD = "correct horse battery"
 ADMIN = "boss"

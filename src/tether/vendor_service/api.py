@@ -1,9 +1,9 @@
 """The vendor service's HTTP API (FastAPI): what engineers and admins do over HTTP.
 
-:func:`create_app` builds the app around an :class:`~tether.vendor.authority.Authority`.
-The contract — every endpoint, request and response — is :mod:`tether.vendor.api_models`;
+:func:`create_app` builds the app around an :class:`~tether.vendor_service.authority.Authority`.
+The contract — every endpoint, request and response — is :mod:`tether.vendor_service.api_models`;
 this module implements the engineer endpoints (session, certificates, tethers, cases,
-sealed passwords) and :mod:`tether.vendor.api_admin` the admin ones (keys, machines,
+sealed passwords) and :mod:`tether.vendor_service.api_admin` the admin ones (keys, machines,
 engineers). OpenAPI is served at ``/openapi.json``; there is no docs page, so nothing
 is ever loaded from a CDN.
 """
@@ -23,9 +23,9 @@ from tether.errors import BadInput, NotReady, Refused
 from tether.seal import SealPrivateKey, unseal
 from tether.sshlib import asyncssh
 from tether.store import MAX_CASE_ID, CaseRecord
-from tether.vendor.api_admin import router as admin_router
-from tether.vendor.api_auth import ApiContext, Caller, Ctx, LoginLimiter
-from tether.vendor.api_credentials import (
+from tether.vendor_service.api_admin import router as admin_router
+from tether.vendor_service.api_auth import ApiContext, Caller, Ctx, LoginLimiter
+from tether.vendor_service.api_credentials import (
     TOKEN_LIFETIME,
     Passwords,
     new_token,
@@ -33,8 +33,13 @@ from tether.vendor.api_credentials import (
     totp_matches,
     totp_uri,
 )
-from tether.vendor.api_errors import ERROR_RESPONSES, api_error, check_text, install_error_handlers
-from tether.vendor.api_models import (
+from tether.vendor_service.api_errors import (
+    ERROR_RESPONSES,
+    api_error,
+    check_text,
+    install_error_handlers,
+)
+from tether.vendor_service.api_models import (
     Case,
     CertificateRequest,
     CertificateResponse,
@@ -46,11 +51,11 @@ from tether.vendor.api_models import (
     Tether,
     TotpSetup,
 )
-from tether.vendor.authority import Authority
+from tether.vendor_service.authority import Authority
 
 __all__ = ["KEY_ID_PATTERN", "create_app"]
 
-logger = logging.getLogger("tether.vendor.api")
+logger = logging.getLogger("tether.vendor_service.api")
 
 #: What a key id in a path looks like (issued ids are 22 base64url characters).
 KEY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -370,7 +375,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(admin_router)
-    from tether.vendor.console import mount_console  # the console calls this module back
+    from tether.vendor_service.console import mount_console  # the console calls this module back
 
     mount_console(app)
     return app

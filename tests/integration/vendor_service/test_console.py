@@ -6,7 +6,7 @@ import re
 
 import httpx
 
-from tests.integration.vendor.conftest import ADMIN, PASSWORD, Api
+from tests.integration.vendor_service.conftest import ADMIN, PASSWORD, Api
 from tether.keys import parse_key
 
 

@@ -27,12 +27,12 @@ from tether.keys import format_address
 from tether.seal import SealPrivateKey
 from tether.store import CaseStatus, Store, StoreError
 from tether.tasks import TaskSet
-from tether.vendor.api import create_app
-from tether.vendor.authority import AUTO_APPROVER, Authority
+from tether.vendor_service.api import create_app
+from tether.vendor_service.authority import AUTO_APPROVER, Authority
 
 __all__ = ["DEFAULT_LISTEN", "POLICY_INTERVAL", "VendorService", "load_seal_key"]
 
-logger = logging.getLogger("tether.vendor.service")
+logger = logging.getLogger("tether.vendor_service.service")
 
 #: Where the vendor service listens unless told otherwise (its internal network only).
 DEFAULT_LISTEN = ("127.0.0.1", 8080)

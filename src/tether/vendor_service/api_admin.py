@@ -1,6 +1,6 @@
 """Admin-only endpoints of the vendor API: tether keys, machine re-binds, engineers, audit.
 
-Every endpoint here depends on :data:`~tether.vendor.api_auth.Admin` (403 for an
+Every endpoint here depends on :data:`~tether.vendor_service.api_auth.Admin` (403 for an
 engineer who is not an admin). Disabling or removing an engineer writes the
 revocation that every relay polls, so their certificates stop working and their live
 channels are cut; it also ends their vendor-service sessions.
@@ -17,10 +17,10 @@ from tether.durations import parse_duration
 from tether.errors import Refused
 from tether.keys import check_ports
 from tether.store import Engineer, IssuedKey
-from tether.vendor.api_auth import Admin, ApiContext, Ctx
-from tether.vendor.api_credentials import check_password
-from tether.vendor.api_errors import api_error, check_text
-from tether.vendor.api_models import (
+from tether.vendor_service.api_auth import Admin, ApiContext, Ctx
+from tether.vendor_service.api_credentials import check_password
+from tether.vendor_service.api_errors import api_error, check_text
+from tether.vendor_service.api_models import (
     NAME,
     SERIAL,
     AuditHeadInfo,

@@ -16,8 +16,8 @@ from tether.config import RequestPolicy, VendorConfig
 from tether.errors import NotReady
 from tether.store import CaseRecord, CaseStatus, Store
 from tether.tasks import TaskSet
-from tether.vendor.api_credentials import hash_password
-from tether.vendor.service import VendorService
+from tether.vendor_service.api_credentials import hash_password
+from tether.vendor_service.service import VendorService
 
 from .conftest import ADMIN, PASSWORD
 

@@ -1,6 +1,6 @@
 """The vendor service's HTTP API, as data: request and response bodies (pydantic).
 
-This module is the contract between the vendor service (:mod:`tether.vendor.api`)
+This module is the contract between the vendor service (:mod:`tether.vendor_service.api`)
 and its clients (the engineer CLI, the console page, scripts). Every endpoint
 documented in :data:`ENDPOINTS` uses only these models. Authentication: ``POST
 /api/login`` returns a bearer token; send ``Authorization: Bearer <token>``.

@@ -21,16 +21,16 @@ from tether.agent.logins import describe_entry
 from tether.audit import AuditEntry, Verification
 from tether.errors import TetherError
 from tether.keys import parse_ports
-from tether.vendor import api, api_admin
-from tether.vendor.api_auth import (
+from tether.vendor_service import api, api_admin
+from tether.vendor_service.api_auth import (
     ApiContext,
     Principal,
     api_context,
     current_admin,
     current_engineer,
 )
-from tether.vendor.api_errors import describe_validation
-from tether.vendor.api_models import (
+from tether.vendor_service.api_errors import describe_validation
+from tether.vendor_service.api_models import (
     DenyRequest,
     DisableRequest,
     EngineerCreate,
@@ -38,7 +38,7 @@ from tether.vendor.api_models import (
     LoginRequest,
     RevokeRequest,
 )
-from tether.vendor.authority import Authority
+from tether.vendor_service.authority import Authority
 from tether.webui import STATIC_DIR
 from tether.webui.security import (
     CSRF_REFUSED,
@@ -49,7 +49,7 @@ from tether.webui.security import (
     templates,
 )
 
-logger = logging.getLogger("tether.vendor.console")
+logger = logging.getLogger("tether.vendor_service.console")
 
 PREFIX = "/console"
 COOKIE = "tether_console"

@@ -1,6 +1,6 @@
 """Engineer credentials for the vendor service: argon2 passwords, TOTP, bearer tokens.
 
-Pure helpers shared by the HTTP API (:mod:`tether.vendor.api`) and the CLI
+Pure helpers shared by the HTTP API (:mod:`tether.vendor_service.api`) and the CLI
 (``tether vendor engineer add --password-prompt``). Nothing here logs or stores a
 secret: passwords become argon2id hashes, tokens are stored as their SHA-256 only,
 and TOTP secrets go to the store and to the engineer, nowhere else.
