@@ -1,6 +1,7 @@
 """The vendor service's HTTP API (FastAPI): what engineers and admins do over HTTP.
 
-:func:`create_app` builds the app around an :class:`~tether.vendor_service.authority.Authority`.
+:func:`tether.vendor_service.app.create_app` mounts it, with the console, around an
+:class:`~tether.vendor_service.authority.Authority`.
 The contract — every endpoint, request and response — is :mod:`tether.vendor_service.api_models`;
 this module implements the engineer endpoints (session, certificates, tethers, cases,
 sealed passwords) and :mod:`tether.vendor_service.api_admin` the admin ones (keys, machines,
@@ -14,30 +15,25 @@ import logging
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Path, Response
+from fastapi import APIRouter, Path, Response
 
-from tether import __version__, log
+from tether import log
 from tether.certs import load_public_key
-from tether.clock import SYSTEM_CLOCK, Clock
 from tether.errors import BadInput, NotReady, Refused
-from tether.seal import SealPrivateKey, unseal
+from tether.seal import unseal
 from tether.sshlib import asyncssh
 from tether.store import MAX_CASE_ID, CaseRecord
-from tether.vendor_service.api_admin import router as admin_router
-from tether.vendor_service.api_auth import ApiContext, Caller, Ctx, LoginLimiter
+from tether.vendor_service.api_auth import ApiContext, Caller, Ctx
 from tether.vendor_service.api_credentials import (
     TOKEN_LIFETIME,
-    Passwords,
     new_token,
     new_totp_secret,
     totp_matches,
     totp_uri,
 )
 from tether.vendor_service.api_errors import (
-    ERROR_RESPONSES,
     api_error,
     check_text,
-    install_error_handlers,
 )
 from tether.vendor_service.api_models import (
     Case,
@@ -51,9 +47,8 @@ from tether.vendor_service.api_models import (
     Tether,
     TotpSetup,
 )
-from tether.vendor_service.authority import Authority
 
-__all__ = ["KEY_ID_PATTERN", "create_app"]
+__all__ = ["KEY_ID_PATTERN", "router"]
 
 logger = logging.getLogger("tether.vendor_service.api")
 
@@ -323,59 +318,3 @@ async def reveal_password(
     return RevealedPassword(
         key_id=key_id, serial=sealed.serial, account=ctx.config.support_account, password=password
     )
-
-
-# --- the app ----------------------------------------------------------------------
-
-
-def _relay_host_key_line(authority: Authority) -> str:
-    path = authority.config.relay_host_key_path.with_name(
-        authority.config.relay_host_key_path.name + ".pub"
-    )
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise NotReady(f"cannot read the relay host key {path}: {exc.strerror}") from None
-
-
-def create_app(
-    authority: Authority,
-    *,
-    clock: Clock = SYSTEM_CLOCK,
-    seal_key: SealPrivateKey | None,
-    passwords: Passwords | None = None,
-) -> FastAPI:
-    """Build the vendor API around ``authority`` (its config, store and keys).
-
-    :param clock: the time used for sessions, logins and decisions.
-    :param seal_key: opens sealed support passwords; ``None``: reveals answer 503.
-    :param passwords: the argon2 hasher (argon2-cffi's defaults when ``None``).
-    """
-    app = FastAPI(
-        title=f"Tether vendor service ({authority.config.vendor})",
-        version=__version__,
-        description=(
-            "Engineers log in (POST /api/login) and send `Authorization: Bearer <token>`. "
-            'Errors are {"detail": "<plain words>"}.'
-        ),
-        openapi_url="/openapi.json",
-        docs_url=None,
-        redoc_url=None,
-        swagger_ui_oauth2_redirect_url=None,
-        responses=ERROR_RESPONSES,
-    )
-    app.state.tether = ApiContext(
-        authority=authority,
-        clock=clock,
-        seal_key=seal_key,
-        passwords=passwords or Passwords(),
-        limiter=LoginLimiter(clock),
-        relay_host_key=_relay_host_key_line(authority),
-    )
-    install_error_handlers(app)
-    app.include_router(router)
-    app.include_router(admin_router)
-    from tether.vendor_service.console import mount_console  # the console calls this module back
-
-    mount_console(app)
-    return app

@@ -103,7 +103,7 @@ class LoginLimiter:
 
 @dataclass
 class ApiContext:
-    """Everything the endpoints use, built once by :func:`~tether.vendor_service.api.create_app`."""
+    """Everything the endpoints use, built once by :func:`~tether.vendor_service.app.create_app`."""
 
     authority: Authority
     clock: Clock

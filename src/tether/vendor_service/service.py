@@ -27,7 +27,7 @@ from tether.keys import format_address
 from tether.seal import SealPrivateKey
 from tether.store import CaseStatus, Store, StoreError
 from tether.tasks import TaskSet
-from tether.vendor_service.api import create_app
+from tether.vendor_service.app import create_app
 from tether.vendor_service.authority import AUTO_APPROVER, Authority
 
 __all__ = ["DEFAULT_LISTEN", "POLICY_INTERVAL", "VendorService", "load_seal_key"]

@@ -18,7 +18,6 @@ engineer's state directory and home in the test's tmp_path, exactly as typed.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import subprocess
 import sys
@@ -31,7 +30,6 @@ from typing import Any
 
 import httpx
 import pyotp
-import pytest
 from argon2 import PasswordHasher
 
 from tests.integration.engineer.machine_ssh import MachineSSH
@@ -41,6 +39,7 @@ from tether.agent.status import TunnelState
 from tether.certs import EngineerCertificate
 from tether.sshlib import asyncssh
 from tether.vendor_service.api_models import Tether
+from tether.vendor_service.app import create_app
 from tether.vendor_service.authority import Authority
 
 SERIAL = "ACME-0001"
@@ -188,20 +187,16 @@ def stub_service(vendor: Vendor) -> tuple[Any, StubVendorAPI, AddEngineer, EndSe
 
 
 def real_service(vendor: Vendor) -> tuple[Any, AddEngineer, EndSession]:
-    """The real vendor service's app (:func:`tether.vendor_service.api.create_app`) over the harness.
+    """The real vendor service's app (:func:`tether.vendor_service.app.create_app`) over the harness.
 
     Skips with "vendor service not built yet" while :mod:`tether.vendor_service.api` cannot be
     imported. The service tells engineers the relay address of its configuration; the
     harness's relay listens on an OS-picked port, so the app gets an authority whose
     configuration names that port (same keys, same store).
     """
-    try:
-        api = importlib.import_module("tether.vendor_service.api")
-    except ImportError:
-        pytest.skip("vendor service not built yet")
     authority = vendor.authority
     config = replace(authority.config, relay=f"127.0.0.1:{vendor.relay_port}")
-    app = api.create_app(
+    app = create_app(
         Authority(config, vendor.store, clock=authority.clock),
         clock=authority.clock,
         seal_key=None,

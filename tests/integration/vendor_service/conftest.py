@@ -23,8 +23,8 @@ from tether.clock import FrozenClock
 from tether.config import RequestPolicy, VendorConfig
 from tether.seal import SealPrivateKey
 from tether.store import Store
-from tether.vendor_service.api import create_app
 from tether.vendor_service.api_credentials import Passwords
+from tether.vendor_service.app import create_app
 from tether.vendor_service.authority import Authority, init_data_dir
 
 PASSWORD = "correct horse battery"

@@ -32,9 +32,9 @@ from schemathesis.specs.openapi.checks import (
 from tether.seal import SealPrivateKey, seal
 from tether.store import Store, normalize_url, sqlite_url
 from tether.store.db import Database, create_engine
-from tether.vendor_service.api import create_app
 from tether.vendor_service.api_credentials import TOKEN_LIFETIME, Passwords, new_token
 from tether.vendor_service.api_models import ENDPOINTS
+from tether.vendor_service.app import create_app
 from tether.vendor_service.authority import Authority
 
 # schemathesis loads its OpenAPI modules on first use, and pytest rewrites their

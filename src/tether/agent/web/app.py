@@ -1,6 +1,6 @@
 """The customer's admin page: open and close support access, watch it, end sessions.
 
-:func:`create_app` builds a FastAPI app around the running agent (:class:`AgentHost`:
+:func:`create_app` builds a FastAPI app around the running agent (:class:`~tether.agent.web.host.AgentHost`:
 the daemon). Every change goes through the same functions the ``tether access`` CLI
 uses (:class:`~tether.agent.access.AccessManager`, the daemon's reconcile), and the
 page shows state in the CLI's words (:func:`tether.agent.status.describe_access`,
@@ -20,7 +20,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -28,15 +28,14 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import FormData
 
 from tether import log
-from tether.agent.access import AccessManager, PasswordChoice
+from tether.agent.access import PasswordChoice
 from tether.agent.machine.sessions import end_session, list_sessions
 from tether.agent.state import AccessMode, CloseReason
-from tether.agent.status import TunnelStatus
 from tether.agent.web.auth import AdminPassword, Session, Sessions, Throttle
+from tether.agent.web.host import AgentHost
 from tether.agent.web.oneclick import AccessOptions, OneClick
 from tether.agent.web.recordings import add_recording_routes, recordings_view
 from tether.agent.web.views import audit_view, status_view
-from tether.config import AgentConfig
 from tether.durations import parse_duration
 from tether.errors import BadInput, NotReady, TetherError
 from tether.keys import TetherKeyError
@@ -60,23 +59,6 @@ logger = logging.getLogger("tether.agent.web")
 COOKIE = "tether_agent_session"
 _HERE = Path(__file__).parent
 _TEMPLATES = templates(_HERE / "templates")
-
-
-class AgentHost(Protocol):
-    """What the page needs of the running agent (:class:`~tether.agent.daemon.AgentDaemon`)."""
-
-    config: AgentConfig
-    access: AccessManager
-
-    async def reconcile(self) -> None:
-        """Make the tether match the stored access state."""
-
-    def reset_tether(self) -> bool:
-        """Reconnect the tether now; False if none is held."""
-
-    @property
-    def tunnel_status(self) -> TunnelStatus | None:
-        """The tether's live state, if one is held."""
 
 
 class AgentPage:

@@ -8,7 +8,8 @@ import logging
 import uvicorn
 
 from tether import log
-from tether.agent.web.app import AgentHost, create_app
+from tether.agent.web.app import create_app
+from tether.agent.web.host import AgentHost
 from tether.tasks import TaskSet
 from tether.webui.security import QuietServer, bind, url_of
 

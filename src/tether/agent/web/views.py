@@ -16,7 +16,7 @@ from tether.agent.status import TunnelState, describe_access
 from tether.durations import format_duration
 
 if TYPE_CHECKING:
-    from tether.agent.web.app import AgentHost
+    from tether.agent.web.host import AgentHost
     from tether.agent.web.oneclick import OneClick
 
 #: Audit entries shown on the page (newest first).
