@@ -1,0 +1,182 @@
+"""One client connection to the relay, before and after it says who it is.
+
+Deny by default (asyncssh style): each hook of :class:`RelayConnection` says yes only
+after an explicit check. Until authentication the connection is counted against the
+relay's limits on unauthenticated connections. ``begin_auth`` decides the role from the
+user name — :data:`~tether.wire.AGENT_USERNAME` makes an agent
+(:class:`~tether.relay.tethers.TetherLink`), the name of an active engineer an
+engineer (:class:`~tether.relay.engineers.EngineerLink`) — and every later hook is
+handed to that role, or refused with a reason the client's ``ssh`` prints.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+from tether import log
+from tether.certs import RESERVED_NAMES
+from tether.relay.engineers import EngineerLink
+from tether.relay.forwarding import NullListener
+from tether.relay.tethers import ControlSession, TetherLink
+from tether.sshlib import asyncssh
+from tether.tuning import coalesce_writes, quick_acks
+from tether.wire import AGENT_USERNAME, RELAY_TIME_BANNER
+
+if TYPE_CHECKING:
+    from tether.relay.server import Relay
+
+logger = logging.getLogger("tether.relay")
+
+_NO_SESSION = (
+    "this relay gives no shell or commands; reach a machine with "
+    "`ssh -J USER@RELAY tether-support@SERIAL` or `ssh -L 8443:SERIAL:443 USER@RELAY`"
+)
+
+
+class RelayConnection(asyncssh.SSHServer):
+    """One client connection: an agent or an engineer, decided at authentication."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.peer = "?"
+        self.source = "?"
+        self.username = ""
+        #: The role, once ``begin_auth`` knows it (None: refused whatever it presents).
+        self.link: TetherLink | EngineerLink | None = None
+        self.authenticated = False
+        self.closing = False
+        self.certificate_valid_before: float | None = None
+        self._counted = False
+
+    # --- connection lifecycle --------------------------------------------------------
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        coalesce_writes(conn)
+        quick_acks(conn)
+        self.relay.connections.add(self)
+        peer = conn.get_extra_info("peername") or ("?", 0)
+        self.peer = f"{peer[0]}:{peer[1]}"
+        self.source = str(peer[0])
+        self.relay.unauthenticated += 1
+        self._capture_certificate(conn)
+        self._counted = self.relay.unauthenticated_by_source.admit(self.source)
+        if not self._counted or self.relay.unauthenticated > self.relay.config.max_unauthenticated:
+            log.event(logger, "relay.busy", level=logging.WARNING, peer=self.peer)
+            conn.disconnect(
+                asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections waiting to log in; retry"
+            )
+
+    def _capture_certificate(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Remember when the engineer's certificate ends, to close the connection then.
+
+        asyncssh checks a certificate's validity at login only and hands the
+        certificate to no public hook, so its validation step is wrapped here
+        (tests/integration/relay/test_admission.py fails if this stops working).
+        """
+        original = conn._validate_openssh_certificate
+
+        async def validate(username: str, cert: asyncssh.SSHCertificate) -> asyncssh.SSHKey | None:
+            key = await original(username, cert)  # type: ignore[arg-type]
+            valid_before = getattr(cert, "_valid_before", None)
+            if key is not None and isinstance(valid_before, int):
+                self.certificate_valid_before = float(valid_before)
+            return key
+
+        conn._validate_openssh_certificate = validate  # type: ignore[method-assign]
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.relay.unauthenticated_by_source.release(self.source)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.connections.discard(self)
+        self._uncount()
+        if not self.authenticated:
+            self.relay.unauthenticated -= 1
+        if isinstance(self.link, EngineerLink):
+            self.link.lost()
+        elif isinstance(self.link, TetherLink):
+            self.link.lost(exc)
+
+    def close(self) -> None:
+        if self.conn is not None and not self.closing:
+            self.closing = True
+            self.conn.close()
+
+    # --- authentication -----------------------------------------------------------------
+
+    async def begin_auth(self, username: str) -> bool:
+        self.username = username
+        if username == AGENT_USERNAME:
+            self.link = TetherLink(self)
+            if self.conn is not None:
+                # Agents compare clocks with the relay (`tether access check`).
+                self.conn.send_auth_banner(
+                    f"{RELAY_TIME_BANNER}{self.relay.clock.now().isoformat()}\n"
+                )
+        elif username not in RESERVED_NAMES:
+            engineer = await self.relay.store.engineers.get(username)
+            if engineer is not None and engineer.active:
+                self.link = EngineerLink(self, username)
+        if self.link is None:
+            log.event(
+                logger, "login.refused", level=logging.WARNING, peer=self.peer, user=username[:64]
+            )
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        # An agent is whoever holds its machine key; the tether key decides the rest.
+        if isinstance(self.link, TetherLink) and username == AGENT_USERNAME:
+            self.link.machine_key = key.get_fingerprint("sha256")
+            return True
+        return False
+
+    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return (
+            isinstance(self.link, EngineerLink)
+            and username == self.username
+            and key.public_data == self.relay.engineer_ca.public_data
+        )
+
+    def auth_completed(self) -> None:
+        self.authenticated = True
+        self.relay.unauthenticated -= 1
+        self._uncount()
+        if isinstance(self.link, EngineerLink):
+            self.link.authenticated(self.certificate_valid_before)
+        elif isinstance(self.link, TetherLink):
+            self.link.authenticated()
+
+    # --- what each role may open ----------------------------------------------------------
+
+    def session_requested(self) -> ControlSession:
+        if isinstance(self.link, TetherLink):
+            control = self.link.open_control()
+            if control is not None:
+                return control
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, _NO_SESSION)
+
+    def server_requested(self, listen_host: str, listen_port: int) -> NullListener | bool:
+        if isinstance(self.link, TetherLink):
+            listener = self.link.forward_requested(listen_port)
+            if listener is not None:
+                return listener
+        log.event(logger, "forward.refused", user=self.username[:64], port=listen_port)
+        return False
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Awaitable[asyncssh.SSHTCPSession[bytes]]:
+        if not isinstance(self.link, EngineerLink):
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "forwarding is for engineers only"
+            )
+        return self.link.open_channel(dest_host, dest_port)
