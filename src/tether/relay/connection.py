@@ -71,16 +71,33 @@ class RelayConnection(asyncssh.SSHServer):
             )
 
     def _capture_certificate(self, conn: asyncssh.SSHServerConnection) -> None:
-        """Remember when the engineer's certificate ends, to close the connection then.
+        """Refuse certificates that name nobody; remember when a good one ends.
+
+        A user certificate with no principals is refused, as OpenSSH's sshd refuses it:
+        asyncssh would take it as valid for *any* user name, so a CA-signed certificate
+        without ``-n`` would log in as whichever engineer the client names.
 
         asyncssh checks a certificate's validity at login only and hands the
-        certificate to no public hook, so its validation step is wrapped here
+        certificate to no public hook, so its validation step is wrapped here; the
+        relay closes an engineer's connection when the certificate ends
         (tests/integration/relay/test_admission.py fails if this stops working).
         """
         original = conn._validate_openssh_certificate
 
-        async def validate(username: str, cert: asyncssh.SSHCertificate) -> asyncssh.SSHKey | None:
-            key = await original(username, cert)  # type: ignore[arg-type]
+        async def validate(
+            username: str, cert: asyncssh.public_key.SSHOpenSSHCertificate
+        ) -> asyncssh.SSHKey | None:
+            if not cert.principals:
+                log.event(
+                    logger,
+                    "login.refused",
+                    level=logging.WARNING,
+                    peer=self.peer,
+                    user=username[:64],
+                    reason="certificate-without-principals",
+                )
+                return None
+            key = await original(username, cert)
             valid_before = getattr(cert, "_valid_before", None)
             if key is not None and isinstance(valid_before, int):
                 self.certificate_valid_before = float(valid_before)

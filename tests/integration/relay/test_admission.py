@@ -289,3 +289,34 @@ async def test_one_pending_request_per_machine(tmp_path: Path) -> None:
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
+
+
+async def test_a_vendor_certificate_without_principals_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Security: a CA-signed certificate naming nobody is no engineer (OpenSSH refuses it too)."""
+    import subprocess
+
+    from tests.integration.harness import run_ssh
+
+    caplog.set_level("INFO", logger="tether.relay")
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        alice = await vendor.engineer("alice", tmp_path)
+        reach = alice.ssh_args(vendor.relay_port, "-W", f"M-1:{service.port}", "alice@127.0.0.1")
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            named = await run_ssh(reach)
+            assert named.stdout == b"hello from the machine\n", named.stderr
+            # The same key, signed by the same vendor CA, with no -n: no principals at all.
+            subprocess.run(
+                ["ssh-keygen", "-q", "-s", str(vendor.dir / "engineer_ca"), "-I", "alice",
+                 "-V", "-1m:+1h", f"{alice.key}.pub"],
+                check=True,
+            )  # fmt: skip
+            nameless = await run_ssh(reach)
+    assert nameless.returncode == 255
+    assert b"Permission denied" in nameless.stderr
+    assert nameless.stdout == b""
+    refused = [r.message for r in caplog.records if r.message.startswith("login.refused")]
+    assert any("reason=certificate-without-principals" in line for line in refused), refused
