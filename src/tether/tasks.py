@@ -30,6 +30,10 @@ class TaskSet:
     def __len__(self) -> int:
         return len(self._tasks)
 
+    def names(self) -> list[str]:
+        """The names of the tasks still running (what a process is busy with)."""
+        return sorted(task.get_name() for task in self._tasks)
+
     async def aclose(self) -> None:
         """Cancel every task and wait for them to finish."""
         tasks = list(self._tasks)

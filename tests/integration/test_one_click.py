@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -125,6 +126,30 @@ async def test_cancel_withdraws_the_case(vendor: Vendor, tmp_path: Path) -> None
             break
         await asyncio.sleep(0.05)
     assert case.status == CaseStatus.CANCELLED
+
+
+async def test_withdrawing_a_request_leaves_no_traceback_on_the_relay(
+    vendor: Vendor, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C on `tether access enable --request`: the case closes, the relay stays quiet."""
+    caplog.set_level(logging.INFO, logger="tether")
+    machine = customer(vendor, tmp_path)
+    asking = asyncio.ensure_future(machine.ask("never mind"))
+    case_id = await wait_for_case(vendor)
+    asking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    for _ in range(100):
+        case = await vendor.store.cases.get(case_id)
+        watching = [n for n in vendor.relay.tasks.names() if n.startswith("relay.request.")]
+        if case is not None and case.status == CaseStatus.CANCELLED and not watching:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"case {case_id} still watched by the relay: {watching}")
+    loud = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not loud, [(r.getMessage(), r.exc_info) for r in loud]
+    assert "Traceback" not in caplog.text
 
 
 async def test_spoofed_serial_is_refused_until_admin_rebinds(

@@ -117,6 +117,8 @@ class CaseWatcher:
         self._send(CaseUpdate(case.id, "pending", "waiting for the vendor to approve"))
         while True:
             await asyncio.sleep(POLL_INTERVAL)
+            if self.done:  # the customer withdrew the request (see cancel)
+                return
             current = await self._store.cases.get(case.id)
             if current is None:
                 break

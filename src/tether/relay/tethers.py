@@ -60,6 +60,7 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
         self._chan: asyncssh.SSHServerChannel[bytes] | None = None
         self._registering = False
         self._case: CaseWatcher | None = None
+        self._request: asyncio.Task[None] | None = None
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
@@ -104,7 +105,9 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
             return
         owner.request_started()
         self._case = CaseWatcher(relay.store, relay.clock.now, machine_key, self.send)
-        relay.tasks.spawn(self._serve_request(self._case, message), f"relay.request.{owner.peer}")
+        self._request = relay.tasks.spawn(
+            self._serve_request(self._case, message), f"relay.request.{owner.peer}"
+        )
 
     async def _serve_request(self, case: CaseWatcher, message: Request) -> None:
         try:
@@ -115,13 +118,20 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
         self._owner.close()
 
     def send(self, message: RefusedMessage | Registered | Closing | CaseUpdate | HeadQuery) -> None:
-        if self._chan is not None:
+        """Send one message to the agent; nothing, once its channel is closing.
+
+        An agent may hang up at any moment (a customer withdrawing a request, a machine
+        going away): what the relay had left to say then has no one to hear it.
+        """
+        if self._chan is not None and not self._chan.is_closing():
             self._chan.write(encode(message))
 
     def connection_lost(self, exc: Exception | None) -> None:
         # The agent closed its control channel: its tether (or request) ends with it.
         if self._case is not None and not self._case.done:
             self._owner.relay.tasks.spawn(self._case.cancel(), f"relay.cancel.{self._owner.peer}")
+        if self._request is not None:
+            self._request.cancel()  # nobody is waiting for the case's outcome any more
         self._owner.close()
 
 
