@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -386,23 +387,27 @@ def list_cases(data_dir: Path, status: str | None, as_json: bool) -> None:
 )
 @handle_errors
 def serve(data_dir: Path, listen: str) -> None:
-    """Run the vendor service: HTTP API for engineers and admins, one-click requests.
+    """Run the vendor service: HTTP API and console for engineers and admins, one-click requests.
 
-    One-click requests follow request_policy in vendor.toml: "auto" (default) issues a
-    key at once, "hold" waits for an engineer. Stops cleanly on Ctrl-C or SIGTERM.
+    One-click requests follow request_policy in vendor.toml: "hold" (the default) waits
+    for an engineer to approve or deny each case (console, API, or `tether vendor cases
+    approve ID`); "auto" issues a key at once. Stops cleanly on Ctrl-C or SIGTERM.
     """
+    from tether.vendor_service.service import bind_listener
+
     address = parse_address(listen, what="listen address", any_port=True)
     config = load_vendor_config(data_dir)
+    sock = bind_listener(address)  # a port in use: one clear error before anything starts
     log.setup()
-    run(_serve(config, address))
+    run(_serve(config, address, sock))
 
 
-async def _serve(config: VendorConfig, listen: tuple[str, int]) -> None:
+async def _serve(config: VendorConfig, listen: tuple[str, int], sock: socket.socket) -> None:
     from tether.vendor_service.service import VendorService
 
     store = await Store.open(config.database)
     try:
-        service = VendorService(config, store, listen=listen)
+        service = VendorService(config, store, listen=listen, sock=sock)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, service.request_stop)
@@ -423,6 +428,7 @@ async def _serve(config: VendorConfig, listen: tuple[str, int]) -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
     finally:
+        sock.close()
         await store.aclose()
     click.echo(f"Vendor service on {format_address(*listen)} stopped.")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Iterator
 
@@ -30,7 +31,7 @@ from tether.tasks import TaskSet
 from tether.vendor_service.app import create_app
 from tether.vendor_service.authority import AUTO_APPROVER, Authority
 
-__all__ = ["DEFAULT_LISTEN", "POLICY_INTERVAL", "VendorService", "load_seal_key"]
+__all__ = ["DEFAULT_LISTEN", "POLICY_INTERVAL", "VendorService", "bind_listener", "load_seal_key"]
 
 logger = logging.getLogger("tether.vendor_service.service")
 
@@ -56,6 +57,26 @@ def load_seal_key(config: VendorConfig) -> SealPrivateKey | None:
         raise BadInput(f"{path} is not a PEM private key") from None
 
 
+def bind_listener(listen: tuple[str, int]) -> socket.socket:
+    """Bind the service's listening socket (port 0: the OS picks one).
+
+    Done before anything else starts, so that an address in use is one clear
+    :class:`NotReady` (what is wrong, what to do) and not a failure of a running service.
+    """
+    host, port = listen
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=128)
+    except OSError as exc:
+        words = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise NotReady(
+            f"cannot listen on {format_address(host, port)}: {words}; stop what uses it "
+            "or choose another --listen"
+        ) from None
+    sock.setblocking(False)
+    return sock
+
+
 class _Server(uvicorn.Server):
     """uvicorn, minus its signal handling: the caller decides when to stop."""
 
@@ -72,6 +93,8 @@ class VendorService:
     :param store: the shared database.
     :param clock: the time for sessions, keys and decisions.
     :param listen: ``(host, port)`` to bind; port 0 lets the OS pick.
+    :param sock: a socket already bound by :func:`bind_listener` (then ``listen`` is
+        not bound again).
     """
 
     def __init__(
@@ -81,6 +104,7 @@ class VendorService:
         *,
         clock: Clock = SYSTEM_CLOCK,
         listen: tuple[str, int] = DEFAULT_LISTEN,
+        sock: socket.socket | None = None,
     ) -> None:
         """Load the vendor keys (:class:`NotReady` if missing) and build the app."""
         self.config = config
@@ -89,7 +113,7 @@ class VendorService:
         self.listen = listen
         self.authority = Authority(config, store, clock=clock)
         self.app = create_app(self.authority, clock=clock, seal_key=load_seal_key(config))
-        self._socket: socket.socket | None = None
+        self._socket: socket.socket | None = sock
         self._server: _Server | None = None
         self._ready = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -108,21 +132,11 @@ class VendorService:
         """Return once the service is listening (its :attr:`url` is known)."""
         await self._ready.wait()
 
-    def _bind(self) -> socket.socket:
-        host, port = self.listen
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        try:
-            sock = socket.create_server((host, port), family=family, backlog=128)
-        except OSError as exc:
-            raise NotReady(
-                f"cannot listen on {format_address(host, port)}: {exc.strerror or exc}"
-            ) from None
-        sock.setblocking(False)
-        return sock
-
     async def serve(self) -> None:
         """Serve until :meth:`aclose` (or cancellation)."""
-        sock = self._socket = self._bind()
+        if self._socket is None:
+            self._socket = bind_listener(self.listen)
+        sock = self._socket
         host, port = self.listen
         self._server = _Server(uvicorn.Config(self.app, host, port, log_config=None))
         if self._stop_requested:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -239,3 +240,30 @@ def test_serve_refuses_a_bad_listen_address(data: Path) -> None:
     result = tether("vendor", "serve", "--data-dir", str(data), "--listen", "nowhere")
     assert result.returncode == 2
     assert "invalid listen address" in result.stderr
+
+
+def test_serve_on_a_busy_port_says_only_that(data: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "tether", "vendor", "serve", "--data-dir", str(data),
+             "--listen", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use; stop what uses it "
+        "or choose another --listen"
+    ]
+    assert result.stdout == ""
+
+
+def test_serve_help_states_the_real_default_policy(data: Path) -> None:
+    shown = tether("vendor", "serve", "--help")
+    words = " ".join(shown.stdout.split())
+    assert '"hold" (the default) waits for an engineer' in words
+    assert '"auto" (default)' not in words
+    config = (data / "vendor.toml").read_text()
+    assert '"hold" (default)' in config  # what vendor init writes says the same
