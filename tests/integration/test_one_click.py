@@ -164,6 +164,13 @@ async def test_spoofed_serial_is_refused_until_admin_rebinds(
     impostor = customer(vendor, tmp_path / "b")  # same serial, different machine key
     with pytest.raises(Refused, match="registered to another machine"):
         await asyncio.wait_for(impostor.ask("let me in"), 5)
+    for _ in range(100):  # the relay's audit writer works in the background
+        chain = await vendor.store.audit.read(vendor.relay.audit.chain)
+        refused = [dict(e.fields) for e in chain.entries if e.event == "request.refused"]
+        if refused:
+            break
+        await asyncio.sleep(0.05)
+    assert [(f["serial"], f["reason"]) for f in refused] == [("M-1", "other-machine")]
     await vendor.store.machines.rebind("M-1", by="admin", now=vendor.authority.clock.now())
     replaced = asyncio.ensure_future(impostor.ask("the board was replaced"))
     case_id = await wait_for_case(vendor)

@@ -84,13 +84,6 @@ class CaseWatcher:
             message.serial, self._machine_key, self._now()
         )
         if bound.machine_key != self._machine_key:
-            log.event(
-                logger,
-                "request.refused",
-                level=logging.WARNING,
-                serial=message.serial,
-                reason="other-machine",
-            )
             raise AdmissionRefused(
                 RefusalReason.OTHER_MACHINE,
                 f"serial {message.serial} is registered to another machine; the vendor must "

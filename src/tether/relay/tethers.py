@@ -113,7 +113,15 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
         try:
             await case.run(message)
         except AdmissionRefused as refusal:
-            self._owner.refuse(refusal.reason, refusal.message, self)
+            # A serial bound to another machine is audited; malformed requests are not.
+            bound = refusal.reason == RefusalReason.OTHER_MACHINE
+            self._owner.refuse(
+                refusal.reason,
+                refusal.message,
+                self,
+                serial=message.serial if bound else None,
+                event="request.refused",
+            )
             return
         self._owner.close()
 
@@ -153,6 +161,8 @@ class TetherLink:
         self._expiry: asyncio.TimerHandle | None = None
         self._register_deadline: asyncio.TimerHandle | None = None
         self._password_received = False
+        #: Why the relay itself ended the tether (revoked, expired...), for the audit.
+        self._ended_by: RefusalReason | None = None
 
     @property
     def peer(self) -> str:
@@ -206,7 +216,11 @@ class TetherLink:
                 "key_id": entry.key_id,
                 "machine": entry.machine_key,
                 "duration": (relay.clock.now() - entry.connected_at).total_seconds(),
-                "reason": str(exc)[:200] if exc else "closed",
+                "reason": self._ended_by.value
+                if self._ended_by is not None
+                else str(exc)[:200]
+                if exc
+                else "closed",
             }
             relay.audit.record("tether.down", down, log_as="tether.down")
             relay.tasks.spawn(
@@ -215,22 +229,53 @@ class TetherLink:
             )
 
     def drop(self, reason: RefusalReason, message: str, *, retry_within: float = 0.0) -> None:
-        """Tell the agent why (and when to come back), then end its tether and channels."""
+        """Tell the agent why (and when to come back), then end its tether and channels.
+
+        ``reason`` is also what the relay's audit chain gives for the ``tether.down``.
+        """
+        if self._ended_by is None:
+            self._ended_by = reason
         if self.control is not None:
             self.control.send(Closing(reason, message, retry_within))
         if self.entry is not None:
             log.event(logger, "tether.drop", serial=self.entry.serial, reason=reason.value)
         self.close()
 
-    def refuse(self, reason: RefusalReason, message: str, control: ControlSession) -> None:
+    def refuse(
+        self,
+        reason: RefusalReason,
+        message: str,
+        control: ControlSession,
+        *,
+        serial: str | None = None,
+        key_id: str | None = None,
+        event: str = "tether.refused",
+    ) -> None:
+        """Tell the agent why it is refused and hang up.
+
+        With ``serial`` (a key the vendor signed, or a serial bound to a machine) the
+        refusal also goes into the relay's audit chain: a machine other than the one a
+        serial belongs to, or a revoked, spent or expired key, is an event the vendor
+        must be able to find later. Refusals of garbage are only logged.
+        """
         log.event(
             logger,
-            "tether.refused",
+            event,
             level=logging.WARNING,
             peer=self.peer,
             machine=self.machine_key,
+            serial=serial,
             reason=reason.value,
         )
+        if serial is not None:
+            fields: dict[str, FieldValue] = {
+                "serial": serial,
+                "key_id": key_id,
+                "machine": self.machine_key,
+                "peer": self.peer,
+                "reason": reason.value,
+            }
+            self.relay.audit.record(event, {k: v for k, v in fields.items() if v is not None})
         control.send(RefusedMessage(reason, message))
         self.close()
 
@@ -270,10 +315,11 @@ class TetherLink:
                 )
 
         try:
-            try:
-                claims = parse_key(message.key, relay.config.vendor_keys, now=now)
-            except TetherKeyError as exc:
-                raise AdmissionRefused(RefusalReason(exc.reason), str(exc)) from None
+            claims = parse_key(message.key, relay.config.vendor_keys, now=now)
+        except TetherKeyError as exc:
+            self.refuse(RefusalReason(exc.reason), str(exc), control)
+            return
+        try:
             # Key check, first-use bindings and the registry row: one transaction, so
             # a refused tether changes nothing and a revocation cannot slip in between.
             await relay.admissions.submit(
@@ -289,7 +335,14 @@ class TetherLink:
                 )
             )
         except AdmissionRefused as refusal:
-            self.refuse(refusal.reason, refusal.message, control)
+            # The vendor signed this key: its refusal goes into the audit chain.
+            self.refuse(
+                refusal.reason,
+                refusal.message,
+                control,
+                serial=claims.serial,
+                key_id=claims.key_id,
+            )
             return
         if self.connection.closing or claims.key_id in relay.revoked_keys:
             # Closed or revoked while the transaction ran: take the row back out.

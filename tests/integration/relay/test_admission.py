@@ -320,3 +320,65 @@ async def test_a_vendor_certificate_without_principals_is_refused(
     assert nameless.stdout == b""
     refused = [r.message for r in caplog.records if r.message.startswith("login.refused")]
     assert any("reason=certificate-without-principals" in line for line in refused), refused
+
+
+async def _vendor_audit(vendor: Vendor, *args: str) -> tuple[int, str, str]:
+    """``tether vendor audit ARGS`` as the vendor runs it, on this vendor's database."""
+    import subprocess
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tether", "vendor", "audit", "--data-dir", str(vendor.dir), *args,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def _relay_events(vendor: Vendor, event: str) -> list[dict[str, object]]:
+    """The fields of ``event`` in the relay's chain, as `tether vendor audit --json` shows them.
+
+    Waits until the relay's background writer has put at least one there.
+    """
+    import json
+
+    chain = vendor.relay.audit.chain
+    for _ in range(100):
+        report = await vendor.store.audit.read(chain)
+        if any(e.event == event for e in report.entries):
+            break
+        await asyncio.sleep(0.05)
+    code, out, err = await _vendor_audit(vendor, "--chain", chain, "--verify", "--json")
+    assert code == 0, err
+    (shown,) = json.loads(out)["chains"]
+    return [row["fields"] for row in shown["rows"] if row["event"] == event]
+
+
+async def test_a_revoked_tether_is_audited_as_revoked(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            await vendor.authority.revoke_key(claims.key_id, reason="customer asked")
+            await agent.wait_for(TunnelState.REFUSED)
+        (down,) = await _relay_events(vendor, "tether.down")
+    assert (down["serial"], down["key_id"], down["reason"]) == ("M-1", claims.key_id, "revoked")
+
+
+async def test_a_tether_refused_for_another_machine_is_in_the_relays_chain(
+    tmp_path: Path,
+) -> None:
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        port = service.port
+        key, claims = await vendor.issue("ABC123", ports=[port])
+        async with Agent(key, claims, [port]) as genuine:
+            await genuine.wait_for(TunnelState.CONNECTED)
+            other_key, other_claims = await vendor.issue("ABC123", ports=[port])
+            async with Agent(other_key, other_claims, [port]) as impostor:
+                await impostor.wait_for(TunnelState.REFUSED)
+            (refused,) = await _relay_events(vendor, "tether.refused")
+    assert refused["serial"] == "ABC123"
+    assert refused["key_id"] == other_claims.key_id
+    assert refused["reason"] == "other-machine"
+    assert refused["machine"] == impostor.machine_key.get_fingerprint("sha256")
+
