@@ -25,7 +25,7 @@ from tether.cli.common import (
 )
 from tether.errors import BadInput
 from tether.store import AuditHead, ChainReport, Store
-from tether.vendor_service.authority import load_vendor_config
+from tether.vendor_service.authority import VENDOR_CHAIN, load_vendor_config
 
 
 def _describe(entry: AuditEntry) -> str:
@@ -121,11 +121,18 @@ def audit(
             await store.require_current_schema()
             if heads:
                 return [], await store.audit.heads()
-            names = [chain] if chain else await store.audit.chains()
+            known = await store.audit.chains()
+            names = [chain] if chain else known
             try:
-                return [await store.audit.read(name) for name in names], []
+                reports = [await store.audit.read(name) for name in names]
             except ValueError as exc:
                 raise BadInput(str(exc)) from None
+            if chain is not None and chain not in known and chain != VENDOR_CHAIN:
+                raise BadInput(
+                    f"no audit chain {chain!r} in the database; its chains: "
+                    f"{', '.join(known) or 'none yet'} (see `tether vendor audit`)"
+                )
+            return reports, []
 
     reports, head_rows = run(read())
     if heads:

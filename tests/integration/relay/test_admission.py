@@ -382,3 +382,17 @@ async def test_a_tether_refused_for_another_machine_is_in_the_relays_chain(
     assert refused["reason"] == "other-machine"
     assert refused["machine"] == impostor.machine_key.get_fingerprint("sha256")
 
+
+async def test_audit_of_an_unknown_chain_is_bad_input(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+        await _relay_events(vendor, "tether.down")
+        code, out, err = await _vendor_audit(vendor, "--chain", "relay:nowhere")
+        known_code, _, _ = await _vendor_audit(vendor, "--chain", "relay:relay-1")
+    assert code == 2
+    assert "no audit chain 'relay:nowhere' in the database" in err
+    assert "relay:relay-1, vendor" in err
+    assert out == ""
+    assert known_code == 0
