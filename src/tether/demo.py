@@ -215,7 +215,9 @@ class DemoSystem:
         await asyncio.to_thread(self.machine.start)
         authority = self._authority()
         page_port = _free_port()
-        trust = (authority.config.data_dir / "agent-trust.toml").read_text()
+        # Not agent-trust.toml as written by `vendor init`: its request_relay names the
+        # placeholder port; one-click requests must reach the relay actually running.
+        trust = authority.agent_trust()
         agent_toml = self.machine.host_path("/etc/tether") / "agent.toml"
         agent_toml.write_text(
             "# The demo machine's agent configuration.\n"

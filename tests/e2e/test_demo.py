@@ -1,0 +1,70 @@
+"""`tether demo` as a user tries it: what the demo sets up must work as printed.
+
+Each test drives a fresh :class:`tether.demo.DemoSystem` (see conftest.py): a sandboxed
+machine with real sshd and agent, a relay and a vendor service on this host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tether.demo import AGENT_CONFIG, DemoSystem
+from tether.store import CaseStatus
+
+pytestmark = pytest.mark.sandbox
+
+
+async def _ssh(system: DemoSystem, *args: str) -> subprocess.CompletedProcess[str]:
+    assert system.engineer is not None
+    return await asyncio.to_thread(
+        subprocess.run, system.engineer.ssh(*args), capture_output=True, text=True, timeout=30
+    )
+
+
+async def _pending_case(system: DemoSystem, asking: subprocess.Popen[str]) -> int:
+    """The case the machine's request opened (fails with its words if it gave up)."""
+    assert system.store is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        cases = await system.store.cases.list(status=CaseStatus.PENDING)
+        if cases:
+            return cases[0].id
+        if asking.poll() is not None:
+            _, said = asking.communicate()
+            raise AssertionError(f"the request ended (exit {asking.returncode}): {said}")
+        await asyncio.sleep(0.1)
+    raise AssertionError("no case was opened within 30 s")
+
+
+async def test_one_click_works_out_of_the_box(system: DemoSystem) -> None:
+    """The customer's `enable --request` reaches the demo's relay; an approval tethers."""
+    assert system.machine is not None
+    assert system.authority is not None
+    closed = await asyncio.to_thread(system.access, "disable")
+    assert closed.returncode == 0, closed.stderr
+    asking = system.machine.popen(
+        [sys.executable, "-m", "tether", "access", "enable", "--request", "disk full on /var",
+         "--config", AGENT_CONFIG],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        case_id = await _pending_case(system, asking)
+        case = await system.authority.approve_case(case_id, by="admin")  # the console's Approve
+        _, said = await asyncio.to_thread(asking.communicate, timeout=30)
+    finally:
+        if asking.poll() is None:
+            asking.kill()
+            asking.communicate()
+    assert asking.returncode == 0, said
+    assert "The vendor issued a key" in said
+    status = await system.wait_for_tether("connected")
+    access = status["access"]
+    assert isinstance(access, dict)
+    assert access["key_id"] == case.key_id
+    shown = await _ssh(system, system.serial, "hostname")
+    assert shown.stdout.strip() == system.serial, shown.stderr
