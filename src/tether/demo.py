@@ -210,7 +210,10 @@ class DemoSystem:
             f"machine {self.serial}: starting a sandbox with its own sshd (no inbound network)"
         )
         self.machine = Sandbox(
-            self.workdir / "machine", hostname=self.serial, uplink_ports=[self.relay_port]
+            self.workdir / "machine",
+            hostname=self.serial,
+            uplink_ports=[self.relay_port],
+            private_tmp=True,  # what engineers copy to the machine's /tmp stays there
         )
         await asyncio.to_thread(self.machine.start)
         authority = self._authority()

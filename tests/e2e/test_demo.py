@@ -7,9 +7,11 @@ machine with real sshd and agent, a relay and a vendor service on this host.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +26,13 @@ async def _ssh(system: DemoSystem, *args: str) -> subprocess.CompletedProcess[st
     return await asyncio.to_thread(
         subprocess.run, system.engineer.ssh(*args), capture_output=True, text=True, timeout=30
     )
+
+
+async def _ssh_tool(system: DemoSystem, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Stock ``scp`` or ``sftp`` with the demo engineer's OpenSSH config."""
+    assert system.engineer is not None
+    argv = [tool, "-F", str(system.engineer.ssh_config), *args]
+    return await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=30)
 
 
 async def _pending_case(system: DemoSystem, asking: subprocess.Popen[str]) -> int:
@@ -68,3 +77,26 @@ async def test_one_click_works_out_of_the_box(system: DemoSystem) -> None:
     assert access["key_id"] == case.key_id
     shown = await _ssh(system, system.serial, "hostname")
     assert shown.stdout.strip() == system.serial, shown.stderr
+
+
+async def test_the_machine_has_its_own_tmp(system: DemoSystem) -> None:
+    """`scp FILE DEMO-0001:/tmp/` lands in the machine's /tmp, not in this host's."""
+    assert system.machine is not None
+    name = f"tether-demo-scp-{secrets.token_hex(6)}.txt"
+    payload = system.workdir / name
+    payload.write_text("sent through the relay\n")
+    on_host = Path("/tmp") / name
+    try:
+        sent = await _ssh_tool(system, "scp", str(payload), f"{system.serial}:/tmp/{name}")
+        assert sent.returncode == 0, sent.stderr
+        assert not on_host.exists()
+        shown = await _ssh(system, system.serial, f"cat /tmp/{name}")
+        assert shown.stdout == "sent through the relay\n", shown.stderr
+        assert system.machine.host_path(f"/tmp/{name}").read_text() == "sent through the relay\n"
+        # The machine's own programs see the same /tmp, and none of this host's:
+        # the demo's files (under the host's /tmp here) are not there.
+        assert name in system.machine.run(["ls", "/tmp"]).stdout.split()
+        assert str(system.workdir).startswith("/tmp/")
+        assert system.machine.run(["test", "-e", str(system.workdir)]).returncode == 1
+    finally:
+        on_host.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -295,14 +296,21 @@ async def test_direct_mode_and_source_limits(system: DemoSystem) -> None:
     direct = await asyncio.to_thread(system.access, "enable", "--direct", "--from", "192.0.2.0/24")
     assert direct.returncode == 0, direct.stderr
     assert "direct from 192.0.2.0/24" in direct.stdout
+    # An engineer on the machine's own network: key and certificate on the machine (its
+    # /tmp is its own, so the demo's files on this host are not in view there).
+    keys = system.machine.host_path("/tmp") / "engineer"
+    keys.mkdir(mode=0o700)
+    shutil.copyfile(system.engineer.key, keys / "id_ed25519")
+    (keys / "id_ed25519").chmod(0o600)
+    shutil.copyfile(system.engineer.certificate, keys / "id_ed25519-cert.pub")
     inside = [
         "ssh",
         "-F",
         "/dev/null",
         "-i",
-        str(system.engineer.key),
+        "/tmp/engineer/id_ed25519",
         "-o",
-        f"CertificateFile={system.engineer.certificate}",
+        "CertificateFile=/tmp/engineer/id_ed25519-cert.pub",
         "-o",
         "IdentitiesOnly=yes",
         "-o",
@@ -316,6 +324,7 @@ async def test_direct_mode_and_source_limits(system: DemoSystem) -> None:
     ]
     refused = system.machine.run(inside)
     assert refused.returncode == 255  # 127.0.0.1 is not in 192.0.2.0/24
+    assert "Permission denied" in refused.stderr
     await asyncio.to_thread(system.access, "disable")
     anywhere = await asyncio.to_thread(system.access, "enable", "--direct", "--duration", "1h")
     assert anywhere.returncode == 0, anywhere.stderr

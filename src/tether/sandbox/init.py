@@ -19,7 +19,11 @@ process builds the machine and then waits:
    replaced by a stand-in directory (``W/shadow/...``) that holds a bind of each of the
    host's entries plus the new, private one — the host itself is never written to.
    /run is a plain directory rather than a tmpfs so that the host can read it too (pid
-   files, the uplink sockets) without entering the namespace.
+   files, the uplink sockets) without entering the namespace. With ``--private-tmp``
+   /tmp and /var/tmp (``layout.TMP_DIRS``) get the same treatment, last: they may hide
+   the workdir itself, so their sources are opened first and bound through
+   ``/proc/self/fd``, and the ``ready`` file is written through a descriptor of the
+   workdir opened before any mount.
 4. The host name is set; ``lo`` is brought up. The network namespace has no other
    interface, so nothing outside can connect in.
 5. sshd: a stock-like Debian ``sshd_config`` (``Include`` of an empty
@@ -165,8 +169,8 @@ class Mounter:
             self._shadow(parent)
         os.mkdir(inside, 0o755)
 
-    def private_dir(self, inside: str, host_info: os.stat_result | None) -> None:
-        """Bind a fresh directory of the workdir over ``inside``."""
+    def _source(self, inside: str, host_info: os.stat_result | None) -> Path:
+        """Make the workdir's directory for ``inside``, with the host directory's mode."""
         source = self.root / inside.lstrip("/")
         source.mkdir(parents=True, exist_ok=True)
         if host_info is not None:
@@ -175,8 +179,31 @@ class Mounter:
         else:
             os.chmod(source, layout.PRIVATE_DIR_DEFAULT_MODES.get(inside, 0o755))
         self.ensure_dir(inside)
-        bind(source, inside)
+        return source
+
+    def private_dir(self, inside: str, host_info: os.stat_result | None) -> None:
+        """Bind a fresh directory of the workdir over ``inside``."""
+        bind(self._source(inside, host_info), inside)
         self.private.append(inside)
+
+    def private_dirs_hiding_the_workdir(
+        self, insides: Sequence[str], host_info: dict[str, os.stat_result | None]
+    ) -> None:
+        """Like :meth:`private_dir` for each of ``insides``, where a mount may hide the workdir.
+
+        Every source is opened before the first mount and bound through its descriptor,
+        so a workdir under /tmp still provides /var/tmp after /tmp is covered.
+        """
+        opened = [
+            (os.open(self._source(inside, host_info[inside]), os.O_PATH | os.O_DIRECTORY), inside)
+            for inside in insides
+        ]
+        for fd, inside in opened:
+            try:
+                bind(f"/proc/self/fd/{fd}", inside)
+            finally:
+                os.close(fd)
+            self.private.append(inside)
 
 
 def copy_etc(root: Path, hostname: str) -> None:
@@ -324,13 +351,17 @@ def build(args: argparse.Namespace) -> list[int]:
     workdir: Path = args.workdir
     mount(None, "/", _MS_REC | _MS_PRIVATE)
     root = workdir / layout.ROOT_DIRNAME
-    host_info = {p: os.stat(p) if os.path.isdir(p) else None for p in layout.PRIVATE_DIRS}
+    tmp_dirs = layout.TMP_DIRS if args.private_tmp else ()
+    host_info = {
+        p: os.stat(p) if os.path.isdir(p) else None for p in (*layout.PRIVATE_DIRS, *tmp_dirs)
+    }
     copy_etc(root, args.hostname)
     bind(root / "etc", layout.ETC)
     mounter = Mounter(workdir)
     mounter.private.append(layout.ETC)
     for inside in layout.PRIVATE_DIRS:
         mounter.private_dir(inside, host_info[inside])
+    mounter.private_dirs_hiding_the_workdir(tmp_dirs, host_info)
     socket.sethostname(args.hostname)
     link_up("lo")
     prepare_run()
@@ -343,6 +374,15 @@ def build(args: argparse.Namespace) -> list[int]:
     return children
 
 
+def write_ready(workdir: int, children: Sequence[int]) -> None:
+    """Write ``ready`` (the children to stop) into the workdir open as ``workdir``, atomically."""
+    staging = layout.READY_NAME + ".tmp"
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=workdir)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps({"children": list(children)}))
+    os.rename(staging, layout.READY_NAME, src_dir_fd=workdir, dst_dir_fd=workdir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line (run by ``Sandbox.start`` through ``unshare``)."""
     parser = argparse.ArgumentParser(prog="python -m tether.sandbox.init")
@@ -351,15 +391,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--uplink-port", type=int, action="append", default=[])
     parser.add_argument("--no-sshd", dest="sshd", action="store_false")
     parser.add_argument("--no-pam", dest="use_pam", action="store_false")
+    parser.add_argument("--private-tmp", action="store_true")
     args = parser.parse_args(argv)
     if os.getpid() != 1:
         log("refusing to run outside a fresh pid namespace (not pid 1)")
         return 2
     try:
+        # Opened before any mount: a private /tmp may hide the workdir from view.
+        workdir = os.open(args.workdir, os.O_RDONLY | os.O_DIRECTORY)
         children = build(args)
-        ready = args.workdir / layout.READY_NAME
-        ready.with_suffix(".tmp").write_text(json.dumps({"children": children}))
-        ready.with_suffix(".tmp").rename(ready)
+        write_ready(workdir, children)
         log("ready")
     except Exception:
         log("failed:\n" + traceback.format_exc())

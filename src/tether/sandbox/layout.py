@@ -50,10 +50,17 @@ PRIVATE_DIRS: tuple[str, ...] = (
     "/var/log",
     "/var/mail",
 )
+#: Private temporary directories of a machine made with ``private_tmp`` (the demo's):
+#: what is written there (``scp FILE SERIAL:/tmp/``) stays on the machine, as on a real
+#: one. Mounted after everything else, because they hide a workdir under /tmp; tests
+#: that hand the machine files from their tmp_path leave them shared.
+TMP_DIRS: tuple[str, ...] = ("/tmp", "/var/tmp")
 #: Mode of a private directory the host does not have.
 PRIVATE_DIR_DEFAULT_MODES: dict[str, int] = {
     "/root/.ssh": 0o700,
     "/var/lib/sudo": 0o700,
+    "/tmp": 0o1777,
+    "/var/tmp": 0o1777,
 }
 
 #: Inside path of the directory holding one Unix socket per uplink port.
@@ -73,33 +80,35 @@ def uplink_socket_name(port: int) -> str:
     return f"{port}.sock"
 
 
-def private_prefixes() -> tuple[str, ...]:
+def private_prefixes(*, private_tmp: bool = False) -> tuple[str, ...]:
     """Return every inside path whose subtree is private to the sandbox."""
-    return (ETC, *PRIVATE_DIRS)
+    return (ETC, *PRIVATE_DIRS, *(TMP_DIRS if private_tmp else ()))
 
 
-def is_private(inside_path: str) -> bool:
+def is_private(inside_path: str, *, private_tmp: bool = False) -> bool:
     """Tell whether ``inside_path`` (absolute) lies in a tree private to the sandbox."""
     path = posixpath.normpath(inside_path)
-    return any(path == p or path.startswith(p + "/") for p in private_prefixes())
+    prefixes = private_prefixes(private_tmp=private_tmp)
+    return any(path == p or path.startswith(p + "/") for p in prefixes)
 
 
-def host_path(workdir: Path, inside_path: str) -> Path:
+def host_path(workdir: Path, inside_path: str, *, private_tmp: bool = False) -> Path:
     """Map an inside path in a private tree to where it is on the host.
 
     Raises:
         ValueError: ``inside_path`` is relative or not in a private tree (for example
-            ``/usr/bin`` or ``/tmp``, which the sandbox shares with the host).
+            ``/usr/bin``, or ``/tmp`` unless ``private_tmp``: then the sandbox shares
+            it with the host).
     """
     if not inside_path.startswith("/"):
         raise ValueError(f"{inside_path!r} is not an absolute path")
     path = posixpath.normpath(inside_path)
     if path.startswith("//"):
         path = "/" + path.lstrip("/")
-    if not is_private(path):
+    if not is_private(path, private_tmp=private_tmp):
         raise ValueError(
             f"{inside_path!r} is shared with the host, not private to the sandbox "
-            f"(private trees: {', '.join(private_prefixes())})"
+            f"(private trees: {', '.join(private_prefixes(private_tmp=private_tmp))})"
         )
     return workdir / ROOT_DIRNAME / path.lstrip("/")
 

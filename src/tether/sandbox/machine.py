@@ -130,6 +130,10 @@ class Sandbox:
             port on its own 127.0.0.1.
         start_sshd: start the stock sshd on the machine's 127.0.0.1:22.
         use_pam: ``UsePAM yes`` (Debian's default) in the machine's sshd_config.
+        private_tmp: give the machine its own /tmp and /var/tmp, as a real machine has
+            (``tether demo``: an engineer's ``scp FILE SERIAL:/tmp/`` stays on the
+            machine). Off by default so that tests can hand the machine files from
+            their tmp_path; with it, paths under the host's /tmp are not seen inside.
     """
 
     def __init__(
@@ -140,6 +144,7 @@ class Sandbox:
         uplink_ports: Sequence[int] = (),
         start_sshd: bool = True,
         use_pam: bool = True,
+        private_tmp: bool = False,
     ) -> None:
         self.workdir = layout.check_workdir(Path(workdir))
         self.hostname = layout.check_hostname(hostname)
@@ -152,6 +157,7 @@ class Sandbox:
         self.uplink_ports: tuple[int, ...] = tuple(ports)
         self.start_sshd = start_sshd
         self.use_pam = use_pam
+        self.private_tmp = private_tmp
         self._unshare: subprocess.Popen[bytes] | None = None
         self._uplink: subprocess.Popen[bytes] | None = None
         self._logs: list[IO[bytes]] = []
@@ -222,6 +228,8 @@ class Sandbox:
             argv.append("--no-sshd")
         if not self.use_pam:
             argv.append("--no-pam")
+        if self.private_tmp:
+            argv.append("--private-tmp")
         log = self._open_log(layout.INIT_LOG_NAME)
         self._unshare = subprocess.Popen(
             argv,
@@ -358,12 +366,13 @@ class Sandbox:
         """Return where ``inside_path`` (in a private tree) is kept on the host.
 
         Private trees: /etc (a copy), /home, /root/.ssh, /run, /var/lib/sudo,
-        /var/lib/tether, /var/log, /var/mail. Reading there needs no ``nsenter``.
+        /var/lib/tether, /var/log, /var/mail, and with ``private_tmp`` /tmp and
+        /var/tmp. Reading there needs no ``nsenter``.
 
         Raises:
             ValueError: ``inside_path`` is shared with the host or not absolute.
         """
-        return layout.host_path(self.workdir, inside_path)
+        return layout.host_path(self.workdir, inside_path, private_tmp=self.private_tmp)
 
     # -- running things inside -------------------------------------------------------
 

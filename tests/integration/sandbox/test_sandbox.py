@@ -328,3 +328,28 @@ def test_host_path_only_for_private_trees(tmp_path: Path) -> None:
     for shared in ("/usr/bin/ssh", "/tmp/x", "/var/lib/dpkg", "relative"):
         with pytest.raises(ValueError, match=r"not private|not an absolute"):
             box.host_path(shared)
+    own_tmp = Sandbox(tmp_path / "own", private_tmp=True)
+    assert own_tmp.host_path("/tmp/x") == tmp_path / "own/root/tmp/x"
+    assert own_tmp.host_path("/var/tmp/y") == tmp_path / "own/root/var/tmp/y"
+
+
+def test_private_tmp_keeps_what_is_written_there_on_the_machine(tmp_path: Path) -> None:
+    """With private_tmp (the demo's machine), /tmp and /var/tmp are the machine's own."""
+    from tether.sandbox import sandbox_unavailable_reason
+
+    if (reason := sandbox_unavailable_reason()) is not None:
+        pytest.skip(reason)
+    name = f"tether-sandbox-{os.getpid()}-{time.monotonic_ns()}"
+    workdir = tmp_path / "box"  # under the host's /tmp: hidden inside, still used by init
+    try:
+        with Sandbox(workdir, private_tmp=True) as box:
+            for top in ("/tmp", "/var/tmp"):
+                wrote = box.run(["sh", "-c", f"echo inside > {top}/{name}; stat -c %a {top}"])
+                assert wrote.stdout.strip() == "1777", wrote.stderr
+                assert not Path(top, name).exists()
+                assert box.host_path(f"{top}/{name}").read_text() == "inside\n"
+            assert box.run(["test", "-e", str(workdir)]).returncode == 1
+            assert box.sshd_pid is not None  # the machine came up as usual
+    finally:
+        for top in ("/tmp", "/var/tmp"):
+            Path(top, name).unlink(missing_ok=True)
