@@ -82,6 +82,7 @@ async def test_login_ssh_config_then_plain_ssh_scp_web_and_ls(
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and "127.0.0.1:" not in url:
             url = (await asyncio.wait_for(web.stdout.readline(), 30)).decode()
+        assert url.startswith("http://127.0.0.1:"), url  # the demo's :443 serves plain HTTP
         port = int(url.split("127.0.0.1:")[1].split("/")[0])
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.0\r\n\r\n")

@@ -8,13 +8,18 @@ what ``ssh -L N:SERIAL:PORT tether-relay`` would do.
 
 Before the local port opens, one channel is opened and closed again: if the relay
 refuses it (the machine is not tethered, the port is not open), its reason is shown
-at once instead of a browser error later. The forwarding ends when the certificate
-expires or the relay drops the connection.
+at once instead of a browser error later. Through that channel goes what a browser
+sends first over HTTPS, a TLS ClientHello: a TLS record in reply means the URL to
+print is ``https://``, anything else (an HTTP error, silence) ``http://``. The
+forwarding ends when the certificate expires or the relay drops the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -34,10 +39,60 @@ CONNECT_TIMEOUT = 15.0
 LOCAL_HOST = "127.0.0.1"
 
 
-def web_url(local_port: int, machine_port: int) -> str:
-    """The URL to open: ``http://`` for the machine's port 80, else ``https://``."""
-    scheme = "http" if machine_port == 80 else "https"
+#: Seconds the machine's port has at least to answer the TLS probe.
+PROBE_TIMEOUT = 2.0
+#: ... or this many times as long as opening the channel to it took (a slow link).
+PROBE_ROUND_TRIPS = 4
+#: TLS record types that only a TLS server sends first: handshake, alert.
+_TLS_RECORDS = (0x16, 0x15)
+#: Sent after the ClientHello: an HTTP server that reads a request line or header
+#: block then answers (400) at once instead of waiting; a TLS server has answered the
+#: hello before it reads these.
+_END_OF_HEADERS = b"\r\n\r\n"
+
+
+def web_url(local_port: int, scheme: str) -> str:
+    """The URL to open in a browser: ``SCHEME://127.0.0.1:LOCAL_PORT/``."""
     return f"{scheme}://{LOCAL_HOST}:{local_port}/"
+
+
+def client_hello() -> bytes:
+    """A TLS ClientHello, the first bytes a browser sends to an https:// URL."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    outgoing = ssl.MemoryBIO()
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):  # it now waits for the server's answer
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def speaks_tls(answer: bytes) -> bool:
+    """Whether a server's first bytes after a ClientHello are a TLS record (any 3.x version).
+
+    A TLS server answers with a handshake record (ServerHello) or, if it dislikes the
+    hello, an alert; an HTTP server answers ``HTTP/1.1 400`` or nothing at all.
+    """
+    return len(answer) >= 2 and answer[0] in _TLS_RECORDS and answer[1] == 0x03
+
+
+async def probe_scheme(
+    reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes], round_trip: float
+) -> str:
+    """``https`` if the stream's far end answers a ClientHello with TLS, else ``http``.
+
+    A TLS server always answers a ClientHello; silence for :data:`PROBE_TIMEOUT` (or
+    :data:`PROBE_ROUND_TRIPS` times ``round_trip``, the seconds opening the channel
+    took) means something else is listening there, so ``http``.
+    """
+    writer.write(client_hello() + _END_OF_HEADERS)
+    try:
+        async with asyncio.timeout(max(PROBE_TIMEOUT, PROBE_ROUND_TRIPS * round_trip)):
+            answer = await reader.read(5)
+    except (TimeoutError, OSError, asyncssh.Error):
+        answer = b""
+    return "https" if speaks_tls(answer) else "http"
 
 
 class _Client(asyncssh.SSHClient):
@@ -60,6 +115,7 @@ class WebForward:
     :param listener: the local listener.
     :param serial: the machine.
     :param port: the machine's port.
+    :param scheme: ``https`` or ``http``, what that port serves.
     """
 
     def __init__(
@@ -69,6 +125,7 @@ class WebForward:
         listener: asyncssh.SSHListener,
         serial: str,
         port: int,
+        scheme: str,
     ) -> None:
         """Hold the open connection and listener (see :func:`open_web`)."""
         self._conn = conn
@@ -76,6 +133,8 @@ class WebForward:
         self._listener = listener
         self.serial = serial
         self.port = port
+        #: ``https`` or ``http``: what the machine's port serves.
+        self.scheme = scheme
 
     @property
     def local_port(self) -> int:
@@ -85,7 +144,7 @@ class WebForward:
     @property
     def url(self) -> str:
         """What to open in a browser."""
-        return web_url(self.local_port, self.port)
+        return web_url(self.local_port, self.scheme)
 
     async def run_until(self, deadline: datetime, clock: Clock, *, vendor: str) -> None:
         """Forward until ``deadline`` (the certificate's end) or until the relay drops us.
@@ -170,19 +229,24 @@ async def open_web(
 ) -> AsyncIterator[WebForward]:
     """Connect to the relay and forward ``127.0.0.1:local_port`` to ``serial:port``.
 
-    ``local_port`` 0 lets the OS pick. A refusal from the relay is raised as
+    ``local_port`` 0 lets the OS pick. The forward's :attr:`~WebForward.url` says
+    ``https://`` or ``http://`` by what the port answered (see :func:`probe_scheme`). A refusal from the relay is raised as
     :class:`Refused` in the relay's own words; a local port in use as :class:`Refused`.
     """
     check_serial(serial)
     conn, client = await _connect(session, ask_passphrase)
     try:
+        started = time.monotonic()
         try:
-            _, writer = await conn.open_connection(serial, port)
+            reader, writer = await conn.open_connection(serial, port)
         except asyncssh.ChannelOpenError as exc:
             raise Refused(
                 f"the relay refused {serial}:{port}: {clean_detail(exc.reason)}"
             ) from None
-        writer.close()
+        try:
+            scheme = await probe_scheme(reader, writer, time.monotonic() - started)
+        finally:
+            writer.close()
         try:
             listener = await conn.forward_local_port(LOCAL_HOST, local_port, serial, port)
         except OSError as exc:
@@ -194,7 +258,7 @@ async def open_web(
         conn.close()
         await conn.wait_closed()
         raise
-    forward = WebForward(conn, client, listener, serial, port)
+    forward = WebForward(conn, client, listener, serial, port, scheme)
     try:
         yield forward
     finally:

@@ -14,10 +14,14 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import stat
-from datetime import timedelta
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.integration.engineer.world import (
@@ -313,7 +317,7 @@ async def test_web_forwards_a_connection(tmp_path: Path, backend: str) -> None:
         try:
             assert proc.stdout is not None
             line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-            match = re.fullmatch(r"https://127\.0\.0\.1:(\d+)/\n", line)
+            match = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/\n", line)  # no TLS there
             assert match, line
             notice = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
             assert "Ctrl-C to close" in notice
@@ -330,6 +334,96 @@ async def test_web_forwards_a_connection(tmp_path: Path, backend: str) -> None:
                 await proc.wait()
 
 
+def _tls_context(tmp: Path) -> ssl.SSLContext:
+    """A server context with a fresh self-signed certificate (as appliances ship them).
+
+    The certificate (``tmp/web.pem``) names 127.0.0.1, where the engineer opens it.
+    """
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERIAL)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    pem = tmp / "web.pem"
+    pem.write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem)
+    return context
+
+
+@asynccontextmanager
+async def _web_server(tls: ssl.SSLContext | None) -> AsyncIterator[int]:
+    """A tiny web UI on this host's loopback, over TLS or plain HTTP; yields its port."""
+    body = b"served over " + (b"https" if tls else b"http")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass  # the probe, or a client that went away
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_web_says_https_only_where_the_machine_serves_tls(
+    tmp_path: Path, backend: str
+) -> None:
+    async with (
+        _web_server(_tls_context(tmp_path)) as tls_port,
+        _web_server(None) as plain_port,
+        engineer_world(tmp_path, backend, extra_ports=[tls_port, plain_port]) as world,
+    ):
+        await world.login()
+        for port, scheme in ((tls_port, "https"), (plain_port, "http")):
+            proc = await world.spawn("web", SERIAL, "--port", str(port))
+            try:
+                assert proc.stdout is not None
+                url = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+                assert re.fullmatch(rf"{scheme}://127\.0\.0\.1:\d+/", url), (port, url)
+                trusted = ssl.create_default_context(cafile=tmp_path / "web.pem")
+                async with httpx.AsyncClient(verify=trusted, trust_env=False) as client:
+                    page = await client.get(url, timeout=10)
+                assert page.text == f"served over {scheme}"
+            finally:
+                proc.send_signal(signal.SIGINT)
+                await asyncio.wait_for(proc.wait(), 10)
+
+
 async def test_web_on_a_chosen_local_port(tmp_path: Path, backend: str) -> None:
     async with engineer_world(tmp_path, backend) as world:
         await world.login()
@@ -340,7 +434,7 @@ async def test_web_on_a_chosen_local_port(tmp_path: Path, backend: str) -> None:
         try:
             assert proc.stdout is not None
             line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-            assert line == f"https://127.0.0.1:{local}/\n"
+            assert line == f"http://127.0.0.1:{local}/\n"
             assert await _read_echo(local, b"hi\n") == b"hello from the machine\nhi\n"
         finally:
             proc.send_signal(signal.SIGINT)

@@ -62,7 +62,7 @@ async def test_engineer_flow_against_real_vendor_service(tmp_path: Path) -> None
         try:
             assert proc.stdout is not None
             line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-            match = re.fullmatch(r"https://127\.0\.0\.1:(\d+)/\n", line)
+            match = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/\n", line)
             assert match, line
             reader, writer = await asyncio.open_connection("127.0.0.1", int(match.group(1)))
             assert await asyncio.wait_for(reader.readline(), 10) == b"hello from the machine\n"

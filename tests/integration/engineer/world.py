@@ -21,7 +21,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -224,8 +224,14 @@ def real_service(vendor: Vendor) -> tuple[Any, AddEngineer, EndSession]:
 
 
 @asynccontextmanager
-async def engineer_world(tmp: Path, backend: str = "stub") -> AsyncIterator[World]:
-    """Bring everything up (see the module docstring); tear it down afterwards."""
+async def engineer_world(
+    tmp: Path, backend: str = "stub", *, extra_ports: Sequence[int] = ()
+) -> AsyncIterator[World]:
+    """Bring everything up (see the module docstring); tear it down afterwards.
+
+    ``extra_ports``: more of this host's loopback ports the machine offers (services a
+    test runs itself).
+    """
     async with AsyncExitStack() as stack:
         vendor = await stack.enter_async_context(vendor_setup(tmp))
         echo = await stack.enter_async_context(EchoServer())
@@ -238,7 +244,7 @@ async def engineer_world(tmp: Path, backend: str = "stub") -> AsyncIterator[Worl
         else:
             app, add, end = real_service(vendor)
         url = await stack.enter_async_context(serve(app))
-        ports = [echo.port, machine.port]
+        ports = [echo.port, machine.port, *extra_ports]
         key, claims = await vendor.issue(SERIAL, ports=ports)
         agent = await stack.enter_async_context(Agent(key, claims, ports))
         await agent.wait_for(TunnelState.CONNECTED)

@@ -10,17 +10,25 @@ import pytest
 
 from tether.clock import FrozenClock
 from tether.engineer.state import CertificateExpired
-from tether.engineer.web import WebForward, _Client, web_url
+from tether.engineer.web import WebForward, _Client, client_hello, speaks_tls, web_url
 from tether.errors import NotReady
 from tether.sshlib import asyncssh
 
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
 
 
-def test_url_is_https_except_for_port_80() -> None:
-    assert web_url(8443, 443) == "https://127.0.0.1:8443/"
-    assert web_url(8080, 80) == "http://127.0.0.1:8080/"
-    assert web_url(5000, 5000) == "https://127.0.0.1:5000/"
+def test_url_names_the_scheme_the_port_speaks() -> None:
+    assert web_url(8443, "https") == "https://127.0.0.1:8443/"
+    assert web_url(8080, "http") == "http://127.0.0.1:8080/"
+
+
+def test_the_probe_is_a_client_hello_and_only_tls_records_count_as_tls() -> None:
+    hello = client_hello()
+    assert hello[:2] == b"\x16\x03"  # a TLS handshake record
+    assert speaks_tls(b"\x16\x03\x03\x00\x7a")  # ServerHello
+    assert speaks_tls(b"\x15\x03\x01\x00\x02")  # an alert: TLS, though unhappy
+    for other in (b"HTTP/1.1 400 Bad Request", b"SSH-2.0-OpenSSH_9.2", b"", b"\x16"):
+        assert not speaks_tls(other)
 
 
 class FakeConnection:
@@ -51,6 +59,7 @@ def _forward(conn: FakeConnection, client: _Client) -> WebForward:
         cast(asyncssh.SSHListener, cast(Any, FakeListener())),
         "M-1",
         443,
+        "https",
     )
 
 
