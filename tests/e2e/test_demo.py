@@ -7,6 +7,7 @@ machine with real sshd and agent, a relay and a vendor service on this host.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import subprocess
 import sys
@@ -100,3 +101,36 @@ async def test_the_machine_has_its_own_tmp(system: DemoSystem) -> None:
         assert system.machine.run(["test", "-e", str(system.workdir)]).returncode == 1
     finally:
         on_host.unlink(missing_ok=True)
+
+
+async def test_machine_commands_answer_scripts_in_json(system: DemoSystem) -> None:
+    """`access reset`, `agent install` and `agent web-password` with --json, on the machine."""
+    assert system.machine is not None
+    reset = await asyncio.to_thread(system.access, "reset", "--json")
+    assert reset.returncode == 0, reset.stderr
+    assert json.loads(reset.stdout) == {
+        "reconnecting": True,
+        "relay": f"127.0.0.1:{system.relay_port}",
+    }
+    await system.wait_for_tether("connected")
+    agent = [sys.executable, "-m", "tether", "agent"]
+    installed = await asyncio.to_thread(
+        system.machine.run, [*agent, "install", "--json", "--config", AGENT_CONFIG]
+    )
+    assert installed.returncode == 0, installed.stderr
+    report = json.loads(installed.stdout)
+    assert report["scheduler"] == "cron"  # the sandbox has no systemd
+    assert "/etc/cron.d/tether" in report["files"]
+    password = await asyncio.to_thread(
+        system.machine.run,
+        [*agent, "web-password", "--json", "--config", AGENT_CONFIG],
+        input="a long enough page password\n",
+    )
+    assert password.returncode == 0, password.stderr
+    assert json.loads(password.stdout)["password_set"] is True
+    closed = await asyncio.to_thread(system.access, "disable")
+    assert closed.returncode == 0, closed.stderr
+    nothing = await asyncio.to_thread(system.access, "reset", "--json")
+    assert nothing.returncode == 1
+    assert "no tether is open" in nothing.stderr
+    assert nothing.stdout == ""

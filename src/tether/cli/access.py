@@ -210,8 +210,9 @@ def expire(config_path: Path, as_json: bool) -> None:
 
 @access.command()
 @agent_config_option
+@json_option
 @handle_errors
-def reset(config_path: Path) -> None:
+def reset(config_path: Path, as_json: bool) -> None:
     """Reconnect the tether now (after a network change, or to skip a backoff wait)."""
     config = AgentConfig.load(config_path)
     state = AccessManager(config).state()
@@ -219,6 +220,9 @@ def reset(config_path: Path) -> None:
         raise NotReady("no tether is open; there is nothing to reconnect")
     if _daemon(config, "reset") is None:
         raise NotReady("the tether agent is not running (start it: systemctl start tether-agent)")
+    if as_json:
+        print_json({"reconnecting": True, "relay": state.relay})
+        return
     out.print("Reconnecting the tether now.")
 
 

@@ -8,6 +8,7 @@ says how to log in again otherwise (exit 1).
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -175,23 +176,27 @@ def login(
     metavar="SERIAL",
     help="Add a machine besides the live tethers (repeatable).",
 )
+@json_option
 @handle_errors
-def ssh_config(write: bool, install: bool, serials: tuple[str, ...]) -> None:
+def ssh_config(write: bool, install: bool, serials: tuple[str, ...], as_json: bool) -> None:
     """An OpenSSH configuration so that `ssh SERIAL`, scp and sftp go through the relay.
 
     One `Host tether-relay` block (your certificate, the relay's pinned host key)
     and one block per machine: the live tethers from the vendor service plus any
-    --serial. Stock OpenSSH reads it; nothing is wrapped.
+    --serial. Stock OpenSSH reads it; nothing is wrapped. With --json: the machines,
+    the configuration's text and what was written where.
     """
     state = _state()
     session = state.session(SYSTEM_CLOCK)
     for serial in serials:
         check_serial(serial)
+    warning: str | None = None
     try:
         live = [t.serial for t in run(fetch_tethers(session))]
     except (VendorUnreachable, SessionExpired) as exc:
         if not serials:
             raise
+        warning = str(exc)
         err.print(
             f"[bold yellow]warning:[/] {escape(str(exc))}\n"
             "Writing the configuration for the --serial machines only."
@@ -199,15 +204,32 @@ def ssh_config(write: bool, install: bool, serials: tuple[str, ...]) -> None:
         live = []
     machines = unique_serials([*live, *serials])
     text = render_ssh_config(config_input(session), machines)
+    report: dict[str, object] = {"machines": machines, "config": text, "path": None}
+    if warning is not None:
+        report["warning"] = warning
     if not (write or install):
-        click.echo(text, nl=False)
+        if as_json:
+            print_json(report)
+        else:
+            click.echo(text, nl=False)
         return
     path = state.ssh_config_path
     state.write(path, text.encode(), SECRET_MODE)
+    report["path"] = str(path)
+    if install:
+        result = install_include(path, home=Path.home(), now=SYSTEM_CLOCK.now())
+        report["include"] = {
+            "config": str(result.config),
+            "line": result.line,
+            "changed": result.changed,
+            "backup": str(result.backup) if result.backup else None,
+        }
+    if as_json:
+        print_json(report)
+        return
     listed = ", ".join(machines) if machines else "none yet; run this again when one is tethered"
     out.print(f"Wrote {escape(str(path))} (machines: {escape(listed)})")
     if install:
-        result = install_include(path, home=Path.home(), now=SYSTEM_CLOCK.now())
         if not result.changed:
             out.print(f"{result.config} already includes it.")
         else:
@@ -240,11 +262,18 @@ def ssh_config(write: bool, install: bool, serials: tuple[str, ...]) -> None:
     type=click.IntRange(0, 65535),
     help="The local port on 127.0.0.1 (default: any free one).",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one line of JSON (url, scheme, local_port, ...) once the port is open.",
+)
 @handle_errors
-def web(serial: str, port: int, local_port: int) -> None:
+def web(serial: str, port: int, local_port: int, as_json: bool) -> None:
     """Open a local port to a machine's web UI through the relay and print its URL.
 
-    Runs until Ctrl-C, or until your certificate expires.
+    The URL says https:// or http:// by what the machine's port serves. Runs until
+    Ctrl-C, or until your certificate expires.
     """
     state = _state()
     session = state.session(SYSTEM_CLOCK)
@@ -260,6 +289,22 @@ def web(serial: str, port: int, local_port: int) -> None:
             local_port=local_port,
             ask_passphrase=_ask_passphrase if sys.stdin.isatty() else None,
         ) as forward:
+            until = session.certificate.valid_before
+            if as_json:
+                # One line, flushed: a script reads it while the forwarding runs.
+                line = {
+                    "url": forward.url,
+                    "scheme": forward.scheme,
+                    "local_port": forward.local_port,
+                    "serial": serial,
+                    "port": port,
+                    "relay": settings.relay,
+                    "until": until.isoformat(),
+                }
+                click.echo(json.dumps(line))
+                sys.stdout.flush()
+                await forward.run_until(until, SYSTEM_CLOCK, vendor=settings.vendor)
+                return
             out.print(forward.url)
             left = format_duration(session.certificate.valid_before - SYSTEM_CLOCK.now())
             out.print(

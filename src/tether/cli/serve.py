@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from tether import log
-from tether.cli.common import agent_config_option, handle_errors, run
+from tether.cli.common import agent_config_option, handle_errors, json_option, print_json, run
 from tether.config import AgentConfig, RelayConfig
 from tether.tuning import tune_allocator
 
@@ -108,8 +108,9 @@ def _set_web_password(config: AgentConfig) -> None:
     is_flag=True,
     help="Also set the admin web page's password (asked without echo, or one line on stdin).",
 )
+@json_option
 @handle_errors
-def agent_install(config_path: Path, web_password: bool) -> None:
+def agent_install(config_path: Path, web_password: bool, as_json: bool) -> None:
     """Install the agent as a service and the every-minute expiry check (systemd or cron).
 
     The admin web page (``[web]`` in the configuration, http://127.0.0.1:8700/ by
@@ -124,16 +125,23 @@ def agent_install(config_path: Path, web_password: bool) -> None:
     if web_password:
         _set_web_password(config)
     report = install(config, [sys.executable, "-m", "tether"])
+    if as_json:
+        print_json({"scheduler": report.scheduler, "files": [str(f) for f in report.files]})
+        return
     click.echo(f"Installed with {report.scheduler}: " + ", ".join(str(f) for f in report.files))
     click.echo("Support access now closes on time even if the agent daemon stops.")
 
 
 @agent.command("web-password")
 @agent_config_option
+@json_option
 @handle_errors
-def agent_web_password(config_path: Path) -> None:
+def agent_web_password(config_path: Path, as_json: bool) -> None:
     """Set or change the admin web page's password (asked without echo, or one line on stdin).
 
     Sessions already logged in stay until they end; restart the agent to end them now.
     """
-    _set_web_password(AgentConfig.load(config_path))
+    config = AgentConfig.load(config_path)
+    _set_web_password(config)
+    if as_json:
+        print_json({"password_set": True, "password_file": str(config.web_password_path)})

@@ -7,8 +7,6 @@ import asyncio
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import click
@@ -18,16 +16,15 @@ from tether import log
 from tether.certs import DEFAULT_CERT_TTL, EngineerCertificate, load_public_key
 from tether.cli.common import data_dir_option, err, handle_errors, json_option, out, print_json, run
 from tether.cli.vendor_audit import audit
+from tether.cli.vendor_cases import cases, machine
+from tether.cli.vendor_common import CLI_ACTOR, with_authority
 from tether.config import VendorConfig
 from tether.durations import format_duration, parse_duration
 from tether.errors import BadInput
-from tether.keys import check_serial, format_address, parse_address, parse_ports
-from tether.store import CaseStatus, Store
+from tether.keys import format_address, parse_address, parse_ports
+from tether.store import Store
 from tether.tasks import TaskSet
-from tether.vendor_service.authority import Authority, init_data_dir, load_vendor_config
-
-#: Who the audit log names for acts done with the CLI on the vendor host.
-CLI_ACTOR = "vendor-cli"
+from tether.vendor_service.authority import init_data_dir, load_vendor_config
 
 
 @click.group()
@@ -36,6 +33,8 @@ def vendor() -> None:
 
 
 vendor.add_command(audit)
+vendor.add_command(cases)
+vendor.add_command(machine)
 
 
 @vendor.command()
@@ -94,16 +93,6 @@ def init(
     )
 
 
-@asynccontextmanager
-async def _with_authority(data_dir: Path) -> AsyncIterator[Authority]:
-    config = load_vendor_config(data_dir)
-    store = await Store.open(config.database)
-    try:
-        yield Authority(config, store)
-    finally:
-        await store.aclose()
-
-
 @vendor.command("issue-key")
 @data_dir_option
 @click.option("--serial", required=True, help="The customer machine's serial number.")
@@ -130,7 +119,7 @@ def issue_key(
     port_list = parse_ports(ports) if ports else None
 
     async def go() -> tuple[str, dict[str, object]]:
-        async with _with_authority(data_dir) as authority:
+        async with with_authority(data_dir) as authority:
             token, claims = await authority.issue_key(
                 serial, lifetime=lifetime, ports=port_list, relay=relay
             )
@@ -159,7 +148,7 @@ def revoke_key(data_dir: Path, key_id: str, reason: str, as_json: bool) -> None:
     """Revoke a key: its tether is dropped on every relay within a second."""
 
     async def go() -> dict[str, object]:
-        async with _with_authority(data_dir) as authority:
+        async with with_authority(data_dir) as authority:
             issued = await authority.revoke_key(key_id, reason=reason)
             return {
                 "key_id": issued.key_id,
@@ -183,7 +172,7 @@ def list_keys(data_dir: Path, serial: str | None, as_json: bool) -> None:
     """List issued keys, newest first."""
 
     async def go() -> list[dict[str, object]]:
-        async with _with_authority(data_dir) as authority:
+        async with with_authority(data_dir) as authority:
             keys = await authority.store.keys.list(serial=serial)
             return [
                 {
@@ -236,8 +225,11 @@ def _read_password(name: str) -> str:
     is_flag=True,
     help="Set a vendor-service password (hidden prompt, or one line of stdin; never argv).",
 )
+@json_option
 @handle_errors
-def engineer_add(data_dir: Path, name: str, admin: bool, password_prompt: bool) -> None:
+def engineer_add(
+    data_dir: Path, name: str, admin: bool, password_prompt: bool, as_json: bool
+) -> None:
     """Add an engineer (lower-case letters, digits, '.', '_', '-')."""
     from tether.certs import check_engineer_name
     from tether.vendor_service.api_credentials import hash_password
@@ -246,13 +238,16 @@ def engineer_add(data_dir: Path, name: str, admin: bool, password_prompt: bool) 
     password_hash = hash_password(_read_password(name)) if password_prompt else None
 
     async def go() -> None:
-        async with _with_authority(data_dir) as authority:
+        async with with_authority(data_dir) as authority:
             await authority.store.engineers.add(
                 name, authority.clock.now(), admin=admin, password_hash=password_hash
             )
             await authority.record("engineer.added", engineer=name, admin=admin, by=CLI_ACTOR)
 
     run(go())
+    if as_json:
+        print_json({"engineer": name, "admin": admin, "password_set": password_hash is not None})
+        return
     role = "admin" if admin else "engineer"
     out.print(
         f"Added {role} {name}. They log in with `tether login`"
@@ -265,15 +260,16 @@ def engineer_add(data_dir: Path, name: str, admin: bool, password_prompt: bool) 
 @data_dir_option
 @click.argument("name")
 @click.option("--off", is_flag=True, help="Turn one-time codes off for this engineer.")
+@json_option
 @handle_errors
-def engineer_totp(data_dir: Path, name: str, off: bool) -> None:
+def engineer_totp(data_dir: Path, name: str, off: bool, as_json: bool) -> None:
     """Give an engineer a new TOTP secret and print its otpauth:// URI (shown only once)."""
     from tether.vendor_service.api_credentials import new_totp_secret, totp_uri
 
     secret = None if off else new_totp_secret()
 
     async def go() -> str:
-        async with _with_authority(data_dir) as authority:
+        async with with_authority(data_dir) as authority:
             if await authority.store.engineers.get(name) is None:
                 raise BadInput(f"no engineer named {name!r}")
             await authority.store.engineers.set_totp(name, secret)
@@ -282,10 +278,17 @@ def engineer_totp(data_dir: Path, name: str, off: bool) -> None:
             return authority.config.vendor
 
     vendor_name = run(go())
-    if secret is None:
+    uri = (
+        None if secret is None else totp_uri(secret, engineer=name, issuer=f"{vendor_name} Tether")
+    )
+    if as_json:
+        # The URI is the new secret, shown this once, as without --json.
+        print_json({"engineer": name, "totp": uri is not None, "otpauth_uri": uri})
+        return
+    if uri is None:
         out.print(f"One-time codes are off for {name}.")
         return
-    click.echo(totp_uri(secret, engineer=name, issuer=f"{vendor_name} Tether"))
+    click.echo(uri)
     err.print(
         f"Give this URI to {name} for their authenticator app; it is not shown again. "
         "Logins now need the current code."
@@ -295,86 +298,21 @@ def engineer_totp(data_dir: Path, name: str, off: bool) -> None:
 @engineer.command("remove")
 @data_dir_option
 @click.argument("name")
+@json_option
 @handle_errors
-def engineer_remove(data_dir: Path, name: str) -> None:
+def engineer_remove(data_dir: Path, name: str, as_json: bool) -> None:
     """Remove an engineer; their live connections are cut at once."""
 
     async def go() -> None:
-        async with _with_authority(data_dir) as authority:
+        async with with_authority(data_dir) as authority:
             await authority.store.engineers.remove(name, now=authority.clock.now())
             await authority.record("engineer.removed", engineer=name, by=CLI_ACTOR)
 
     run(go())
-    out.print(f"Removed engineer {name}.")
-
-
-@vendor.group()
-def machine() -> None:
-    """Machines bound to a serial by their first one-click request."""
-
-
-@machine.command("rebind")
-@data_dir_option
-@click.argument("serial")
-@click.option("--reason", required=True, help="Why (kept in the vendor audit log).")
-@handle_errors
-def machine_rebind(data_dir: Path, serial: str, reason: str) -> None:
-    """Forget the machine key bound to SERIAL: the next request for it binds anew."""
-    check_serial(serial)
-    if not reason.strip():
-        raise BadInput("give a reason: --reason 'mainboard replaced'")
-
-    async def go() -> None:
-        async with _with_authority(data_dir) as authority:
-            await authority.rebind_machine(serial, by=CLI_ACTOR, reason=reason)
-
-    run(go())
-    out.print(f"Machine {escape(serial)} re-bound: the next one-click request for it is trusted.")
-
-
-@vendor.command("cases")
-@data_dir_option
-@click.option(
-    "--status",
-    type=click.Choice([s.value for s in CaseStatus]),
-    help="Only cases in this state.",
-)
-@json_option
-@handle_errors
-def list_cases(data_dir: Path, status: str | None, as_json: bool) -> None:
-    """List one-click support requests (cases), newest first."""
-
-    async def go() -> list[dict[str, object]]:
-        async with _with_authority(data_dir) as authority:
-            cases = await authority.store.cases.list(status=CaseStatus(status) if status else None)
-            return [
-                {
-                    "id": c.id,
-                    "serial": c.serial,
-                    "status": c.status.value,
-                    "created_at": c.created_at.isoformat(),
-                    "decided_by": c.decided_by,
-                    "decided_at": c.decided_at.isoformat() if c.decided_at else None,
-                    "key_id": c.key_id,
-                    "deny_reason": c.deny_reason,
-                    "description": c.description,
-                }
-                for c in cases
-            ]
-
-    rows = run(go())
     if as_json:
-        print_json(rows)
+        print_json({"engineer": name, "removed": True})
         return
-    if not rows:
-        out.print("No cases.")
-    for row in rows:
-        by = f" by {row['decided_by']}" if row["decided_by"] else ""
-        first_line = str(row["description"]).splitlines()[0] if row["description"] else ""
-        out.print(
-            f"#{row['id']}  {row['status']}{by}  {escape(str(row['serial']))}  "
-            f"{row['created_at']}  {escape(first_line[:80])}"
-        )
+    out.print(f"Removed engineer {name}.")
 
 
 @vendor.command()
@@ -468,7 +406,7 @@ def sign(
         raise BadInput(f"{pubkey} is already a certificate; pass the plain public key")
 
     async def go() -> EngineerCertificate:
-        async with _with_authority(data_dir) as authority:
+        async with with_authority(data_dir) as authority:
             return await authority.sign(engineer_name, key, ttl=lifetime)
 
     cert = run(go())

@@ -455,6 +455,38 @@ async def test_web_refusals_are_shown_in_the_relays_words(tmp_path: Path, backen
         assert "invalid serial" in bad.stderr
 
 
+async def test_ssh_config_and_web_answer_in_json(tmp_path: Path, backend: str) -> None:
+    async with engineer_world(tmp_path, backend) as world:
+        await world.login()
+        printed = await world.tether("ssh-config", "--json", "--serial", "OTHER-7")
+        ssh_dir = world.home / ".ssh"
+        ssh_dir.mkdir(mode=0o700)
+        installed = await world.tether("ssh-config", "--install", "--json")
+        echo_port = world.echo.port
+        proc = await world.spawn("web", SERIAL, "--port", str(echo_port), "--json")
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            opened = json.loads(line)
+            greeting = await _read_echo(opened["local_port"], b"json\n")
+        finally:
+            proc.send_signal(signal.SIGINT)
+            await asyncio.wait_for(proc.wait(), 10)
+    assert printed.returncode == 0, printed.stderr
+    shown = json.loads(printed.stdout)
+    assert (shown["machines"], shown["path"]) == ([SERIAL, "OTHER-7"], None)
+    assert f"Host {SERIAL} {SERIAL.lower()}\n" in shown["config"]
+    assert installed.returncode == 0, installed.stderr
+    done = json.loads(installed.stdout)
+    assert done["path"] == str(world.ssh_config)
+    assert world.ssh_config.read_text() == done["config"]
+    assert done["include"]["changed"] is True
+    assert done["include"]["config"] == str(ssh_dir / "config")
+    assert opened["url"] == f"http://127.0.0.1:{opened['local_port']}/"
+    assert (opened["scheme"], opened["serial"], opened["port"]) == ("http", SERIAL, echo_port)
+    assert greeting == b"hello from the machine\njson\n"
+
+
 # --- not logged in, expired ---------------------------------------------------------
 
 COMMANDS = [("ls",), ("ssh-config",), ("web", SERIAL), ("ssh-config", "--write")]

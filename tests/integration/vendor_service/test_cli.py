@@ -267,3 +267,82 @@ def test_serve_help_states_the_real_default_policy(data: Path) -> None:
     assert '"auto" (default)' not in words
     config = (data / "vendor.toml").read_text()
     assert '"hold" (default)' in config  # what vendor init writes says the same
+
+
+def _open_cases(data: Path, *serials: str) -> list[int]:
+    async def go() -> list[int]:
+        async with await Store.open(sqlite_url(data / "tether.db")) as store:
+            opened = []
+            for serial in serials:
+                case = await store.cases.open(
+                    serial=serial,
+                    machine_key=f"SHA256:{serial}",
+                    description=f"{serial} is down",
+                    now=datetime.now(UTC),
+                )
+                opened.append(case.id)
+            return opened
+
+    return asyncio.run(go())
+
+
+def test_cases_approve_and_deny_decide_as_the_console_does(data: Path) -> None:
+    first, second, third = _open_cases(data, "ACME-1", "ACME-2", "ACME-3")
+    where = ("--data-dir", str(data))
+
+    approved = tether("vendor", "cases", "approve", str(first), "--json", *where)
+    denied = tether(
+        "vendor", "cases", "deny", str(second), "--reason", "no support contract", *where
+    )
+    before_group = tether("vendor", "cases", *where, "approve", str(third))
+    again = tether("vendor", "cases", "deny", str(first), *where)
+    unknown = tether("vendor", "cases", "approve", "99", *where)
+    bad_reason = tether("vendor", "cases", "deny", str(first), "--reason", "x\x00y", *where)
+
+    assert approved.returncode == 0, approved.stderr
+    case = json.loads(approved.stdout)
+    assert (case["id"], case["status"], case["decided_by"]) == (first, "issued", "vendor-cli")
+    keys = json.loads(tether("vendor", "keys", "--serial", "ACME-1", "--json", *where).stdout)
+    assert [k["key_id"] for k in keys] == [case["key_id"]]
+    assert denied.returncode == 0, denied.stderr
+    assert f"Case #{second} denied; ACME-2 is told: no support contract" in denied.stdout
+    assert before_group.returncode == 0, before_group.stderr
+    assert f"Case #{third} approved: key " in before_group.stdout
+    assert again.returncode == 1
+    assert f"case {first} is already issued" in again.stderr
+    assert unknown.returncode == 2
+    assert "no case 99" in unknown.stderr
+    assert bad_reason.returncode == 2
+    listed = {c["id"]: c for c in json.loads(tether("vendor", "cases", "--json", *where).stdout)}
+    assert listed[second]["deny_reason"] == "no support contract"
+    events = [(e, f.get("case_id"), f.get("by")) for e, f in _events(data) if e.startswith("case.")]
+    assert events == [
+        ("case.approved", first, "vendor-cli"),
+        ("case.denied", second, "vendor-cli"),
+        ("case.approved", third, "vendor-cli"),
+    ]
+
+
+def test_engineer_and_machine_commands_answer_in_json(data: Path) -> None:
+    where = ("--data-dir", str(data))
+    added = tether("vendor", "engineer", "add", "ann", "--admin", "--json", *where)
+    totp = tether("vendor", "engineer", "totp", "ann", "--json", *where)
+    off = tether("vendor", "engineer", "totp", "ann", "--off", "--json", *where)
+    removed = tether("vendor", "engineer", "remove", "ann", "--json", *where)
+    _store_call(data, "machines.bind_first_use", "ACME-9", "SHA256:old", datetime.now(UTC))
+    rebound = tether(
+        "vendor", "machine", "rebind", "ACME-9", "--reason", "new board", "--json", *where
+    )
+
+    assert json.loads(added.stdout) == {"engineer": "ann", "admin": True, "password_set": False}
+    enabled = json.loads(totp.stdout)
+    assert enabled["totp"] is True
+    assert enabled["otpauth_uri"].startswith("otpauth://totp/")
+    assert json.loads(off.stdout) == {"engineer": "ann", "totp": False, "otpauth_uri": None}
+    assert json.loads(removed.stdout) == {"engineer": "ann", "removed": True}
+    assert json.loads(rebound.stdout) == {
+        "serial": "ACME-9",
+        "rebound": True,
+        "by": "vendor-cli",
+        "reason": "new board",
+    }
