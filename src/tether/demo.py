@@ -159,15 +159,16 @@ class DemoSystem:
     async def _start_vendor(self) -> None:
         data = self.workdir / "vendor"
         self._say(f"vendor: creating keys, engineer CA and database in {data}")
-        await init_data_dir(data, vendor="Demo Vendor", relay="127.0.0.1:2222")
+        # The relay's address goes into vendor.toml, relay.toml and agent-trust.toml, so
+        # that `tether vendor issue-key` or `cases approve` run by hand against this
+        # data directory name the relay that runs, as the demo's own keys do.
+        relay = f"127.0.0.1:{_free_port()}"
+        await init_data_dir(data, vendor="Demo Vendor", relay=relay, relay_listen=relay)
         config = load_vendor_config(data)
         self.store = await Store.open(config.database)
-        relay_config = replace(RelayConfig.load(data / "relay.toml"), listen=("127.0.0.1", 0))
-        self.relay = Relay(relay_config, self.store)
+        self.relay = Relay(RelayConfig.load(data / "relay.toml"), self.store)
         await self.relay.start()
-        self._say(f"relay: listening on 127.0.0.1:{self.relay.port}")
-        # Only now is the relay's port known; keys and certificates must name it.
-        config = replace(config, relay=f"127.0.0.1:{self.relay.port}")
+        self._say(f"relay: listening on {relay}")
         self.authority = Authority(config, self.store)
         self.vendor_service = VendorService(config, self.store, listen=("127.0.0.1", 0))
         self._serving = asyncio.ensure_future(self.vendor_service.serve())
@@ -218,9 +219,8 @@ class DemoSystem:
         await asyncio.to_thread(self.machine.start)
         authority = self._authority()
         page_port = _free_port()
-        # Not agent-trust.toml as written by `vendor init`: its request_relay names the
-        # placeholder port; one-click requests must reach the relay actually running.
-        trust = authority.agent_trust()
+        # What the vendor hands customers; its request_relay is the relay that runs.
+        trust = (authority.config.data_dir / "agent-trust.toml").read_text()
         agent_toml = self.machine.host_path("/etc/tether") / "agent.toml"
         agent_toml.write_text(
             "# The demo machine's agent configuration.\n"
@@ -454,7 +454,7 @@ class DemoSystem:
 
 
 def _free_port() -> int:
-    """A TCP port free on the host's loopback right now (for the page's forwarder)."""
+    """A TCP port free on the host's loopback right now (the relay's, the page's forwarder)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

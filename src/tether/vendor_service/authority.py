@@ -160,13 +160,13 @@ def _create_files(
     )
     _write_public(
         data_dir / "agent-trust.toml",
-        agent_trust_text(
-            vendor,
-            vendor_key=public,
-            engineer_ca=ca_line,
-            seal_key=seal_key.public().text(),
-            request_relay=f"{host}:{port}",
-            relay_host_key=host_key.get_fingerprint("sha256"),
+        (
+            f"# Paste into /etc/tether/agent.toml on customers' machines: {vendor}'s public keys.\n"
+            f"vendor_keys = [{toml_string(public)}]\n"
+            f"vendor_ca = {toml_string(ca_line)}\n"
+            f"vendor_seal_key = {toml_string(seal_key.public().text())}\n"
+            f"request_relay = {toml_string(f'{host}:{port}')}\n"
+            f"request_relay_host_key = {toml_string(host_key.get_fingerprint('sha256'))}\n"
         ).encode(),
     )
     config = VendorConfig.load(data_dir / "vendor.toml")
@@ -178,33 +178,6 @@ def _create_files(
         agent_trust_file=data_dir / "agent-trust.toml",
         relay_config=data_dir / "relay.toml",
     )
-
-
-def agent_trust_text(
-    vendor: str,
-    *,
-    vendor_key: str,
-    engineer_ca: str,
-    seal_key: str | None,
-    request_relay: str,
-    relay_host_key: str,
-) -> str:
-    """The lines customers paste into their ``agent.toml``: the vendor's public keys and relay.
-
-    ``request_relay`` is where one-click requests go, so it must be an address the
-    customer's machine reaches the relay at (``agent-trust.toml`` names the ``--relay``
-    of ``tether vendor init``; :meth:`Authority.agent_trust` the one in use).
-    """
-    lines = [
-        f"# Paste into /etc/tether/agent.toml on customers' machines: {vendor}'s public keys.",
-        f"vendor_keys = [{toml_string(vendor_key)}]",
-        f"vendor_ca = {toml_string(engineer_ca)}",
-    ]
-    if seal_key is not None:
-        lines.append(f"vendor_seal_key = {toml_string(seal_key)}")
-    lines.append(f"request_relay = {toml_string(request_relay)}")
-    lines.append(f"request_relay_host_key = {toml_string(relay_host_key)}")
-    return "\n".join(lines) + "\n"
 
 
 def load_vendor_config(data_dir: Path) -> VendorConfig:
@@ -238,28 +211,6 @@ class Authority:
                 f"cannot read the vendor keys in {config.data_dir}: {exc.strerror}"
             ) from None
         self.relay_host_key_fingerprint = relay_key.get_fingerprint("sha256")
-
-    def agent_trust(self, *, request_relay: str | None = None) -> str:
-        """The trust snippet for customers' ``agent.toml``, from the keys in use.
-
-        One-click requests go to ``request_relay`` (default: the relay this authority's
-        keys name, ``relay`` in vendor.toml). Without the password seal key (an old data
-        directory) the snippet has no ``vendor_seal_key``.
-        """
-        try:
-            seal: str | None = (
-                SealPrivateKey.from_pem(self.config.seal_key_path.read_bytes()).public().text()
-            )
-        except FileNotFoundError:
-            seal = None
-        return agent_trust_text(
-            self.config.vendor,
-            vendor_key=self.signing_key.verify_key().to_paserk(),
-            engineer_ca=self.ca_key.export_public_key().decode().strip(),
-            seal_key=seal,
-            request_relay=request_relay or self.config.relay,
-            relay_host_key=self.relay_host_key_fingerprint,
-        )
 
     async def record(
         self, event: str, /, *, required: bool = False, **fields: FieldValue

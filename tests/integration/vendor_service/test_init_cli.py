@@ -50,26 +50,6 @@ def test_init_creates_keys_with_private_modes_and_refuses_to_overwrite(data: Pat
     assert (data / "tether_signing_key.pem").read_bytes() == signing_key_before
 
 
-async def test_agent_trust_of_the_running_relay_differs_only_in_its_address(data: Path) -> None:
-    """What the demo gives its machine: agent-trust.toml, naming the relay really in use."""
-    from dataclasses import replace
-
-    from tether.store import Store
-    from tether.vendor_service.authority import Authority, load_vendor_config
-
-    config = load_vendor_config(data)
-    async with await Store.open(config.database) as store:
-        authority = Authority(replace(config, relay="127.0.0.1:40001"), store)
-        running = authority.agent_trust()
-        named = authority.agent_trust(request_relay="127.0.0.1:2222")
-    written = (data / "agent-trust.toml").read_text()
-    assert named == written
-    assert running == written.replace(
-        'request_relay = "127.0.0.1:2222"', 'request_relay = "127.0.0.1:40001"'
-    )
-    assert running != written
-
-
 def test_issue_key_prints_only_the_key_on_stdout(data: Path) -> None:
     result = tether(
         "vendor", "issue-key", "--serial", "ACME-1", "--expires", "12w", "--data-dir", str(data)
