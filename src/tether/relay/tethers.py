@@ -211,16 +211,16 @@ class TetherLink:
         entry = self.entry
         relay = self.relay
         if entry is not None and relay.registry.remove(entry):
+            if self._ended_by is not None:  # the relay dropped it: revoked, expired...
+                reason = self._ended_by.value
+            else:
+                reason = str(exc)[:200] if exc else "closed"
             down: dict[str, FieldValue] = {
                 "serial": entry.serial,
                 "key_id": entry.key_id,
                 "machine": entry.machine_key,
                 "duration": (relay.clock.now() - entry.connected_at).total_seconds(),
-                "reason": self._ended_by.value
-                if self._ended_by is not None
-                else str(exc)[:200]
-                if exc
-                else "closed",
+                "reason": reason,
             }
             relay.audit.record("tether.down", down, log_as="tether.down")
             relay.tasks.spawn(
