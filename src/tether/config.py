@@ -301,6 +301,10 @@ class AgentConfig:
     recording: RecordingSettings = field(default_factory=RecordingSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
 
+    def __post_init__(self) -> None:
+        """Hold the serial in its one canonical form (:func:`~tether.keys.check_serial`)."""
+        object.__setattr__(self, "serial", check_serial(self.serial))
+
     @property
     def recordings_dir(self) -> Path:
         """Where session recordings are kept."""
@@ -324,7 +328,7 @@ class AgentConfig:
         r = _read(path)
         serial = r.text("serial", _REQUIRED)
         try:
-            check_serial(serial)
+            serial = check_serial(serial)
         except Exception as exc:
             raise ConfigError(f"{path}: serial: {exc}") from None
         extra = r._get("extra_ports", list, None)

@@ -125,6 +125,7 @@ def issue_key(
     data_dir: Path, serial: str, expires: str, ports: str | None, relay: str | None, as_json: bool
 ) -> None:
     """Issue a tether key for one machine and print it (the key alone goes to stdout)."""
+    serial = check_serial(serial)
     lifetime = parse_duration(expires)
     port_list = parse_ports(ports) if ports else None
 
@@ -309,7 +310,7 @@ def engineer_remove(data_dir: Path, name: str) -> None:
 
 @vendor.group()
 def machine() -> None:
-    """Machines bound to a serial by their first one-click request."""
+    """Machines bound to a serial (by a key's first use or an approved one-click case)."""
 
 
 @machine.command("rebind")
@@ -318,8 +319,12 @@ def machine() -> None:
 @click.option("--reason", required=True, help="Why (kept in the vendor audit log).")
 @handle_errors
 def machine_rebind(data_dir: Path, serial: str, reason: str) -> None:
-    """Forget the machine key bound to SERIAL: the next request for it binds anew."""
-    check_serial(serial)
+    """Forget the machine key bound to SERIAL (e.g. its mainboard was replaced).
+
+    The next key used for SERIAL, or the next one-click case an engineer approves for
+    it, binds it anew.
+    """
+    serial = check_serial(serial)
     if not reason.strip():
         raise BadInput("give a reason: --reason 'mainboard replaced'")
 
@@ -328,7 +333,10 @@ def machine_rebind(data_dir: Path, serial: str, reason: str) -> None:
             await authority.rebind_machine(serial, by=CLI_ACTOR, reason=reason)
 
     run(go())
-    out.print(f"Machine {escape(serial)} re-bound: the next one-click request for it is trusted.")
+    out.print(
+        f"Machine {escape(serial)} re-bound: the next key used for it, or the next case an "
+        "engineer approves for it, binds it to that machine."
+    )
 
 
 @vendor.command("cases")
@@ -350,6 +358,7 @@ def list_cases(data_dir: Path, status: str | None, as_json: bool) -> None:
                 {
                     "id": c.id,
                     "serial": c.serial,
+                    "machine_key": c.machine_key,
                     "status": c.status.value,
                     "created_at": c.created_at.isoformat(),
                     "decided_by": c.decided_by,
@@ -372,7 +381,7 @@ def list_cases(data_dir: Path, status: str | None, as_json: bool) -> None:
         first_line = str(row["description"]).splitlines()[0] if row["description"] else ""
         out.print(
             f"#{row['id']}  {row['status']}{by}  {escape(str(row['serial']))}  "
-            f"{row['created_at']}  {escape(first_line[:80])}"
+            f"machine {row['machine_key']}  {row['created_at']}  {escape(first_line[:80])}"
         )
 
 
@@ -388,8 +397,10 @@ def list_cases(data_dir: Path, status: str | None, as_json: bool) -> None:
 def serve(data_dir: Path, listen: str) -> None:
     """Run the vendor service: HTTP API for engineers and admins, one-click requests.
 
-    One-click requests follow request_policy in vendor.toml: "auto" (default) issues a
-    key at once, "hold" waits for an engineer. Stops cleanly on Ctrl-C or SIGTERM.
+    One-click requests follow request_policy in vendor.toml: "hold" (default) waits for
+    an engineer; "auto" issues a key at once to a machine its serial is already bound to
+    (a request for an unbound serial still waits for an engineer, who sees the machine
+    key's fingerprint). Stops cleanly on Ctrl-C or SIGTERM.
     """
     address = parse_address(listen, what="listen address", any_port=True)
     config = load_vendor_config(data_dir)

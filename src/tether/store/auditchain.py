@@ -37,7 +37,7 @@ from tether.audit import (
 from tether.store.db import Database, StoreError
 from tether.store.models import AuditEventRow, AuditHeadRow
 from tether.store.registry import _upsert
-from tether.store.types import require_aware, require_text
+from tether.store.types import require_aware, require_serial, require_text
 
 __all__ = [
     "MAX_CHAIN_NAME",
@@ -292,6 +292,7 @@ class AuditRepo:
 
     async def head(self, serial: str, machine_key: str) -> AuditHead | None:
         """The head ``machine_key`` last reported for ``serial``, or ``None``."""
+        serial = require_serial(serial)
         async with self._db.read(f"reading the audit head of {serial}") as session:
             row = await session.get(AuditHeadRow, (serial, machine_key))
             return None if row is None else AuditHead.from_row(row)
@@ -301,7 +302,7 @@ class AuditRepo:
     ) -> None:
         """Accept ``(seq, hash)`` as the machine's head (keeps any earlier mismatch flag)."""
         values = {
-            "serial": require_text(serial, "serial", 128),
+            "serial": require_serial(serial),
             "machine_key": require_text(machine_key, "machine key", 255),
             "seq": _check_seq(seq),
             "hash": _check_hash(hash),
@@ -325,8 +326,9 @@ class AuditRepo:
         The flag stays: ``mismatches`` counts every mismatch, ``mismatch`` says the last.
         """
         at = require_aware(now, "now")
+        serial = require_serial(serial)
         values = {
-            "serial": require_text(serial, "serial", 128),
+            "serial": serial,
             "machine_key": require_text(machine_key, "machine key", 255),
             "seq": _check_seq(seq),
             "hash": _check_hash(hash),

@@ -22,7 +22,7 @@ from tether.certs import load_public_key
 from tether.errors import BadInput, NotReady, Refused
 from tether.seal import unseal
 from tether.sshlib import asyncssh
-from tether.store import MAX_CASE_ID, CaseRecord
+from tether.store import MAX_CASE_ID, CaseRecord, MachineRecord
 from tether.vendor_service.api_auth import ApiContext, Caller, Ctx
 from tether.vendor_service.api_credentials import (
     TOKEN_LIFETIME,
@@ -234,11 +234,19 @@ async def list_tethers(caller: Caller, ctx: Ctx) -> list[Tether]:
     return out
 
 
-def case_model(case: CaseRecord) -> Case:
-    """The API view of a case (without the machine key and the key text)."""
+def case_model(case: CaseRecord, bound: MachineRecord | None) -> Case:
+    """The API view of a case: the asking machine's key fingerprint, never the key text.
+
+    ``bound`` is the serial's machine binding: it says whether approving the case serves
+    a known machine, binds a new one, or would hand a key to a different machine.
+    """
+    owner = bound.machine_key if bound is not None else None
+    machine = "new" if owner is None else "known" if owner == case.machine_key else "other"
     return Case(
         id=case.id,
         serial=case.serial,
+        machine_key=case.machine_key,
+        machine=machine,
         description=case.description,
         status=case.status.value,
         created_at=case.created_at,
@@ -248,10 +256,16 @@ def case_model(case: CaseRecord) -> Case:
     )
 
 
+async def case_models(ctx: ApiContext, cases: list[CaseRecord]) -> list[Case]:
+    """:func:`case_model` of each case, with the serials' bindings read in one query."""
+    bound = await ctx.store.machines.get_many(c.serial for c in cases)
+    return [case_model(c, bound.get(c.serial)) for c in cases]
+
+
 @router.get("/api/cases", tags=["cases"])
 async def list_cases(caller: Caller, ctx: Ctx) -> list[Case]:
-    """One-click support requests, newest first."""
-    return [case_model(c) for c in await ctx.store.cases.list()]
+    """One-click support requests, newest first, each with the asking machine's fingerprint."""
+    return await case_models(ctx, await ctx.store.cases.list())
 
 
 async def _existing_case(ctx: ApiContext, case_id: int) -> CaseRecord:
@@ -263,9 +277,14 @@ async def _existing_case(ctx: ApiContext, case_id: int) -> CaseRecord:
 
 @router.post("/api/cases/{id}/approve", tags=["cases"])
 async def approve_case(id: CaseId, caller: Caller, ctx: Ctx) -> Case:
-    """Approve a pending case: a ``request`` key is issued and handed to the machine."""
+    """Approve a pending case: a ``request`` key is issued and handed to the machine.
+
+    An unbound serial is bound to the machine key the case names (its fingerprint is in
+    the case); a serial bound to another machine is refused (409) until an admin re-binds it.
+    """
     await _existing_case(ctx, id)
-    return case_model(await ctx.authority.approve_case(id, by=caller.name))
+    decided = await ctx.authority.approve_case(id, by=caller.name)
+    return (await case_models(ctx, [decided]))[0]
 
 
 @router.post("/api/cases/{id}/deny", tags=["cases"])
@@ -278,7 +297,8 @@ async def deny_case(
     """Deny a pending case; the customer's machine is told the reason."""
     reason = check_text((body or DenyRequest()).reason, "reason")
     await _existing_case(ctx, id)
-    return case_model(await ctx.authority.deny_case(id, by=caller.name, reason=reason))
+    decided = await ctx.authority.deny_case(id, by=caller.name, reason=reason)
+    return (await case_models(ctx, [decided]))[0]
 
 
 # --- sealed passwords -------------------------------------------------------------
