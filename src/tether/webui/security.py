@@ -8,6 +8,10 @@
   without a valid token is refused with 403 before it changes anything.
 * Responses forbid framing, sniffing, caching and every foreign origin (CSP
   ``default-src 'self'``): the pages only ever load their own vendored assets.
+* No request body is read beyond :data:`MAX_REQUEST_BODY` (413): both apps are built
+  with FastAPI's ``max_body_size``, which refuses a larger ``Content-Length`` before
+  reading anything and counts the bytes of a body without one as they arrive, on every
+  route, so no client can make a page hold more than that per request.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from starlette.templating import Jinja2Templates
 from tether.errors import NotReady
 from tether.keys import format_address
 from tether.webui import TEMPLATES_DIR
+
+#: The largest request body either page reads (bytes): forms and JSON of a few KiB.
+MAX_REQUEST_BODY = 1024 * 1024
 
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "X-CSRF-Token"

@@ -43,6 +43,7 @@ from tether.tasks import TaskSet
 from tether.webui import STATIC_DIR
 from tether.webui.security import (
     CSRF_REFUSED,
+    MAX_REQUEST_BODY,
     client_allowed,
     csrf_ok,
     csrf_token,
@@ -114,7 +115,7 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
     """The page's app around the running agent ``host``; background work goes to ``tasks``."""
     page = AgentPage(host, tasks)
     on_loopback = is_loopback(host.config.web.listen[0])
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, max_body_size=MAX_REQUEST_BODY)
     app.state.page = page
 
     @app.middleware("http")
