@@ -28,6 +28,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 from starlette.templating import Jinja2Templates
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from tether.errors import NotReady
 from tether.keys import format_address
@@ -93,6 +94,19 @@ def install_security_headers(app: FastAPI, prefix: str = "/") -> None:
             for name, value in _HEADERS.items():
                 response.headers.setdefault(name, value)
         return response
+
+
+def install_trusted_proxies(app: FastAPI, proxies: Iterable[str]) -> None:
+    """Believe ``X-Forwarded-For`` from ``proxies`` (addresses / networks) only.
+
+    A request arriving from one of them is attributed to the client the header names
+    (uvicorn's proxy-headers middleware: the nearest address that is not itself a
+    trusted proxy); from anywhere else the header is ignored. Call it after every other
+    middleware of ``app``, so that it runs first and all of them see the real client.
+    """
+    trusted = [str(network) for network in parse_networks(proxies)]
+    if trusted:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted)
 
 
 def parse_networks(
