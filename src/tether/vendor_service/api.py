@@ -15,7 +15,7 @@ import logging
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from tether import log
 from tether.certs import load_public_key
@@ -69,20 +69,27 @@ router = APIRouter()
 
 
 @router.post("/api/login", tags=["session"])
-async def login(body: LoginRequest, ctx: Ctx, response: Response) -> LoginResponse:
-    """Log in with name, password and (if enabled) a TOTP code; get a 12-hour bearer token."""
+async def login(
+    body: LoginRequest, ctx: Ctx, response: Response, request: Request
+) -> LoginResponse:
+    """Log in with name, password and (if enabled) a TOTP code; get a 12-hour bearer token.
+
+    Failed logins are limited per name and source address (429 with ``Retry-After``).
+    """
     name = body.name
-    wait = ctx.limiter.retry_after(name)
-    if wait is not None:
-        log.event(logger, "login.limited", level=logging.WARNING, engineer=name)
+    source = request.client.host if request.client else "unknown"
+    limited = ctx.limiter.retry_after(name, source)
+    if limited is not None:
+        wait, who = limited
+        log.event(logger, "login.limited", level=logging.WARNING, engineer=name, source=source)
         raise api_error(
             429,
-            f"too many failed logins for {name}; try again in {wait} s",
+            f"too many failed logins {who}; try again in {wait} s",
             {"Retry-After": str(wait)},
         )
     # Counted as a failure before checking, cleared on success: parallel guesses cannot
     # all slip past the limit while their password checks are still running.
-    ctx.limiter.failed(name)
+    ctx.limiter.failed(name, source)
     creds = await ctx.store.engineers.credentials(name)
     stored = creds.password_hash if creds is not None else None
     if not await ctx.passwords.verify(stored, body.password) or creds is None:
@@ -98,7 +105,7 @@ async def login(body: LoginRequest, ctx: Ctx, response: Response) -> LoginRespon
     if not creds.active:
         await _login_failed(ctx, name, "engineer disabled")
         raise api_error(403, f"engineer {name} is disabled; ask a vendor admin")
-    ctx.limiter.succeeded(name)
+    ctx.limiter.succeeded(name, source)
     if stored is not None and ctx.passwords.needs_rehash(stored):
         await ctx.store.engineers.set_password(name, await ctx.passwords.hash(body.password))
     now = ctx.now()

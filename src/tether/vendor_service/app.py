@@ -19,7 +19,7 @@ from tether.vendor_service.api_credentials import Passwords
 from tether.vendor_service.api_errors import ERROR_RESPONSES, install_error_handlers
 from tether.vendor_service.authority import Authority
 from tether.vendor_service.console import mount_console
-from tether.webui.security import MAX_REQUEST_BODY
+from tether.webui.security import MAX_REQUEST_BODY, install_trusted_proxies
 
 
 def _relay_host_key_line(authority: Authority) -> str:
@@ -74,4 +74,5 @@ def create_app(
     app.include_router(api_router)
     app.include_router(admin_router)
     mount_console(app)
+    install_trusted_proxies(app, authority.config.trusted_proxies)  # last: runs first
     return app
