@@ -155,3 +155,15 @@ async def test_serials_become_canonical_and_look_alike_rows_go(
     assert one.machine_key == "SHA256:a"
     assert set(await store.machines.get_many(["ACME-1", "ACME-2"])) == {"ACME-1", "ACME-2"}
     assert [(t.serial, t.relay_id) for t in await store.tethers.list()] == [("ACME-3", "relay-a")]
+
+
+async def test_chains_written_before_anchors_get_one_and_verify(store: Store) -> None:
+    """0006 anchors the chains of an older Tether, so they do not read as unanchored."""
+    await store.audit.append("vendor", "key.issued", now=T0, key_id="k1")
+    await store.audit.append("relay:r1", "tether.up", now=T0, serial="S1")
+    await store.downgrade("0005")  # no anchors: as an older Tether wrote them
+    await store.upgrade()
+
+    for chain in ("vendor", "relay:r1", "anchors"):
+        assert (await store.audit.read(chain)).verification.ok, chain
+    assert len((await store.audit.read("anchors")).entries) == 2
