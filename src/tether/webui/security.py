@@ -141,6 +141,21 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+def from_the_machine(
+    source: str | None,
+    host_header: str | None,
+    proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+) -> bool:
+    """Whether a request from ``source`` is the machine itself: loopback, not a proxy.
+
+    A proxy or carrier on loopback (``proxies``) forwards clients from elsewhere; and a
+    page on loopback answers the machine only under a loopback name (see
+    :func:`loopback_host_header`).
+    """
+    via_proxy = bool(proxies) and client_allowed(source, proxies)
+    return is_loopback(source) and not via_proxy and loopback_host_header(host_header)
+
+
 def loopback_host_header(value: str | None) -> bool:
     """Whether a ``Host`` header names this machine's loopback (``localhost``, 127.x, ``[::1]``).
 

@@ -9,8 +9,9 @@ page shows state in the CLI's words (:func:`tether.agent.status.describe_access`
 Order of checks on every request: the client address (the one a trusted proxy names,
 ``[web] trusted_proxies``) against ``[web] allowed_clients`` (403, nothing else
 happens); then the session; then, for a POST, the CSRF token (403, nothing changed).
-Logins are throttled per browser or source (:mod:`tether.agent.web.auth`). Errors a customer can cause (a bad key, a missing
-prerequisite) are shown in plain words next to the field, never as a trace.
+Logins are throttled per browser or source (:mod:`tether.agent.web.auth`). Errors a
+customer can cause (a bad key, a missing prerequisite) are shown in plain words next to
+the field, never as a trace.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from tether.webui.security import (
     client_allowed,
     csrf_ok,
     csrf_token,
+    from_the_machine,
     install_security_headers,
     install_trusted_proxies,
     is_loopback,
@@ -79,7 +81,6 @@ class AgentPage:
         self.networks = parse_networks(host.config.web.allowed_clients)
         self.proxies = parse_networks(host.config.web.trusted_proxies)
         self.devices = DeviceCookies(self.password)
-        self._password_version = self.password.version()
         self.secret = secrets.token_bytes(32)
         self.one_click = OneClick(host.access, tasks, host.reconcile)
 
@@ -112,13 +113,7 @@ class AgentPage:
 
     def local(self, request: Request) -> bool:
         """Whether ``request`` comes from the machine itself (loopback, not via a proxy)."""
-        source = _source(request)
-        via_proxy = bool(self.proxies) and client_allowed(source, self.proxies)
-        return (
-            is_loopback(source)
-            and not via_proxy
-            and loopback_host_header(request.headers.get("host"))
-        )
+        return from_the_machine(_source(request), request.headers.get("host"), self.proxies)
 
     def login_client(self, request: Request) -> tuple[str, str]:
         """Whose login attempts these are: ``(throttle key, words for a person)``.
@@ -126,15 +121,11 @@ class AgentPage:
         A browser that logged in before with this password is its own client; anyone
         else is counted by source address. A new password forgets every lockout.
         """
-        version = self.password.version()
-        if version != self._password_version:
-            self._password_version = version
+        if self.devices.password_changed():
             self.throttle.clear()
         device = self.devices.device(request.cookies.get(DEVICE_COOKIE))
-        if device is not None:
-            return f"device:{device}", "this browser"
         source = _source(request)
-        return f"source:{source}", source
+        return (f"device:{device}", "this browser") if device else (f"source:{source}", source)
 
     def remember_device(self, response: Response) -> None:
         """Give the browser a device cookie (it logged in with the password)."""

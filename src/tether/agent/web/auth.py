@@ -162,6 +162,14 @@ class DeviceCookies:
 
     def __init__(self, password: AdminPassword) -> None:
         self._password = password
+        self._version = password.version()
+
+    def password_changed(self) -> bool:
+        """Whether the password was set anew since the last call (then lockouts end too)."""
+        version = self._password.version()
+        changed = version != self._version
+        self._version = version
+        return changed
 
     def _mac(self, device: str) -> str | None:
         stored = self._password.stored()
