@@ -105,14 +105,14 @@ async def test_auto_policy_serves_only_a_machine_already_bound_to_its_serial(
     vendor_config: VendorConfig,
 ) -> None:
     """A request never binds a serial; under ``auto`` an unbound serial waits for a person."""
-    async with running(vendor_config, RequestPolicy.AUTO) as (_, store):
+    async with running(vendor_config, RequestPolicy.AUTO) as (service, store):
         await store.machines.bind_first_use("ACME-1", "SHA256:real", datetime.now(UTC))
         stranger = await _open_case(store, "ACME-2", machine_key="SHA256:stranger")
         impostor = await _open_case(store, "ACME-1", machine_key="SHA256:impostor")
         known = await _open_case(store, "ACME-1", machine_key="SHA256:real")
         decided = await _until(lambda: store.cases.get(known.id), timeout=5)
         assert decided.status is CaseStatus.ISSUED
-        await asyncio.sleep(1.2)  # more than two policy rounds after it
+        assert await service.process_pending() == 0  # one more round serves neither
         for waiting in (stranger, impostor):
             still = await store.cases.get(waiting.id)
             assert still is not None
