@@ -22,8 +22,9 @@ cannot be detected from the log alone:
 
 Both are caught by comparing the log with a chain head, ``(seq, hash)`` of the last
 entry, that was kept somewhere the person editing the log cannot reach. That is why the
-agent sends its chain head to the vendor (issue 6), and why :func:`verify` and
-:meth:`AuditLog.verify` take ``expected_head``.
+agent sends its chain head to the vendor (issue 6), why every chain of the shared
+database is anchored in another one (:mod:`tether.store.anchors`), and why
+:func:`verify` and :meth:`AuditLog.verify` take ``expected_head``.
 
 Entries never hold secrets: writers refuse field names that look like one
 (``password``, ``key``, ``token``, ``secret`` …) and values that look like private keys or
@@ -82,7 +83,7 @@ _READ_CHUNK = 4096
 FieldValue: TypeAlias = str | int | float | bool | Sequence[str | int] | None
 
 ProblemKind: TypeAlias = Literal[
-    "changed", "missing", "reordered", "malformed", "truncated", "duplicate"
+    "changed", "missing", "reordered", "malformed", "truncated", "duplicate", "unanchored"
 ]
 
 
@@ -309,11 +310,17 @@ def _no_constant(name: str) -> Any:
 
 
 def chain_entry(
-    prev: AuditEntry | None, event: str, fields: Mapping[str, FieldValue], at: datetime
+    prev: AuditEntry | tuple[int, str] | None,
+    event: str,
+    fields: Mapping[str, FieldValue],
+    at: datetime,
 ) -> AuditEntry:
     """Return the entry that follows ``prev`` (pure: nothing is written).
 
-    :param prev: the current last entry, or ``None`` to start a chain.
+    :param prev: the current last entry, or ``None`` to start a chain, or the
+        ``(seq, hash)`` of a head recorded elsewhere when the entries up to it were
+        removed: the chain goes on after it, so no number is used twice and the gap
+        shows as missing entries.
     :param event: dotted lower-case name, e.g. ``access.opened``.
     :param fields: small details; secret-looking names and values are refused.
     :param at: when it happened (timezone-aware; stored as UTC seconds).
@@ -321,8 +328,9 @@ def chain_entry(
         :data:`MAX_LINE_BYTES`.
     """
     check_no_secrets(_normalise_fields(fields))
-    seq = 1 if prev is None else prev.seq + 1
-    link = GENESIS if prev is None else prev.hash
+    head = (prev.seq, prev.hash) if isinstance(prev, AuditEntry) else prev
+    seq = 1 if head is None else head[0] + 1
+    link = GENESIS if head is None else head[1]
     draft = AuditEntry(seq, at, event, fields, link, GENESIS)
     entry = AuditEntry(seq, draft.at, draft.event, draft.fields, link, draft.content_hash())
     if len(entry.to_json_line()) > MAX_LINE_BYTES:
@@ -335,8 +343,9 @@ class Problem:
     """One thing wrong with a log.
 
     :ivar seq: the entry it is about (``None`` for an unreadable line).
-    :ivar kind: ``changed``, ``missing``, ``reordered``, ``malformed``, ``truncated`` or
-        ``duplicate``.
+    :ivar kind: ``changed``, ``missing``, ``reordered``, ``malformed``, ``truncated``,
+        ``duplicate`` or ``unanchored`` (entries whose head was never recorded elsewhere:
+        the record of them was removed; see :mod:`tether.store.anchors`).
     :ivar message: which entry or line, and what happened to it, in words.
     """
 

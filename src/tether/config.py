@@ -263,12 +263,17 @@ class WebSettings:
     :ivar allowed_clients: addresses / networks that may open the page; empty = any that
         can reach ``listen``. Anyone else gets 403 before anything else happens.
     :ivar admin_password_file: the admin password's argon2 hash (``None``: in the state dir).
+    :ivar trusted_proxies: addresses / networks of reverse proxies or carriers in front of
+        the page. A client connecting from one is never "the machine itself", and its
+        ``X-Forwarded-For`` names the real client (for ``allowed_clients`` and the login
+        lockout, which is per client).
     """
 
     enabled: bool = True
     listen: tuple[str, int] = ("127.0.0.1", 8700)
     allowed_clients: tuple[str, ...] = ()
     admin_password_file: Path | None = None
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -301,6 +306,10 @@ class AgentConfig:
     recording: RecordingSettings = field(default_factory=RecordingSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
 
+    def __post_init__(self) -> None:
+        """Hold the serial in its one canonical form (:func:`~tether.keys.check_serial`)."""
+        object.__setattr__(self, "serial", check_serial(self.serial))
+
     @property
     def recordings_dir(self) -> Path:
         """Where session recordings are kept."""
@@ -324,7 +333,7 @@ class AgentConfig:
         r = _read(path)
         serial = r.text("serial", _REQUIRED)
         try:
-            check_serial(serial)
+            serial = check_serial(serial)
         except Exception as exc:
             raise ConfigError(f"{path}: serial: {exc}") from None
         extra = r._get("extra_ports", list, None)
@@ -400,7 +409,8 @@ def _web_settings(w: _Reader) -> WebSettings:
     try:
         listen = parse_address(w.text("listen", "127.0.0.1:8700"), what="listen", any_port=True)
         networks = w.strings("allowed_clients", [])
-        for text in networks:
+        proxies = w.strings("trusted_proxies", [])
+        for text in (*networks, *proxies):
             ipaddress.ip_network(text, strict=False)
     except Exception as exc:
         raise ConfigError(f"{w.path}: [web]: {exc}") from None
@@ -409,6 +419,7 @@ def _web_settings(w: _Reader) -> WebSettings:
         listen=listen,
         allowed_clients=tuple(networks),
         admin_password_file=w.path_("admin_password_file", None),
+        trusted_proxies=tuple(proxies),
     )
     w.finish()
     return settings
@@ -490,9 +501,9 @@ class RequestPolicy(StrEnum):
     """What the vendor service does with a one-click support request."""
 
     AUTO = "auto"
-    """Issue a key at once (the default)."""
+    """Issue a key at once to a machine already bound to its serial; others wait."""
     HOLD = "hold"
-    """Keep the case pending until an engineer approves or denies it."""
+    """Keep the case pending until an engineer approves or denies it (the default)."""
 
 
 #: Longest lifetime a one-click (request) key may be given: that of any tether key.
@@ -514,6 +525,9 @@ class VendorConfig:
     request_policy: str = RequestPolicy.HOLD
     #: Lifetime of keys issued on one-click requests (``request_key_lifetime = "21d"``).
     request_key_lifetime: timedelta = timedelta(days=21)
+    #: Reverse proxies in front of the vendor service (addresses / networks): their
+    #: ``X-Forwarded-For`` names the client, which the login limit counts per source.
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def signing_key_path(self) -> Path:
@@ -561,6 +575,12 @@ class VendorConfig:
             raise ConfigError(
                 f"{path}: request_key_lifetime may be at most 12 weeks (84d), not {lifetime_text!r}"
             )
+        proxies = r.strings("trusted_proxies", [])
+        try:
+            for text in proxies:
+                ipaddress.ip_network(text, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: trusted_proxies: {exc}") from None
         config = cls(
             path=r.path,
             vendor=r.text("vendor", _REQUIRED),
@@ -571,6 +591,7 @@ class VendorConfig:
             default_ports=default_ports,
             request_policy=request_policy,
             request_key_lifetime=lifetime,
+            trusted_proxies=tuple(proxies),
         )
         r.finish()
         return config

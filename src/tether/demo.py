@@ -46,6 +46,9 @@ DEMO_ENGINEER = "demo"
 AGENT_CONFIG = "/etc/tether/agent.toml"
 #: The machine's web UI in the demo: a plain page on its 127.0.0.1:443.
 WEB_PORT = 443
+#: Where the carrier of the machine's admin page to the host connects from, inside the
+#: machine: not 127.0.0.1, so the page tells carried clients from its own console.
+PAGE_CARRIER = "127.0.0.2"
 #: The vendor admin who uses the console in the demo.
 DEMO_ADMIN = "admin"
 #: Where, inside the machine, the customer page's port is carried out to the host.
@@ -229,6 +232,9 @@ class DemoSystem:
             'sshd_log = "/var/log/sshd.log"\n'
             "[tether]\nbackoff_cap = 10.0\nkeepalive_interval = 5.0\n"
             f'[web]\nlisten = "127.0.0.1:{page_port}"\n'
+            "# The page's carrier to the host connects from here: its clients are not this\n"
+            "# machine's own console, and cannot lock it out.\n"
+            f"trusted_proxies = [{toml_string(PAGE_CARRIER)}]\n"
         )
         from tether.agent.web.auth import AdminPassword
 
@@ -278,6 +284,8 @@ class DemoSystem:
                 _PAGE_SOCKETS,
                 "--port",
                 str(port),
+                "--from",
+                PAGE_CARRIER,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -48,7 +48,11 @@ _SIG_LEN = 64
 _PID_HEADER = "k4.pid."
 _PUBLIC_HEADER = "k4.public."
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
-_SERIAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: What a serial looks like (any case; :func:`check_serial` returns it upper-cased).
+#: Letters and digits at both ends: a trailing ``.`` names the same host to DNS and
+#: OpenSSH, so ``ACME-1.`` would otherwise be a second serial for the same machine.
+SERIAL_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?$"
+_SERIAL = re.compile(SERIAL_PATTERN)
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[[0-9A-Fa-f:.]+\]$")
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 
@@ -115,17 +119,25 @@ class WrongSerialError(TetherKeyError):
 
 
 def check_serial(serial: str) -> str:
-    """Return ``serial`` if it is a valid machine serial, else raise :class:`BadInput`.
+    """Return the canonical form of a machine serial, or raise :class:`BadInput`.
 
-    Serials are used as SSH host names (``ssh SERIAL``), so they are limited to
-    letters, digits, ``.``, ``_`` and ``-``, start with a letter or digit, ≤ 64 chars.
+    This is the one normalisation of serials: every entry point (tether keys, agent
+    config, one-click requests, relay routing, the vendor's API, console and CLI, the
+    engineer's CLI) and every store lookup goes through it, so a serial is stored,
+    compared and shown in one form only. Serials are used as SSH host names
+    (``ssh SERIAL``), which OpenSSH lower-cases and DNS compares without case, so
+    ``acme-1`` and ``ACME-1`` are one machine: the canonical form is upper case.
+    Anything that could be a second spelling of the same name is refused rather than
+    guessed at: a trailing ``.`` (the same host to DNS), leading or trailing
+    separators, spaces, and non-ASCII look-alikes. A serial is 1-64 letters, digits,
+    ``.``, ``_`` and ``-``, starting and ending with a letter or digit.
     """
-    if not _SERIAL.fullmatch(serial):
+    if not isinstance(serial, str) or not _SERIAL.fullmatch(serial):
         raise BadInput(
             f"invalid serial {serial!r}: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
+            "starting and ending with a letter or digit"
         )
-    return serial
+    return serial.upper()
 
 
 def check_ports(ports: Iterable[int]) -> tuple[int, ...]:
@@ -354,7 +366,7 @@ def issue_key(
     Raises :class:`BadInput` for a lifetime that is not positive or exceeds
     :data:`MAX_KEY_LIFETIME`, a bad serial, port list, relay address or fingerprint.
     """
-    check_serial(serial)
+    serial = check_serial(serial)
     if lifetime <= timedelta(0):
         raise BadInput("a key's lifetime must be longer than zero")
     if lifetime > MAX_KEY_LIFETIME:
@@ -482,7 +494,7 @@ def parse_key(
         raise KeyExpiredError(
             f"this key expired at {_iso(claims.expires_at)}: ask the vendor for a new one"
         )
-    if serial is not None and claims.serial != serial:
+    if serial is not None and claims.serial != check_serial(serial):
         raise WrongSerialError(
             f"this key is for machine {claims.serial!r}, but this machine is {serial!r}: "
             "ask the vendor for a key issued for this machine's serial"

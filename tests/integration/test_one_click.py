@@ -87,15 +87,69 @@ async def test_hold_policy_waits_for_an_engineer_then_tethers(
         await agent.wait_for(TunnelState.CONNECTED)
 
 
-async def test_auto_policy_answers_at_once(vendor: Vendor, tmp_path: Path) -> None:
+async def test_auto_policy_answers_a_known_machine_at_once(vendor: Vendor, tmp_path: Path) -> None:
+    machine = customer(vendor, tmp_path)
+    # The serial is bound to this machine: it used a key the vendor issued before.
+    fingerprint = machine.machine_key.get_fingerprint("sha256")
+    await vendor.store.machines.bind_first_use("M-1", fingerprint, vendor.authority.clock.now())
     config = replace(vendor.authority.config, request_policy=RequestPolicy.AUTO)
     service = VendorService(config, vendor.store, listen=("127.0.0.1", 0))
     serving = asyncio.ensure_future(service.serve())
     try:
         await service.wait_ready()
-        machine = customer(vendor, tmp_path)
         key = await asyncio.wait_for(machine.ask("please look at the backup job"), 10)
         assert key.startswith("v4.public.")
+    finally:
+        await service.aclose()
+        await serving
+
+
+async def test_a_request_never_binds_a_serial_so_a_stranger_cannot_lock_the_machine_out(
+    vendor: Vendor, tmp_path: Path
+) -> None:
+    """Security review, defect 16: one request from an unknown machine key claimed a serial."""
+    config = replace(vendor.authority.config, request_policy=RequestPolicy.AUTO)
+    service = VendorService(config, vendor.store, listen=("127.0.0.1", 0))
+    serving = asyncio.ensure_future(service.serve())
+    try:
+        await service.wait_ready()
+        stranger = customer(vendor, tmp_path / "stranger")  # claims M-1 with its own key
+        claiming = asyncio.ensure_future(stranger.ask("let me in"))
+        claimed = await wait_for_case(vendor)
+        assert await service.process_pending() == 0  # a round of the auto policy: no key
+        assert not claiming.done()  # without a person, for an unbound serial
+        assert stranger.updates[0].status == "pending"
+        assert "does not know this machine yet" in stranger.updates[0].message
+        assert await vendor.store.machines.get("M-1") is None  # asking bound nothing
+
+        # The real machine asks too: it is not refused, its case waits next to the other.
+        real = customer(vendor, tmp_path / "real")
+        asking = asyncio.ensure_future(real.ask("disk full"))
+        for _ in range(100):
+            pending = await vendor.store.cases.list(status=CaseStatus.PENDING)
+            if len(pending) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(pending) == 2, [c.machine_key for c in pending]
+        ours = next(c for c in pending if c.id != claimed)
+        fingerprint = real.machine_key.get_fingerprint("sha256")
+        assert ours.machine_key == fingerprint
+        # An engineer approves the real machine's case, seeing its fingerprint: that binds.
+        await vendor.authority.approve_case(ours.id, by="alice")
+        key = await asyncio.wait_for(asking, 5)
+        claims = parse_key(key, real.config.vendor_keys, now=vendor.authority.clock.now())
+        assert claims.serial == "M-1"
+        owner = await vendor.store.machines.get("M-1")
+        assert owner is not None
+        assert owner.machine_key == fingerprint
+        # The stranger's case can no longer be approved, and its next request is refused.
+        with pytest.raises(Refused, match="is bound to another machine"):
+            await vendor.authority.approve_case(claimed, by="alice")
+        await vendor.authority.deny_case(claimed, by="alice", reason="not our customer")
+        with pytest.raises(Refused, match="not our customer"):
+            await asyncio.wait_for(claiming, 5)
+        with pytest.raises(Refused, match="registered to another machine"):
+            await asyncio.wait_for(stranger.ask("again"), 5)
     finally:
         await service.aclose()
         await serving
@@ -157,10 +211,8 @@ async def test_spoofed_serial_is_refused_until_admin_rebinds(
 ) -> None:
     genuine = customer(vendor, tmp_path / "a")
     first = asyncio.ensure_future(genuine.ask("first request"))
-    await wait_for_case(vendor)
-    first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
+    await vendor.authority.approve_case(await wait_for_case(vendor), by="alice")
+    await asyncio.wait_for(first, 5)  # approving bound M-1 to the genuine machine key
     impostor = customer(vendor, tmp_path / "b")  # same serial, different machine key
     with pytest.raises(Refused, match="registered to another machine"):
         await asyncio.wait_for(impostor.ask("let me in"), 5)
@@ -180,6 +232,23 @@ async def test_spoofed_serial_is_refused_until_admin_rebinds(
     replaced.cancel()
     with pytest.raises(asyncio.CancelledError):
         await replaced
+
+
+async def test_a_look_alike_serial_opens_no_second_case(vendor: Vendor, tmp_path: Path) -> None:
+    """Security review, defect 21: ``M-1.`` or ``m-1`` next to M-1 is refused or is M-1."""
+    real = customer(vendor, tmp_path / "real")
+    first = asyncio.ensure_future(real.ask("first request"))
+    await vendor.authority.approve_case(await wait_for_case(vendor), by="alice")
+    await asyncio.wait_for(first, 5)  # M-1 is now bound to the real machine
+    stranger = customer(vendor, tmp_path / "stranger")
+    # A modified client sends whatever serial it likes; our agent could not be configured so.
+    object.__setattr__(stranger.config, "serial", "M-1.")
+    with pytest.raises(Refused, match="invalid serial"):
+        await asyncio.wait_for(stranger.ask("let me in"), 5)
+    object.__setattr__(stranger.config, "serial", "m-1")
+    with pytest.raises(Refused, match="serial M-1 is registered to another machine"):
+        await asyncio.wait_for(stranger.ask("let me in"), 5)
+    assert [c.serial for c in await vendor.store.cases.list()] == ["M-1"]
 
 
 async def test_relay_host_key_is_pinned_for_requests(vendor: Vendor, tmp_path: Path) -> None:

@@ -719,11 +719,33 @@ def test_parse_address_refuses(text: str) -> None:
 
 
 @pytest.mark.parametrize("serial", ["SN-1001", "a", "A1.b_c-d", "x" * 64, "0abc"])
-def test_check_serial_accepts(serial: str) -> None:
-    assert check_serial(serial) == serial
+def test_check_serial_accepts_and_returns_the_canonical_upper_case_form(serial: str) -> None:
+    assert check_serial(serial) == serial.upper()
+    assert check_serial(check_serial(serial)) == check_serial(serial)
 
 
-@pytest.mark.parametrize("serial", ["", "a b", "-x", "_x", "x" * 65, "x;rm", "ümlaut", "a\tb"])
+@pytest.mark.parametrize(
+    "serial",
+    [
+        "",
+        "a b",
+        "-x",
+        "_x",
+        "x" * 65,
+        "x;rm",
+        "ümlaut",
+        "a\tb",
+        # Look-alikes of ACME-1: a trailing dot is the same host to DNS and OpenSSH;
+        # trailing separators, spaces and non-ASCII letters or digits that render alike.
+        "ACME-1.",
+        "ACME-1-",
+        "ACME-1_",
+        " ACME-1",
+        "ACME-1 ",
+        "ACME-\uff11",
+        "\u0410CME-1",
+    ],
+)
 def test_check_serial_refuses(serial: str) -> None:
     with pytest.raises(BadInput, match="1-64 letters"):
         check_serial(serial)
@@ -732,3 +754,15 @@ def test_check_serial_refuses(serial: str) -> None:
 def test_check_serial_refuses_a_trailing_newline() -> None:
     with pytest.raises(BadInput):
         check_serial("SN-1\n")
+
+
+def test_a_key_names_its_serial_in_the_one_canonical_form() -> None:
+    """Security review, defect 21: a look-alike serial is the same machine, or refused."""
+    token, claims = issue("acme-1")
+    assert claims.serial == "ACME-1"
+    assert parse(token, serial="Acme-1").serial == "ACME-1"  # the machine's config, any case
+    with pytest.raises(WrongSerialError):
+        parse(token, serial="ACME-2")
+    for lookalike in ("ACME-1.", "ACME-1-", "ACME-\uff11"):
+        with pytest.raises(BadInput, match="invalid serial"):
+            issue(lookalike)

@@ -21,7 +21,7 @@ from tether.cli.vendor_common import CLI_ACTOR, with_authority
 from tether.config import VendorConfig
 from tether.durations import format_duration, parse_duration
 from tether.errors import BadInput
-from tether.keys import format_address, parse_address, parse_ports
+from tether.keys import check_serial, format_address, parse_address, parse_ports
 from tether.store import Store
 from tether.tasks import TaskSet
 from tether.vendor_service.authority import init_data_dir, load_vendor_config
@@ -115,6 +115,7 @@ def issue_key(
     data_dir: Path, serial: str, expires: str, ports: str | None, relay: str | None, as_json: bool
 ) -> None:
     """Issue a tether key for one machine and print it (the key alone goes to stdout)."""
+    serial = check_serial(serial)
     lifetime = parse_duration(expires)
     port_list = parse_ports(ports) if ports else None
 
@@ -329,7 +330,9 @@ def serve(data_dir: Path, listen: str) -> None:
 
     One-click requests follow request_policy in vendor.toml: "hold" (the default) waits
     for an engineer to approve or deny each case (console, API, or `tether vendor cases
-    approve ID`); "auto" issues a key at once. Stops cleanly on Ctrl-C or SIGTERM.
+    approve ID`, seeing the machine key's fingerprint); "auto" issues a key at once to a
+    machine its serial is already bound to (a request for an unbound serial still waits
+    for an engineer). Stops cleanly on Ctrl-C or SIGTERM.
     """
     from tether.vendor_service.service import bind_listener
 

@@ -1,8 +1,10 @@
 """``tether vendor audit``: the hash-chained audit logs in the shared database.
 
 The vendor service writes the ``vendor`` chain, each relay its ``relay:<relay id>``
-chain; machines' chain heads, reported over their tethers, are checked by the relays
-against what each machine reported before (``--heads``).
+chain, and every append anchors the chain's head in the chain ``anchors``, so entries
+removed from the end of any chain are found and named (:mod:`tether.store.anchors`);
+machines' chain heads, reported over their tethers, are checked by the relays against
+what each machine reported before (``--heads``).
 """
 
 from __future__ import annotations
@@ -82,8 +84,8 @@ def _print_heads(heads: list[AuditHead]) -> None:
 @data_dir_option
 @click.option(
     "--chain",
-    help="Only this chain: 'vendor' (the vendor service) or 'relay:RELAY_ID' (a relay). "
-    "Default: every chain in the database.",
+    help="Only this chain: 'vendor' (the vendor service), 'relay:RELAY_ID' (a relay) or "
+    "'anchors' (every chain's head). Default: every chain in the database.",
 )
 @click.option(
     "--verify", is_flag=True, help="Check the hash chains; exit 1 if anything was changed."

@@ -18,8 +18,9 @@ from tether.cli.common import data_dir_option, handle_errors, json_option, out, 
 from tether.cli.vendor_common import CLI_ACTOR, with_authority
 from tether.errors import BadInput
 from tether.keys import check_serial
-from tether.store import CaseRecord, CaseStatus
+from tether.store import CaseRecord, CaseStatus, MachineRecord
 from tether.vendor_service.api_errors import check_text
+from tether.vendor_service.authority import case_machine
 
 #: The reason a denial gives the customer when none is given (as the API's).
 DEFAULT_DENY_REASON = "denied by vendor"
@@ -29,7 +30,7 @@ MAX_REASON = 500
 
 @click.group()
 def machine() -> None:
-    """Machines bound to a serial by their first one-click request."""
+    """Machines bound to a serial (by a key's first use or an approved one-click case)."""
 
 
 @machine.command("rebind")
@@ -39,8 +40,12 @@ def machine() -> None:
 @json_option
 @handle_errors
 def machine_rebind(data_dir: Path, serial: str, reason: str, as_json: bool) -> None:
-    """Forget the machine key bound to SERIAL: the next request for it binds anew."""
-    check_serial(serial)
+    """Forget the machine key bound to SERIAL (e.g. its mainboard was replaced).
+
+    The next key used for SERIAL, or the next one-click case an engineer approves for
+    it, binds it anew.
+    """
+    serial = check_serial(serial)
     if not reason.strip():
         raise BadInput("give a reason: --reason 'mainboard replaced'")
 
@@ -52,14 +57,21 @@ def machine_rebind(data_dir: Path, serial: str, reason: str, as_json: bool) -> N
     if as_json:
         print_json({"serial": serial, "rebound": True, "by": CLI_ACTOR, "reason": reason})
         return
-    out.print(f"Machine {escape(serial)} re-bound: the next one-click request for it is trusted.")
+    out.print(
+        f"Machine {escape(serial)} re-bound: the next key used for it, or the next case an "
+        "engineer approves for it, binds it to that machine."
+    )
 
 
-def case_json(case: CaseRecord) -> dict[str, object]:
-    """A case as scripts read it (never the key text or the machine key)."""
+def case_json(case: CaseRecord, bound: MachineRecord | None) -> dict[str, object]:
+    """A case as scripts read it: the asking machine key's fingerprint (not secret: it
+    is what a person checks before approving) and whether it is the serial's bound
+    machine; never the key text."""
     return {
         "id": case.id,
         "serial": case.serial,
+        "machine_key": case.machine_key,
+        "machine": case_machine(case.machine_key, bound),
         "status": case.status.value,
         "created_at": case.created_at.isoformat(),
         "decided_by": case.decided_by,
@@ -96,7 +108,8 @@ def cases(ctx: click.Context, data_dir: Path, status: str | None, as_json: bool)
     async def go() -> list[dict[str, object]]:
         async with with_authority(data_dir) as authority:
             found = await authority.store.cases.list(status=CaseStatus(status) if status else None)
-            return [case_json(c) for c in found]
+            bound = await authority.store.machines.get_many(c.serial for c in found)
+            return [case_json(c, bound.get(c.serial)) for c in found]
 
     rows = run(go())
     if as_json:
@@ -109,9 +122,16 @@ def cases(ctx: click.Context, data_dir: Path, status: str | None, as_json: bool)
         first_line = str(row["description"]).splitlines()[0] if row["description"] else ""
         out.print(
             f"#{row['id']}  {row['status']}{by}  {escape(str(row['serial']))}  "
+            f"machine {row['machine_key']} ({_MACHINE_WORDS[str(row['machine'])]})  "
             f"{row['created_at']}  {escape(first_line[:80])}"
         )
 
+
+_MACHINE_WORDS = {
+    "known": "the machine this serial is bound to",
+    "new": "not bound yet: approving binds the serial to it",
+    "other": "NOT the bound machine: re-bind a replaced machine first",
+}
 
 #: ``--data-dir`` after ``approve`` / ``deny``; before it, the group's option applies.
 _sub_data_dir = click.option(
@@ -130,9 +150,10 @@ def _data_dir(ctx: click.Context, given: Path | None) -> Path:
     return inherited
 
 
-def _say_decided(case: CaseRecord, as_json: bool) -> None:
+def _say_decided(decided: tuple[CaseRecord, MachineRecord | None], as_json: bool) -> None:
+    case, bound = decided
     if as_json:
-        print_json(case_json(case))
+        print_json(case_json(case, bound))
     elif case.status is CaseStatus.ISSUED:
         out.print(
             f"Case #{case.id} approved: key {case.key_id} issued for "
@@ -157,9 +178,10 @@ def approve(ctx: click.Context, case_id: int, data_dir: Path | None, as_json: bo
     Exit 2 for a case that does not exist, 1 for one already decided.
     """
 
-    async def go() -> CaseRecord:
+    async def go() -> tuple[CaseRecord, MachineRecord | None]:
         async with with_authority(_data_dir(ctx, data_dir)) as authority:
-            return await authority.approve_case(case_id, by=CLI_ACTOR)
+            case = await authority.approve_case(case_id, by=CLI_ACTOR)
+            return case, await authority.store.machines.get(case.serial)
 
     _say_decided(run(go()), as_json)
 
@@ -187,8 +209,9 @@ def deny(
     if not reason or len(reason) > MAX_REASON:
         raise BadInput(f"the reason must be 1 to {MAX_REASON} characters")
 
-    async def go() -> CaseRecord:
+    async def go() -> tuple[CaseRecord, MachineRecord | None]:
         async with with_authority(_data_dir(ctx, data_dir)) as authority:
-            return await authority.deny_case(case_id, by=CLI_ACTOR, reason=reason)
+            case = await authority.deny_case(case_id, by=CLI_ACTOR, reason=reason)
+            return case, await authority.store.machines.get(case.serial)
 
     _say_decided(run(go()), as_json)

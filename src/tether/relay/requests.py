@@ -3,13 +3,17 @@
 A machine without a key logs in with its machine key and sends ``request`` (serial,
 problem description) on its control channel. The relay:
 
-1. applies trust on first use: the first machine key seen for a serial is recorded;
-   a different key for that serial is refused until a vendor admin re-binds it, so a
-   spoofed serial cannot pull engineers onto an attacker's machine;
+1. refuses a machine key other than the one the serial is bound to (a vendor admin
+   re-binds a replaced machine), so a spoofed serial cannot pull engineers onto an
+   attacker's machine. A request never binds a serial itself: anyone can send one for
+   any serial, and the real machine must not be locked out by whoever asked first.
+   The binding is made when a vendor-issued key is first used, or when a person
+   approves the case for this machine key, seeing its fingerprint;
 2. opens a case in the shared store and tells the agent it is waiting;
-3. watches the case until the vendor service issues a key (at once under the
-   auto-approve policy, or when an engineer approves), denies it, or the customer
-   cancels; then hands the result to the agent.
+3. watches the case until the vendor service issues a key (under the auto-approve
+   policy only for a serial already bound to this machine key; otherwise when an
+   engineer approves), denies it, or the customer cancels; then hands the result to
+   the agent.
 
 The relay never signs anything: keys are issued by the vendor service, which keeps
 the signing key off the internet-facing host.
@@ -34,10 +38,13 @@ MAX_DESCRIPTION = 2000
 POLL_INTERVAL = 0.25
 
 
-def check_request(message: Request) -> str:
-    """Validate a request; return the cleaned description or raise AdmissionRefused."""
+def check_request(message: Request) -> tuple[str, str]:
+    """Validate a request; return its canonical serial and cleaned description.
+
+    Raises :class:`AdmissionRefused` for an invalid serial or description.
+    """
     try:
-        check_serial(message.serial)
+        serial = check_serial(message.serial)
     except Exception:
         raise AdmissionRefused(
             RefusalReason.PROTOCOL, "the request names an invalid serial"
@@ -54,7 +61,7 @@ def check_request(message: Request) -> str:
         )
     if not all(c.isprintable() or c in "\n\t" for c in description):
         raise AdmissionRefused(RefusalReason.PROTOCOL, "the description holds control characters")
-    return description
+    return serial, description
 
 
 class CaseWatcher:
@@ -78,17 +85,23 @@ class CaseWatcher:
         self.done = False
 
     async def run(self, message: Request) -> None:
-        """Bind the serial (first use), open the case and wait for its outcome."""
-        description = check_request(message)
-        bound = await self._store.machines.bind_first_use(
-            message.serial, self._machine_key, self._now()
-        )
-        if bound.machine_key != self._machine_key:
+        """Check the serial's binding, open the case and wait for its outcome."""
+        serial, description = check_request(message)
+        bound = await self._store.machines.get(serial)
+        if bound is not None and bound.machine_key not in (None, self._machine_key):
+            log.event(
+                logger,
+                "request.refused",
+                level=logging.WARNING,
+                serial=serial,
+                reason="other-machine",
+            )
             raise AdmissionRefused(
                 RefusalReason.OTHER_MACHINE,
-                f"serial {message.serial} is registered to another machine; the vendor must "
+                f"serial {serial} is registered to another machine; the vendor must "
                 "re-bind it before this machine can ask for support",
             )
+        known = bound is not None and bound.machine_key == self._machine_key
         waiting = [
             c
             for c in await self._store.cases.list(status=CaseStatus.PENDING)
@@ -100,14 +113,23 @@ class CaseWatcher:
                 f"a request from this machine is already waiting (case {waiting[0].id})",
             )
         case = await self._store.cases.open(
-            serial=message.serial,
+            serial=serial,
             machine_key=self._machine_key,
             description=description,
             now=self._now(),
         )
         self.case_id = case.id
-        log.event(logger, "case.opened", case=case.id, serial=message.serial)
-        self._send(CaseUpdate(case.id, "pending", "waiting for the vendor to approve"))
+        log.event(logger, "case.opened", case=case.id, serial=serial, known=known)
+        self._send(
+            CaseUpdate(
+                case.id,
+                "pending",
+                "waiting for the vendor to approve"
+                if known
+                else "waiting for a vendor engineer to approve (the vendor does not know this "
+                "machine yet)",
+            )
+        )
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             if self.done:  # the customer withdrew the request (see cancel)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
 
+from tether.errors import BadInput
 from tether.keys import TetherKeyClaims, check_serial
 from tether.protocol import RefusalReason
 from tether.store import IssuedKey
@@ -88,8 +89,20 @@ class TetherEntry(Generic[LinkT]):
         return port in self.key_ports
 
 
+def _serial_key(serial: str) -> str:
+    """The registry's key for ``serial``: its canonical form (an invalid one matches nothing)."""
+    try:
+        return check_serial(serial)
+    except BadInput:
+        return "\0" + serial
+
+
 class Registry(Generic[LinkT]):
-    """Live tethers by serial (case-insensitive: OpenSSH lower-cases host names)."""
+    """Live tethers by canonical serial (:func:`~tether.keys.check_serial`).
+
+    OpenSSH lower-cases the host names engineers type, so ``acme-1`` reaches ``ACME-1``;
+    a look-alike that is not a valid serial (``ACME-1.``) reaches nothing.
+    """
 
     def __init__(self) -> None:
         self._by_serial: dict[str, TetherEntry[LinkT]] = {}
@@ -101,18 +114,18 @@ class Registry(Generic[LinkT]):
         return iter(list(self._by_serial.values()))
 
     def get(self, serial: str) -> TetherEntry[LinkT] | None:
-        return self._by_serial.get(serial.lower())
+        return self._by_serial.get(_serial_key(serial))
 
     def add(self, entry: TetherEntry[LinkT]) -> TetherEntry[LinkT] | None:
         """Register ``entry``; return the entry it replaced (same serial), if any."""
-        key = entry.serial.lower()
+        key = _serial_key(entry.serial)
         previous = self._by_serial.get(key)
         self._by_serial[key] = entry
         return previous if previous is not entry else None
 
     def remove(self, entry: TetherEntry[LinkT]) -> bool:
         """Remove ``entry`` if it is still the current one for its serial."""
-        key = entry.serial.lower()
+        key = _serial_key(entry.serial)
         if self._by_serial.get(key) is entry:
             del self._by_serial[key]
             return True
@@ -128,12 +141,12 @@ class Registry(Generic[LinkT]):
         machine offered; anything else raises :class:`RouteRefused`.
         """
         try:
-            check_serial(host)
-        except Exception:
+            serial = check_serial(host)
+        except BadInput:
             raise RouteRefused(
                 f"this relay only reaches tethered machines by serial; {host[:80]!r} is not a serial"
             ) from None
-        entry = self.get(host)
+        entry = self.get(serial)
         if entry is None:
             raise RouteRefused(
                 f"machine {host} is not tethered to this relay (is support access enabled on it?)"

@@ -165,7 +165,7 @@ async def _open_unix(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWr
 
 
 async def _start_servers(
-    mode: str, socket_dir: Path, ports: Sequence[int], tasks: _Tasks
+    mode: str, socket_dir: Path, ports: Sequence[int], tasks: _Tasks, source: str | None
 ) -> list[asyncio.Server]:
     servers: list[asyncio.Server] = []
     for port in ports:
@@ -177,7 +177,8 @@ async def _start_servers(
                 sock_path.unlink()
 
             def open_tcp(port: int = port) -> Awaitable[Any]:
-                return asyncio.open_connection("127.0.0.1", port, limit=_LIMIT)
+                local = (source, 0) if source else None
+                return asyncio.open_connection("127.0.0.1", port, limit=_LIMIT, local_addr=local)
 
             server = await asyncio.start_unix_server(
                 _handler(f"port {port}", open_tcp, tasks),
@@ -211,7 +212,14 @@ async def _stdin_eof(stop: asyncio.Event) -> None:
     stop.set()
 
 
-async def serve(mode: str, socket_dir: Path, ports: Sequence[int], *, exit_on_eof: bool) -> None:
+async def serve(
+    mode: str,
+    socket_dir: Path,
+    ports: Sequence[int],
+    *,
+    exit_on_eof: bool,
+    source: str | None = None,
+) -> None:
     """Run one forwarder until SIGTERM/SIGINT (or stdin EOF when ``exit_on_eof``).
 
     Args:
@@ -220,6 +228,8 @@ async def serve(mode: str, socket_dir: Path, ports: Sequence[int], *, exit_on_eo
         socket_dir: the directory of the Unix sockets, as this process sees it.
         ports: the TCP ports to forward.
         exit_on_eof: also stop when stdin reaches EOF.
+        source: in ``"host"`` mode, the loopback address to connect from (e.g.
+            ``127.0.0.2``), so the server can tell carried clients from its own machine's.
     """
     if mode == "host":
         os.chdir(socket_dir)
@@ -230,7 +240,7 @@ async def serve(mode: str, socket_dir: Path, ports: Sequence[int], *, exit_on_eo
     tasks = _Tasks()
     if exit_on_eof:
         tasks.spawn(_stdin_eof(stop), "uplink-stdin-eof")
-    servers = await _start_servers(mode, socket_dir, ports, tasks)
+    servers = await _start_servers(mode, socket_dir, ports, tasks, source)
     print(layout.READY_LINE, flush=True)
     _log(f"{mode}: forwarding ports {', '.join(map(str, ports))} via {socket_dir}")
     await stop.wait()
@@ -246,8 +256,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--socket-dir", type=Path, required=True)
     parser.add_argument("--port", type=int, action="append", required=True)
     parser.add_argument("--exit-on-stdin-eof", action="store_true")
+    parser.add_argument("--from", dest="source", help="host mode: connect from this address")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.mode, args.socket_dir, args.port, exit_on_eof=args.exit_on_stdin_eof))
+    asyncio.run(
+        serve(
+            args.mode,
+            args.socket_dir,
+            args.port,
+            exit_on_eof=args.exit_on_stdin_eof,
+            source=args.source,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tether.errors import BadInput
 from tether.store.db import Database
 from tether.store.models import IssuedKeyRow, MachineRow, TetherRow
 from tether.store.records import IssuedKey, MachineRecord, TetherRecord
-from tether.store.types import require_aware, require_text
+from tether.store.types import require_aware, require_serial, require_text
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ async def admit_many(db: Database, admissions: Sequence[Admission]) -> list[Admi
     if not admissions:
         return []
     key_ids = sorted({a.key_id for a in admissions})
-    serials = sorted({a.serial.lower() for a in admissions})
+    serials = sorted({_serial_or_blank(a.serial) for a in admissions} - {""})
     async with db.write(f"admitting {len(admissions)} tether(s)") as session:
         key_rows = await session.scalars(
             select(IssuedKeyRow).where(IssuedKeyRow.key_id.in_(key_ids)).with_for_update()
@@ -79,14 +80,16 @@ async def admit_many(db: Database, admissions: Sequence[Admission]) -> list[Admi
         # Bind serials first: a binding another relay made since the read shows here,
         # and its admissions are refused before anything else of theirs is written.
         new_owners = {
-            a.serial.lower(): a for a, r in zip(admissions, decided, strict=True) if r.binds_serial
+            require_serial(a.serial): a
+            for a, r in zip(admissions, decided, strict=True)
+            if r.binds_serial
         }
         if new_owners:
             stored = await bind_serials(
                 db, session, [(a.serial, a.machine_key, a.now) for a in new_owners.values()]
             )
             for i, (admission, result) in enumerate(zip(admissions, decided, strict=True)):
-                owner = stored.get(admission.serial.lower())
+                owner = stored.get(_serial_or_blank(admission.serial))
                 if result.record is not None and owner is not None:
                     try:
                         admission.check_owner(owner)
@@ -148,7 +151,7 @@ def _decide(
     try:
         at = require_aware(admission.now, "now")
         record = TetherRecord(
-            serial=require_text(admission.serial, "serial", 128),
+            serial=require_serial(admission.serial),
             key_id=require_text(admission.key_id, "key id", 64),
             relay_id=require_text(admission.relay_id, "relay id", 128),
             relay_address=admission.relay_address,
@@ -163,7 +166,7 @@ def _decide(
                 issued, bound_machine_key=admission.machine_key, first_used_at=at
             )
         admission.check_key(issued)
-        serial = admission.serial.lower()
+        serial = record.serial
         stored = owners.get(serial)
         binds_serial = stored is None or stored.machine_key is None
         owner = (
@@ -186,6 +189,14 @@ def _decide(
     return _Decision(None, record, binds_key, binds_serial)
 
 
+def _serial_or_blank(serial: str) -> str:
+    """The canonical serial, or ``""`` for one that is not valid (its admission is refused)."""
+    try:
+        return require_serial(serial)
+    except BadInput:
+        return ""
+
+
 async def bind_serials(
     db: Database, session: AsyncSession, bindings: Sequence[tuple[str, str, datetime]]
 ) -> dict[str, MachineRecord]:
@@ -193,14 +204,14 @@ async def bind_serials(
 
     One statement (``INSERT … ON CONFLICT DO UPDATE … RETURNING``): a new serial is
     bound, a serial an admin re-bound (no machine key) takes this machine key, and a
-    bound serial keeps its own. The rows come back as stored, keyed by lower-case
+    bound serial keeps its own. The rows come back as stored, keyed by canonical
     serial, so a caller compares the stored machine key with its own.
     """
     insert = pg_insert if db.is_postgresql else sqlite_insert
     stmt = insert(MachineRow).values(
         [
             {
-                "serial": require_text(serial, "serial", 128).lower(),
+                "serial": require_serial(serial),
                 "machine_key": require_text(machine_key, "machine key", 255),
                 "first_seen_at": require_aware(at, "now"),
             }

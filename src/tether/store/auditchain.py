@@ -8,36 +8,52 @@ chain, read in the order they were written (``id``), are handed to the same
 
 Appends to one chain are serialised across processes, so several relays and the vendor
 service sharing one database never fork a chain: PostgreSQL takes a transaction-level
-advisory lock named after the chain before reading the last row; SQLite's write
-transactions (``BEGIN IMMEDIATE``) already admit one writer at a time. The unique
-``(chain, seq)`` constraint is the backstop.
+advisory lock named after the chain (then one for ``anchors``) before reading the last
+row; SQLite's write transactions (``BEGIN IMMEDIATE``) already admit one writer at a
+time. The unique ``(chain, seq)`` constraint is the backstop.
+
+Every append also anchors the chain's new head in the chain ``anchors``, and every read
+checks the chain against its anchors, so removing a chain's newest entries is detected
+and the removed entries named (:mod:`tether.store.anchors`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tether import log
 from tether.audit import (
     AuditEntry,
     FieldValue,
+    Problem,
     Verification,
     chain_entry,
     check_event,
     format_at,
     verify,
 )
+from tether.store.anchors import (
+    ANCHOR_CHAIN,
+    ANCHOR_EVENT,
+    anchor_fields,
+    anchors_of,
+    coverage_problems,
+    heads_beyond,
+    latest_anchor,
+)
 from tether.store.db import Database, StoreError
 from tether.store.models import AuditEventRow, AuditHeadRow
 from tether.store.registry import _upsert
-from tether.store.types import require_aware, require_text
+from tether.store.types import require_aware, require_serial, require_text
 
 __all__ = [
     "MAX_CHAIN_NAME",
@@ -175,13 +191,26 @@ def _row_line(row: AuditEventRow) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
-def _rows_named(verification: Verification) -> Verification:
-    """Say "row" where the file's verifier says "line"."""
+def _row(chain: str, entry: AuditEntry) -> AuditEventRow:
+    """The row of ``entry`` in ``chain``."""
+    return AuditEventRow(
+        chain=chain,
+        seq=entry.seq,
+        at=format_at(entry.at),
+        event=entry.event,
+        fields=json.dumps(dict(entry.fields), sort_keys=True, separators=(",", ":")),
+        prev=entry.prev,
+        hash=entry.hash,
+    )
+
+
+def _rows_named(verification: Verification, more: Sequence[Problem] = ()) -> Verification:
+    """Say "row" where the file's verifier says "line"; add the ``more`` problems found."""
     problems = tuple(
         type(p)(p.seq, p.kind, _LINE_WORD.sub(r"row\1 ", p.message)) for p in verification.problems
-    )
+    ) + tuple(more)
     return Verification(
-        verification.ok, verification.entries, verification.head, problems, verification.head_seq
+        not problems, verification.entries, verification.head, problems, verification.head_seq
     )
 
 
@@ -191,6 +220,8 @@ class AuditRepo:
     def __init__(self, db: Database) -> None:
         """Use ``db`` for every transaction."""
         self._db = db
+        #: The head this process last wrote to each chain: a writer's own anchor.
+        self._written: dict[str, tuple[int, str]] = {}
 
     # --- chains ---------------------------------------------------------------------
 
@@ -209,10 +240,13 @@ class AuditRepo:
     async def append_many(self, chain: str, events: Sequence[PendingEvent]) -> list[AuditEntry]:
         """Append ``events`` to ``chain`` in order, in one transaction; return the entries.
 
-        Either all are written or none. Validation happens before the database is
-        touched (:class:`ValueError`, as for :meth:`append`).
+        Either all are written or none, together with the chain's new anchor (see
+        :mod:`tether.store.anchors`). Validation happens before the database is touched
+        (:class:`ValueError`, as for :meth:`append`); chain ``anchors`` is the store's own.
         """
         _check_chain(chain)
+        if chain == ANCHOR_CHAIN:
+            raise ValueError(f"audit chain {ANCHOR_CHAIN!r} is written by the store itself")
         for item in events:
             check_event(item.event, item.fields)
             require_aware(item.at, "at")
@@ -220,27 +254,63 @@ class AuditRepo:
             return []
         async with self._db.write(f"appending to audit chain {chain}") as session:
             if self._db.is_postgresql:
-                await session.execute(
-                    text("SELECT pg_advisory_xact_lock(:id)"), {"id": _lock_id(chain)}
-                )
-            last = await self._last(session, chain)
-            written: list[AuditEntry] = []
-            for item in events:
-                last = chain_entry(last, item.event, item.fields, item.at)
-                written.append(last)
-                session.add(
-                    AuditEventRow(
-                        chain=chain,
-                        seq=last.seq,
-                        at=format_at(last.at),
-                        event=last.event,
-                        fields=json.dumps(dict(last.fields), sort_keys=True, separators=(",", ":")),
-                        prev=last.prev,
-                        hash=last.hash,
+                for name in (chain, ANCHOR_CHAIN):  # always in this order: no deadlock
+                    await session.execute(
+                        text("SELECT pg_advisory_xact_lock(:id)"), {"id": _lock_id(name)}
                     )
-                )
+            head = await self._head_to_follow(session, chain)
+            written: list[AuditEntry | tuple[int, str] | None] = [head]
+            for item in events:
+                written.append(chain_entry(written[-1], item.event, item.fields, item.at))
+            entries = [e for e in written[1:] if isinstance(e, AuditEntry)]
+            new = entries[-1]
+            anchor = chain_entry(
+                await self._last(session, ANCHOR_CHAIN),
+                ANCHOR_EVENT,
+                anchor_fields(chain, head[0] if head else 0, new.seq, new.hash),
+                events[-1].at,
+            )
+            session.add_all(_row(chain, e) for e in entries)
+            session.add(_row(ANCHOR_CHAIN, anchor))
             await session.flush()
-        return written
+        self._written[chain] = (new.seq, new.hash)
+        return entries
+
+    async def _head_to_follow(self, session: AsyncSession, chain: str) -> tuple[int, str] | None:
+        """The head a new entry of ``chain`` follows: the highest one known of.
+
+        Normally the last row, which its latest anchor (and this process, if it wrote
+        it) agrees with. If the anchor or this process knows of a later entry, the
+        newest rows were removed: the chain goes on after the recorded head, so no
+        number is used twice and the removed entries show as missing (logged here too).
+        """
+        last = await self._last(session, chain)
+        anchor = await latest_anchor(session, chain)
+        known = [self._written.get(chain)]
+        known.append((anchor.seq, anchor.hash) if anchor else None)
+        known.append((last.seq, last.hash) if last else None)
+        heads = [h for h in known if h is not None]
+        if not heads:
+            return None
+        head = max(heads, key=lambda h: h[0])  # the first of equals: a recorded hash wins
+        top = last.seq if last else 0
+        if head[0] > top:
+            log.event(
+                logging.getLogger("tether.store"),
+                "audit.truncated",
+                level=logging.ERROR,
+                chain=chain,
+                removed=f"{top + 1}-{head[0]}",
+            )
+        elif anchor is None or anchor.seq < top:
+            log.event(
+                logging.getLogger("tether.store"),
+                "audit.unanchored",
+                level=logging.ERROR,
+                chain=chain,
+                entries=f"{anchor.seq + 1 if anchor else 1}-{top}",
+            )
+        return head
 
     async def _last(self, session: AsyncSession, chain: str) -> AuditEntry | None:
         row = await session.scalar(
@@ -260,38 +330,68 @@ class AuditRepo:
             ) from None
 
     async def chains(self) -> list[str]:
-        """Names of every chain that has entries, sorted."""
+        """Names of every chain that has entries or an anchor, sorted.
+
+        A chain whose entries were all removed is still listed: its anchors name it.
+        """
         stmt = (
             select(AuditEventRow.chain).group_by(AuditEventRow.chain).order_by(AuditEventRow.chain)
         )
         async with self._db.read("listing audit chains") as session:
-            return list((await session.scalars(stmt)).all())
+            names = set((await session.scalars(stmt)).all())
+            names.update(a.chain for a in await anchors_of(session))
+        return sorted(names)
 
     async def read(
         self, chain: str, *, expected_head: tuple[int, str] | None = None
     ) -> ChainReport:
-        """Read ``chain`` in write order and verify it (an unknown chain is empty and intact).
+        """Read ``chain`` in write order and verify it, against its anchors too.
 
-        :param expected_head: a ``(seq, hash)`` recorded earlier that the chain must still
-            contain (see :func:`tether.audit.verify`).
+        An unknown chain is empty and intact. Problems name the edited, removed or
+        reordered entry; entries removed from the end are found through the chain's
+        anchors (:mod:`tether.store.anchors`), and the report of ``anchors`` names the
+        entries of every chain it no longer anchors.
+
+        :param expected_head: a ``(seq, hash)`` recorded elsewhere that the chain must
+            still contain (default: its latest anchor; see :func:`tether.audit.verify`).
         """
         _check_chain(chain)
         stmt = select(AuditEventRow).where(AuditEventRow.chain == chain).order_by(AuditEventRow.id)
         async with self._db.read(f"reading audit chain {chain}") as session:
             lines = [_row_line(row) for row in (await session.scalars(stmt)).all()]
+            anchors = await anchors_of(session, None if chain == ANCHOR_CHAIN else chain)
+            heads = await self._heads(session) if chain == ANCHOR_CHAIN else {}
         entries: list[AuditEntry] = []
         for line in lines:
             try:
                 entries.append(AuditEntry.from_json_line(line))
             except ValueError:
                 continue
-        verification = _rows_named(verify(lines, expected_head=expected_head))
-        return ChainReport(chain, tuple(entries), verification)
+        if chain == ANCHOR_CHAIN:
+            checked = verify(lines, expected_head=expected_head)
+            return ChainReport(
+                chain, tuple(entries), _rows_named(checked, heads_beyond(anchors, heads))
+            )
+        if expected_head is None and anchors:
+            expected_head = (anchors[-1].seq, anchors[-1].hash)
+        checked = verify(lines, expected_head=expected_head)
+        more = coverage_problems(chain, anchors, max((e.seq for e in entries), default=0))
+        return ChainReport(chain, tuple(entries), _rows_named(checked, more))
+
+    async def _heads(self, session: AsyncSession) -> dict[str, int]:
+        """The highest entry number of every chain but ``anchors``."""
+        rows = await session.execute(
+            select(AuditEventRow.chain, func.max(AuditEventRow.seq))
+            .where(AuditEventRow.chain != ANCHOR_CHAIN)
+            .group_by(AuditEventRow.chain)
+        )
+        return {name: int(top) for name, top in rows.all()}
 
     # --- machines' chain heads -------------------------------------------------------
 
     async def head(self, serial: str, machine_key: str) -> AuditHead | None:
         """The head ``machine_key`` last reported for ``serial``, or ``None``."""
+        serial = require_serial(serial)
         async with self._db.read(f"reading the audit head of {serial}") as session:
             row = await session.get(AuditHeadRow, (serial, machine_key))
             return None if row is None else AuditHead.from_row(row)
@@ -301,7 +401,7 @@ class AuditRepo:
     ) -> None:
         """Accept ``(seq, hash)`` as the machine's head (keeps any earlier mismatch flag)."""
         values = {
-            "serial": require_text(serial, "serial", 128),
+            "serial": require_serial(serial),
             "machine_key": require_text(machine_key, "machine key", 255),
             "seq": _check_seq(seq),
             "hash": _check_hash(hash),
@@ -325,8 +425,9 @@ class AuditRepo:
         The flag stays: ``mismatches`` counts every mismatch, ``mismatch`` says the last.
         """
         at = require_aware(now, "now")
+        serial = require_serial(serial)
         values = {
-            "serial": require_text(serial, "serial", 128),
+            "serial": serial,
             "machine_key": require_text(machine_key, "machine key", 255),
             "seq": _check_seq(seq),
             "hash": _check_hash(hash),

@@ -1,16 +1,20 @@
-"""One-click support requests: machines bound on first use, and the cases they open.
+"""One-click support requests: which machine a serial belongs to, and the cases opened.
 
 A machine asks the relay for a key with its serial, its own machine key and a problem
-description. The first machine key seen for a serial is recorded (:class:`MachineRepo`);
-another machine key for that serial is refused until a vendor admin re-binds it. Each
-request opens a case (:class:`CaseRepo`) that the vendor service approves (issuing a
-key), denies, or that the customer cancels. Every state change is a single conditional
-statement, so racing callers (two relays, two vendor services, an engineer and the
-auto-approver) agree on one outcome.
+description; each request opens a case (:class:`CaseRepo`) that the vendor service
+approves (issuing a key), denies, or that the customer cancels. A request never binds a
+serial to a machine by itself (anyone can send one, for any serial): the binding
+(:class:`MachineRepo`) is made when a vendor-issued key is first used (the relay's
+admission, :mod:`tether.store.admission`) or when a person approves a case for the
+machine key it names, having seen its fingerprint. Once bound, another machine key for
+that serial is refused until a vendor admin re-binds it. Every state change is a single
+conditional statement, so racing callers (two relays, two vendor services, an engineer
+and the auto-approver) agree on one outcome.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +26,7 @@ from tether.store.admission import bind_serials
 from tether.store.db import Database
 from tether.store.models import CaseRow, CaseStatus, MachineRow
 from tether.store.records import CaseRecord, MachineRecord
-from tether.store.types import require_aware, require_text
+from tether.store.types import require_aware, require_serial, require_text
 
 __all__ = ["MAX_CASE_ID", "MAX_DESCRIPTION", "CaseRepo", "MachineRepo"]
 
@@ -33,10 +37,10 @@ MAX_CASE_ID = 2**31 - 1
 
 
 class MachineRepo:
-    """Trust on first use: which machine key a serial belongs to.
+    """Which machine key a serial belongs to, bound on first use of a vendor-issued key.
 
-    Serials are compared case-insensitively (stored lower-case): OpenSSH lower-cases
-    the host names engineers type, so ``ABC1`` and ``abc1`` are the same machine.
+    Serials are stored and looked up in their canonical form
+    (:func:`~tether.store.types.require_serial`), so ``abc1`` and ``ABC1`` are one machine.
     """
 
     def __init__(self, db: Database) -> None:
@@ -46,38 +50,50 @@ class MachineRepo:
     async def bind_first_use(self, serial: str, machine_key: str, now: datetime) -> MachineRecord:
         """Bind ``serial`` to ``machine_key`` unless it is bound already; return the stored row.
 
-        Atomic under concurrency (``INSERT … ON CONFLICT DO NOTHING`` plus a conditional
+        Only for a vendor's decision: a person approving a case for ``machine_key`` (the
+        relay's admission of a vendor-issued key binds in its own transaction). A
+        request alone must never call it. Atomic under concurrency (``INSERT … ON CONFLICT DO NOTHING`` plus a conditional
         ``UPDATE`` of a re-bound serial, in one transaction): of racing callers exactly
         one binds and all get the same stored ``machine_key`` back. The caller compares
         it with its own: equal means first use or the same machine again.
         """
         async with self._db.write(f"binding serial {serial} to its machine") as session:
             stored = await bind_serials(self._db, session, [(serial, machine_key, now)])
-        return stored[serial.lower()]
+        return stored[require_serial(serial)]
 
     async def get(self, serial: str) -> MachineRecord | None:
-        """The binding of ``serial``, or ``None`` if no machine ever asked for it."""
-        serial = serial.lower()
+        """The binding of ``serial``, or ``None`` if it was never bound."""
+        serial = require_serial(serial)
         async with self._db.read(f"reading machine {serial}") as session:
             row = await session.get(MachineRow, serial)
             return None if row is None else MachineRecord.from_row(row)
 
+    async def get_many(self, serials: Iterable[str]) -> dict[str, MachineRecord]:
+        """The bindings of ``serials`` that exist, by canonical serial (one query)."""
+        wanted = sorted({require_serial(s) for s in serials})
+        if not wanted:
+            return {}
+        stmt = select(MachineRow).where(MachineRow.serial.in_(wanted))
+        async with self._db.read(f"reading {len(wanted)} machine(s)") as session:
+            rows = (await session.scalars(stmt)).all()
+            return {row.serial: MachineRecord.from_row(row) for row in rows}
+
     async def rebind(self, serial: str, *, by: str, now: datetime) -> None:
-        """Forget the machine key of ``serial``: the next request binds anew.
+        """Forget the machine key of ``serial``: its next approved case or key use binds anew.
 
         Unknown serial: :class:`BadInput`.
         """
         at = require_aware(now, "now")
         stmt = (
             update(MachineRow)
-            .where(MachineRow.serial == serial.lower())
+            .where(MachineRow.serial == require_serial(serial))
             .values(machine_key=None, rebound_by=require_text(by, "who", 64), rebound_at=at)
             .execution_options(synchronize_session=False)
         )
         async with self._db.write(f"re-binding machine {serial}") as session:
             result = await session.execute(stmt)
             if not _rowcount(result):
-                raise BadInput(f"no machine with serial {serial!r} has asked for support")
+                raise BadInput(f"no machine is bound to serial {serial!r}")
 
 
 def _rowcount(result: object) -> int:
@@ -109,7 +125,7 @@ class CaseRepo:
                 f"at most {MAX_DESCRIPTION} are kept — shorten it"
             )
         row = CaseRow(
-            serial=require_text(serial, "serial", 128),
+            serial=require_serial(serial),
             machine_key=require_text(machine_key, "machine key", 255),
             description=description,
             created_at=require_aware(now, "now"),

@@ -32,7 +32,7 @@ from tether.store.records import (
     SealedPassword,
     TetherRecord,
 )
-from tether.store.types import require_aware, require_text
+from tether.store.types import require_aware, require_serial, require_text
 
 __all__ = ["ChannelRepo", "PasswordRepo", "RelayRepo", "TetherRepo"]
 
@@ -76,7 +76,7 @@ class TetherRepo:
         """Register (or replace, on reconnect) the tether of ``serial``."""
         at = require_aware(now, "now")
         record = TetherRecord(
-            serial=require_text(serial, "serial", 128),
+            serial=require_serial(serial),
             key_id=require_text(key_id, "key id", 64),
             relay_id=require_text(relay_id, "relay id", 128),
             relay_address=relay_address,
@@ -99,7 +99,7 @@ class TetherRepo:
         at = require_aware(now, "now")
         stmt = (
             update(TetherRow)
-            .where(TetherRow.serial == serial, TetherRow.relay_id == relay_id)
+            .where(TetherRow.serial == require_serial(serial), TetherRow.relay_id == relay_id)
             .values(last_seen_at=at)
             .execution_options(synchronize_session=False)
         )
@@ -123,14 +123,15 @@ class TetherRepo:
             )
             async with self._db.write(f"unregistering {len(tethers)} tether(s)") as session:
                 await session.execute(
-                    stmt, [{"s": serial, "r": relay_id} for serial, relay_id in tethers]
+                    stmt,
+                    [{"s": require_serial(serial), "r": relay_id} for serial, relay_id in tethers],
                 )
         return [None] * len(tethers)
 
     async def get(self, serial: str) -> TetherRecord | None:
         """The live tether of ``serial``, or ``None``."""
         async with self._db.read(f"reading tether {serial}") as session:
-            row = await session.get(TetherRow, serial)
+            row = await session.get(TetherRow, require_serial(serial))
             return None if row is None else TetherRecord.from_row(row)
 
     async def list(self) -> list[TetherRecord]:
@@ -166,7 +167,7 @@ class ChannelRepo:
             raise BadInput(f"port must be 1-65535, got {port!r}")
         row = LiveChannelRow(
             relay_id=require_text(relay_id, "relay id", 128),
-            serial=require_text(serial, "serial", 128),
+            serial=require_serial(serial),
             engineer=require_text(engineer, "engineer", 64),
             port=port,
             opened_at=require_aware(now, "now"),
@@ -193,7 +194,7 @@ class ChannelRepo:
         """Open channels, oldest first; optionally only those to ``serial``."""
         stmt = select(LiveChannelRow).order_by(LiveChannelRow.id)
         if serial is not None:
-            stmt = stmt.where(LiveChannelRow.serial == serial)
+            stmt = stmt.where(LiveChannelRow.serial == require_serial(serial))
         async with self._db.read("listing channels") as session:
             return [ChannelRecord.from_row(r) for r in (await session.scalars(stmt)).all()]
 
@@ -247,7 +248,7 @@ class PasswordRepo:
         """Store (or replace, after the machine re-opened access) the sealed password."""
         values = {
             "key_id": require_text(key_id, "key id", 64),
-            "serial": require_text(serial, "serial", 128),
+            "serial": require_serial(serial),
             "sealed": require_text(sealed, "sealed password", 4096),
             "received_at": require_aware(now, "now"),
         }

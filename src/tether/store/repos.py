@@ -24,7 +24,7 @@ from tether.store.models import (
     RevocationRow,
 )
 from tether.store.records import Engineer, EngineerCredentials, IssuedKey, Revocation
-from tether.store.types import format_ports, require_aware, require_text
+from tether.store.types import format_ports, require_aware, require_serial, require_text
 
 __all__ = [
     "ENGINEER_NAME_RULE",
@@ -117,7 +117,7 @@ class KeyRepo:
             raise BadInput(f"bad ports for key {key_id!r}: {exc}") from exc
         row = IssuedKeyRow(
             key_id=require_text(key_id, "key id", 64),
-            serial=require_text(serial, "serial", 128),
+            serial=require_serial(serial),
             kind=kind,
             issued_at=require_aware(issued_at, "issued_at"),
             not_before=require_aware(not_before, "not_before"),
@@ -166,7 +166,7 @@ class KeyRepo:
             IssuedKeyRow.issued_at.desc(), IssuedKeyRow.key_id.desc()
         )
         if serial is not None:
-            stmt = stmt.where(IssuedKeyRow.serial == serial)
+            stmt = stmt.where(IssuedKeyRow.serial == require_serial(serial))
         if not include_expired:
             at = datetime.now(UTC) if now is None else require_aware(now, "now")
             stmt = stmt.where(IssuedKeyRow.expires_at > at)

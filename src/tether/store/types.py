@@ -15,6 +15,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 from tether.errors import BadInput
+from tether.keys import check_serial
 
 __all__ = [
     "PortList",
@@ -22,6 +23,7 @@ __all__ = [
     "format_ports",
     "parse_ports",
     "require_aware",
+    "require_serial",
     "require_text",
 ]
 
@@ -45,6 +47,15 @@ def require_text(value: str, what: str, max_len: int) -> str:
     if not isinstance(value, str) or not value or len(value) > max_len:
         raise BadInput(f"{what} must be 1 to {max_len} characters, got {value!r}")
     return value
+
+
+def require_serial(serial: str) -> str:
+    """The canonical form of ``serial`` (:func:`tether.keys.check_serial`), for rows and lookups.
+
+    Every repository stores and looks up serials through this one function, so two
+    spellings of one machine (``acme-1``, ``ACME-1``) can never become two rows.
+    """
+    return check_serial(serial)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

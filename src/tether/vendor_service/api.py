@@ -15,14 +15,14 @@ import logging
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from tether import log
 from tether.certs import load_public_key
 from tether.errors import BadInput, NotReady, Refused
 from tether.seal import unseal
 from tether.sshlib import asyncssh
-from tether.store import MAX_CASE_ID, CaseRecord
+from tether.store import MAX_CASE_ID, CaseRecord, MachineRecord
 from tether.vendor_service.api_auth import ApiContext, Caller, Ctx
 from tether.vendor_service.api_credentials import (
     TOKEN_LIFETIME,
@@ -47,6 +47,7 @@ from tether.vendor_service.api_models import (
     Tether,
     TotpSetup,
 )
+from tether.vendor_service.authority import case_machine
 
 __all__ = ["KEY_ID_PATTERN", "router"]
 
@@ -69,20 +70,27 @@ router = APIRouter()
 
 
 @router.post("/api/login", tags=["session"])
-async def login(body: LoginRequest, ctx: Ctx, response: Response) -> LoginResponse:
-    """Log in with name, password and (if enabled) a TOTP code; get a 12-hour bearer token."""
+async def login(
+    body: LoginRequest, ctx: Ctx, response: Response, request: Request
+) -> LoginResponse:
+    """Log in with name, password and (if enabled) a TOTP code; get a 12-hour bearer token.
+
+    Failed logins are limited per name and source address (429 with ``Retry-After``).
+    """
     name = body.name
-    wait = ctx.limiter.retry_after(name)
-    if wait is not None:
-        log.event(logger, "login.limited", level=logging.WARNING, engineer=name)
+    source = request.client.host if request.client else "unknown"
+    limited = ctx.limiter.retry_after(name, source)
+    if limited is not None:
+        wait, who = limited
+        log.event(logger, "login.limited", level=logging.WARNING, engineer=name, source=source)
         raise api_error(
             429,
-            f"too many failed logins for {name}; try again in {wait} s",
+            f"too many failed logins {who}; try again in {wait} s",
             {"Retry-After": str(wait)},
         )
     # Counted as a failure before checking, cleared on success: parallel guesses cannot
     # all slip past the limit while their password checks are still running.
-    ctx.limiter.failed(name)
+    ctx.limiter.failed(name, source)
     creds = await ctx.store.engineers.credentials(name)
     stored = creds.password_hash if creds is not None else None
     if not await ctx.passwords.verify(stored, body.password) or creds is None:
@@ -98,7 +106,7 @@ async def login(body: LoginRequest, ctx: Ctx, response: Response) -> LoginRespon
     if not creds.active:
         await _login_failed(ctx, name, "engineer disabled")
         raise api_error(403, f"engineer {name} is disabled; ask a vendor admin")
-    ctx.limiter.succeeded(name)
+    ctx.limiter.succeeded(name, source)
     if stored is not None and ctx.passwords.needs_rehash(stored):
         await ctx.store.engineers.set_password(name, await ctx.passwords.hash(body.password))
     now = ctx.now()
@@ -234,11 +242,18 @@ async def list_tethers(caller: Caller, ctx: Ctx) -> list[Tether]:
     return out
 
 
-def case_model(case: CaseRecord) -> Case:
-    """The API view of a case (without the machine key and the key text)."""
+def case_model(case: CaseRecord, bound: MachineRecord | None) -> Case:
+    """The API view of a case: the asking machine's key fingerprint, never the key text.
+
+    ``bound`` is the serial's machine binding: it says whether approving the case serves
+    a known machine, binds a new one, or would hand a key to a different machine.
+    """
+    machine = case_machine(case.machine_key, bound)
     return Case(
         id=case.id,
         serial=case.serial,
+        machine_key=case.machine_key,
+        machine=machine,
         description=case.description,
         status=case.status.value,
         created_at=case.created_at,
@@ -248,10 +263,16 @@ def case_model(case: CaseRecord) -> Case:
     )
 
 
+async def case_models(ctx: ApiContext, cases: list[CaseRecord]) -> list[Case]:
+    """:func:`case_model` of each case, with the serials' bindings read in one query."""
+    bound = await ctx.store.machines.get_many(c.serial for c in cases)
+    return [case_model(c, bound.get(c.serial)) for c in cases]
+
+
 @router.get("/api/cases", tags=["cases"])
 async def list_cases(caller: Caller, ctx: Ctx) -> list[Case]:
-    """One-click support requests, newest first."""
-    return [case_model(c) for c in await ctx.store.cases.list()]
+    """One-click support requests, newest first, each with the asking machine's fingerprint."""
+    return await case_models(ctx, await ctx.store.cases.list())
 
 
 async def _existing_case(ctx: ApiContext, case_id: int) -> CaseRecord:
@@ -263,9 +284,14 @@ async def _existing_case(ctx: ApiContext, case_id: int) -> CaseRecord:
 
 @router.post("/api/cases/{id}/approve", tags=["cases"])
 async def approve_case(id: CaseId, caller: Caller, ctx: Ctx) -> Case:
-    """Approve a pending case: a ``request`` key is issued and handed to the machine."""
+    """Approve a pending case: a ``request`` key is issued and handed to the machine.
+
+    An unbound serial is bound to the machine key the case names (its fingerprint is in
+    the case); a serial bound to another machine is refused (409) until an admin re-binds it.
+    """
     await _existing_case(ctx, id)
-    return case_model(await ctx.authority.approve_case(id, by=caller.name))
+    decided = await ctx.authority.approve_case(id, by=caller.name)
+    return (await case_models(ctx, [decided]))[0]
 
 
 @router.post("/api/cases/{id}/deny", tags=["cases"])
@@ -278,7 +304,8 @@ async def deny_case(
     """Deny a pending case; the customer's machine is told the reason."""
     reason = check_text((body or DenyRequest()).reason, "reason")
     await _existing_case(ctx, id)
-    return case_model(await ctx.authority.deny_case(id, by=caller.name, reason=reason))
+    decided = await ctx.authority.deny_case(id, by=caller.name, reason=reason)
+    return (await case_models(ctx, [decided]))[0]
 
 
 # --- sealed passwords -------------------------------------------------------------

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Path, Response
 from tether.certs import check_engineer_name
 from tether.durations import parse_duration
 from tether.errors import Refused
-from tether.keys import check_ports
+from tether.keys import check_ports, check_serial
 from tether.store import Engineer, IssuedKey
 from tether.vendor_service.api_auth import Admin, ApiContext, Ctx
 from tether.vendor_service.api_credentials import check_password
@@ -111,10 +111,10 @@ async def revoke_key(
 
 @router.post("/api/machines/{serial}/rebind", status_code=204, tags=["machines"])
 async def rebind_machine(serial: Serial, body: RebindRequest, admin: Admin, ctx: Ctx) -> Response:
-    """Forget the machine key bound to a serial: the next one-click request binds anew."""
+    """Forget the machine key bound to a serial: its next key or approved case binds anew."""
     reason = check_text(body.reason, "reason")
     if await ctx.store.machines.get(serial) is None:
-        raise api_error(404, f"no machine with serial {serial} has asked for support")
+        raise api_error(404, f"no machine is bound to serial {check_serial(serial)}")
     await ctx.authority.rebind_machine(serial, by=admin.name, reason=reason)
     return Response(status_code=204)
 

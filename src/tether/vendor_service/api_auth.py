@@ -2,18 +2,26 @@
 
 Every request but ``POST /api/login`` carries ``Authorization: Bearer <token>``. The
 token is looked up by its SHA-256; a missing, unknown or expired token is 401, a
-disabled engineer 403, and an engineer on an admin-only endpoint 403. Failed logins
-are counted per engineer name: five within five minutes and that name is refused
-(429, with ``Retry-After``) until the oldest failure is five minutes old.
+disabled engineer 403, and an engineer on an admin-only endpoint 403.
+
+Failed logins are counted per engineer name *and source address* (the client a trusted
+proxy names, ``trusted_proxies`` in vendor.toml), each one before its password is
+checked: five within five minutes and that name is refused from that source (429, with
+``Retry-After``) until the oldest failure is five minutes old; twenty from one source,
+whatever the names, and the source is refused. A limit per name alone let anyone lock
+an admin out for five minutes with five requests; per source, a stranger only locks
+out themselves. The price: guesses from many addresses are each limited on their own,
+which is what the one-time codes (TOTP) an admin can require are for.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -38,11 +46,13 @@ __all__ = [
     "current_engineer",
 ]
 
-#: Failed logins allowed per name within :data:`LOGIN_WINDOW`.
+#: Failed logins allowed per (name, source) within :data:`LOGIN_WINDOW`.
 LOGIN_FAILURE_LIMIT = 5
+#: Failed logins allowed per source, whatever the names, within :data:`LOGIN_WINDOW`.
+SOURCE_FAILURE_LIMIT = 20
 LOGIN_WINDOW = timedelta(minutes=5)
-#: Names whose failures are remembered at once (oldest forgotten first).
-_MAX_TRACKED_NAMES = 10_000
+#: Clients whose failures are remembered at once (oldest forgotten first).
+_MAX_TRACKED = 10_000
 
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
@@ -54,51 +64,65 @@ bearer = HTTPBearer(
 
 
 class LoginLimiter:
-    """Counts failed logins per engineer name in a sliding window (in memory)."""
+    """Counts failed logins per (name, source) and per source in a sliding window (in memory)."""
 
     def __init__(
         self,
         clock: Clock,
         *,
         limit: int = LOGIN_FAILURE_LIMIT,
+        source_limit: int = SOURCE_FAILURE_LIMIT,
         window: timedelta = LOGIN_WINDOW,
     ) -> None:
-        """Allow ``limit`` failures per name within ``window``, timed by ``clock``."""
+        """Allow ``limit`` failures per (name, source) and ``source_limit`` per source."""
         self._clock = clock
         self._limit = limit
+        self._source_limit = source_limit
         self._window = window
-        self._failures: OrderedDict[str, deque[datetime]] = OrderedDict()
+        self._pairs: OrderedDict[tuple[str, str], deque[datetime]] = OrderedDict()
+        self._sources: OrderedDict[str, deque[tuple[datetime, str]]] = OrderedDict()
 
-    def _recent(self, name: str, now: datetime) -> deque[datetime]:
-        failures = self._failures.get(name, deque())
-        while failures and failures[0] <= now - self._window:
-            failures.popleft()
-        if not failures:
-            self._failures.pop(name, None)
-        return failures
+    def _fresh(self, times: deque[Any], now: datetime, at: Callable[[Any], datetime]) -> None:
+        while times and at(times[0]) <= now - self._window:
+            times.popleft()
 
-    def retry_after(self, name: str) -> int | None:
-        """Seconds until ``name`` may try again, or ``None`` if it may try now."""
+    def _wait(self, oldest: datetime, now: datetime) -> int:
+        return max(1, math.ceil((oldest + self._window - now).total_seconds()))
+
+    def retry_after(self, name: str, source: str) -> tuple[int, str] | None:
+        """``(seconds, who is refused)`` until ``name`` may try from ``source``, or ``None``."""
         now = self._clock.now()
-        failures = self._recent(name, now)
-        if len(failures) < self._limit:
-            return None
-        wait = failures[-self._limit] + self._window - now
-        return max(1, math.ceil(wait.total_seconds()))
+        pair = self._pairs.get((name, source), deque())
+        self._fresh(pair, now, lambda t: t)
+        by_source = self._sources.get(source, deque())
+        self._fresh(by_source, now, lambda item: item[0])
+        if len(by_source) >= self._source_limit:
+            return self._wait(by_source[-self._source_limit][0], now), f"from {source}"
+        if len(pair) >= self._limit:
+            return self._wait(pair[-self._limit], now), f"for {name} from {source}"
+        return None
 
-    def failed(self, name: str) -> None:
-        """Count one failed login of ``name``."""
+    def failed(self, name: str, source: str) -> None:
+        """Count one failed (or not yet checked) login of ``name`` from ``source``."""
         now = self._clock.now()
-        failures = self._recent(name, now)
-        failures.append(now)
-        self._failures[name] = failures
-        self._failures.move_to_end(name)
-        while len(self._failures) > _MAX_TRACKED_NAMES:
-            self._failures.popitem(last=False)
+        self._pairs.setdefault((name, source), deque()).append(now)
+        self._pairs.move_to_end((name, source))
+        self._sources.setdefault(source, deque()).append((now, name))
+        self._sources.move_to_end(source)
+        for table in (self._pairs, self._sources):
+            while len(table) > _MAX_TRACKED:
+                table.popitem(last=False)
 
-    def succeeded(self, name: str) -> None:
-        """Forget the failures of ``name`` after a successful login."""
-        self._failures.pop(name, None)
+    def succeeded(self, name: str, source: str) -> None:
+        """Forget the failures of ``name`` from ``source`` after a successful login."""
+        self._pairs.pop((name, source), None)
+        by_source = self._sources.get(source)
+        if by_source is not None:
+            kept = deque(item for item in by_source if item[1] != name)
+            if kept:
+                self._sources[source] = kept
+            else:
+                del self._sources[source]
 
 
 @dataclass

@@ -15,8 +15,11 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tether.keys import SERIAL_PATTERN
+
 NAME = r"^[a-z][a-z0-9._-]{0,31}$"
-SERIAL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+#: Any case; the service stores and answers the canonical (upper-case) form.
+SERIAL = SERIAL_PATTERN
 
 
 class Strict(BaseModel):
@@ -111,6 +114,12 @@ class RevokeRequest(Strict):
 class Case(Strict):
     id: int
     serial: str
+    machine_key: str = Field(description="SHA256 fingerprint of the machine key that asked")
+    machine: str = Field(
+        description="known: the serial is bound to this machine key; new: no machine is bound "
+        "yet (approving binds it to this key); other: bound to another machine key "
+        "(re-bind a replaced machine first)"
+    )
     description: str
     status: str = Field(description="pending | issued | denied | cancelled")
     created_at: datetime

@@ -19,6 +19,7 @@ from tether.vendor_service.api_credentials import Passwords
 from tether.vendor_service.api_errors import ERROR_RESPONSES, install_error_handlers
 from tether.vendor_service.authority import Authority
 from tether.vendor_service.console import mount_console
+from tether.webui.security import MAX_REQUEST_BODY, install_trusted_proxies
 
 
 def _relay_host_key_line(authority: Authority) -> str:
@@ -40,6 +41,9 @@ def create_app(
 ) -> FastAPI:
     """Build the vendor API around ``authority`` (its config, store and keys).
 
+    Every route, the console's included, reads at most
+    :data:`~tether.webui.security.MAX_REQUEST_BODY` of a request body (413 beyond).
+
     :param clock: the time used for sessions, logins and decisions.
     :param seal_key: opens sealed support passwords; ``None``: reveals answer 503.
     :param passwords: the argon2 hasher (argon2-cffi's defaults when ``None``).
@@ -56,6 +60,7 @@ def create_app(
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
         responses=ERROR_RESPONSES,
+        max_body_size=MAX_REQUEST_BODY,
     )
     app.state.tether = ApiContext(
         authority=authority,
@@ -69,4 +74,5 @@ def create_app(
     app.include_router(api_router)
     app.include_router(admin_router)
     mount_console(app)
+    install_trusted_proxies(app, authority.config.trusted_proxies)  # last: runs first
     return app

@@ -24,7 +24,15 @@ from tether.certs import EngineerCertificate, sign_engineer_certificate
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import VendorConfig, toml_string
 from tether.errors import BadInput, NotReady, Refused
-from tether.keys import KeyKind, SigningKey, TetherKeyClaims, check_ports, issue_key, parse_address
+from tether.keys import (
+    KeyKind,
+    SigningKey,
+    TetherKeyClaims,
+    check_ports,
+    check_serial,
+    issue_key,
+    parse_address,
+)
 from tether.seal import SealPrivateKey
 from tether.sshlib import asyncssh
 from tether.store import (
@@ -32,6 +40,7 @@ from tether.store import (
     CaseStatus,
     ChainReport,
     IssuedKey,
+    MachineRecord,
     Store,
     StoreError,
     sqlite_url,
@@ -59,6 +68,14 @@ def _write_public(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
+
+
+def case_machine(case_machine_key: str, bound: MachineRecord | None) -> str:
+    """Whether approving a case serves the machine its serial is bound to ("known"),
+    binds the serial to a machine for the first time ("new"), or would hand a key to a
+    different machine than the bound one ("other": re-bind a replaced machine first)."""
+    owner = bound.machine_key if bound is not None else None
+    return "new" if owner is None else "known" if owner == case_machine_key else "other"
 
 
 @dataclass(frozen=True)
@@ -141,7 +158,8 @@ def _create_files(
             f"database = {toml_string(database)}\n"
             f"relay = {toml_string(relay)}\n"
             '# One-click requests: "hold" (default) waits for an engineer to approve;\n'
-            '# "auto" issues a key to any machine that asks — only behind other controls.\n'
+            '# "auto" issues a key at once to a machine already bound to its serial (by an\n'
+            "# earlier key); a request for an unbound serial still waits for an engineer.\n"
             '# request_policy = "hold"\n'
             '# request_key_lifetime = "21d"\n'
         ).encode(),
@@ -322,14 +340,38 @@ class Authority:
         """Issue a ``request`` key for a pending case and hand it to the waiting machine.
 
         The key is valid for ``request_key_lifetime`` and carries the case's description.
-        Unknown case: :class:`BadInput`; already decided: :class:`Refused`. If another
-        decider wins the race after the key was signed, the key is revoked again.
+        A request never binds its serial by itself, so who decides matters:
+
+        * a person (``by`` an engineer's name) approves the case for the machine key it
+          names, having seen its fingerprint: an unbound serial is bound to that machine
+          key here, so the key works on that machine only;
+        * the auto-approver (:data:`AUTO_APPROVER`) serves only a serial already bound to
+          the requesting machine key (by an earlier key's first use or approval); any
+          other case is left to a person (:class:`Refused`, the case stays pending).
+
+        A serial bound to another machine key: :class:`Refused` (an admin re-binds a
+        replaced machine first). Unknown case: :class:`BadInput`; already decided:
+        :class:`Refused`. If another decider wins the race after the key was signed, the
+        key is revoked again.
         """
         case = await self.store.cases.get(case_id)
         if case is None:
             raise BadInput(f"no case {case_id}")
         if case.status is not CaseStatus.PENDING:
             raise Refused(f"case {case_id} is already {case.status.value}; it can no longer change")
+        bound = await self.store.machines.get(case.serial)
+        owner = bound.machine_key if bound is not None else None
+        if owner is not None and owner != case.machine_key:
+            raise Refused(
+                f"serial {case.serial} is bound to another machine ({owner}), but case "
+                f"{case_id} came from {case.machine_key}: if the machine was replaced, re-bind "
+                f"it first (`tether vendor machine rebind {case.serial}`), otherwise deny the case"
+            )
+        if by == AUTO_APPROVER and owner is None:
+            raise Refused(
+                f"serial {case.serial} is not bound to a machine yet: case {case_id} waits for "
+                "an engineer, who approves it for the machine key it names"
+            )
         token, claims = await self.issue_key(
             case.serial,
             lifetime=self.config.request_key_lifetime,
@@ -346,9 +388,19 @@ class Authority:
                 claims.key_id, reason=f"case {case_id} was decided by someone else", by=by
             )
             raise
+        if owner is None:
+            await self.store.machines.bind_first_use(
+                case.serial, case.machine_key, self.clock.now()
+            )
+            log.event(logger, "machine.bound", serial=case.serial, machine=case.machine_key, by=by)
         log.event(logger, "case.approved", case=case_id, serial=case.serial, by=by)
         await self.record(
-            "case.approved", case_id=case_id, serial=case.serial, key_id=claims.key_id, by=by
+            "case.approved",
+            case_id=case_id,
+            serial=case.serial,
+            key_id=claims.key_id,
+            machine=case.machine_key,
+            by=by,
         )
         return decided
 
@@ -365,10 +417,11 @@ class Authority:
         return decided
 
     async def rebind_machine(self, serial: str, *, by: str, reason: str) -> None:
-        """Forget the machine key bound to ``serial``: the next request binds anew.
+        """Forget the machine key bound to ``serial``: the next approved case or key binds anew.
 
-        Unknown serial: :class:`BadInput`.
+        Invalid or unknown serial: :class:`BadInput`.
         """
+        serial = check_serial(serial)
         await self.store.machines.rebind(serial, by=by, now=self.clock.now())
         log.event(logger, "machine.rebound", serial=serial, by=by)
         await self.record("machine.rebound", serial=serial, by=by, reason=reason)

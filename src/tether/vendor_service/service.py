@@ -4,8 +4,9 @@
 :meth:`~VendorService.serve` / :meth:`~VendorService.aclose` out. It runs uvicorn
 in-process on a socket it binds itself (so port 0 works and :attr:`url` names the
 port the OS picked), and next to it a task that every half second looks at pending
-one-click cases: under ``request_policy = "auto"`` each gets a key at once (issued
-by ``auto-approve``); under ``"hold"`` they wait for an engineer. Expired API
+one-click cases: under ``request_policy = "auto"`` a case from the machine its serial is
+bound to gets a key at once (issued by ``auto-approve``); every other case, and every
+case under ``"hold"``, waits for an engineer. Expired API
 sessions are purged once a minute.
 """
 
@@ -183,15 +184,23 @@ class VendorService:
             await asyncio.sleep(POLICY_INTERVAL)
 
     async def process_pending(self) -> int:
-        """Under the ``auto`` policy, issue a key for every pending case; return how many.
+        """Under the ``auto`` policy, issue keys for pending cases; return how many.
 
-        A case that cannot be served (e.g. a serial no key can name) is denied with the
-        reason; a case someone else decided meanwhile is left alone.
+        Only a case whose serial is already bound to the machine key that asked is
+        served: a request never binds a serial by itself, so a case for an unbound serial
+        (or one bound to another machine) waits for an engineer. A case that cannot be
+        served (e.g. a serial no key can name) is denied with the reason; a case someone
+        else decided meanwhile is left alone.
         """
         if self.config.request_policy != RequestPolicy.AUTO:
             return 0
+        pending = await self.store.cases.list(status=CaseStatus.PENDING)
+        bound = await self.store.machines.get_many(c.serial for c in pending)
         issued = 0
-        for case in reversed(await self.store.cases.list(status=CaseStatus.PENDING)):
+        for case in reversed(pending):
+            owner = bound.get(case.serial)
+            if owner is None or owner.machine_key != case.machine_key:
+                continue
             try:
                 await self.authority.approve_case(case.id, by=AUTO_APPROVER)
                 issued += 1

@@ -8,6 +8,10 @@
   without a valid token is refused with 403 before it changes anything.
 * Responses forbid framing, sniffing, caching and every foreign origin (CSP
   ``default-src 'self'``): the pages only ever load their own vendored assets.
+* No request body is read beyond :data:`MAX_REQUEST_BODY` (413): both apps are built
+  with FastAPI's ``max_body_size``, which refuses a larger ``Content-Length`` before
+  reading anything and counts the bytes of a body without one as they arrive, on every
+  route, so no client can make a page hold more than that per request.
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 from starlette.templating import Jinja2Templates
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from tether.errors import NotReady
 from tether.keys import format_address
 from tether.webui import TEMPLATES_DIR
+
+#: The largest request body either page reads (bytes): forms and JSON of a few KiB.
+MAX_REQUEST_BODY = 1024 * 1024
 
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "X-CSRF-Token"
@@ -88,6 +96,19 @@ def install_security_headers(app: FastAPI, prefix: str = "/") -> None:
         return response
 
 
+def install_trusted_proxies(app: FastAPI, proxies: Iterable[str]) -> None:
+    """Believe ``X-Forwarded-For`` from ``proxies`` (addresses / networks) only.
+
+    A request arriving from one of them is attributed to the client the header names
+    (uvicorn's proxy-headers middleware: the nearest address that is not itself a
+    trusted proxy); from anywhere else the header is ignored. Call it after every other
+    middleware of ``app``, so that it runs first and all of them see the real client.
+    """
+    trusted = [str(network) for network in parse_networks(proxies)]
+    if trusted:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted)
+
+
 def parse_networks(
     texts: Iterable[str],
 ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -118,6 +139,21 @@ def is_loopback(host: str | None) -> bool:
         return host is not None and ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def from_the_machine(
+    source: str | None,
+    host_header: str | None,
+    proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+) -> bool:
+    """Whether a request from ``source`` is the machine itself: loopback, not a proxy.
+
+    A proxy or carrier on loopback (``proxies``) forwards clients from elsewhere; and a
+    page on loopback answers the machine only under a loopback name (see
+    :func:`loopback_host_header`).
+    """
+    via_proxy = bool(proxies) and client_allowed(source, proxies)
+    return is_loopback(source) and not via_proxy and loopback_host_header(host_header)
 
 
 def loopback_host_header(value: str | None) -> bool:

@@ -44,7 +44,7 @@ async def test_chains_are_independent(store: Store) -> None:
     await _fill(store, "vendor", 2)
     await _fill(store, "relay:r1", 3)
 
-    assert await store.audit.chains() == ["relay:r1", "vendor"]
+    assert await store.audit.chains() == ["anchors", "relay:r1", "vendor"]
     assert [e.seq for e in (await store.audit.read("relay:r1")).entries] == [1, 2, 3]
     assert (await store.audit.read("relay:nobody")).verification.ok
 
@@ -106,12 +106,23 @@ async def test_deleting_one_row_is_detected_and_named(store: Store) -> None:
     assert "entry 4 is missing" in result.problems[0].message
 
 
+async def _id(store: Store, chain: str, seq: int) -> int:
+    async with store._db.read("looking") as session:
+        found = await session.scalar(
+            text("SELECT id FROM audit_events WHERE chain = :c AND seq = :s"),
+            {"c": chain, "s": seq},
+        )
+    assert isinstance(found, int)
+    return found
+
+
 async def test_swapping_two_rows_is_detected_and_named(store: Store) -> None:
     await _fill(store)
     # Swap the write order of entries 2 and 3 (their ids), as if the rows traded places.
-    await _sql(store, "UPDATE audit_events SET id = 1000 WHERE chain = 'vendor' AND seq = 2")
-    await _sql(store, "UPDATE audit_events SET id = 2 WHERE chain = 'vendor' AND seq = 3")
-    await _sql(store, "UPDATE audit_events SET id = 3 WHERE chain = 'vendor' AND seq = 2")
+    two, three = await _id(store, "vendor", 2), await _id(store, "vendor", 3)
+    await _sql(store, "UPDATE audit_events SET id = -1 WHERE id = :i", i=two)
+    await _sql(store, "UPDATE audit_events SET id = :n WHERE id = :i", n=two, i=three)
+    await _sql(store, "UPDATE audit_events SET id = :n WHERE id = -1", n=three)
 
     result = (await store.audit.read("vendor")).verification
 
@@ -153,11 +164,78 @@ async def test_a_rewritten_chain_is_caught_by_an_earlier_head(store: Store) -> N
     head = (await store.audit.read("vendor")).verification
     await _sql(store, "DELETE FROM audit_events WHERE chain = 'vendor' AND seq = 4")
 
-    alone = await store.audit.read("vendor")
     against = await store.audit.read("vendor", expected_head=(head.head_seq, head.head))
 
-    assert alone.verification.ok
     assert [(p.kind, p.seq) for p in against.verification.problems] == [("truncated", 4)]
+
+
+async def test_removing_the_newest_rows_is_detected_and_their_numbers_never_reused(
+    store: Store,
+) -> None:
+    """Security review, defect 22: deleting a chain's newest rows left it "intact"."""
+    await _fill(store, n=6)
+    await _sql(store, "DELETE FROM audit_events WHERE chain = 'vendor' AND seq > 4")
+
+    cut = (await store.audit.read("vendor")).verification
+    await store.audit.append("vendor", "test.after", now=T0)
+    report = await store.audit.read("vendor")
+
+    assert [(p.kind, p.seq) for p in cut.problems] == [("truncated", 5)]
+    assert "entries 5 to 6 were removed from the end" in cut.problems[0].message
+    assert [e.seq for e in report.entries] == [1, 2, 3, 4, 7]  # 5 and 6 are not reused
+    assert [(p.kind, p.seq) for p in report.verification.problems] == [("missing", 5)]
+    assert "entries 5 to 6 are missing" in report.verification.problems[0].message
+
+
+async def test_removing_every_row_of_a_chain_is_detected(store: Store) -> None:
+    await _fill(store, "relay:r1", 3)
+    await _sql(store, "DELETE FROM audit_events WHERE chain = 'relay:r1'")
+
+    assert "relay:r1" in await store.audit.chains()
+    problems = (await store.audit.read("relay:r1")).verification.problems
+    assert [(p.kind, p.seq) for p in problems] == [("truncated", 1)]
+    assert "entries 1 to 3 were removed" in problems[0].message
+
+
+async def test_removing_the_newest_anchors_is_detected_in_both_chains(store: Store) -> None:
+    await _fill(store, "vendor", 3)
+    await _fill(store, "relay:r1", 2)
+    await _fill(store, "vendor", 2)  # vendor 4 and 5: the newest two anchors
+    await _sql(store, "DELETE FROM audit_events WHERE chain = 'anchors' AND seq > 5")
+
+    anchors = (await store.audit.read("anchors")).verification
+    vendor = (await store.audit.read("vendor")).verification
+    relay = (await store.audit.read("relay:r1")).verification
+    await store.audit.append("vendor", "test.after", now=T0)  # does not heal it
+    later = (await store.audit.read("vendor")).verification
+
+    assert [(p.kind, p.seq) for p in anchors.problems] == [("unanchored", 4)]
+    assert (
+        "entries 4 to 5 of chain vendor (the newest) have no anchor" in anchors.problems[0].message
+    )
+    assert [(p.kind, p.seq) for p in vendor.problems] == [("unanchored", 4)]
+    assert relay.ok
+    assert [(p.kind, p.seq) for p in later.problems] == [("unanchored", 4)]
+    assert "entries 4 to 5 have no anchor" in later.problems[0].message
+
+
+async def test_a_writer_remembers_its_head_even_if_chain_and_anchors_are_cut(
+    store: Store,
+) -> None:
+    await _fill(store, "vendor", 4)
+    # Both records of entries 3 and 4 go: the chain's rows and the anchors naming them.
+    await _sql(store, "DELETE FROM audit_events WHERE chain = 'vendor' AND seq > 2")
+    await _sql(store, "DELETE FROM audit_events WHERE chain = 'anchors' AND seq > 2")
+
+    await store.audit.append("vendor", "test.after", now=T0)  # the same process writes on
+    report = (await store.audit.read("vendor")).verification
+
+    assert [(p.kind, p.seq) for p in report.problems] == [("missing", 3), ("unanchored", 3)]
+
+
+async def test_the_anchors_chain_is_the_stores_own(store: Store) -> None:
+    with pytest.raises(ValueError, match="written by the store itself"):
+        await store.audit.append("anchors", "audit.anchored", now=T0, chain="vendor")
 
 
 async def test_concurrent_writers_on_several_stores_never_fork_the_chain(

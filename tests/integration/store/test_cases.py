@@ -16,7 +16,7 @@ from .helpers import T0, issue
 async def test_first_use_binds_then_same_machine_then_other_machine(store: Store) -> None:
     first = await store.machines.bind_first_use("SN-1", "SHA256:machine-a", T0)
     assert (first.serial, first.machine_key, first.first_seen_at) == (
-        "sn-1",  # serials are bound case-insensitively: OpenSSH lower-cases host names
+        "SN-1",  # serials are stored in their canonical (upper-case) form
         "SHA256:machine-a",
         T0,
     )
@@ -28,7 +28,8 @@ async def test_first_use_binds_then_same_machine_then_other_machine(store: Store
     assert other.machine_key == "SHA256:machine-a"
     assert await store.machines.get("SN-1") == first
     assert await store.machines.get("SN-2") is None
-    assert await store.machines.get("sn-1") == first
+    assert await store.machines.get("sn-1") == first  # one machine, however it is spelt
+    assert await store.machines.get_many(["sn-1", "SN-2"]) == {"SN-1": first}
 
 
 async def test_rebind_forgets_the_key_and_the_next_machine_binds(store: Store) -> None:
@@ -42,7 +43,7 @@ async def test_rebind_forgets_the_key_and_the_next_machine_binds(store: Store) -
     bound = await store.machines.bind_first_use("SN-1", "SHA256:machine-b", later)
     assert bound.machine_key == "SHA256:machine-b"
     assert bound.first_seen_at == later
-    with pytest.raises(BadInput, match="no machine with serial 'SN-9'"):
+    with pytest.raises(BadInput, match="no machine is bound to serial 'SN-9'"):
         await store.machines.rebind("SN-9", by="alice", now=later)
 
 

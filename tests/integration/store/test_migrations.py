@@ -118,3 +118,52 @@ async def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(tmp_path
         )
 
     assert await _run(url, pragmas) == ("wal", 5000, 1)
+
+
+async def test_serials_become_canonical_and_look_alike_rows_go(
+    store: Store, store_url: str
+) -> None:
+    """Rows written before serials had one form (defect 21) are upper-cased by 0005."""
+    await store.downgrade("0004")
+    await issue(store, "k1", "ACME-1")
+
+    def old_rows(conn: Connection) -> None:
+        conn.execute(text("UPDATE issued_keys SET serial = 'acme-1'"))  # as typed, back then
+        for serial, key in (("acme-1", "SHA256:a"), ("acme-2", "SHA256:b"), ("Acme-2", "SHA256:c")):
+            conn.execute(
+                text(
+                    "INSERT INTO machines (serial, machine_key, first_seen_at) VALUES (:s, :m, :t)"
+                ),
+                {"s": serial, "m": key, "t": T0.replace(tzinfo=None)},
+            )
+        for serial, relay in (("ACME-3", "relay-a"), ("acme-3", "relay-b")):
+            conn.execute(
+                text(
+                    "INSERT INTO tethers (serial, key_id, relay_id, relay_address, machine_key, "
+                    "connected_at, last_seen_at) VALUES (:s, 'k1', :r, '', 'SHA256:a', :t, :t)"
+                ),
+                {"s": serial, "r": relay, "t": T0.replace(tzinfo=None)},
+            )
+
+    await _run(store_url, old_rows)
+    await store.upgrade()
+    key = await store.keys.get("k1")
+    assert key is not None
+    assert key.serial == "ACME-1"
+    one = await store.machines.get("ACME-1")
+    assert one is not None
+    assert one.machine_key == "SHA256:a"
+    assert set(await store.machines.get_many(["ACME-1", "ACME-2"])) == {"ACME-1", "ACME-2"}
+    assert [(t.serial, t.relay_id) for t in await store.tethers.list()] == [("ACME-3", "relay-a")]
+
+
+async def test_chains_written_before_anchors_get_one_and_verify(store: Store) -> None:
+    """0006 anchors the chains of an older Tether, so they do not read as unanchored."""
+    await store.audit.append("vendor", "key.issued", now=T0, key_id="k1")
+    await store.audit.append("relay:r1", "tether.up", now=T0, serial="S1")
+    await store.downgrade("0005")  # no anchors: as an older Tether wrote them
+    await store.upgrade()
+
+    for chain in ("vendor", "relay:r1", "anchors"):
+        assert (await store.audit.read(chain)).verification.ok, chain
+    assert len((await store.audit.read("anchors")).entries) == 2

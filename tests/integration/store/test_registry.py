@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 
+from tether.errors import BadInput
 from tether.store import Store, StoreError, TetherRecord
 
 from .helpers import T0, issue
@@ -30,6 +31,24 @@ async def test_register_get_list(store: Store) -> None:
     assert await store.tethers.get("SN-2") is None
     await _register(store, "SN-0", "relay-b")
     assert [t.serial for t in await store.tethers.list()] == ["SN-0", "SN-1"]
+
+
+async def test_a_look_alike_serial_is_the_same_row_or_refused(store: Store) -> None:
+    """Security review, defect 21: ``sn-1`` or ``SN-1.`` cannot be a second machine."""
+    await issue(store)
+    await _register(store, "SN-1", "relay-a")
+    await _register(store, "sn-1", "relay-b", now=T0 + timedelta(seconds=1))
+    (only,) = await store.tethers.list()
+    assert (only.serial, only.relay_id) == ("SN-1", "relay-b")
+    assert await store.tethers.get("Sn-1") == only
+    with pytest.raises(BadInput, match=r"invalid serial 'SN-1\.'"):
+        await _register(store, "SN-1.", "relay-c")
+    case = await store.cases.open(serial="sn-1", machine_key="SHA256:m", description="x", now=T0)
+    assert case.serial == "SN-1"
+    with pytest.raises(BadInput, match=r"invalid serial 'SN-1\.'"):
+        await store.cases.open(serial="SN-1.", machine_key="SHA256:m", description="x", now=T0)
+    assert [c.serial for c in await store.cases.list()] == ["SN-1"]
+    assert [k.key_id for k in await store.keys.list(serial="sn-1")] == ["k1"]
 
 
 async def test_reconnect_replaces_the_row(store: Store) -> None:

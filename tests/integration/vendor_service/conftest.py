@@ -43,6 +43,12 @@ class Api:
     clock: FrozenClock
     config: VendorConfig
     seal_key: SealPrivateKey
+    app: Any = None
+
+    def client_from(self, address: str) -> httpx.AsyncClient:
+        """Another client of the same API, connecting from ``address``."""
+        transport = httpx.ASGITransport(app=self.app, client=(address, 50000))
+        return httpx.AsyncClient(transport=transport, base_url="http://vendor.test")
 
     async def add_engineer(
         self, name: str, *, admin: bool = False, password: str | None = PASSWORD
@@ -114,7 +120,7 @@ async def api(vendor_config: VendorConfig, policy: RequestPolicy) -> AsyncIterat
         )
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://vendor.test") as client:
-            harness = Api(client, store, authority, clock, config, seal_key)
+            harness = Api(client, store, authority, clock, config, seal_key, app)
             await harness.add_engineer(ADMIN, admin=True)
             yield harness
     finally:

@@ -11,22 +11,29 @@ from tether.store import CaseStatus
 from .conftest import ADMIN, Api
 
 
-async def _open(api: Api, serial: str = "ACME-7", description: str = "disk full") -> int:
+async def _open(
+    api: Api,
+    serial: str = "ACME-7",
+    description: str = "disk full",
+    machine_key: str = "SHA256:machine",
+) -> int:
     case = await api.store.cases.open(
-        serial=serial, machine_key="SHA256:machine", description=description, now=api.clock.now()
+        serial=serial, machine_key=machine_key, description=description, now=api.clock.now()
     )
     return case.id
 
 
-async def test_list_newest_first_without_machine_key_or_key_text(api: Api) -> None:
+async def test_list_newest_first_with_the_machine_fingerprint_but_no_key_text(api: Api) -> None:
     first = await _open(api, description="first")
-    second = await _open(api, "ACME-8", "second")
+    second = await _open(api, "acme-8", "second")
     await api.add_engineer("alice")
     listed = (await api.client.get("/api/cases", headers=await api.headers("alice"))).json()
     assert [c["id"] for c in listed] == [second, first]
     assert listed[0] == {
         "id": second,
         "serial": "ACME-8",
+        "machine_key": "SHA256:machine",
+        "machine": "new",
         "description": "second",
         "status": "pending",
         "created_at": listed[0]["created_at"],
@@ -44,6 +51,11 @@ async def test_engineer_approves_a_case_and_a_request_key_is_issued(api: Api) ->
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["status"], body["decided_by"]) == ("issued", "alice")
+    # The engineer approved it for the machine key it names: that binds the serial.
+    assert (body["machine_key"], body["machine"]) == ("SHA256:machine", "known")
+    owner = await api.store.machines.get("ACME-7")
+    assert owner is not None
+    assert owner.machine_key == "SHA256:machine"
     stored = await api.store.cases.get(case_id)
     assert stored is not None
     assert stored.key_text is not None
@@ -60,7 +72,13 @@ async def test_engineer_approves_a_case_and_a_request_key_is_issued(api: Api) ->
     assert key is not None
     assert (key.description, key.issued_by) == ("printer on fire", "alice")
     assert await api.events("case.approved") == [
-        {"case_id": case_id, "serial": "ACME-7", "key_id": claims.key_id, "by": "alice"}
+        {
+            "case_id": case_id,
+            "serial": "ACME-7",
+            "key_id": claims.key_id,
+            "machine": "SHA256:machine",
+            "by": "alice",
+        }
     ]
     again = await api.client.post(f"/api/cases/{case_id}/approve", headers=headers)
     assert again.status_code == 409
@@ -135,3 +153,23 @@ async def test_cases_need_a_session(api: Api) -> None:
     assert (await api.client.get("/api/cases")).status_code == 401
     assert (await api.client.post(f"/api/cases/{case_id}/approve")).status_code == 401
     assert (await api.client.post(f"/api/cases/{case_id}/deny")).status_code == 401
+
+
+async def test_a_case_from_another_machine_than_the_bound_one_is_not_approved(api: Api) -> None:
+    """Approving never hands a bound serial's key to a different machine key."""
+    await api.store.machines.bind_first_use("ACME-7", "SHA256:real", api.clock.now())
+    case_id = await _open(api, machine_key="SHA256:impostor")
+    await api.add_engineer("alice")
+    headers = await api.headers("alice")
+    listed = (await api.client.get("/api/cases", headers=headers)).json()
+    assert (listed[0]["machine_key"], listed[0]["machine"]) == ("SHA256:impostor", "other")
+    response = await api.client.post(f"/api/cases/{case_id}/approve", headers=headers)
+    assert response.status_code == 409
+    assert response.json()["detail"].startswith(
+        "serial ACME-7 is bound to another machine (SHA256:real), but case "
+        f"{case_id} came from SHA256:impostor: if the machine was replaced, re-bind it first"
+    )
+    stored = await api.store.cases.get(case_id)
+    assert stored is not None
+    assert (stored.status, stored.key_text) == (CaseStatus.PENDING, None)
+    assert await api.store.keys.list() == []

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import dataclasses
+from datetime import UTC, datetime, timedelta
 
+import httpx
 import pyotp
 
-from tether.vendor_service.api_credentials import TOKEN_LIFETIME, token_hash
+from tether.clock import FrozenClock
+from tether.config import VendorConfig
+from tether.store import Store
+from tether.vendor_service.api_auth import SOURCE_FAILURE_LIMIT
+from tether.vendor_service.api_credentials import TOKEN_LIFETIME, Passwords, token_hash
+from tether.vendor_service.app import create_app
+from tether.vendor_service.authority import Authority
 
-from .conftest import ADMIN, PASSWORD, Api
+from .conftest import ADMIN, FAST_HASHER, PASSWORD, Api
 
 
 async def test_login_me_logout(api: Api) -> None:
@@ -79,6 +87,59 @@ async def test_five_failures_per_name_then_429_with_retry_after(api: Api) -> Non
     assert still.headers["retry-after"] == "60"
     api.clock.advance(timedelta(minutes=1))
     await api.login("alice")
+
+
+async def test_a_stranger_cannot_lock_an_admin_out_with_five_requests(api: Api) -> None:
+    """Security review, defect 19: the limit per name alone locked the admin out for 300 s."""
+    async with api.client_from("203.0.113.9") as stranger, api.client_from("198.51.100.7") as boss:
+        for _ in range(5):
+            guess = await stranger.post("/api/login", json={"name": ADMIN, "password": "guess"})
+            assert guess.status_code == 401
+        locked = await stranger.post("/api/login", json={"name": ADMIN, "password": PASSWORD})
+        assert locked.status_code == 429
+        assert "too many failed logins for boss from 203.0.113.9" in locked.json()["detail"]
+        mine = await boss.post("/api/login", json={"name": ADMIN, "password": PASSWORD})
+        assert mine.status_code == 200, mine.text
+
+
+async def test_one_source_guessing_many_names_is_limited_too(api: Api) -> None:
+    async with api.client_from("203.0.113.10") as sprayer:
+        for i in range(SOURCE_FAILURE_LIMIT):
+            guess = await sprayer.post("/api/login", json={"name": f"name{i}", "password": "x"})
+            assert guess.status_code == 401
+        limited = await sprayer.post("/api/login", json={"name": ADMIN, "password": PASSWORD})
+        assert limited.status_code == 429
+        assert "too many failed logins from 203.0.113.10" in limited.json()["detail"]
+    await api.login(ADMIN)  # from anywhere else: fine
+
+
+async def test_behind_a_trusted_proxy_the_forwarded_client_is_counted(
+    vendor_config: VendorConfig,
+) -> None:
+    config = dataclasses.replace(vendor_config, trusted_proxies=("10.9.0.1",))
+    async with await Store.open(config.database) as store:
+        authority = Authority(config, store, clock=FrozenClock(datetime.now(UTC)))
+        await store.engineers.add(
+            ADMIN, datetime.now(UTC), admin=True, password_hash=FAST_HASHER.hash(PASSWORD)
+        )
+        app = create_app(authority, seal_key=None, passwords=Passwords(FAST_HASHER))
+        transport = httpx.ASGITransport(app=app, client=("10.9.0.1", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://vendor.test") as proxy:
+            stranger = {"X-Forwarded-For": "203.0.113.9"}
+            for _ in range(5):
+                await proxy.post(
+                    "/api/login", json={"name": ADMIN, "password": "x"}, headers=stranger
+                )
+            locked = await proxy.post(
+                "/api/login", json={"name": ADMIN, "password": PASSWORD}, headers=stranger
+            )
+            assert locked.status_code == 429
+            boss = await proxy.post(
+                "/api/login",
+                json={"name": ADMIN, "password": PASSWORD},
+                headers={"X-Forwarded-For": "198.51.100.7"},
+            )
+            assert boss.status_code == 200, boss.text
 
 
 async def test_parallel_guesses_cannot_outrun_the_limit(api: Api) -> None:

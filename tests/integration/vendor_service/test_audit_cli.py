@@ -92,8 +92,13 @@ def test_intact_chains_verify_and_list_their_entries(data: Path) -> None:
             "reordered",
             "entry 3 (key.issued at",
         ),
+        (
+            "DELETE FROM audit_events WHERE chain = 'vendor' AND seq = 3",
+            "truncated",
+            "entry 3 was removed from the end of the log",
+        ),
     ],
-    ids=["edited", "removed", "reordered"],
+    ids=["edited", "removed", "reordered", "newest-removed"],
 )
 def test_tampering_fails_verify_and_names_the_event(
     data: Path, tampering: str, kind: str, words: str
@@ -113,6 +118,20 @@ def test_tampering_fails_verify_and_names_the_event(
     assert chains["vendor"]["verified"] is False
     assert [p["kind"] for p in chains["vendor"]["problems"]] == [kind]
     assert relay_only.returncode == 0
+
+
+def test_removing_the_newest_anchors_fails_verify_and_names_what_they_anchored(
+    data: Path,
+) -> None:
+    """Security review, defect 22: truncating any chain, the anchors included, is detected."""
+    _sql(data, "DELETE FROM audit_events WHERE chain = 'anchors' AND seq = 6")
+
+    shown = audit(data, "--verify")
+
+    assert shown.returncode == 1
+    assert "entry 3 of chain relay:r1 (the newest) has no anchor" in shown.stdout
+    assert "TAMPERED: entry 3 (the newest) has no anchor in chain anchors" in shown.stdout
+    assert "Audit chain vendor intact" in shown.stdout
 
 
 def test_listing_without_verify_exits_0_even_when_tampered(data: Path) -> None:

@@ -144,14 +144,19 @@ def test_machine_rebind_and_cases(data: Path) -> None:
         "vendor", "machine", "rebind", "ACME-1", "--reason", "x", "--data-dir", str(data)
     )
     assert unknown.returncode == 2
-    assert "no machine with serial 'ACME-1'" in unknown.stderr
+    assert "no machine is bound to serial 'ACME-1'" in unknown.stderr
+    lookalike = tether(
+        "vendor", "machine", "rebind", "ACME-1.", "--reason", "x", "--data-dir", str(data)
+    )
+    assert lookalike.returncode == 2
+    assert "invalid serial 'ACME-1.'" in lookalike.stderr
     now = datetime.now(UTC)
     _store_call(data, "machines.bind_first_use", "ACME-1", "SHA256:old", now)
     rebound = tether(
         "vendor",
         "machine",
         "rebind",
-        "ACME-1",
+        "acme-1",
         "--reason",
         "new mainboard",
         "--data-dir",
@@ -168,20 +173,21 @@ def test_machine_rebind_and_cases(data: Path) -> None:
     async def open_case() -> None:
         async with await Store.open(sqlite_url(data / "tether.db")) as store:
             await store.cases.open(
-                serial="ACME-1", machine_key="m", description="fan\nnoise", now=now
+                serial="ACME-1", machine_key="SHA256:m", description="fan\nnoise", now=now
             )
 
     asyncio.run(open_case())
     listed = tether("vendor", "cases", "--json", "--data-dir", str(data))
     assert listed.returncode == 0, listed.stderr
     (case,) = json.loads(listed.stdout)
-    assert (case["serial"], case["status"], case["description"]) == (
+    assert (case["serial"], case["machine_key"], case["status"], case["description"]) == (
         "ACME-1",
+        "SHA256:m",
         "pending",
         "fan\nnoise",
     )
     text = tether("vendor", "cases", "--status", "pending", "--data-dir", str(data))
-    assert "pending  ACME-1" in text.stdout
+    assert "pending  ACME-1  machine SHA256:m" in text.stdout
     assert "fan" in text.stdout
     none = tether("vendor", "cases", "--status", "issued", "--data-dir", str(data))
     assert none.stdout.strip() == "No cases."

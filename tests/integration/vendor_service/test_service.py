@@ -53,9 +53,11 @@ async def _until(check: Callable[[], Awaitable[CaseRecord | None]], timeout: flo
     raise AssertionError(f"the case was still pending after {timeout} s")
 
 
-async def _open_case(store: Store, serial: str = "ACME-1") -> CaseRecord:
+async def _open_case(
+    store: Store, serial: str = "ACME-1", machine_key: str = "SHA256:m"
+) -> CaseRecord:
     return await store.cases.open(
-        serial=serial, machine_key="SHA256:m", description="help", now=datetime.now(UTC)
+        serial=serial, machine_key=machine_key, description="help", now=datetime.now(UTC)
     )
 
 
@@ -77,6 +79,8 @@ async def test_http_on_port_zero_and_auto_policy_issues_within_a_second(
             assert (await client.get("/openapi.json")).status_code == 200
             assert (await client.get("/docs")).status_code == 404
 
+            # The machine's serial was bound when it first used a key the vendor issued.
+            await store.machines.bind_first_use("ACME-1", "SHA256:m", datetime.now(UTC))
             started = time.monotonic()
             case = await _open_case(store)
             decided = await _until(lambda: store.cases.get(case.id), timeout=5)
@@ -97,13 +101,27 @@ async def test_http_on_port_zero_and_auto_policy_issues_within_a_second(
             assert listed[0]["status"] == "issued"
 
 
-async def test_auto_policy_denies_a_case_no_key_can_name(vendor_config: VendorConfig) -> None:
-    async with running(vendor_config, RequestPolicy.AUTO) as (_, store):
-        case = await _open_case(store, serial="not a serial!")
-        decided = await _until(lambda: store.cases.get(case.id), timeout=5)
-        assert decided.status is CaseStatus.DENIED
-        assert decided.deny_reason is not None
-        assert "invalid serial" in decided.deny_reason
+async def test_auto_policy_serves_only_a_machine_already_bound_to_its_serial(
+    vendor_config: VendorConfig,
+) -> None:
+    """A request never binds a serial; under ``auto`` an unbound serial waits for a person."""
+    async with running(vendor_config, RequestPolicy.AUTO) as (service, store):
+        await store.machines.bind_first_use("ACME-1", "SHA256:real", datetime.now(UTC))
+        stranger = await _open_case(store, "ACME-2", machine_key="SHA256:stranger")
+        impostor = await _open_case(store, "ACME-1", machine_key="SHA256:impostor")
+        known = await _open_case(store, "ACME-1", machine_key="SHA256:real")
+        decided = await _until(lambda: store.cases.get(known.id), timeout=5)
+        assert decided.status is CaseStatus.ISSUED
+        assert await service.process_pending() == 0  # one more round serves neither
+        for waiting in (stranger, impostor):
+            still = await store.cases.get(waiting.id)
+            assert still is not None
+            assert (still.status, still.key_text) == (CaseStatus.PENDING, None)
+        # Nothing was bound by asking: the unknown serial is still free for its real owner.
+        assert await store.machines.get("ACME-2") is None
+        owner = await store.machines.get("ACME-1")
+        assert owner is not None
+        assert owner.machine_key == "SHA256:real"
 
 
 async def test_hold_policy_waits_for_an_engineer(vendor_config: VendorConfig) -> None:

@@ -6,10 +6,12 @@ uses (:class:`~tether.agent.access.AccessManager`, the daemon's reconcile), and 
 page shows state in the CLI's words (:func:`tether.agent.status.describe_access`,
 :meth:`~tether.agent.status.TunnelStatus.describe`).
 
-Order of checks on every request: the client address against ``[web]
-allowed_clients`` (403, nothing else happens); then the session; then, for a POST, the
-CSRF token (403, nothing changed). Errors a customer can cause (a bad key, a missing
-prerequisite) are shown in plain words next to the field, never as a trace.
+Order of checks on every request: the client address (the one a trusted proxy names,
+``[web] trusted_proxies``) against ``[web] allowed_clients`` (403, nothing else
+happens); then the session; then, for a POST, the CSRF token (403, nothing changed).
+Logins are throttled per browser or source (:mod:`tether.agent.web.auth`). Errors a
+customer can cause (a bad key, a missing prerequisite) are shown in plain words next to
+the field, never as a trace.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from tether import log
 from tether.agent.access import PasswordChoice
 from tether.agent.machine.sessions import end_session, list_sessions
 from tether.agent.state import AccessMode, CloseReason
-from tether.agent.web.auth import AdminPassword, Session, Sessions, Throttle
+from tether.agent.web.auth import AdminPassword, DeviceCookies, Session, Sessions, Throttle
 from tether.agent.web.host import AgentHost
 from tether.agent.web.oneclick import AccessOptions, OneClick
 from tether.agent.web.recordings import add_recording_routes, recordings_view
@@ -43,10 +45,13 @@ from tether.tasks import TaskSet
 from tether.webui import STATIC_DIR
 from tether.webui.security import (
     CSRF_REFUSED,
+    MAX_REQUEST_BODY,
     client_allowed,
     csrf_ok,
     csrf_token,
+    from_the_machine,
     install_security_headers,
+    install_trusted_proxies,
     is_loopback,
     loopback_host_header,
     parse_networks,
@@ -57,6 +62,9 @@ from tether.webui.security import (
 logger = logging.getLogger("tether.agent.web")
 
 COOKIE = "tether_agent_session"
+#: Marks a browser that logged in before (:class:`~tether.agent.web.auth.DeviceCookies`).
+DEVICE_COOKIE = "tether_agent_device"
+DEVICE_MAX_AGE = 90 * 24 * 3600
 _HERE = Path(__file__).parent
 _TEMPLATES = templates(_HERE / "templates")
 
@@ -71,6 +79,8 @@ class AgentPage:
         self.sessions = Sessions()
         self.throttle = Throttle()
         self.networks = parse_networks(host.config.web.allowed_clients)
+        self.proxies = parse_networks(host.config.web.trusted_proxies)
+        self.devices = DeviceCookies(self.password)
         self.secret = secrets.token_bytes(32)
         self.one_click = OneClick(host.access, tasks, host.reconcile)
 
@@ -101,6 +111,28 @@ class AgentPage:
     def refuse(self, request: Request, status_code: int, message: str) -> HTMLResponse:
         return self.render(request, "refused.html", None, status_code, message=message, back="/")
 
+    def local(self, request: Request) -> bool:
+        """Whether ``request`` comes from the machine itself (loopback, not via a proxy)."""
+        return from_the_machine(_source(request), request.headers.get("host"), self.proxies)
+
+    def login_client(self, request: Request) -> tuple[str, str]:
+        """Whose login attempts these are: ``(throttle key, words for a person)``.
+
+        A browser that logged in before with this password is its own client; anyone
+        else is counted by source address. A new password forgets every lockout.
+        """
+        if self.devices.password_changed():
+            self.throttle.clear()
+        device = self.devices.device(request.cookies.get(DEVICE_COOKIE))
+        source = _source(request)
+        return (f"device:{device}", "this browser") if device else (f"source:{source}", source)
+
+    def remember_device(self, response: Response) -> None:
+        """Give the browser a device cookie (it logged in with the password)."""
+        value = self.devices.issue()
+        if value is not None:
+            set_session_cookie(response, DEVICE_COOKIE, value, max_age=DEVICE_MAX_AGE)
+
 
 def _source(request: Request) -> str:
     return request.client.host if request.client else "unknown"
@@ -114,7 +146,7 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
     """The page's app around the running agent ``host``; background work goes to ``tasks``."""
     page = AgentPage(host, tasks)
     on_loopback = is_loopback(host.config.web.listen[0])
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, max_body_size=MAX_REQUEST_BODY)
     app.state.page = page
 
     @app.middleware("http")
@@ -138,6 +170,7 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
         return await call_next(request)
 
     install_security_headers(app)
+    install_trusted_proxies(app, host.config.web.trusted_proxies)  # outermost: first to run
     app.mount("/static/ui", StaticFiles(directory=STATIC_DIR), name="ui")
     app.mount("/static/agent", StaticFiles(directory=_HERE / "static"), name="agent")
 
@@ -175,33 +208,39 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
         if isinstance(guarded, Response):
             return guarded
         source = _source(request)
-        wait = page.throttle.retry_after(source)
+        client, who = page.login_client(request)
+        # Counted before the password is checked: parallel guesses cannot slip past.
+        wait = page.throttle.attempt(client)
         if wait is not None:
+            log.event(logger, "web.login_limited", level=logging.WARNING, client=source)
             return page.render(
                 request,
                 "login.html",
                 guarded,
                 429,
-                error=f"too many wrong passwords from {source}; try again in {wait} s",
+                error=f"too many wrong passwords from {who}; try again in {wait} s "
+                "(or set a new password on the machine: tether agent web-password)",
             )
         form = await request.form()
         password = _text(form, "password")
         if not await asyncio.to_thread(page.password.verify, password):
             log.event(logger, "web.login_failed", level=logging.WARNING, client=source)
-            await page.throttle.failed(source)
+            await page.throttle.failed(client)
             return page.render(request, "login.html", guarded, 401, error="wrong password")
-        page.throttle.succeeded(source)
+        page.throttle.succeeded(client)
         page.sessions.drop(guarded.sid)  # a new id after login: no session fixation
         session = page.sessions.new(admin=True)
         log.event(logger, "web.login", client=source)
-        return with_cookie(_redirect("/"), session)
+        response = with_cookie(_redirect("/"), session)
+        page.remember_device(response)
+        return response
 
     @app.get("/setup", response_class=HTMLResponse)
     async def setup_form(request: Request) -> Response:
         if page.password.is_set():
             return _redirect("/login")
         session = session_of(request) or page.sessions.new(admin=False)
-        local = is_loopback(_source(request)) and loopback_host_header(request.headers.get("host"))
+        local = page.local(request)
         return with_cookie(page.render(request, "setup.html", session, local=local), session)
 
     @app.post("/setup", response_class=HTMLResponse)
@@ -211,9 +250,7 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
             return guarded
         if page.password.is_set():
             return _redirect("/login")
-        if not (
-            is_loopback(_source(request)) and loopback_host_header(request.headers.get("host"))
-        ):
+        if not page.local(request):
             return page.refuse(
                 request,
                 403,
@@ -229,7 +266,9 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
             return page.render(request, "setup.html", guarded, 400, local=True, error=str(exc))
         host.access.audit.append("web.password_set", by="web")
         page.sessions.drop(guarded.sid)
-        return with_cookie(_redirect("/"), page.sessions.new(admin=True))
+        response = with_cookie(_redirect("/"), page.sessions.new(admin=True))
+        page.remember_device(response)
+        return response
 
     @app.post("/logout")
     async def logout(request: Request) -> Response:

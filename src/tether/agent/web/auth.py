@@ -3,9 +3,18 @@
 * The admin password is stored as an argon2 hash in one root-only file
   (:attr:`~tether.config.AgentConfig.web_password_path`), set by ``tether agent install
   --web-password`` or, while no password exists, on a first visit from the machine itself.
-* A wrong password is answered only after :data:`FAILED_LOGIN_DELAY`, and a source with
-  :data:`FAILURE_LIMIT` failures within :data:`FAILURE_WINDOW` is refused outright until
-  the oldest ages out: guessing costs time, not just CPU.
+* A wrong password is answered only after :data:`FAILED_LOGIN_DELAY`, and at most
+  :data:`FAILURE_LIMIT` passwords per client are checked within :data:`FAILURE_WINDOW`:
+  each attempt is counted *before* its password is checked (:meth:`Throttle.attempt`),
+  so parallel guesses cannot slip past the limit while earlier checks still run. A
+  success forgets the client's attempts; beyond the limit it is refused outright until
+  the oldest attempt ages out.
+* The client is a browser that logged in before (its device cookie,
+  :class:`DeviceCookies`) or else a source address (the real client behind a trusted
+  proxy, ``[web] trusted_proxies``). So a stranger guessing from elsewhere, or from
+  behind the same proxy or carrier, cannot lock out the admin's browser, and the
+  machine's own console (loopback, not a proxy) is a client of its own. Setting a new
+  password (``tether agent web-password``) forgets every lockout and device cookie.
 * Sessions are random ids kept in memory (a restart of the agent logs everyone out);
   they end after :data:`IDLE_TIMEOUT` without use, and at the latest after :data:`MAX_AGE`.
 """
@@ -13,6 +22,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import math
 import os
 import secrets
@@ -61,6 +72,21 @@ class AdminPassword:
             f.write(self._hasher.hash(password) + "\n")
         tmp.replace(self.path)
 
+    def version(self) -> tuple[int, int] | None:
+        """Which password is set: changes whenever it is set anew (``None``: none is)."""
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    def stored(self) -> bytes | None:
+        """The stored hash (root-only), or ``None``: keys the device cookies of this password."""
+        try:
+            return self.path.read_bytes()
+        except OSError:
+            return None
+
     def verify(self, password: str) -> bool:
         """Whether ``password`` is the admin password (False when none is set)."""
         try:
@@ -74,7 +100,10 @@ class AdminPassword:
 
 
 class Throttle:
-    """Failed logins per source address in a sliding window (in memory, monotonic time)."""
+    """Login attempts per client in a sliding window (in memory, monotonic time).
+
+    A client is whatever key the caller chooses: a device cookie or a source address.
+    """
 
     def __init__(
         self,
@@ -86,34 +115,84 @@ class Throttle:
         self.limit, self.window, self.delay = limit, window, delay
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def _recent(self, source: str, now: float) -> deque[float]:
-        failures = self._failures.get(source, deque())
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        return failures
+    def _recent(self, client: str, now: float) -> deque[float]:
+        attempts = self._failures.get(client, deque())
+        while attempts and attempts[0] <= now - self.window:
+            attempts.popleft()
+        return attempts
 
-    def retry_after(self, source: str) -> int | None:
-        """Seconds until ``source`` may try again, or ``None`` if it may try now."""
-        now = time.monotonic()
-        failures = self._recent(source, now)
-        if len(failures) < self.limit:
-            return None
-        return max(1, math.ceil(failures[-self.limit] + self.window - now))
+    def attempt(self, client: str) -> int | None:
+        """Count one login attempt of ``client`` before its password is checked.
 
-    async def failed(self, source: str) -> None:
-        """Count a failure of ``source``, then wait :attr:`delay` seconds."""
+        Returns ``None`` if the attempt may go on (it is counted now, whatever its
+        outcome), or the seconds until ``client`` may try again (nothing counted).
+        """
         now = time.monotonic()
-        failures = self._recent(source, now)
-        failures.append(now)
-        self._failures[source] = failures
-        self._failures.move_to_end(source)
+        attempts = self._recent(client, now)
+        if len(attempts) >= self.limit:
+            return max(1, math.ceil(attempts[-self.limit] + self.window - now))
+        attempts.append(now)
+        self._failures[client] = attempts
+        self._failures.move_to_end(client)
         while len(self._failures) > _MAX_SOURCES:
             self._failures.popitem(last=False)
+        return None
+
+    async def failed(self, client: str) -> None:
+        """The attempt of ``client`` failed (it stays counted): wait :attr:`delay` seconds."""
         await asyncio.sleep(self.delay)
 
-    def succeeded(self, source: str) -> None:
-        """Forget ``source``'s failures."""
-        self._failures.pop(source, None)
+    def succeeded(self, client: str) -> None:
+        """Forget ``client``'s attempts."""
+        self._failures.pop(client, None)
+
+    def clear(self) -> None:
+        """Forget every client's attempts (the admin password was just set anew)."""
+        self._failures.clear()
+
+
+class DeviceCookies:
+    """Marks a browser that logged in before, so others' wrong guesses do not lock it out.
+
+    After a successful login the browser gets a random id with an HMAC under a key
+    derived from the stored password hash (root-only, salted): nothing is stored, a
+    restart keeps them valid, and setting a new password invalidates every one. A
+    device's login attempts are counted apart from its source address's.
+    """
+
+    def __init__(self, password: AdminPassword) -> None:
+        self._password = password
+        self._version = password.version()
+
+    def password_changed(self) -> bool:
+        """Whether the password was set anew since the last call (then lockouts end too)."""
+        version = self._password.version()
+        changed = version != self._version
+        self._version = version
+        return changed
+
+    def _mac(self, device: str) -> str | None:
+        stored = self._password.stored()
+        if stored is None:
+            return None
+        key = hashlib.sha256(b"tether-web-device\0" + stored).digest()
+        return hmac.new(key, device.encode(), hashlib.sha256).hexdigest()
+
+    def issue(self) -> str | None:
+        """A new device cookie value (``None`` while no password is set)."""
+        device = secrets.token_urlsafe(16)
+        mac = self._mac(device)
+        return None if mac is None else f"{device}.{mac}"
+
+    def device(self, value: str | None) -> str | None:
+        """The device id of a cookie value this password issued, else ``None``."""
+        if not value or value.count(".") != 1:
+            return None
+        device, mac = value.split(".")
+        expected = self._mac(device)
+        if expected is None or not hmac.compare_digest(mac.encode(), expected.encode()):
+            return None
+        return device
 
 
 @dataclass

@@ -189,7 +189,7 @@ def mount_console(app: FastAPI) -> None:
             body = LoginRequest(
                 name=name, password=_raw(form, "password"), totp=_text(form, "totp") or None
             )
-            done = await api.login(body, api_context(request), Response())
+            done = await api.login(body, api_context(request), Response(), request)
         except _ERRORS as exc:
             return _render(
                 request, "console_login.html", expected, 401, error=problem(exc), engineer=name

@@ -23,6 +23,7 @@ from tether.agent.web.auth import FAILED_LOGIN_DELAY, Throttle
 from tether.config import AgentConfig, toml_string
 from tether.keys import SigningKey, issue_key
 from tether.tasks import TaskSet
+from tether.webui.security import MAX_REQUEST_BODY
 
 PASSWORD = "correct horse battery"
 SIGNER = SigningKey.generate()
@@ -150,6 +151,15 @@ async def test_post_without_csrf_token_is_refused_and_changes_nothing(page: Page
     assert page.audit_size() == before
     assert not page.daemon.access.state().is_open
     assert (await page.http.get("/")).status_code == 200  # still logged in: logout refused
+
+
+async def test_a_body_over_the_limit_is_refused_unread(page: Page) -> None:
+    token = await page.csrf("/login")
+    huge = await page.http.post(
+        "/login", data={"csrf": token, "password": "x" * (MAX_REQUEST_BODY + 1)}
+    )
+    assert huge.status_code == 413
+    assert (await page.login()).status_code == 303  # an ordinary form still works
 
 
 async def test_login_itself_needs_the_csrf_token(page: Page) -> None:
