@@ -20,8 +20,12 @@ entry, so that the vendor notices a log rewritten on the machine.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import random
+import re
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -266,7 +270,7 @@ class Tunnel:
                 reason = str(exc)
                 hint = exc.retry_within
             except (TimeoutError, OSError, asyncssh.Error) as exc:
-                reason = _describe_error(exc)
+                reason = _describe_error(exc, self._claims.relay)
             if self._stopped:
                 break
             was_connected = self.status.state == TunnelState.CONNECTED
@@ -441,15 +445,46 @@ def _seconds(value: float) -> timedelta:
     return timedelta(seconds=value)
 
 
-def _describe_error(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "relay refused the connection"
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out connecting to the relay"
+def _describe_error(exc: BaseException, relay: str) -> str:
     if isinstance(exc, asyncssh.PermissionDenied):
         return "relay did not accept this machine's key"
     if isinstance(exc, asyncssh.DisconnectError):
         return f"relay disconnected: {exc.reason}"
-    if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
-    return str(exc)
+    return cannot_reach(relay, exc)
+
+
+#: errno → the words a person reads (``os.strerror`` says "Connection refused" too,
+#: but a multi-address connect only leaves "[Errno 111] …" in its message).
+_ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ETIMEDOUT: "timed out",
+    errno.EHOSTUNREACH: "no route to host",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ECONNRESET: "connection reset",
+    errno.EADDRNOTAVAIL: "address not available",
+}
+_ERRNO_IN_TEXT = re.compile(r"\[Errno (-?\d+)\]")
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Say in a few words why a connection failed: "connection refused", "timed out"…
+
+    Never a raw ``[Errno 111] Connect call failed ('127.0.0.1', 2222)``: asyncio
+    puts the errno only in the text when it tried several addresses.
+    """
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, socket.gaierror):
+        return f"name not found: {(exc.strerror or str(exc)).lower()}"
+    code = getattr(exc, "errno", None)
+    if code is None and (found := _ERRNO_IN_TEXT.search(str(exc))) is not None:
+        code = int(found.group(1))
+    if isinstance(code, int) and code > 0:
+        return _ERRNO_WORDS.get(code) or os.strerror(code).lower()
+    words = (exc.reason if isinstance(exc, asyncssh.Error) else str(exc)) or type(exc).__name__
+    return words[:1].lower() + words[1:]
+
+
+def cannot_reach(relay: str, exc: BaseException) -> str:
+    """``cannot reach the relay at HOST:PORT (connection refused)``, for any failure."""
+    return f"cannot reach the relay at {relay} ({connect_failure(exc)})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -35,6 +36,20 @@ def _password_choice(prompt: bool) -> PasswordChoice:
         "Password for the support account", hide_input=True, confirmation_prompt=True, err=True
     )
     return PasswordChoice(own=chosen)
+
+
+def _sources(text: str) -> tuple[str, ...]:
+    """``--from``'s addresses/networks, refused here in the flag's own name if one is bad."""
+    sources = tuple(a.strip() for a in text.split(",") if a.strip())
+    for source in sources:
+        try:
+            ipaddress.ip_network(source, strict=False)
+        except ValueError:
+            raise BadInput(
+                f"--from: {source!r} is not an IP address or network "
+                "(give e.g. --from 192.0.2.0/24,198.51.100.7)"
+            ) from None
+    return sources
 
 
 @click.group()
@@ -119,7 +134,7 @@ def enable(
     manager = AccessManager(config)
     span = parse_duration(duration) if duration else None
     if direct:
-        sources = tuple(a.strip() for a in (allow_from or "").split(",") if a.strip())
+        sources = _sources(allow_from or "")
         if no_expire:
             err.print(
                 "[bold red]WARNING: --no-expire: nothing will close support access by itself.[/]"
