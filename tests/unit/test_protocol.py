@@ -10,6 +10,7 @@ from tether.protocol import (
     MAX_LINE,
     MAX_SEQ,
     PERMANENT_REASONS,
+    AccessClosed,
     ChainHead,
     Closing,
     HeadAnswer,
@@ -38,6 +39,7 @@ MESSAGES: list[Message] = [
     HeadQuery(1),
     HeadAnswer(7, "cd" * 32),
     HeadAnswer(7, None),
+    AccessClosed("k-1", "customer"),
 ]
 
 

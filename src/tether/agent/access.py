@@ -220,13 +220,15 @@ class AccessManager:
                 )
             if current.is_open:
                 if current.grant_id == state.grant_id:
-                    return current
+                    return current  # the same grant again: not a new use of its key
                 until = (
                     f"until {current.expires_at:%Y-%m-%d %H:%M} UTC"
                     if current.expires_at
                     else "without end"
                 )
                 raise Refused(f"support access is already open ({until}); disable it first")
+            if state.key_id is not None:
+                self._refuse_spent(state.key_id, current)
             intent = replace(
                 state, opened_at=self.clock.now(), opened_by=by, sealed_password=sealed
             )
@@ -275,6 +277,30 @@ class AccessManager:
             expires=state.expires_at,
         )
         return opened
+
+    def _refuse_spent(self, key_id: str, current: AccessState) -> None:
+        """Refuse a key that already opened access here: each key works once.
+
+        The audit log is the record of every opening (``access.opened`` with the key
+        id); the access it opened has closed since (disable, expiry, revocation), so
+        the key is spent. Raised before anything on the machine changes.
+        """
+        used = [
+            e
+            for e in self.audit.entries(skip_damaged=True)
+            if e.event == "access.opened" and e.fields.get("key_id") == key_id
+        ]
+        if not used:
+            return
+        how = f"it opened access on {used[-1].at:%Y-%m-%d %H:%M} UTC"
+        if current.key_id == key_id and current.closed_at and current.close_reason:
+            how += (
+                f", closed ({current.close_reason.value}) on {current.closed_at:%Y-%m-%d %H:%M} UTC"
+            )
+        raise BadInput(
+            f"this key was already used on this machine ({how}); each key works once: "
+            "ask the vendor for a new key"
+        )
 
     def _password(
         self, state: AccessState, choice: PasswordChoice

@@ -157,7 +157,7 @@ class AgentDaemon:
                 self._expiry.cancel()
                 self._expiry = None
             if not state.is_open:
-                await self._stop_tunnel()
+                await self._stop_tunnel(closed=state)
                 return
             if state.expires_at is not None:
                 delay = max(0.0, (state.expires_at - self.clock.now()).total_seconds())
@@ -237,10 +237,24 @@ class AgentDaemon:
                     logger, "audit.failed", level=logging.ERROR, audit_event=event, error=str(exc)
                 )
 
-    async def _stop_tunnel(self) -> None:
+    async def _stop_tunnel(self, closed: AccessState | None = None) -> None:
+        """Stop the tether; with ``closed``, the access it served was closed here.
+
+        The relay is then told that the key is spent (a copy of this machine's state
+        must not open it again). A refusal from the relay needs no word back: the relay
+        itself refused the key.
+        """
         tunnel, self._tunnel, self._tunnel_key = self._tunnel, None, None
-        if tunnel is not None:
-            await tunnel.aclose()
+        if tunnel is None:
+            return
+        spent = None
+        if (
+            closed is not None
+            and closed.key_id == tunnel.key_id
+            and closed.close_reason in (CloseReason.CUSTOMER, CloseReason.EXPIRED)
+        ):
+            spent = closed.close_reason.value
+        await tunnel.aclose(closed=spent)
 
     @property
     def tunnel_status(self) -> TunnelStatus | None:

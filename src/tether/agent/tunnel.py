@@ -40,6 +40,7 @@ from tether.config import TetherSettings
 from tether.keys import TetherKeyClaims, parse_address
 from tether.protocol import (
     PERMANENT_REASONS,
+    AccessClosed,
     CaseUpdate,
     ChainHead,
     Closing,
@@ -222,6 +223,7 @@ class Tunnel:
         self._head_refresh = head_refresh
         self._tasks = TaskSet()
         self._conn: asyncssh.SSHClientConnection | None = None
+        self._control: asyncssh.SSHClientChannel[bytes] | None = None
         self._wake = asyncio.Event()
         self._stopped = False
         self.status = TunnelStatus(TunnelState.CONNECTING, claims.relay, clock.now(), ports=ports)
@@ -383,9 +385,11 @@ class Tunnel:
             if self._audit is not None and reply.audit_heads
             else None
         )
+        self._control = chan
         try:
             await self._listen(chan, control)
         finally:
+            self._control = None
             if reporter is not None:
                 reporter.cancel()
 
@@ -426,16 +430,32 @@ class Tunnel:
                     last, sent_at = head, time.monotonic()
             await asyncio.sleep(self._head_check)
 
+    @property
+    def key_id(self) -> str:
+        """The id of the key this tether presents."""
+        return self._claims.key_id
+
     def reset(self) -> None:
         """Drop the current connection (if any) and reconnect now."""
         self._wake.set()
         if self._conn is not None:
             self._conn.close()
 
-    async def aclose(self) -> None:
-        """Stop for good: the connection, and every channel through it, ends now."""
+    async def aclose(self, *, closed: str | None = None) -> None:
+        """Stop for good: the connection, and every channel through it, ends now.
+
+        :param closed: the machine closed the access this key opened (disable, expiry):
+            tell the relay first, so that it counts the key as spent.
+        """
         self._stopped = True
         self._wake.set()
+        control = self._control
+        if closed is not None and control is not None:
+            try:
+                control.write(encode(AccessClosed(self._claims.key_id, closed)))
+                control.write_eof()  # sent in order, before the disconnect below
+            except (BrokenPipeError, asyncssh.Error, OSError):
+                pass  # the tether is gone already; the relay knows nothing more
         if self._conn is not None:
             self._conn.close()
             await self._conn.wait_closed()

@@ -19,6 +19,7 @@ from tether import log
 from tether.audit import FieldValue
 from tether.keys import TetherKeyError, parse_key
 from tether.protocol import (
+    AccessClosed,
     Cancel,
     CaseUpdate,
     ChainHead,
@@ -75,6 +76,8 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
                 message = decode_message(line)
                 if isinstance(message, SealedPassword):
                     owner.store_sealed_password(message)
+                elif isinstance(message, AccessClosed):
+                    owner.access_closed(message)
                 elif isinstance(message, ChainHead | HeadAnswer):
                     owner.audit_message(message)
                 elif isinstance(message, Cancel) and self._case is not None:
@@ -384,6 +387,25 @@ class TetherLink:
             f"relay.password.{entry.serial}",
         )
         log.event(logger, "password.sealed_received", serial=entry.serial, key=entry.key_id)
+
+    def access_closed(self, message: AccessClosed) -> None:
+        """The machine closed the access this tether's key opened: the key is spent.
+
+        A copy of the machine's state presenting it again is refused, and its sealed
+        password (which no longer works: the account is gone) is forgotten.
+        """
+        entry = self.entry
+        if entry is None or message.key_id != entry.key_id:
+            raise ProtocolError("access-closed out of place")
+        detail = f"access closed on {entry.serial} ({message.reason[:40]})"
+        self.relay.tasks.spawn(self._spend(entry.key_id, entry.serial, detail), "relay.spend")
+
+    async def _spend(self, key_id: str, serial: str, detail: str) -> None:
+        store, now = self.relay.store, self.relay.clock.now()
+        await store.keys.spend(key_id, detail=detail, now=now)
+        await store.passwords.forget(key_id)
+        self.relay.audit.write("key.spent", key_id=key_id, serial=serial, detail=detail)
+        log.event(logger, "key.spent", serial=serial, key=key_id, detail=detail)
 
     def forward_requested(self, listen_port: int) -> NullListener | None:
         """The agent offers ``listen_port``: accepted (no socket) if its key allows it."""

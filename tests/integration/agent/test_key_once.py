@@ -1,0 +1,79 @@
+"""A key works once (issue 11, machine side): spent keys, the relay's verdict, passwords.
+
+A key whose access was closed (disable, expiry, revocation) is spent: the machine
+refuses it before changing anything, and the relay refuses it even to a copy of the
+machine's state. Opening the same open grant again, or reconnecting it, is no new use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.integration.agent.test_cli import Machine, setup, stop  # noqa: F401 - fixture
+from tests.integration.harness import Vendor
+from tether.agent.control import ask_daemon
+
+pytestmark = pytest.mark.sandbox
+
+
+async def _wait(predicate: object, what: str, timeout: float = 10.0) -> None:
+    assert callable(predicate)
+    for _ in range(int(timeout / 0.05)):
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_a_closed_key_is_spent_on_the_machine_and_at_the_relay(
+    setup: tuple[Vendor, Machine, int],  # noqa: F811
+) -> None:
+    vendor, machine, service = setup
+    agent = await machine.start_agent()
+    try:
+        key, claims = await vendor.issue("M-1", ports=[service])
+        assert (await machine.tether("access", "enable", "--key", key)).returncode == 0
+        await machine.wait_tunnel("connected")
+        # The same open grant again, and a reset, are no new uses of the key.
+        again = await machine.tether("access", "enable", "--key", key)
+        assert again.returncode == 0, again.stderr
+        assert (await machine.tether("access", "reset")).returncode == 0
+        await machine.wait_tunnel("connected")
+        state_file = machine.state_dir / "access.json"
+        open_copy = state_file.read_text()
+
+        disabled = await machine.tether("access", "disable")
+        assert disabled.returncode == 0, disabled.stderr
+
+        async def spent() -> bool:
+            issued = await vendor.store.keys.get(claims.key_id)
+            return issued is not None and issued.spent
+
+        await _wait(spent, "the relay marks the closed key spent")
+
+        # On the machine: refused at once, with why, and nothing changes.
+        reused = await machine.tether("access", "enable", "--key", key)
+        assert reused.returncode == 2
+        assert "this key was already used on this machine" in reused.stderr
+        assert "closed (customer)" in reused.stderr
+        assert "each key works once: ask the vendor for a new key" in reused.stderr
+        assert json.loads(state_file.read_text())["status"] == "closed"
+        assert machine.sandbox.run(["id", "tether-support"]).returncode != 0
+
+        # A copy of the machine's state from while it was open: the relay refuses it.
+        state_file.write_text(open_copy)
+        sock = machine.sandbox.host_path("/run") / "tether" / "agent.sock"
+        await asyncio.to_thread(ask_daemon, sock, "reconcile")
+
+        async def closed() -> bool:
+            access = (await machine.status())["access"]
+            return isinstance(access, dict) and access["status"] == "closed"
+
+        await _wait(closed, "the agent closes the refused copy")
+        status = await machine.tether("access", "status")
+        assert "each key works once" in status.stdout, status.stdout
+    finally:
+        await stop(machine, agent)
