@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,8 +13,8 @@ from rich.markup import escape
 
 from tether.agent.access import AccessManager, PasswordChoice
 from tether.agent.control import ask_daemon
-from tether.agent.state import AccessMode, AccessStatus, CloseReason
-from tether.agent.status import describe_access, describe_tunnel
+from tether.agent.state import AccessMode, AccessState, AccessStatus, CloseReason
+from tether.agent.status import TunnelState, describe_access, describe_tunnel
 from tether.cli.access_recordings import play, recordings
 from tether.cli.common import agent_config_option, err, handle_errors, json_option, out, print_json
 from tether.clock import SYSTEM_CLOCK
@@ -163,24 +164,90 @@ def enable(
         )
         refused_ports = offer.refused_ports
     daemon = _daemon(config, "reconcile")
+    tunnel: object = None
+    if state.mode == AccessMode.TETHER and daemon is not None:
+        # Open here is not open yet: only the relay knows whether the key is good
+        # (not used by another machine, not revoked). Wait for its verdict.
+        if not as_json:
+            err.print(f"Waiting for relay {escape(state.relay or '?')}'s verdict on the key…")
+        state, tunnel = _await_verdict(config, manager, state.grant_id)
     if as_json:
-        print_json({"access": state.to_json(with_key=False), "daemon_running": daemon is not None})
+        print_json(
+            {
+                "access": state.to_json(with_key=False),
+                "daemon_running": daemon is not None,
+                "tunnel": tunnel,
+            }
+        )
+    else:
+        _print_enabled(config, state, daemon is not None, tunnel, refused_ports)
+    if not state.is_open:
+        sys.exit(1)
+
+
+#: How long `enable` waits for the relay's verdict beyond one connection attempt.
+VERDICT_GRACE = 5.0
+_VERDICT_FOR_NOW = (TunnelState.CONNECTED.value, TunnelState.RECONNECTING.value)
+
+
+def _await_verdict(
+    config: AgentConfig, manager: AccessManager, grant_id: str | None
+) -> tuple[AccessState, object]:
+    """Wait until the relay admitted or refused the key (or gave no answer in time).
+
+    Returns the access state then (closed, with the relay's reason, if it refused)
+    and the daemon's last tunnel status. A relay that cannot be reached gives no
+    verdict: the first failed attempt ends the wait (the agent keeps trying).
+    """
+    deadline = time.monotonic() + config.tether.connect_timeout + VERDICT_GRACE
+    while True:
+        state = manager.state()
+        reply = _daemon(config, "status")
+        tunnel = reply.get("tunnel") if reply else None
+        if not state.is_open or state.grant_id != grant_id or reply is None:
+            return state, tunnel
+        seen = tunnel.get("state") if isinstance(tunnel, dict) else None
+        # Admitted, or not reached (the agent retries; no verdict is coming soon). A
+        # refusal is waited out until the agent has closed access again.
+        if seen in _VERDICT_FOR_NOW or time.monotonic() >= deadline:
+            return state, tunnel
+        time.sleep(0.1)
+
+
+def _print_enabled(
+    config: AgentConfig,
+    state: AccessState,
+    daemon_running: bool,
+    tunnel: object,
+    refused_ports: tuple[int, ...],
+) -> None:
+    now = SYSTEM_CLOCK.now()
+    if not state.is_open:
+        out.print(describe_access(state, config.serial, now))
+        err.print(
+            "[bold red]error:[/] the relay refused the key: "
+            f"{escape(state.close_detail or 'no reason given')}; support access was closed again"
+        )
         return
-    out.print(describe_access(state, config.serial, SYSTEM_CLOCK.now()))
+    out.print(describe_access(state, config.serial, now))
     if refused_ports:
         err.print(
             f"warning: not opening port(s) {', '.join(map(str, refused_ports))}: not allowed on this machine"
         )
-    if state.mode == AccessMode.TETHER:
-        if daemon is None:
-            err.print(
-                "warning: the tether agent is not running, so nothing connects yet: start it "
-                "(systemctl start tether-agent, or `tether agent serve`)"
-            )
-        else:
-            out.print(
-                f"Connecting to relay {escape(state.relay or '?')}; `tether access status` shows progress."
-            )
+    if state.mode != AccessMode.TETHER:
+        return
+    if not daemon_running:
+        err.print(
+            "warning: the tether agent is not running, so nothing connects yet: start it "
+            "(systemctl start tether-agent, or `tether agent serve`)"
+        )
+        return
+    out.print(f"Tether:   {describe_tunnel(True, tunnel, now)}")
+    if not (isinstance(tunnel, dict) and tunnel.get("state") == TunnelState.CONNECTED.value):
+        err.print(
+            "warning: the relay has not admitted the key yet; the agent keeps trying and "
+            "`tether access status` shows progress"
+        )
 
 
 @access.command()

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from tests.integration.agent.test_cli import Machine, setup, stop  # noqa: F401 - fixture
 from tests.integration.harness import Vendor
 from tether.agent.control import ask_daemon
+from tether.sandbox import Sandbox
 
 pytestmark = pytest.mark.sandbox
 
@@ -77,3 +80,36 @@ async def test_a_closed_key_is_spent_on_the_machine_and_at_the_relay(
         assert "each key works once" in status.stdout, status.stdout
     finally:
         await stop(machine, agent)
+
+
+async def test_a_second_machine_with_a_used_key_waits_for_and_shows_the_refusal(
+    setup: tuple[Vendor, Machine, int],  # noqa: F811
+    sandbox_factory: Callable[..., Sandbox],
+    tmp_path: Path,
+) -> None:
+    vendor, first, service = setup
+    key, _ = await vendor.issue("M-1", ports=[service])
+    # Another machine that claims the same serial (a copied disk, a stolen key).
+    other = sandbox_factory(hostname="M-1-copy", uplink_ports=[vendor.relay_port])
+    other.host_path("/etc/tether").joinpath("agent.toml").write_text(
+        (first.sandbox.host_path("/etc/tether") / "agent.toml").read_text()
+    )
+    second = Machine(other, tmp_path / "second-agent.log")
+    agents = [await first.start_agent(), await second.start_agent()]
+    try:
+        assert (await first.tether("access", "enable", "--key", key)).returncode == 0
+        await first.wait_tunnel("connected")
+        result = await second.tether("access", "enable", "--key", key)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "open until" not in result.stdout
+        assert "Waiting for relay" in result.stderr
+        assert "the relay refused the key: " in result.stderr
+        assert "another machine" in result.stderr
+        status = await second.tether("access", "status")
+        assert "closed (refused" in status.stdout
+        assert "another machine" in status.stdout, status.stdout
+        # The first machine keeps its tether.
+        assert (await first.wait_tunnel("connected"))["access"]
+    finally:
+        await stop(second, agents[1])
+        await stop(first, agents[0])
