@@ -109,6 +109,13 @@ class SealedPassword:
 
 
 @dataclass(frozen=True)
+class PasswordWithdrawn:
+    """Agent → relay: the customer replaced the sealed password of ``key_id``; forget it."""
+
+    key_id: str
+
+
+@dataclass(frozen=True)
 class AccessClosed:
     """Agent → relay: the machine closed the access this key opened; the key is spent.
 
@@ -179,6 +186,7 @@ Message = (
     | Refused
     | Closing
     | SealedPassword
+    | PasswordWithdrawn
     | AccessClosed
     | Request
     | Cancel
@@ -212,6 +220,8 @@ def encode(message: Message) -> bytes:
                 body["retry_within"] = retry_within
         case SealedPassword(key_id, sealed):
             body = {"op": "sealed-password", "key_id": key_id, "sealed": sealed}
+        case PasswordWithdrawn(key_id):
+            body = {"op": "password-withdrawn", "key_id": key_id}
         case AccessClosed(key_id, reason):
             body = {"op": "access-closed", "key_id": key_id, "reason": reason}
         case Request(serial, description, version):
@@ -322,6 +332,8 @@ def decode(line: bytes) -> Message:
             return HeadAnswer(_seq(body, lowest=1), digest)
         if op == "sealed-password":
             return SealedPassword(_text(body, "key_id"), _text(body, "sealed"))
+        if op == "password-withdrawn":
+            return PasswordWithdrawn(_text(body, "key_id"))
         if op == "access-closed":
             return AccessClosed(_text(body, "key_id"), _text(body, "reason"))
         if op in ("refused", "closing"):

@@ -17,6 +17,7 @@ from tether.protocol import (
     HeadQuery,
     LineBuffer,
     Message,
+    PasswordWithdrawn,
     ProtocolError,
     RefusalReason,
     Refused,
@@ -40,6 +41,7 @@ MESSAGES: list[Message] = [
     HeadAnswer(7, "cd" * 32),
     HeadAnswer(7, None),
     AccessClosed("k-1", "customer"),
+    PasswordWithdrawn("k-1"),
 ]
 
 

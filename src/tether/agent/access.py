@@ -220,7 +220,11 @@ class AccessManager:
                 )
             if current.is_open:
                 if current.grant_id == state.grant_id:
-                    return current  # the same grant again: not a new use of its key
+                    # The same grant again: not a new use of its key. A password of the
+                    # customer's own replaces the generated one (and the vendor's copy).
+                    if password.own is None:
+                        return current
+                    return self._replace_password(current, password.own, recorder, by=by)
                 until = (
                     f"until {current.expires_at:%Y-%m-%d %H:%M} UTC"
                     if current.expires_at
@@ -277,6 +281,38 @@ class AccessManager:
             expires=state.expires_at,
         )
         return opened
+
+    def _replace_password(
+        self, current: AccessState, own: str, recorder: RecorderSpec | None, *, by: str
+    ) -> AccessState:
+        """Give the open grant's account the customer's own password (under the lock).
+
+        The grant is applied again as it is (``Machine.open`` is idempotent) with the new
+        password; the sealed copy is dropped from the state, so the agent withdraws it
+        from the vendor: the console must not show a password that no longer works.
+        """
+        if self.config.vendor_ca is None:  # checked by _open; here for the type checker
+            raise NotReady(f"{self.config.path} has no vendor_ca")
+        self.machine.open(
+            SupportGrant(
+                account=current.account or self.config.support_account,
+                vendor_ca=self.config.vendor_ca,
+                expires_at=current.expires_at,
+                allow_from=current.allow_from,
+                password=own,
+                recorder=recorder,
+            )
+        )
+        updated = replace(current, sealed_password=None, password_withdrawn=True)
+        self.state_file.save(updated)
+        self.audit.append(
+            "access.password_replaced",
+            by=by,
+            grant=current.grant_id,
+            chosen_by="customer",
+            vendor_copy="withdrawn" if current.sealed_password else "none",
+        )
+        return updated
 
     def _refuse_spent(self, key_id: str, current: AccessState) -> None:
         """Refuse a key that already opened access here: each key works once.

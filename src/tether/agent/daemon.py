@@ -52,7 +52,7 @@ class AgentDaemon:
         self._marker = config.state_dir / "agent.running"
         self._tasks = TaskSet()
         self._tunnel: Tunnel | None = None
-        self._tunnel_key: str | None = None
+        self._tunnel_key: tuple[str | None, ...] | None = None
         self._tether_up = False
         self._expiry: asyncio.TimerHandle | None = None
         self._machine_key: asyncssh.SSHKey | None = None
@@ -165,8 +165,8 @@ class AgentDaemon:
             if state.mode != AccessMode.TETHER or state.key is None:
                 await self._stop_tunnel()
                 return
-            if self._tunnel is not None and self._tunnel_key == state.key:
-                return
+            if self._tunnel is not None and self._tunnel_key == _tunnel_key(state):
+                return  # a changed password (withdrawn) reconnects to say so
             await self._stop_tunnel()
             self._start_tunnel(state)
 
@@ -192,10 +192,11 @@ class AgentDaemon:
             clock=self.clock,
             on_change=self._on_tunnel_change,
             sealed_password=state.sealed_password,
+            password_withdrawn=state.password_withdrawn,
             audit=self.access.audit,
         )
         self._tunnel = tunnel
-        self._tunnel_key = state.key
+        self._tunnel_key = _tunnel_key(state)
         self._tasks.spawn(self._hold(tunnel), f"agent.tunnel.{claims.key_id}")
 
     async def _hold(self, tunnel: Tunnel) -> None:
@@ -259,3 +260,8 @@ class AgentDaemon:
     @property
     def tunnel_status(self) -> TunnelStatus | None:
         return self._tunnel.status if self._tunnel else None
+
+
+def _tunnel_key(state: AccessState) -> tuple[str | None, ...]:
+    """What a running tether must match: the key, and what it says of the password."""
+    return (state.key, state.sealed_password, "withdrawn" if state.password_withdrawn else None)

@@ -61,6 +61,8 @@ class AccessState:
     allow_from: tuple[str, ...] = ()
     #: The support password sealed to the vendor (None: customer's own, or none).
     sealed_password: str | None = field(default=None, repr=False)
+    #: The customer replaced the generated password: the vendor's copy must go.
+    password_withdrawn: bool = False
     key: str | None = field(default=None, repr=False)
     key_id: str | None = None
     serial: str | None = None
@@ -116,6 +118,7 @@ class AccessState:
             "closed_at": iso(self.closed_at),
             "close_reason": self.close_reason.value if self.close_reason else None,
             "close_detail": self.close_detail,
+            "password_withdrawn": self.password_withdrawn,
         }
         if with_key:
             body["key"] = self.key
@@ -147,6 +150,7 @@ class AccessState:
             closed_at=dt("closed_at"),
             close_reason=CloseReason(reason) if reason else None,
             close_detail=body.get("close_detail"),
+            password_withdrawn=body.get("password_withdrawn") is True,
         )
 
 

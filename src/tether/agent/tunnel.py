@@ -47,6 +47,7 @@ from tether.protocol import (
     HeadAnswer,
     HeadQuery,
     LineBuffer,
+    PasswordWithdrawn,
     ProtocolError,
     RefusalReason,
     Register,
@@ -188,6 +189,8 @@ class Tunnel:
     :param machine_key: the agent's private machine key.
     :param ports: the ports to offer (the key's ports that the customer allows).
     :param on_change: called with every new :class:`TunnelStatus`.
+    :param sealed_password: the support password sealed to the vendor, sent once registered.
+    :param password_withdrawn: no sealed password any more: tell the relay to forget it.
     :param audit: the machine's audit log, whose head is reported to the relay.
     :param head_check: seconds between two looks at the audit log's head.
     :param head_refresh: seconds after which an unchanged head is reported again.
@@ -205,6 +208,7 @@ class Tunnel:
         rng: random.Random | None = None,
         on_change: Callable[[TunnelStatus], None] | None = None,
         sealed_password: str | None = None,
+        password_withdrawn: bool = False,
         audit: AuditLog | None = None,
         head_check: float = 5.0,
         head_refresh: float = 60.0,
@@ -218,6 +222,7 @@ class Tunnel:
         self._rng = rng or random.Random()
         self._on_change = on_change
         self._sealed_password = sealed_password
+        self._password_withdrawn = password_withdrawn
         self._audit = audit
         self._head_check = head_check
         self._head_refresh = head_refresh
@@ -359,6 +364,9 @@ class Tunnel:
         if self._sealed_password is not None:
             # Only the vendor can open it; the relay just stores it for the vendor service.
             chan.write(encode(SealedPassword(self._claims.key_id, self._sealed_password)))
+        elif self._password_withdrawn:
+            # The customer chose their own: the vendor's copy no longer works.
+            chan.write(encode(PasswordWithdrawn(self._claims.key_id)))
         offered = []
         for port in self._ports:
             try:

@@ -181,6 +181,11 @@ def enable(
         )
     else:
         _print_enabled(config, state, daemon is not None, tunnel, refused_ports)
+        if password_prompt and state.is_open and state.password_withdrawn:
+            out.print(
+                "The support account now has your password; the vendor's sealed copy of the "
+                "generated one is withdrawn."
+            )
     if not state.is_open:
         sys.exit(1)
 

@@ -27,6 +27,7 @@ from tether.protocol import (
     HeadAnswer,
     HeadQuery,
     LineBuffer,
+    PasswordWithdrawn,
     ProtocolError,
     RefusalReason,
     Register,
@@ -76,6 +77,8 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
                 message = decode_message(line)
                 if isinstance(message, SealedPassword):
                     owner.store_sealed_password(message)
+                elif isinstance(message, PasswordWithdrawn):
+                    owner.password_withdrawn(message)
                 elif isinstance(message, AccessClosed):
                     owner.access_closed(message)
                 elif isinstance(message, ChainHead | HeadAnswer):
@@ -387,6 +390,17 @@ class TetherLink:
             f"relay.password.{entry.serial}",
         )
         log.event(logger, "password.sealed_received", serial=entry.serial, key=entry.key_id)
+
+    def password_withdrawn(self, message: PasswordWithdrawn) -> None:
+        """The customer replaced the sealed password: the vendor must not show it any more."""
+        entry = self.entry
+        if entry is None or message.key_id != entry.key_id or self._password_received:
+            raise ProtocolError("password withdrawal out of place")
+        self._password_received = True
+        self.relay.tasks.spawn(
+            self.relay.store.passwords.forget(entry.key_id), f"relay.password.{entry.serial}"
+        )
+        log.event(logger, "password.withdrawn", serial=entry.serial, key=entry.key_id)
 
     def access_closed(self, message: AccessClosed) -> None:
         """The machine closed the access this tether's key opened: the key is spent.

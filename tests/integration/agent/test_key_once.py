@@ -113,3 +113,39 @@ async def test_a_second_machine_with_a_used_key_waits_for_and_shows_the_refusal(
     finally:
         await stop(second, agents[1])
         await stop(first, agents[0])
+
+
+async def test_your_own_password_replaces_the_vendors_sealed_copy(
+    setup: tuple[Vendor, Machine, int],  # noqa: F811
+) -> None:
+    vendor, machine, service = setup
+    agent = await machine.start_agent()
+    try:
+        key, claims = await vendor.issue("M-1", ports=[service])
+        assert (await machine.tether("access", "enable", "--key", key)).returncode == 0
+        await machine.wait_tunnel("connected")
+
+        async def sealed_kept() -> bool:
+            return await vendor.store.passwords.get(claims.key_id) is not None
+
+        await _wait(sealed_kept, "the relay keeps the generated password, sealed")
+        shadow_before = _shadow_hash(machine)
+
+        again = await machine.tether(
+            "access", "enable", "--key", key, "--password-prompt", input=b"my-own-secret-pw\n"
+        )
+        assert again.returncode == 0, again.stderr
+        assert "now has your password" in again.stdout
+        assert _shadow_hash(machine) != shadow_before  # the account's password changed
+
+        async def withdrawn() -> bool:
+            return await vendor.store.passwords.get(claims.key_id) is None
+
+        await _wait(withdrawn, "the vendor's copy is forgotten")
+    finally:
+        await stop(machine, agent)
+
+
+def _shadow_hash(machine: Machine) -> str:
+    line = machine.sandbox.run(["getent", "shadow", "tether-support"]).stdout
+    return str(line).split(":")[1]
