@@ -14,7 +14,13 @@ from rich.markup import escape
 from tether.agent.access import AccessManager, PasswordChoice
 from tether.agent.control import ask_daemon
 from tether.agent.state import AccessMode, AccessState, AccessStatus, CloseReason
-from tether.agent.status import TunnelState, describe_access, describe_tunnel
+from tether.agent.status import (
+    TunnelState,
+    describe_access,
+    describe_agent,
+    describe_closer,
+    describe_tunnel,
+)
 from tether.cli.access_recordings import play, recordings
 from tether.cli.common import agent_config_option, err, handle_errors, json_option, out, print_json
 from tether.clock import SYSTEM_CLOCK
@@ -329,9 +335,15 @@ def status(config_path: Path, as_json: bool) -> None:
             }
         )
         return
-    out.print(describe_access(state, config.serial, SYSTEM_CLOCK.now()))
+    from tether.agent.machine.service import installed_closer
+
+    running = reply is not None
+    closer = describe_closer(running, None if running else installed_closer(config))
+    out.print(describe_access(state, config.serial, SYSTEM_CLOCK.now(), closer))
     if state.is_open and state.mode == AccessMode.TETHER:
-        out.print(f"Tether:   {describe_tunnel(reply is not None, tunnel, SYSTEM_CLOCK.now())}")
+        out.print(f"Tether:   {describe_tunnel(running, tunnel, SYSTEM_CLOCK.now())}")
+    elif state.is_open:
+        out.print(f"Agent:    {describe_agent(running, closer)}")
 
 
 def _ask_vendor(config: AgentConfig, description: str) -> str:

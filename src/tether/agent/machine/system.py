@@ -70,6 +70,7 @@ from tether.agent.machine.grant import (
     check_grant,
 )
 from tether.agent.machine.recorder_setup import check_as_account, install_library, prepare_directory
+from tether.agent.machine.service import cron_daemon
 from tether.agent.machine.sshd import (
     ConnectionSpec,
     Sshd,
@@ -111,7 +112,6 @@ class SystemMachine:
     sudoers_template = SUDOERS_TEMPLATE
     #: Present on a machine with cron jobs (see :meth:`facts`).
     cron_dir = Path("/etc/cron.d")
-    cron_daemons = (Path("/usr/sbin/cron"), Path("/usr/sbin/crond"), Path("/usr/bin/crond"))
 
     def __init__(
         self,
@@ -479,7 +479,7 @@ class SystemMachine:
             conflict = f"{account!r} is not a valid account name"
         elif (entry := lookup(account)) is not None and not is_ours(entry):
             conflict = conflict_message(account)
-        cron = self.cron_dir.is_dir() and any(os.access(p, os.X_OK) for p in self.cron_daemons)
+        cron = self.cron_dir.is_dir() and cron_daemon() is not None
         return MachineFacts(
             sshd_present=present,
             sshd_config_valid=error is None,
