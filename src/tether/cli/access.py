@@ -325,25 +325,32 @@ def status(config_path: Path, as_json: bool) -> None:
     state = AccessManager(config).state()
     reply = _daemon(config, "status")
     tunnel = reply.get("tunnel") if reply else None
+    from tether.agent.layers import armed_layers
+    from tether.agent.machine.service import installed_closer
+
+    running = reply is not None
+    found = armed_layers(config, state, daemon_running=running) if state.is_open else []
     if as_json:
         print_json(
             {
                 "serial": config.serial,
                 "access": state.to_json(with_key=False),
-                "daemon_running": reply is not None,
+                "daemon_running": running,
                 "tunnel": tunnel,
+                "layers": [layer.to_json() for layer in found],
             }
         )
         return
-    from tether.agent.machine.service import installed_closer
-
-    running = reply is not None
     closer = describe_closer(running, None if running else installed_closer(config))
     out.print(describe_access(state, config.serial, SYSTEM_CLOCK.now(), closer))
     if state.is_open and state.mode == AccessMode.TETHER:
         out.print(f"Tether:   {describe_tunnel(running, tunnel, SYSTEM_CLOCK.now())}")
     elif state.is_open:
         out.print(f"Agent:    {describe_agent(running, closer)}")
+    for i, layer in enumerate(found):
+        head = "Closes on time by:" if i == 0 else ""
+        mark = "armed    " if layer.armed else "NOT armed"
+        out.print(f"{head:<19}{mark} {layer.name}: {escape(layer.detail)}")
 
 
 def _ask_vendor(config: AgentConfig, description: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -57,3 +58,33 @@ async def test_status_never_promises_a_close_that_nothing_does(
     body = json.loads((await machine.tether("access", "status", "--json")).stdout)
     assert body["daemon_running"] is False
     assert (await machine.tether("access", "disable")).returncode == 0
+
+
+async def test_status_and_check_list_the_layers_armed_and_the_account_dates_precision(
+    setup: tuple[Vendor, Machine, int],  # noqa: F811
+) -> None:
+    _, machine, _ = setup
+    enabled = await machine.tether("access", "enable", "--direct", "--duration", "2h")
+    assert enabled.returncode == 0, enabled.stderr
+    try:
+        body = json.loads((await machine.tether("access", "status", "--json")).stdout)
+        armed = {layer["name"]: layer["armed"] for layer in body["layers"]}
+        assert armed["agent timer"] is False  # no agent runs here
+        assert armed["account expiry date"] is True
+        assert armed["engineer certificate"] is True
+        expires = body["access"]["expires_at"]
+        account = next(x for x in body["layers"] if x["name"] == "account expiry date")
+        # Day precision, and said so: the day after access ends, from 00:00 UTC.
+        day_after = (datetime.fromisoformat(expires).date() + timedelta(days=1)).isoformat()
+        assert account["detail"].startswith(
+            f"{day_after}: the OS keeps account expiry in whole days"
+        )
+        human = await machine.tether("access", "status")
+        assert "Closes on time by:" in human.stdout
+        assert "armed     account expiry date: " in human.stdout
+        assert "NOT armed agent timer: the agent is not running" in human.stdout
+        checked = await machine.tether("access", "check")
+        assert "closing layers: armed: account expiry date, engineer certificate" in checked.stdout
+        assert "whole days" in checked.stdout
+    finally:
+        assert (await machine.tether("access", "disable")).returncode == 0
