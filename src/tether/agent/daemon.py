@@ -66,7 +66,14 @@ class AgentDaemon:
         self._lock.acquire()
         try:
             self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._machine_key = load_or_create_machine_key(self.config.machine_key_path)
+            fingerprint = self._machine_key.get_fingerprint("sha256")
+            # The customer's record says when the agent ran, and when it did not stop
+            # cleanly (`tether access log`), as the SPEC's tether log does.
+            self._audit("agent.started", serial=self.config.serial, machine=fingerprint)
+            log.event(logger, "agent.start", serial=self.config.serial, machine_key=fingerprint)
             if self._marker.exists():
+                self._audit("agent.unclean_shutdown", note="the last run did not shut down cleanly")
                 log.event(
                     logger,
                     "agent.unclean_shutdown",
@@ -74,22 +81,21 @@ class AgentDaemon:
                     message="the last run did not shut down cleanly; reconciling",
                 )
             self._marker.write_text("running\n")
-            self._machine_key = load_or_create_machine_key(self.config.machine_key_path)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
-            log.event(
-                logger,
-                "agent.start",
-                serial=self.config.serial,
-                machine_key=self._machine_key.get_fingerprint("sha256"),
-            )
             # Repair and reconcile before answering anyone: nobody may see pre-crash
             # state as current.
             repaired = await asyncio.to_thread(self.access.recover)
             if repaired:
                 log.event(logger, "agent.recovered", message=repaired)
             await self.reconcile()
+            state = self.access.state()
+            self._audit(
+                "agent.reconciled",
+                outcome=repaired or "the machine matched the stored state",
+                access=state.status.value,
+            )
             server = await serve_control(self.socket_path, self._on_command)
             self._start_recordings()
             web = await self._start_web()
@@ -101,6 +107,7 @@ class AgentDaemon:
             await self._tasks.aclose()
             self.socket_path.unlink(missing_ok=True)
             self._marker.unlink(missing_ok=True)
+            self._audit("agent.stopped")
             log.event(logger, "agent.stop")
         finally:
             self._lock.release()
@@ -125,11 +132,21 @@ class AgentDaemon:
         return web
 
     def reset_tether(self) -> bool:
-        """Reconnect the tether now (skips a backoff wait); False if none is held."""
+        """Reconnect the tether now (the customer's reset); False if none is held."""
         if self._tunnel is None:
             return False
+        self._audit("tether.reset", by="customer")
         self._tunnel.reset()
         return True
+
+    def _audit(self, event: str, **fields: FieldValue) -> None:
+        """Append to the customer's audit log; a failure is logged, never fatal."""
+        try:
+            self.access.audit.append(event, **fields)
+        except (OSError, ValueError) as exc:
+            log.event(
+                logger, "audit.failed", level=logging.ERROR, audit_event=event, error=str(exc)
+            )
 
     def _start_recordings(self) -> None:
         """Audit, retain and announce support sessions (also those from while we were down)."""
@@ -231,12 +248,7 @@ class AgentDaemon:
                 fields["ports"] = list(status.ports)
             else:
                 fields["reason"] = status.reason or status.state.value
-            try:
-                self.access.audit.append(event, **fields)
-            except (OSError, ValueError) as exc:
-                log.event(
-                    logger, "audit.failed", level=logging.ERROR, audit_event=event, error=str(exc)
-                )
+            self._audit(event, **fields)
 
     async def _stop_tunnel(self, closed: AccessState | None = None) -> None:
         """Stop the tether; with ``closed``, the access it served was closed here.
