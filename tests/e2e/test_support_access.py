@@ -416,7 +416,8 @@ async def test_access_log_tells_the_agents_story_and_sshds_with_times_in_order(
     assert "the agent's last run did not shut down cleanly" in texts
     assert any(t.startswith("agent reconciled access with the machine") for t in texts)
     logins = [row for row in rows if row["source"] == "sshd"]
-    assert logins and all(row["at"] is not None for row in logins), logins  # with their time
+    assert logins
+    assert all(row["at"] is not None for row in logins), logins  # with their time
     times = [row["at"] for row in rows]
     assert times == sorted(times)  # one story, in time order
     human = (await asyncio.to_thread(system.access, "log")).stdout
