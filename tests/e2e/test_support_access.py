@@ -364,12 +364,13 @@ async def test_audit_log_verifies_and_detects_an_edit(system: DemoSystem) -> Non
     assert system.machine is not None
     path = system.machine.host_path("/var/lib/tether") / "audit.log"
     lines = path.read_text().splitlines()
-    lines[0] = lines[0].replace('"cli"', '"someone else"')
+    edited = next(i for i, line in enumerate(lines) if '"cli"' in line)  # the opening
+    lines[edited] = lines[edited].replace('"cli"', '"someone else"')
     path.write_text("\n".join(lines) + "\n")
     bad = await asyncio.to_thread(system.access, "log", "--verify")
     assert bad.returncode == 1
     assert "TAMPERED" in bad.stdout
-    assert "entry 1" in bad.stdout
+    assert f"entry {edited + 1}" in bad.stdout
 
 
 async def test_account_expiry_date_is_a_layer_that_works_alone(system: DemoSystem) -> None:

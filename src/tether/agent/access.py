@@ -372,7 +372,7 @@ class AccessManager:
             intent = current.closing(reason, self.clock.now(), detail)
         self.state_file.save(intent)
         report = self.machine.close(current.account or self.config.support_account)
-        closed = intent.closed()
+        closed = intent.closed(report.notes)
         self.state_file.save(closed)
         why = intent.close_reason or reason
         self.audit.append(
@@ -383,6 +383,8 @@ class AccessManager:
             grant=current.grant_id,
             sessions_killed=report.sessions_killed,
             account_removed=report.account_removed,
+            sshd_reloaded=report.sshd_reloaded,
+            could_not=[note[:400] for note in report.notes] or None,
         )
         log.event(
             logger,

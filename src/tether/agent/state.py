@@ -63,6 +63,8 @@ class AccessState:
     sealed_password: str | None = field(default=None, repr=False)
     #: The customer replaced the generated password: the vendor's copy must go.
     password_withdrawn: bool = False
+    #: What closing could not do (e.g. sshd not reloaded), in words for the customer.
+    close_notes: tuple[str, ...] = ()
     key: str | None = field(default=None, repr=False)
     key_id: str | None = None
     serial: str | None = None
@@ -92,11 +94,17 @@ class AccessState:
             closed_at=now,
             close_reason=reason,
             close_detail=detail,
+            close_notes=(),
         )
 
-    def closed(self) -> AccessState:
-        """Access closed: the key and sealed password are no longer kept."""
-        return replace(self, status=AccessStatus.CLOSED, key=None, sealed_password=None)
+    def closed(self, notes: tuple[str, ...] = ()) -> AccessState:
+        """Access closed: the key and sealed password are no longer kept.
+
+        :param notes: what closing could not do, kept for `status` to say.
+        """
+        return replace(
+            self, status=AccessStatus.CLOSED, key=None, sealed_password=None, close_notes=notes
+        )
 
     def to_json(self, *, with_key: bool) -> dict[str, Any]:
         def iso(dt: datetime | None) -> str | None:
@@ -119,6 +127,7 @@ class AccessState:
             "close_reason": self.close_reason.value if self.close_reason else None,
             "close_detail": self.close_detail,
             "password_withdrawn": self.password_withdrawn,
+            "close_notes": list(self.close_notes),
         }
         if with_key:
             body["key"] = self.key
@@ -151,6 +160,7 @@ class AccessState:
             close_reason=CloseReason(reason) if reason else None,
             close_detail=body.get("close_detail"),
             password_withdrawn=body.get("password_withdrawn") is True,
+            close_notes=tuple(str(n) for n in body.get("close_notes") or ()),
         )
 
 

@@ -281,6 +281,8 @@ def disable(config_path: Path, as_json: bool) -> None:
         )
     elif before.status != AccessStatus.CLOSED:
         out.print("Support access closed.")
+        for note in state.close_notes:
+            err.print(f"[bold yellow]warning:[/] {escape(note)}")
     else:
         out.print("Support access was already closed.")
 
@@ -343,6 +345,9 @@ def status(config_path: Path, as_json: bool) -> None:
         return
     closer = describe_closer(running, None if running else installed_closer(config))
     out.print(describe_access(state, config.serial, SYSTEM_CLOCK.now(), closer))
+    if state.status == AccessStatus.CLOSED:
+        for note in state.close_notes:
+            out.print(f"Note:     {escape(note)}")
     if state.is_open and state.mode == AccessMode.TETHER:
         out.print(f"Tether:   {describe_tunnel(running, tunnel, SYSTEM_CLOCK.now())}")
     elif state.is_open:

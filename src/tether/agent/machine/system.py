@@ -381,10 +381,20 @@ class SystemMachine:
             if error is None:
                 reloaded = self._sshd.reload()
             else:
+                # Reloading a configuration sshd -t refuses would stop sshd (it re-executes
+                # and fails): the customer would be locked out. Trust has ended anyway:
+                # sshd reads TrustedUserCAKeys at every login, and that file is gone.
                 log.event(logger, "machine.close.sshd_invalid", level=logging.CRITICAL, error=error)
+                trust = (
+                    "sshd trusts the vendor's certificates no more: it reads the CA file at "
+                    f"every login, and {self.ca_file} is gone"
+                    if not self.ca_file.exists()
+                    else f"{self.ca_file} is still there: remove it by hand"
+                )
                 notes.append(
-                    "sshd -t fails on the machine's own configuration after Tether's part "
-                    f"was removed ({error}); sshd was NOT reloaded: fix it before sshd restarts"
+                    f"sshd was NOT reloaded: its own configuration is broken ({error}), and "
+                    f"reloading it would stop sshd; {trust}. Fix the configuration, then reload "
+                    "sshd (systemctl reload ssh) so it forgets Tether's settings"
                 )
         report = CloseReport(
             sessions_killed=killed,
