@@ -31,6 +31,9 @@ logger = logging.getLogger("tether.agent")
 
 #: Direct access lasts this long unless the customer says otherwise.
 DIRECT_DEFAULT_DURATION = timedelta(days=7)
+#: Closing access for these reasons spends its key (the relay is told); the others
+#: are the relay's own verdicts (revoked, refused) or a failed opening.
+SPENDING_REASONS = frozenset({CloseReason.CUSTOMER, CloseReason.EXPIRED})
 #: Engineers in tether mode arrive through the agent, i.e. from the machine's loopback.
 TETHER_SOURCES = ("127.0.0.1", "::1")
 
@@ -373,8 +376,12 @@ class AccessManager:
         self.state_file.save(intent)
         report = self.machine.close(current.account or self.config.support_account)
         closed = intent.closed(report.notes)
-        self.state_file.save(closed)
         why = intent.close_reason or reason
+        if current.key and why in SPENDING_REASONS:
+            # The relay must learn that this key is spent; the agent tells it (now, if
+            # it holds the tether; else when it next runs) and then forgets the key.
+            closed = replace(closed, unreported_key=current.key)
+        self.state_file.save(closed)
         self.audit.append(
             "access.closed",
             by=by,
@@ -395,6 +402,13 @@ class AccessManager:
             sessions=report.sessions_killed,
         )
         return closed
+
+    def spent_reported(self, key: str) -> None:
+        """The relay was told that ``key`` is spent: stop keeping it."""
+        with state_lock(self._lock_path):
+            state = self.state_file.load()
+            if state.unreported_key == key:
+                self.state_file.save(replace(state, unreported_key=None))
 
     def expire_if_due(self, now: datetime | None = None) -> AccessState | None:
         """Close access whose expiry has passed; return the new state if it closed."""

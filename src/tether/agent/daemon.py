@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tether import log
-from tether.agent.access import AccessManager
+from tether.agent.access import SPENDING_REASONS, AccessManager
 from tether.agent.control import serve_control
 from tether.agent.identity import load_or_create_machine_key
 from tether.agent.locks import DaemonLock
@@ -25,7 +26,7 @@ from tether.agent.notify import Notifier
 from tether.agent.recording.watch import RecordingWatcher
 from tether.agent.state import AccessMode, AccessState, CloseReason
 from tether.agent.status import TunnelState, TunnelStatus
-from tether.agent.tunnel import TetherRefused, Tunnel
+from tether.agent.tunnel import TetherRefused, Tunnel, backoff_delay, report_spent
 from tether.audit import FieldValue
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import AgentConfig
@@ -56,6 +57,8 @@ class AgentDaemon:
         self._tether_up = False
         self._expiry: asyncio.TimerHandle | None = None
         self._machine_key: asyncssh.SSHKey | None = None
+        self._report: asyncio.Task[None] | None = None
+        self._rng = random.Random()
         self._stop = asyncio.Event()
         self._reconcile_lock = asyncio.Lock()
         self.socket_path: Path = config.run_dir / "agent.sock"
@@ -174,7 +177,12 @@ class AgentDaemon:
                 self._expiry.cancel()
                 self._expiry = None
             if not state.is_open:
-                await self._stop_tunnel(closed=state)
+                told = await self._stop_tunnel(closed=state)
+                if state.unreported_key is not None:
+                    if told:
+                        await asyncio.to_thread(self.access.spent_reported, state.unreported_key)
+                    else:
+                        self._start_report(state)
                 return
             if state.expires_at is not None:
                 delay = max(0.0, (state.expires_at - self.clock.now()).total_seconds())
@@ -250,24 +258,58 @@ class AgentDaemon:
                 fields["reason"] = status.reason or status.state.value
             self._audit(event, **fields)
 
-    async def _stop_tunnel(self, closed: AccessState | None = None) -> None:
+    async def _stop_tunnel(self, closed: AccessState | None = None) -> bool:
         """Stop the tether; with ``closed``, the access it served was closed here.
 
         The relay is then told that the key is spent (a copy of this machine's state
-        must not open it again). A refusal from the relay needs no word back: the relay
-        itself refused the key.
+        must not open it again); returns whether it was. A refusal from the relay
+        needs no word back: the relay itself refused the key.
         """
         tunnel, self._tunnel, self._tunnel_key = self._tunnel, None, None
         if tunnel is None:
-            return
+            return False
         spent = None
         if (
             closed is not None
             and closed.key_id == tunnel.key_id
-            and closed.close_reason in (CloseReason.CUSTOMER, CloseReason.EXPIRED)
+            and closed.close_reason in SPENDING_REASONS
         ):
             spent = closed.close_reason.value
-        await tunnel.aclose(closed=spent)
+        return await tunnel.aclose(closed=spent)
+
+    def _start_report(self, state: AccessState) -> None:
+        """Tell the relay, in the background, that a key closed while no tether was up
+        is spent (retried with backoff until it knows; see :func:`report_spent`)."""
+        if self._report is not None and not self._report.done():
+            return
+        if state.unreported_key is None or state.close_reason is None:
+            return
+        self._report = self._tasks.spawn(
+            self._report_spent(state.unreported_key, state.close_reason.value),
+            "agent.report_spent",
+        )
+
+    async def _report_spent(self, key: str, reason: str) -> None:
+        try:
+            claims = parse_key(
+                key, self.config.vendor_keys, now=self.clock.now(), serial=self.config.serial
+            )
+        except TetherKeyError:
+            claims = None  # expired (or unreadable): no relay admits it any more
+        attempt = 0
+        while claims is not None and self._machine_key is not None:
+            if self.access.state().unreported_key != key:
+                return  # access was opened again meanwhile; its key is its own matter
+            if await report_spent(key, claims, self._machine_key, self.config.tether, reason):
+                break
+            settings = self.config.tether
+            delay = backoff_delay(
+                attempt, initial=settings.backoff_initial, cap=settings.backoff_cap, rng=self._rng
+            )
+            attempt += 1
+            await asyncio.sleep(delay)
+        await asyncio.to_thread(self.access.spent_reported, key)
+        log.event(logger, "agent.key_spent_reported", key=claims.key_id if claims else None)
 
     @property
     def tunnel_status(self) -> TunnelStatus | None:

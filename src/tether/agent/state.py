@@ -65,6 +65,9 @@ class AccessState:
     password_withdrawn: bool = False
     #: What closing could not do (e.g. sshd not reloaded), in words for the customer.
     close_notes: tuple[str, ...] = ()
+    #: The key of a closed tether that the relay was not yet told is spent (the agent
+    #: was not running when access closed); the agent tells it, then forgets the key.
+    unreported_key: str | None = field(default=None, repr=False)
     key: str | None = field(default=None, repr=False)
     key_id: str | None = None
     serial: str | None = None
@@ -132,6 +135,7 @@ class AccessState:
         if with_key:
             body["key"] = self.key
             body["sealed_password"] = self.sealed_password
+            body["unreported_key"] = self.unreported_key
         return body
 
     @classmethod
@@ -161,6 +165,7 @@ class AccessState:
             close_detail=body.get("close_detail"),
             password_withdrawn=body.get("password_withdrawn") is True,
             close_notes=tuple(str(n) for n in body.get("close_notes") or ()),
+            unreported_key=body.get("unreported_key"),
         )
 
 

@@ -449,24 +449,75 @@ class Tunnel:
         if self._conn is not None:
             self._conn.close()
 
-    async def aclose(self, *, closed: str | None = None) -> None:
+    async def aclose(self, *, closed: str | None = None) -> bool:
         """Stop for good: the connection, and every channel through it, ends now.
 
         :param closed: the machine closed the access this key opened (disable, expiry):
             tell the relay first, so that it counts the key as spent.
+        :returns: whether the relay was told (the tether was up to say it).
         """
         self._stopped = True
         self._wake.set()
-        control = self._control
-        if closed is not None and control is not None:
-            try:
-                control.write(encode(AccessClosed(self._claims.key_id, closed)))
-                control.write_eof()  # sent in order, before the disconnect below
-            except (BrokenPipeError, asyncssh.Error, OSError):
-                pass  # the tether is gone already; the relay knows nothing more
+        told = closed is not None and _say_closed(self._control, self._claims.key_id, closed)
         if self._conn is not None:
             self._conn.close()
             await self._conn.wait_closed()
+        return told
+
+
+def _say_closed(control: asyncssh.SSHClientChannel[bytes] | None, key_id: str, reason: str) -> bool:
+    """Send ``access-closed`` (then EOF, so it arrives before the disconnect)."""
+    if control is None:
+        return False
+    try:
+        control.write(encode(AccessClosed(key_id, reason)))
+        control.write_eof()
+    except (BrokenPipeError, asyncssh.Error, OSError):
+        return False  # the tether is gone already
+    return True
+
+
+async def report_spent(
+    key_text: str,
+    claims: TetherKeyClaims,
+    machine_key: asyncssh.SSHKey,
+    settings: TetherSettings,
+    reason: str,
+) -> bool:
+    """Tell the relay that a key whose access closed while no tether was up is spent.
+
+    The agent registers the key once more (the same machine: no new use), offers no
+    port, says ``access-closed`` and hangs up. Returns True once the relay knows, or
+    refuses the key for good anyway (revoked, expired, already spent); False if it
+    could not be reached (try again later).
+    """
+    client = PinnedClient(claims.relay_host_key)
+    try:
+        conn = await connect_as_agent(
+            claims.relay, client, machine_key, within=settings.connect_timeout
+        )
+    except (TimeoutError, OSError, asyncssh.Error):
+        return False
+    try:
+        chan, session = await conn.create_session(
+            ControlClient, subsystem=CONTROL_SUBSYSTEM, encoding=None
+        )
+        control = cast(ControlClient, session)
+        chan.write(encode(Register(key_text, PROTOCOL_VERSION)))
+        reply = await asyncio.wait_for(control.messages.get(), settings.connect_timeout)
+        if isinstance(reply, RefusedMessage):
+            return reply.reason in PERMANENT_REASONS
+        if not isinstance(reply, Registered):
+            return False
+        told = _say_closed(chan, claims.key_id, reason)
+        if told:  # the relay hangs up once it has read it
+            await asyncio.wait_for(control.messages.get(), settings.connect_timeout)
+        return told
+    except (TimeoutError, OSError, asyncssh.Error):
+        return False
+    finally:
+        conn.close()
+        await conn.wait_closed()
 
 
 def _seconds(value: float) -> timedelta:

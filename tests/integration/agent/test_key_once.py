@@ -149,3 +149,45 @@ async def test_your_own_password_replaces_the_vendors_sealed_copy(
 def _shadow_hash(machine: Machine) -> str:
     line = machine.sandbox.run(["getent", "shadow", "tether-support"]).stdout
     return str(line).split(":")[1]
+
+
+async def test_a_key_closed_while_the_agent_was_down_is_reported_spent_when_it_runs(
+    setup: tuple[Vendor, Machine, int],  # noqa: F811
+) -> None:
+    vendor, machine, service = setup
+    key, claims = await vendor.issue("M-1", ports=[service])
+    agent = await machine.start_agent()
+    try:
+        assert (await machine.tether("access", "enable", "--key", key)).returncode == 0
+        await machine.wait_tunnel("connected")
+    finally:
+        await stop(machine, agent)
+    state_file = machine.state_dir / "access.json"
+    open_copy = state_file.read_text()
+    # Closed with no agent running: nothing can tell the relay now.
+    assert (await machine.tether("access", "disable")).returncode == 0
+    issued = await vendor.store.keys.get(claims.key_id)
+    assert issued is not None
+    assert not issued.spent
+    agent = await machine.start_agent()  # it tells the relay as soon as it runs
+    try:
+
+        async def spent() -> bool:
+            issued = await vendor.store.keys.get(claims.key_id)
+            return issued is not None and issued.spent
+
+        await _wait(spent, "the agent reports the key spent")
+        state_file.write_text(open_copy)  # a copy of the state from while it was open
+        sock = machine.sandbox.host_path("/run") / "tether" / "agent.sock"
+        await asyncio.to_thread(ask_daemon, sock, "reconcile")
+
+        async def closed() -> bool:
+            access = (await machine.status())["access"]
+            return isinstance(access, dict) and access["status"] == "closed"
+
+        await _wait(closed, "the relay refuses the copy and the agent closes it")
+        status = await machine.tether("access", "status")
+        assert "each key works once" in status.stdout, status.stdout
+        assert json.loads(state_file.read_text()).get("unreported_key") is None
+    finally:
+        await stop(machine, agent)
