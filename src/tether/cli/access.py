@@ -246,6 +246,12 @@ def _print_enabled(
             f"warning: not opening port(s) {', '.join(map(str, refused_ports))}: not allowed on this machine"
         )
     if state.mode != AccessMode.TETHER:
+        from tether.agent.machine.service import installed_closer
+
+        timer = None if daemon_running else installed_closer(config)
+        out.print(
+            f"Agent:    {describe_agent(daemon_running, describe_closer(daemon_running, timer))}"
+        )
         return
     if not daemon_running:
         err.print(

@@ -48,6 +48,7 @@ async def test_status_never_promises_a_close_that_nothing_does(
     _hide_cron(machine)
     enabled = await machine.tether("access", "enable", "--direct", "--duration", "1s")
     assert enabled.returncode == 0, enabled.stderr
+    assert "Agent:    NOT running, and no expiry timer is installed" in enabled.stdout
     status = await machine.tether("access", "status")
     assert "Agent:    NOT running, and no expiry timer is installed" in status.stdout
     await asyncio.sleep(1.2)  # past its expiry, and no agent, no timer
