@@ -20,6 +20,7 @@ from tether.agent.locks import state_lock
 from tether.agent.machine.effects import Machine, MachineError, RecorderSpec, SupportGrant
 from tether.agent.machine.recorder_setup import choose_python, library_for, recorder_command
 from tether.agent.state import AccessMode, AccessState, AccessStatus, CloseReason, StateFile
+from tether.audit import FieldValue
 from tether.audit_log import AuditLog
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import AgentConfig, FailMode
@@ -382,6 +383,9 @@ class AccessManager:
             # it holds the tether; else when it next runs) and then forgets the key.
             closed = replace(closed, unreported_key=current.key)
         self.state_file.save(closed)
+        could_not: dict[str, FieldValue] = (
+            {"could_not": [note[:400] for note in report.notes]} if report.notes else {}
+        )
         self.audit.append(
             "access.closed",
             by=by,
@@ -391,7 +395,7 @@ class AccessManager:
             sessions_killed=report.sessions_killed,
             account_removed=report.account_removed,
             sshd_reloaded=report.sshd_reloaded,
-            could_not=[note[:400] for note in report.notes] or None,
+            **could_not,
         )
         log.event(
             logger,

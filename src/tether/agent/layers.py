@@ -78,7 +78,7 @@ def layers(
             timer is not None,
             f"{timer} runs `tether access expire`: closes access within a minute of its expiry"
             if timer
-            else "not installed (`tether agent install`)",
+            else "not installed: run `tether agent install`",
         ),
         Layer(
             "account expiry date",

@@ -93,7 +93,9 @@ def run_checks(config: AgentConfig, key_text: str | None) -> list[Check]:
         Check(
             "expiry timer",
             facts.systemd or facts.cron,
-            "systemd" if facts.systemd else ("cron" if facts.cron else "neither systemd nor cron"),
+            "systemd can run it"
+            if facts.systemd
+            else ("a cron daemon can run it" if facts.cron else "neither systemd nor cron"),
             "install cron (apt-get install cron) so access closes even if the agent is down",
         )
     )
