@@ -40,6 +40,11 @@ async def test_a_closed_key_is_spent_on_the_machine_and_at_the_relay(
         key, claims = await vendor.issue("M-1", ports=[service])
         assert (await machine.tether("access", "enable", "--key", key)).returncode == 0
         await machine.wait_tunnel("connected")
+
+        async def password_kept() -> bool:
+            return await vendor.store.passwords.get(claims.key_id) is not None
+
+        await _wait(password_kept, "the relay keeps the sealed password")
         # The same open grant again, and a reset, are no new uses of the key.
         again = await machine.tether("access", "enable", "--key", key)
         assert again.returncode == 0, again.stderr
@@ -56,6 +61,11 @@ async def test_a_closed_key_is_spent_on_the_machine_and_at_the_relay(
             return issued is not None and issued.spent
 
         await _wait(spent, "the relay marks the closed key spent")
+
+        async def password_forgotten() -> bool:  # the account it opened is gone
+            return await vendor.store.passwords.get(claims.key_id) is None
+
+        await _wait(password_forgotten, "the vendor forgets the sealed password")
 
         # On the machine: refused at once, with why, and nothing changes.
         reused = await machine.tether("access", "enable", "--key", key)
