@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tether.errors import BadInput, Refused
+from tether.store import records
 from tether.store.db import Database, StoreConflict, StoreError
 from tether.store.models import (
     EngineerRow,
@@ -23,13 +24,7 @@ from tether.store.models import (
     RevocationKind,
     RevocationRow,
 )
-from tether.store.records import (
-    SPENT_PREFIX,
-    Engineer,
-    EngineerCredentials,
-    IssuedKey,
-    Revocation,
-)
+from tether.store.records import Engineer, EngineerCredentials, IssuedKey, Revocation
 from tether.store.types import format_ports, require_aware, require_text
 
 __all__ = [
@@ -208,7 +203,7 @@ class KeyRepo:
         already revoked or spent stays as it is.
         """
         at = require_aware(now, "now")
-        reason = SPENT_PREFIX + require_text(detail, "detail", 200)
+        reason = records.SPENT_PREFIX + require_text(detail, "detail", 200)
         async with self._db.write(f"spending key {key_id}") as session:
             row = await session.scalar(
                 select(IssuedKeyRow).where(IssuedKeyRow.key_id == key_id).with_for_update()
