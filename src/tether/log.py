@@ -8,6 +8,9 @@ second log line. Never pass secrets (keys, passwords, tokens) as fields.
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import os
+import stat
 import sys
 import time
 from datetime import datetime
@@ -70,3 +73,48 @@ def setup(level: int = logging.INFO, *, stream: Any = None) -> None:
     root.propagate = False
     # asyncssh logs every channel at INFO; ours already say what matters.
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
+
+
+def setup_command(level: int = logging.INFO) -> None:
+    """Send a one-shot command's structured lines to the system log, never to the terminal.
+
+    A person running ``tether access …`` reads the command's own words on stdout and
+    stderr; an ``event key=value`` line printed before them (Python's last-resort
+    handler does that for warnings) only hides the message. The lines go to syslog
+    (``/dev/log``, the journal on systemd machines) where one is listening, else
+    nowhere; ``TETHER_LOG=stderr`` shows them on stderr after all, for debugging.
+    Long-running services call :func:`setup` instead, which replaces this.
+    """
+    root = logging.getLogger("tether")
+    handler: logging.Handler
+    if os.environ.get("TETHER_LOG") == "stderr":
+        setup(level)
+        return
+    if _is_socket(SYSLOG_SOCKET):
+        handler = _QuietSysLog(address=str(SYSLOG_SOCKET))
+        handler.ident = "tether: "
+    else:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+
+
+#: Where the system logger listens (journald or rsyslog).
+SYSLOG_SOCKET = "/dev/log"
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+class _QuietSysLog(logging.handlers.SysLogHandler):
+    """Syslog that stays silent if the logger went away: never a traceback on stderr."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        return None

@@ -9,7 +9,9 @@ drops the tether (revoked, expired). ``refused``/``closing`` carry a
 Once registered, the agent reports its audit log's head (``audit-head``: seq and hash of
 its last entry). To check that the log still holds what it reported before, the relay
 may ask for the hash of one earlier entry (``audit-query``), which the agent answers
-(``audit-entry``, hash ``null`` if the log no longer has that entry).
+(``audit-entry``, hash ``null`` if the log no longer has that entry). When the machine
+closes the access a key opened, the agent says so (``access-closed``) before it hangs
+up: the key is spent.
 """
 
 from __future__ import annotations
@@ -107,6 +109,26 @@ class SealedPassword:
 
 
 @dataclass(frozen=True)
+class PasswordWithdrawn:
+    """Agent → relay: the customer replaced the sealed password of ``key_id``; forget it."""
+
+    key_id: str
+
+
+@dataclass(frozen=True)
+class AccessClosed:
+    """Agent → relay: the machine closed the access this key opened; the key is spent.
+
+    Sent just before the agent hangs up after a disable or an expiry, so that a copy
+    of the machine's state cannot open the key again, and so that the vendor console
+    stops showing a sealed password that no longer works.
+    """
+
+    key_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Request:
     """Agent → relay: one-click support request (no key yet): ask the vendor for one."""
 
@@ -164,6 +186,8 @@ Message = (
     | Refused
     | Closing
     | SealedPassword
+    | PasswordWithdrawn
+    | AccessClosed
     | Request
     | Cancel
     | CaseUpdate
@@ -196,6 +220,10 @@ def encode(message: Message) -> bytes:
                 body["retry_within"] = retry_within
         case SealedPassword(key_id, sealed):
             body = {"op": "sealed-password", "key_id": key_id, "sealed": sealed}
+        case PasswordWithdrawn(key_id):
+            body = {"op": "password-withdrawn", "key_id": key_id}
+        case AccessClosed(key_id, reason):
+            body = {"op": "access-closed", "key_id": key_id, "reason": reason}
         case Request(serial, description, version):
             body = {
                 "op": "request",
@@ -304,6 +332,10 @@ def decode(line: bytes) -> Message:
             return HeadAnswer(_seq(body, lowest=1), digest)
         if op == "sealed-password":
             return SealedPassword(_text(body, "key_id"), _text(body, "sealed"))
+        if op == "password-withdrawn":
+            return PasswordWithdrawn(_text(body, "key_id"))
+        if op == "access-closed":
+            return AccessClosed(_text(body, "key_id"), _text(body, "reason"))
         if op in ("refused", "closing"):
             reason = RefusalReason(_text(body, "reason"))
             text = _text(body, "message")

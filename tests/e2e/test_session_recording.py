@@ -209,3 +209,29 @@ async def test_support_sessions_through_the_relay_are_recorded(
         os.chmod(recordings, DIRECTORY_MODE)
     assert (opened.returncode, opened.stdout) == (0, "ran-open\n"), opened.stderr
     assert "NOT recorded" in opened.stderr
+
+
+async def test_sessions_ended_by_a_close_are_shown_ended_and_counted_as_sessions(
+    system: DemoSystem,
+) -> None:
+    """Issue 11: a session cut off by disable is ended (with its duration), never "live",
+    and `sessions killed` counts sessions, not their processes."""
+    from tests.e2e.test_tether_path import live_session
+
+    session = await live_session(system)  # a shell running `sleep`, and its recorder
+    disabled = await asyncio.to_thread(system.access, "disable")
+    assert disabled.returncode == 0, disabled.stderr
+    await asyncio.wait_for(session.wait(), 5)
+    items = _json(await asyncio.to_thread(system.access, "recordings", "--json"))
+    assert len(items) == 1
+    cut = items[0]
+    assert cut["live"] is False
+    assert cut["cut_off"] is True
+    assert cut["ended"] is not None
+    assert cut["duration"] is not None
+    listed = await asyncio.to_thread(system.access, "recordings")
+    assert " live " not in listed.stdout
+    assert "(cut off)" in listed.stdout
+    audit = _json(await asyncio.to_thread(system.access, "log", "--json"))
+    closed = next(r["text"] for r in audit["rows"] if r["text"].startswith("access closed:"))
+    assert re.search(r"sessions killed 1(;|$)", closed), closed

@@ -373,12 +373,13 @@ async def test_audit_log_verifies_and_detects_an_edit(system: DemoSystem) -> Non
     assert system.machine is not None
     path = system.machine.host_path("/var/lib/tether") / "audit.log"
     lines = path.read_text().splitlines()
-    lines[0] = lines[0].replace('"cli"', '"someone else"')
+    edited = next(i for i, line in enumerate(lines) if '"cli"' in line)  # the opening
+    lines[edited] = lines[edited].replace('"cli"', '"someone else"')
     path.write_text("\n".join(lines) + "\n")
     bad = await asyncio.to_thread(system.access, "log", "--verify")
     assert bad.returncode == 1
     assert "TAMPERED" in bad.stdout
-    assert "entry 1" in bad.stdout
+    assert f"entry {edited + 1}" in bad.stdout
 
 
 async def test_account_expiry_date_is_a_layer_that_works_alone(system: DemoSystem) -> None:
@@ -395,3 +396,40 @@ async def test_account_expiry_date_is_a_layer_that_works_alone(system: DemoSyste
     system.machine.run(["usermod", "-e", "1", "tether-support"], check=True)
     refused = await ssh(system, system.serial, "true")
     assert refused.returncode == 255
+
+
+async def test_access_log_tells_the_agents_story_and_sshds_with_times_in_order(
+    system: DemoSystem,
+) -> None:
+    """Issue 11: agent start, unclean shutdown, reconcile, reset, sshd lines with times."""
+    assert system.agent is not None
+    result = await ssh(system, system.serial, "true")
+    assert result.returncode == 0, result.stderr
+    reset = await asyncio.to_thread(system.access, "reset")
+    assert reset.returncode == 0, reset.stderr
+    await system.wait_for_tether("connected")
+    assert system.machine is not None
+    # The agent itself dies without shutting down (inside the machine, not its wrapper).
+    system.machine.run(["pkill", "-KILL", "-f", "tether agent serve"])
+    await asyncio.to_thread(system.agent.wait, 5)
+    system.start_agent("agent2.log")
+    for _ in range(100):
+        status = json.loads((await asyncio.to_thread(system.access, "status", "--json")).stdout)
+        if status["daemon_running"]:
+            break
+        await asyncio.sleep(0.1)
+    listed = json.loads((await asyncio.to_thread(system.access, "log", "--json")).stdout)
+    rows = listed["rows"]
+    texts = [row["text"] for row in rows]
+    assert "agent started" in " ".join(texts)
+    assert "tether reset by the customer" in texts
+    assert "the agent's last run did not shut down cleanly" in texts
+    assert any(t.startswith("agent reconciled access with the machine") for t in texts)
+    logins = [row for row in rows if row["source"] == "sshd"]
+    assert logins
+    assert all(row["at"] is not None for row in logins), logins  # with their time
+    times = [row["at"] for row in rows]
+    assert times == sorted(times)  # one story, in time order
+    human = (await asyncio.to_thread(system.access, "log")).stdout
+    login_line = next(line for line in human.splitlines() if "engineer demo logged in" in line)
+    assert login_line[:4].isdigit()  # a date, not a blank column

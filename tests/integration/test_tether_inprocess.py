@@ -147,7 +147,7 @@ async def test_a_relay_going_down_spreads_its_agents_return(tmp_path: Path) -> N
                 if status.state == TunnelState.RECONNECTING and status.since != first.since:
                     break
             assert status.retry_at is not None
-            assert status.reason == "relay refused the connection"
+            assert status.reason == f"cannot reach the relay at {claims.relay} (connection refused)"
             again = (status.retry_at - status.since).total_seconds()
             assert again == pytest.approx(SECOND_DRAW, abs=0.01)
 

@@ -10,12 +10,14 @@ from tether.protocol import (
     MAX_LINE,
     MAX_SEQ,
     PERMANENT_REASONS,
+    AccessClosed,
     ChainHead,
     Closing,
     HeadAnswer,
     HeadQuery,
     LineBuffer,
     Message,
+    PasswordWithdrawn,
     ProtocolError,
     RefusalReason,
     Refused,
@@ -38,6 +40,8 @@ MESSAGES: list[Message] = [
     HeadQuery(1),
     HeadAnswer(7, "cd" * 32),
     HeadAnswer(7, None),
+    AccessClosed("k-1", "customer"),
+    PasswordWithdrawn("k-1"),
 ]
 
 

@@ -20,6 +20,7 @@ from tether.agent.locks import state_lock
 from tether.agent.machine.effects import Machine, MachineError, RecorderSpec, SupportGrant
 from tether.agent.machine.recorder_setup import choose_python, library_for, recorder_command
 from tether.agent.state import AccessMode, AccessState, AccessStatus, CloseReason, StateFile
+from tether.audit import FieldValue
 from tether.audit_log import AuditLog
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import AgentConfig, FailMode
@@ -31,6 +32,9 @@ logger = logging.getLogger("tether.agent")
 
 #: Direct access lasts this long unless the customer says otherwise.
 DIRECT_DEFAULT_DURATION = timedelta(days=7)
+#: Closing access for these reasons spends its key (the relay is told); the others
+#: are the relay's own verdicts (revoked, refused) or a failed opening.
+SPENDING_REASONS = frozenset({CloseReason.CUSTOMER, CloseReason.EXPIRED})
 #: Engineers in tether mode arrive through the agent, i.e. from the machine's loopback.
 TETHER_SOURCES = ("127.0.0.1", "::1")
 
@@ -220,13 +224,19 @@ class AccessManager:
                 )
             if current.is_open:
                 if current.grant_id == state.grant_id:
-                    return current
+                    # The same grant again: not a new use of its key. A password of the
+                    # customer's own replaces the generated one (and the vendor's copy).
+                    if password.own is None:
+                        return current
+                    return self._replace_password(current, password.own, recorder, by=by)
                 until = (
                     f"until {current.expires_at:%Y-%m-%d %H:%M} UTC"
                     if current.expires_at
                     else "without end"
                 )
                 raise Refused(f"support access is already open ({until}); disable it first")
+            if state.key_id is not None:
+                self._refuse_spent(state.key_id, current)
             intent = replace(
                 state, opened_at=self.clock.now(), opened_by=by, sealed_password=sealed
             )
@@ -276,6 +286,62 @@ class AccessManager:
         )
         return opened
 
+    def _replace_password(
+        self, current: AccessState, own: str, recorder: RecorderSpec | None, *, by: str
+    ) -> AccessState:
+        """Give the open grant's account the customer's own password (under the lock).
+
+        The grant is applied again as it is (``Machine.open`` is idempotent) with the new
+        password; the sealed copy is dropped from the state, so the agent withdraws it
+        from the vendor: the console must not show a password that no longer works.
+        """
+        if self.config.vendor_ca is None:  # checked by _open; here for the type checker
+            raise NotReady(f"{self.config.path} has no vendor_ca")
+        self.machine.open(
+            SupportGrant(
+                account=current.account or self.config.support_account,
+                vendor_ca=self.config.vendor_ca,
+                expires_at=current.expires_at,
+                allow_from=current.allow_from,
+                password=own,
+                recorder=recorder,
+            )
+        )
+        updated = replace(current, sealed_password=None, password_withdrawn=True)
+        self.state_file.save(updated)
+        self.audit.append(
+            "access.password_replaced",
+            by=by,
+            grant=current.grant_id,
+            chosen_by="customer",
+            vendor_copy="withdrawn" if current.sealed_password else "none",
+        )
+        return updated
+
+    def _refuse_spent(self, key_id: str, current: AccessState) -> None:
+        """Refuse a key that already opened access here: each key works once.
+
+        The audit log is the record of every opening (``access.opened`` with the key
+        id); the access it opened has closed since (disable, expiry, revocation), so
+        the key is spent. Raised before anything on the machine changes.
+        """
+        used = [
+            e
+            for e in self.audit.entries(skip_damaged=True)
+            if e.event == "access.opened" and e.fields.get("key_id") == key_id
+        ]
+        if not used:
+            return
+        how = f"it opened access on {used[-1].at:%Y-%m-%d %H:%M} UTC"
+        if current.key_id == key_id and current.closed_at and current.close_reason:
+            how += (
+                f", closed ({current.close_reason.value}) on {current.closed_at:%Y-%m-%d %H:%M} UTC"
+            )
+        raise BadInput(
+            f"this key was already used on this machine ({how}); each key works once: "
+            "ask the vendor for a new key"
+        )
+
     def _password(
         self, state: AccessState, choice: PasswordChoice
     ) -> tuple[str | None, str | None]:
@@ -310,9 +376,16 @@ class AccessManager:
             intent = current.closing(reason, self.clock.now(), detail)
         self.state_file.save(intent)
         report = self.machine.close(current.account or self.config.support_account)
-        closed = intent.closed()
-        self.state_file.save(closed)
+        closed = intent.closed(report.notes)
         why = intent.close_reason or reason
+        if current.key and why in SPENDING_REASONS:
+            # The relay must learn that this key is spent; the agent tells it (now, if
+            # it holds the tether; else when it next runs) and then forgets the key.
+            closed = replace(closed, unreported_key=current.key)
+        self.state_file.save(closed)
+        could_not: dict[str, FieldValue] = (
+            {"could_not": [note[:400] for note in report.notes]} if report.notes else {}
+        )
         self.audit.append(
             "access.closed",
             by=by,
@@ -321,6 +394,8 @@ class AccessManager:
             grant=current.grant_id,
             sessions_killed=report.sessions_killed,
             account_removed=report.account_removed,
+            sshd_reloaded=report.sshd_reloaded,
+            **could_not,
         )
         log.event(
             logger,
@@ -331,6 +406,13 @@ class AccessManager:
             sessions=report.sessions_killed,
         )
         return closed
+
+    def spent_reported(self, key: str) -> None:
+        """The relay was told that ``key`` is spent: stop keeping it."""
+        with state_lock(self._lock_path):
+            state = self.state_file.load()
+            if state.unreported_key == key:
+                self.state_file.save(replace(state, unreported_key=None))
 
     def expire_if_due(self, now: datetime | None = None) -> AccessState | None:
         """Close access whose expiry has passed; return the new state if it closed."""

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tether import log
-from tether.agent.access import AccessManager
+from tether.agent.access import SPENDING_REASONS, AccessManager
 from tether.agent.control import serve_control
 from tether.agent.identity import load_or_create_machine_key
 from tether.agent.locks import DaemonLock
@@ -25,7 +26,7 @@ from tether.agent.notify import Notifier
 from tether.agent.recording.watch import RecordingWatcher
 from tether.agent.state import AccessMode, AccessState, CloseReason
 from tether.agent.status import TunnelState, TunnelStatus
-from tether.agent.tunnel import TetherRefused, Tunnel
+from tether.agent.tunnel import TetherRefused, Tunnel, backoff_delay, report_spent
 from tether.audit import FieldValue
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import AgentConfig
@@ -52,10 +53,12 @@ class AgentDaemon:
         self._marker = config.state_dir / "agent.running"
         self._tasks = TaskSet()
         self._tunnel: Tunnel | None = None
-        self._tunnel_key: str | None = None
+        self._tunnel_key: tuple[str | None, ...] | None = None
         self._tether_up = False
         self._expiry: asyncio.TimerHandle | None = None
         self._machine_key: asyncssh.SSHKey | None = None
+        self._report: asyncio.Task[None] | None = None
+        self._rng = random.Random()
         self._stop = asyncio.Event()
         self._reconcile_lock = asyncio.Lock()
         self.socket_path: Path = config.run_dir / "agent.sock"
@@ -66,7 +69,14 @@ class AgentDaemon:
         self._lock.acquire()
         try:
             self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._machine_key = load_or_create_machine_key(self.config.machine_key_path)
+            fingerprint = self._machine_key.get_fingerprint("sha256")
+            # The customer's record says when the agent ran, and when it did not stop
+            # cleanly (`tether access log`), as the SPEC's tether log does.
+            self._audit("agent.started", serial=self.config.serial, machine=fingerprint)
+            log.event(logger, "agent.start", serial=self.config.serial, machine_key=fingerprint)
             if self._marker.exists():
+                self._audit("agent.unclean_shutdown", note="the last run did not shut down cleanly")
                 log.event(
                     logger,
                     "agent.unclean_shutdown",
@@ -74,22 +84,21 @@ class AgentDaemon:
                     message="the last run did not shut down cleanly; reconciling",
                 )
             self._marker.write_text("running\n")
-            self._machine_key = load_or_create_machine_key(self.config.machine_key_path)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
-            log.event(
-                logger,
-                "agent.start",
-                serial=self.config.serial,
-                machine_key=self._machine_key.get_fingerprint("sha256"),
-            )
             # Repair and reconcile before answering anyone: nobody may see pre-crash
             # state as current.
             repaired = await asyncio.to_thread(self.access.recover)
             if repaired:
                 log.event(logger, "agent.recovered", message=repaired)
             await self.reconcile()
+            state = self.access.state()
+            self._audit(
+                "agent.reconciled",
+                outcome=repaired or "the machine matched the stored state",
+                access=state.status.value,
+            )
             server = await serve_control(self.socket_path, self._on_command)
             self._start_recordings()
             web = await self._start_web()
@@ -101,6 +110,7 @@ class AgentDaemon:
             await self._tasks.aclose()
             self.socket_path.unlink(missing_ok=True)
             self._marker.unlink(missing_ok=True)
+            self._audit("agent.stopped")
             log.event(logger, "agent.stop")
         finally:
             self._lock.release()
@@ -125,11 +135,21 @@ class AgentDaemon:
         return web
 
     def reset_tether(self) -> bool:
-        """Reconnect the tether now (skips a backoff wait); False if none is held."""
+        """Reconnect the tether now (the customer's reset); False if none is held."""
         if self._tunnel is None:
             return False
+        self._audit("tether.reset", by="customer")
         self._tunnel.reset()
         return True
+
+    def _audit(self, event: str, **fields: FieldValue) -> None:
+        """Append to the customer's audit log; a failure is logged, never fatal."""
+        try:
+            self.access.audit.append(event, **fields)
+        except (OSError, ValueError) as exc:
+            log.event(
+                logger, "audit.failed", level=logging.ERROR, audit_event=event, error=str(exc)
+            )
 
     def _start_recordings(self) -> None:
         """Audit, retain and announce support sessions (also those from while we were down)."""
@@ -157,7 +177,12 @@ class AgentDaemon:
                 self._expiry.cancel()
                 self._expiry = None
             if not state.is_open:
-                await self._stop_tunnel()
+                told = await self._stop_tunnel(closed=state)
+                if state.unreported_key is not None:
+                    if told:
+                        await asyncio.to_thread(self.access.spent_reported, state.unreported_key)
+                    else:
+                        self._start_report(state)
                 return
             if state.expires_at is not None:
                 delay = max(0.0, (state.expires_at - self.clock.now()).total_seconds())
@@ -165,8 +190,8 @@ class AgentDaemon:
             if state.mode != AccessMode.TETHER or state.key is None:
                 await self._stop_tunnel()
                 return
-            if self._tunnel is not None and self._tunnel_key == state.key:
-                return
+            if self._tunnel is not None and self._tunnel_key == _tunnel_key(state):
+                return  # a changed password (withdrawn) reconnects to say so
             await self._stop_tunnel()
             self._start_tunnel(state)
 
@@ -192,10 +217,11 @@ class AgentDaemon:
             clock=self.clock,
             on_change=self._on_tunnel_change,
             sealed_password=state.sealed_password,
+            password_withdrawn=state.password_withdrawn,
             audit=self.access.audit,
         )
         self._tunnel = tunnel
-        self._tunnel_key = state.key
+        self._tunnel_key = _tunnel_key(state)
         self._tasks.spawn(self._hold(tunnel), f"agent.tunnel.{claims.key_id}")
 
     async def _hold(self, tunnel: Tunnel) -> None:
@@ -230,18 +256,66 @@ class AgentDaemon:
                 fields["ports"] = list(status.ports)
             else:
                 fields["reason"] = status.reason or status.state.value
-            try:
-                self.access.audit.append(event, **fields)
-            except (OSError, ValueError) as exc:
-                log.event(
-                    logger, "audit.failed", level=logging.ERROR, audit_event=event, error=str(exc)
-                )
+            self._audit(event, **fields)
 
-    async def _stop_tunnel(self) -> None:
+    async def _stop_tunnel(self, closed: AccessState | None = None) -> bool:
+        """Stop the tether; with ``closed``, the access it served was closed here.
+
+        The relay is then told that the key is spent (a copy of this machine's state
+        must not open it again); returns whether it was. A refusal from the relay
+        needs no word back: the relay itself refused the key.
+        """
         tunnel, self._tunnel, self._tunnel_key = self._tunnel, None, None
-        if tunnel is not None:
-            await tunnel.aclose()
+        if tunnel is None:
+            return False
+        spent = None
+        if (
+            closed is not None
+            and closed.key_id == tunnel.key_id
+            and closed.close_reason in SPENDING_REASONS
+        ):
+            spent = closed.close_reason.value
+        return await tunnel.aclose(closed=spent)
+
+    def _start_report(self, state: AccessState) -> None:
+        """Tell the relay, in the background, that a key closed while no tether was up
+        is spent (retried with backoff until it knows; see :func:`report_spent`)."""
+        if self._report is not None and not self._report.done():
+            return
+        if state.unreported_key is None or state.close_reason is None:
+            return
+        self._report = self._tasks.spawn(
+            self._report_spent(state.unreported_key, state.close_reason.value),
+            "agent.report_spent",
+        )
+
+    async def _report_spent(self, key: str, reason: str) -> None:
+        try:
+            claims = parse_key(
+                key, self.config.vendor_keys, now=self.clock.now(), serial=self.config.serial
+            )
+        except TetherKeyError:
+            claims = None  # expired (or unreadable): no relay admits it any more
+        attempt = 0
+        while claims is not None and self._machine_key is not None:
+            if self.access.state().unreported_key != key:
+                return  # access was opened again meanwhile; its key is its own matter
+            if await report_spent(key, claims, self._machine_key, self.config.tether, reason):
+                break
+            settings = self.config.tether
+            delay = backoff_delay(
+                attempt, initial=settings.backoff_initial, cap=settings.backoff_cap, rng=self._rng
+            )
+            attempt += 1
+            await asyncio.sleep(delay)
+        await asyncio.to_thread(self.access.spent_reported, key)
+        log.event(logger, "agent.key_spent_reported", key=claims.key_id if claims else None)
 
     @property
     def tunnel_status(self) -> TunnelStatus | None:
         return self._tunnel.status if self._tunnel else None
+
+
+def _tunnel_key(state: AccessState) -> tuple[str | None, ...]:
+    """What a running tether must match: the key, and what it says of the password."""
+    return (state.key, state.sealed_password, "withdrawn" if state.password_withdrawn else None)

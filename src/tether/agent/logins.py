@@ -55,7 +55,7 @@ LoginKind: TypeAlias = Literal["login", "logout"]
 _IP = r"[0-9A-Za-z.:%_-]+"
 _ISO_PREFIX = re.compile(
     r"(?P<at>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:?\d{2}))"
-    r" \S+ sshd(?:-session)?\[(?P<pid>\d{1,10})\]: (?P<msg>.*)"
+    r" \S+ sshd(?:-session)?(?:\[(?P<pid>\d{1,10})\])?: (?P<msg>.*)"
 )
 _SYSLOG_PREFIX = re.compile(
     r"(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) {1,2}(?P<day>\d{1,2})"
@@ -134,7 +134,8 @@ def parse_sshd_line(
             at = datetime.fromisoformat(match["at"]).astimezone(UTC)
         except ValueError:
             return None
-        pid, message = int(match["pid"]), match["msg"]
+        # A log written from sshd's stderr has the time but no pid (``HOST sshd: …``).
+        pid, message = (int(match["pid"]) if match["pid"] else None), match["msg"]
     elif match := _SYSLOG_PREFIX.fullmatch(text):
         pid, message = int(match["pid"]), match["msg"]
         if year is not None:
@@ -408,11 +409,26 @@ def describe_login(event: LoginEvent) -> str:
     return f"a session of {account}{where} ended"
 
 
+#: Events said in a person's words; the rest as ``event name: field value; …``.
+_PHRASES = {
+    "agent.started": "agent started",
+    "agent.stopped": "agent stopped",
+    "agent.unclean_shutdown": "the agent's last run did not shut down cleanly",
+    "agent.reconciled": "agent reconciled access with the machine",
+    "tether.reset": "tether reset by the customer",
+}
+
+
 def describe_entry(entry: AuditEntry) -> str:
     """Say what an audit entry records, e.g. ``access opened: key id k1; ports 22, 443``."""
-    words = entry.event.replace(".", " ").replace("_", " ")
+    words = _PHRASES.get(entry.event) or entry.event.replace(".", " ").replace("_", " ")
+    fields = dict(entry.fields)
+    if entry.event == "tether.reset":
+        fields.pop("by", None)  # already in the words
+    if entry.event == "agent.unclean_shutdown":
+        fields.pop("note", None)
     details = "; ".join(
-        f"{name.replace('_', ' ')} {_render(value)}" for name, value in entry.fields.items()
+        f"{name.replace('_', ' ')} {_render(value)}" for name, value in fields.items()
     )
     return f"{words}: {details}" if details else words
 

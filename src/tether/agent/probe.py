@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from tether.agent.tunnel import PinnedClient, connect_as_agent
+from tether.agent.tunnel import PinnedClient, cannot_reach, connect_as_agent
 from tether.sshlib import asyncssh
 from tether.wire import RELAY_TIME_BANNER
 
@@ -46,7 +46,7 @@ async def probe_relay(
             True, False, None, "the relay's host key is not the one the key pins", client.mismatch
         )
     except (TimeoutError, OSError, asyncssh.Error) as exc:
-        return RelayProbe(False, False, None, str(exc) or type(exc).__name__)
+        return RelayProbe(False, False, None, cannot_reach(relay, exc))
     conn.close()
     await conn.wait_closed()
     return RelayProbe(True, True, client.relay_time)

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable
 from typing import cast
 
-from tether.agent.tunnel import ControlClient, PinnedClient, connect_as_agent
+from tether.agent.tunnel import ControlClient, PinnedClient, cannot_reach, connect_as_agent
 from tether.config import AgentConfig
 from tether.errors import NotReady, Refused
 from tether.protocol import Cancel, CaseUpdate, Request, encode
@@ -52,9 +52,7 @@ async def request_key(
             "one configured; refusing to send anything to it"
         ) from None
     except (OSError, asyncssh.Error, TimeoutError) as exc:
-        raise NotReady(
-            f"cannot reach the vendor's relay at {config.request_relay}: {exc}"
-        ) from None
+        raise NotReady(cannot_reach(config.request_relay, exc)) from None
     async with conn:
         chan, session = await conn.create_session(
             ControlClient, subsystem=CONTROL_SUBSYSTEM, encoding=None

@@ -61,6 +61,13 @@ class AccessState:
     allow_from: tuple[str, ...] = ()
     #: The support password sealed to the vendor (None: customer's own, or none).
     sealed_password: str | None = field(default=None, repr=False)
+    #: The customer replaced the generated password: the vendor's copy must go.
+    password_withdrawn: bool = False
+    #: What closing could not do (e.g. sshd not reloaded), in words for the customer.
+    close_notes: tuple[str, ...] = ()
+    #: The key of a closed tether that the relay was not yet told is spent (the agent
+    #: was not running when access closed); the agent tells it, then forgets the key.
+    unreported_key: str | None = field(default=None, repr=False)
     key: str | None = field(default=None, repr=False)
     key_id: str | None = None
     serial: str | None = None
@@ -90,11 +97,17 @@ class AccessState:
             closed_at=now,
             close_reason=reason,
             close_detail=detail,
+            close_notes=(),
         )
 
-    def closed(self) -> AccessState:
-        """Access closed: the key and sealed password are no longer kept."""
-        return replace(self, status=AccessStatus.CLOSED, key=None, sealed_password=None)
+    def closed(self, notes: tuple[str, ...] = ()) -> AccessState:
+        """Access closed: the key and sealed password are no longer kept.
+
+        :param notes: what closing could not do, kept for `status` to say.
+        """
+        return replace(
+            self, status=AccessStatus.CLOSED, key=None, sealed_password=None, close_notes=notes
+        )
 
     def to_json(self, *, with_key: bool) -> dict[str, Any]:
         def iso(dt: datetime | None) -> str | None:
@@ -116,10 +129,13 @@ class AccessState:
             "closed_at": iso(self.closed_at),
             "close_reason": self.close_reason.value if self.close_reason else None,
             "close_detail": self.close_detail,
+            "password_withdrawn": self.password_withdrawn,
+            "close_notes": list(self.close_notes),
         }
         if with_key:
             body["key"] = self.key
             body["sealed_password"] = self.sealed_password
+            body["unreported_key"] = self.unreported_key
         return body
 
     @classmethod
@@ -147,6 +163,9 @@ class AccessState:
             closed_at=dt("closed_at"),
             close_reason=CloseReason(reason) if reason else None,
             close_detail=body.get("close_detail"),
+            password_withdrawn=body.get("password_withdrawn") is True,
+            close_notes=tuple(str(n) for n in body.get("close_notes") or ()),
+            unreported_key=body.get("unreported_key"),
         )
 
 

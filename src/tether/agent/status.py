@@ -76,8 +76,27 @@ class TunnelStatus:
         )
 
 
-def describe_access(state: AccessState, serial: str, now: datetime) -> str:
-    """One line on access at ``now``, in the words of ``tether access status`` and the page."""
+#: Who closes access past its expiry when the agent runs (the page is the agent).
+AGENT_CLOSES = "the agent closes it at once"
+
+
+def describe_closer(daemon_running: bool, timer: str | None) -> str | None:
+    """Who closes access on time now: the agent, else an installed timer, else nobody (None)."""
+    if daemon_running:
+        return AGENT_CLOSES
+    if timer is not None:
+        return f"the expiry timer ({timer}) closes it within a minute"
+    return None
+
+
+def describe_access(
+    state: AccessState, serial: str, now: datetime, closer: str | None = AGENT_CLOSES
+) -> str:
+    """One line on access at ``now``, in the words of ``tether access status`` and the page.
+
+    :param closer: who closes access past its expiry (see :func:`describe_closer`);
+        None: nothing runs that would, and the line says so.
+    """
     head = f"Support access on {serial}"
     if state.in_transition:
         return f"{head}: {state.status.value} was interrupted; the agent repairs it when it starts"
@@ -93,10 +112,13 @@ def describe_access(state: AccessState, serial: str, now: datetime) -> str:
     if state.expires_at is None:
         return f"{head}: OPEN WITHOUT END ({how}) — nothing closes it but `tether access disable`"
     if state.expires_at <= now:
-        return (
-            f"{head}: past its expiry ({state.expires_at:%Y-%m-%d %H:%M} UTC); "
-            "the agent or the expiry timer closes it at once"
-        )
+        past = f"{head}: past its expiry ({state.expires_at:%Y-%m-%d %H:%M} UTC); "
+        if closer is None:
+            return past + (
+                "NOTHING closes it: the agent is not running and no expiry timer is "
+                "installed; run `tether access disable` (or start the agent)"
+            )
+        return past + closer
     ports = f", ports {', '.join(map(str, state.ports))}" if state.ports else ""
     return (
         f"{head}: open until {state.expires_at:%Y-%m-%d %H:%M} UTC "
@@ -115,3 +137,16 @@ def describe_tunnel(daemon_running: bool, tunnel: object, now: datetime) -> str:
     except (ValueError, KeyError, TypeError):
         return "agent sent an unreadable status"
     return tunnel_status.describe(now)
+
+
+def describe_agent(daemon_running: bool, closer: str | None) -> str:
+    """One line on the agent in direct mode (no tether): running, and who closes on time."""
+    if daemon_running:
+        return "running (it closes access at its expiry)"
+    if closer is None:
+        return (
+            "NOT running, and no expiry timer is installed: nothing closes access on time "
+            "(start it: systemctl start tether-agent, or `tether agent serve`; "
+            "`tether agent install` adds the timer)"
+        )
+    return f"not running; {closer.replace(' it ', ' access ', 1)} of its expiry"

@@ -20,8 +20,12 @@ entry, so that the vendor notices a log rewritten on the machine.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import random
+import re
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -36,12 +40,14 @@ from tether.config import TetherSettings
 from tether.keys import TetherKeyClaims, parse_address
 from tether.protocol import (
     PERMANENT_REASONS,
+    AccessClosed,
     CaseUpdate,
     ChainHead,
     Closing,
     HeadAnswer,
     HeadQuery,
     LineBuffer,
+    PasswordWithdrawn,
     ProtocolError,
     RefusalReason,
     Register,
@@ -183,6 +189,8 @@ class Tunnel:
     :param machine_key: the agent's private machine key.
     :param ports: the ports to offer (the key's ports that the customer allows).
     :param on_change: called with every new :class:`TunnelStatus`.
+    :param sealed_password: the support password sealed to the vendor, sent once registered.
+    :param password_withdrawn: no sealed password any more: tell the relay to forget it.
     :param audit: the machine's audit log, whose head is reported to the relay.
     :param head_check: seconds between two looks at the audit log's head.
     :param head_refresh: seconds after which an unchanged head is reported again.
@@ -200,6 +208,7 @@ class Tunnel:
         rng: random.Random | None = None,
         on_change: Callable[[TunnelStatus], None] | None = None,
         sealed_password: str | None = None,
+        password_withdrawn: bool = False,
         audit: AuditLog | None = None,
         head_check: float = 5.0,
         head_refresh: float = 60.0,
@@ -213,11 +222,13 @@ class Tunnel:
         self._rng = rng or random.Random()
         self._on_change = on_change
         self._sealed_password = sealed_password
+        self._password_withdrawn = password_withdrawn
         self._audit = audit
         self._head_check = head_check
         self._head_refresh = head_refresh
         self._tasks = TaskSet()
         self._conn: asyncssh.SSHClientConnection | None = None
+        self._control: asyncssh.SSHClientChannel[bytes] | None = None
         self._wake = asyncio.Event()
         self._stopped = False
         self.status = TunnelStatus(TunnelState.CONNECTING, claims.relay, clock.now(), ports=ports)
@@ -266,7 +277,7 @@ class Tunnel:
                 reason = str(exc)
                 hint = exc.retry_within
             except (TimeoutError, OSError, asyncssh.Error) as exc:
-                reason = _describe_error(exc)
+                reason = _describe_error(exc, self._claims.relay)
             if self._stopped:
                 break
             was_connected = self.status.state == TunnelState.CONNECTED
@@ -353,6 +364,9 @@ class Tunnel:
         if self._sealed_password is not None:
             # Only the vendor can open it; the relay just stores it for the vendor service.
             chan.write(encode(SealedPassword(self._claims.key_id, self._sealed_password)))
+        elif self._password_withdrawn:
+            # The customer chose their own: the vendor's copy no longer works.
+            chan.write(encode(PasswordWithdrawn(self._claims.key_id)))
         offered = []
         for port in self._ports:
             try:
@@ -379,9 +393,11 @@ class Tunnel:
             if self._audit is not None and reply.audit_heads
             else None
         )
+        self._control = chan
         try:
             await self._listen(chan, control)
         finally:
+            self._control = None
             if reporter is not None:
                 reporter.cancel()
 
@@ -422,34 +438,132 @@ class Tunnel:
                     last, sent_at = head, time.monotonic()
             await asyncio.sleep(self._head_check)
 
+    @property
+    def key_id(self) -> str:
+        """The id of the key this tether presents."""
+        return self._claims.key_id
+
     def reset(self) -> None:
         """Drop the current connection (if any) and reconnect now."""
         self._wake.set()
         if self._conn is not None:
             self._conn.close()
 
-    async def aclose(self) -> None:
-        """Stop for good: the connection, and every channel through it, ends now."""
+    async def aclose(self, *, closed: str | None = None) -> bool:
+        """Stop for good: the connection, and every channel through it, ends now.
+
+        :param closed: the machine closed the access this key opened (disable, expiry):
+            tell the relay first, so that it counts the key as spent.
+        :returns: whether the relay was told (the tether was up to say it).
+        """
         self._stopped = True
         self._wake.set()
+        told = closed is not None and _say_closed(self._control, self._claims.key_id, closed)
         if self._conn is not None:
             self._conn.close()
             await self._conn.wait_closed()
+        return told
+
+
+def _say_closed(control: asyncssh.SSHClientChannel[bytes] | None, key_id: str, reason: str) -> bool:
+    """Send ``access-closed`` (then EOF, so it arrives before the disconnect)."""
+    if control is None:
+        return False
+    try:
+        control.write(encode(AccessClosed(key_id, reason)))
+        control.write_eof()
+    except (BrokenPipeError, asyncssh.Error, OSError):
+        return False  # the tether is gone already
+    return True
+
+
+async def report_spent(
+    key_text: str,
+    claims: TetherKeyClaims,
+    machine_key: asyncssh.SSHKey,
+    settings: TetherSettings,
+    reason: str,
+) -> bool:
+    """Tell the relay that a key whose access closed while no tether was up is spent.
+
+    The agent registers the key once more (the same machine: no new use), offers no
+    port, says ``access-closed`` and hangs up. Returns True once the relay knows, or
+    refuses the key for good anyway (revoked, expired, already spent); False if it
+    could not be reached (try again later).
+    """
+    client = PinnedClient(claims.relay_host_key)
+    try:
+        conn = await connect_as_agent(
+            claims.relay, client, machine_key, within=settings.connect_timeout
+        )
+    except (TimeoutError, OSError, asyncssh.Error):
+        return False
+    try:
+        chan, session = await conn.create_session(
+            ControlClient, subsystem=CONTROL_SUBSYSTEM, encoding=None
+        )
+        control = cast(ControlClient, session)
+        chan.write(encode(Register(key_text, PROTOCOL_VERSION)))
+        reply = await asyncio.wait_for(control.messages.get(), settings.connect_timeout)
+        if isinstance(reply, RefusedMessage):
+            return reply.reason in PERMANENT_REASONS
+        if not isinstance(reply, Registered):
+            return False
+        told = _say_closed(chan, claims.key_id, reason)
+        if told:  # the relay hangs up once it has read it
+            await asyncio.wait_for(control.messages.get(), settings.connect_timeout)
+        return told
+    except (TimeoutError, OSError, asyncssh.Error):
+        return False
+    finally:
+        conn.close()
+        await conn.wait_closed()
 
 
 def _seconds(value: float) -> timedelta:
     return timedelta(seconds=value)
 
 
-def _describe_error(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "relay refused the connection"
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out connecting to the relay"
+def _describe_error(exc: BaseException, relay: str) -> str:
     if isinstance(exc, asyncssh.PermissionDenied):
         return "relay did not accept this machine's key"
     if isinstance(exc, asyncssh.DisconnectError):
         return f"relay disconnected: {exc.reason}"
-    if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
-    return str(exc)
+    return cannot_reach(relay, exc)
+
+
+#: errno → the words a person reads (``os.strerror`` says "Connection refused" too,
+#: but a multi-address connect only leaves "[Errno 111] …" in its message).
+_ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ETIMEDOUT: "timed out",
+    errno.EHOSTUNREACH: "no route to host",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ECONNRESET: "connection reset",
+    errno.EADDRNOTAVAIL: "address not available",
+}
+_ERRNO_IN_TEXT = re.compile(r"\[Errno (-?\d+)\]")
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Say in a few words why a connection failed: "connection refused", "timed out"…
+
+    Never a raw ``[Errno 111] Connect call failed ('127.0.0.1', 2222)``: asyncio
+    puts the errno only in the text when it tried several addresses.
+    """
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, socket.gaierror):
+        return f"name not found: {(exc.strerror or str(exc)).lower()}"
+    code = getattr(exc, "errno", None)
+    if code is None and (found := _ERRNO_IN_TEXT.search(str(exc))) is not None:
+        code = int(found.group(1))
+    if isinstance(code, int) and code > 0:
+        return _ERRNO_WORDS.get(code) or os.strerror(code).lower()
+    words = (exc.reason if isinstance(exc, asyncssh.Error) else str(exc)) or type(exc).__name__
+    return words[:1].lower() + words[1:]
+
+
+def cannot_reach(relay: str, exc: BaseException) -> str:
+    """``cannot reach the relay at HOST:PORT (connection refused)``, for any failure."""
+    return f"cannot reach the relay at {relay} ({connect_failure(exc)})"

@@ -10,7 +10,7 @@ import importlib
 
 import click
 
-from tether import __version__
+from tether import __version__, log
 
 #: sub-command → "module:attribute"
 COMMANDS = {
@@ -58,3 +58,6 @@ def main() -> None:
     Services:  tether relay serve · tether agent serve
     Try it:    tether demo
     """
+    # Structured lines go to the log, not before what a person reads; the services
+    # (`agent serve`, `relay serve`, `vendor serve`) send theirs to stderr themselves.
+    log.setup_command()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,8 +13,14 @@ from rich.markup import escape
 
 from tether.agent.access import AccessManager, PasswordChoice
 from tether.agent.control import ask_daemon
-from tether.agent.state import AccessMode, AccessStatus, CloseReason
-from tether.agent.status import describe_access, describe_tunnel
+from tether.agent.state import AccessMode, AccessState, AccessStatus, CloseReason
+from tether.agent.status import (
+    TunnelState,
+    describe_access,
+    describe_agent,
+    describe_closer,
+    describe_tunnel,
+)
 from tether.cli.access_recordings import play, recordings
 from tether.cli.common import agent_config_option, err, handle_errors, json_option, out, print_json
 from tether.clock import SYSTEM_CLOCK
@@ -35,6 +43,20 @@ def _password_choice(prompt: bool) -> PasswordChoice:
         "Password for the support account", hide_input=True, confirmation_prompt=True, err=True
     )
     return PasswordChoice(own=chosen)
+
+
+def _sources(text: str) -> tuple[str, ...]:
+    """``--from``'s addresses/networks, refused here in the flag's own name if one is bad."""
+    sources = tuple(a.strip() for a in text.split(",") if a.strip())
+    for source in sources:
+        try:
+            ipaddress.ip_network(source, strict=False)
+        except ValueError:
+            raise BadInput(
+                f"--from: {source!r} is not an IP address or network "
+                "(give e.g. --from 192.0.2.0/24,198.51.100.7)"
+            ) from None
+    return sources
 
 
 @click.group()
@@ -119,7 +141,7 @@ def enable(
     manager = AccessManager(config)
     span = parse_duration(duration) if duration else None
     if direct:
-        sources = tuple(a.strip() for a in (allow_from or "").split(",") if a.strip())
+        sources = _sources(allow_from or "")
         if no_expire:
             err.print(
                 "[bold red]WARNING: --no-expire: nothing will close support access by itself.[/]"
@@ -148,24 +170,101 @@ def enable(
         )
         refused_ports = offer.refused_ports
     daemon = _daemon(config, "reconcile")
+    tunnel: object = None
+    if state.mode == AccessMode.TETHER and daemon is not None:
+        # Open here is not open yet: only the relay knows whether the key is good
+        # (not used by another machine, not revoked). Wait for its verdict.
+        if not as_json:
+            err.print(f"Waiting for relay {escape(state.relay or '?')}'s verdict on the key…")
+        state, tunnel = _await_verdict(config, manager, state.grant_id)
     if as_json:
-        print_json({"access": state.to_json(with_key=False), "daemon_running": daemon is not None})
+        print_json(
+            {
+                "access": state.to_json(with_key=False),
+                "daemon_running": daemon is not None,
+                "tunnel": tunnel,
+            }
+        )
+    else:
+        _print_enabled(config, state, daemon is not None, tunnel, refused_ports)
+        if password_prompt and state.is_open and state.password_withdrawn:
+            out.print(
+                "The support account now has your password; the vendor's sealed copy of the "
+                "generated one is withdrawn."
+            )
+    if not state.is_open:
+        sys.exit(1)
+
+
+#: How long `enable` waits for the relay's verdict beyond one connection attempt.
+VERDICT_GRACE = 5.0
+_VERDICT_FOR_NOW = (TunnelState.CONNECTED.value, TunnelState.RECONNECTING.value)
+
+
+def _await_verdict(
+    config: AgentConfig, manager: AccessManager, grant_id: str | None
+) -> tuple[AccessState, object]:
+    """Wait until the relay admitted or refused the key (or gave no answer in time).
+
+    Returns the access state then (closed, with the relay's reason, if it refused)
+    and the daemon's last tunnel status. A relay that cannot be reached gives no
+    verdict: the first failed attempt ends the wait (the agent keeps trying).
+    """
+    deadline = time.monotonic() + config.tether.connect_timeout + VERDICT_GRACE
+    while True:
+        state = manager.state()
+        reply = _daemon(config, "status")
+        tunnel = reply.get("tunnel") if reply else None
+        if not state.is_open or state.grant_id != grant_id or reply is None:
+            return state, tunnel
+        seen = tunnel.get("state") if isinstance(tunnel, dict) else None
+        # Admitted, or not reached (the agent retries; no verdict is coming soon). A
+        # refusal is waited out until the agent has closed access again.
+        if seen in _VERDICT_FOR_NOW or time.monotonic() >= deadline:
+            return state, tunnel
+        time.sleep(0.1)
+
+
+def _print_enabled(
+    config: AgentConfig,
+    state: AccessState,
+    daemon_running: bool,
+    tunnel: object,
+    refused_ports: tuple[int, ...],
+) -> None:
+    now = SYSTEM_CLOCK.now()
+    if not state.is_open:
+        out.print(describe_access(state, config.serial, now))
+        err.print(
+            "[bold red]error:[/] the relay refused the key: "
+            f"{escape(state.close_detail or 'no reason given')}; support access was closed again"
+        )
         return
-    out.print(describe_access(state, config.serial, SYSTEM_CLOCK.now()))
+    out.print(describe_access(state, config.serial, now))
     if refused_ports:
         err.print(
             f"warning: not opening port(s) {', '.join(map(str, refused_ports))}: not allowed on this machine"
         )
-    if state.mode == AccessMode.TETHER:
-        if daemon is None:
-            err.print(
-                "warning: the tether agent is not running, so nothing connects yet: start it "
-                "(systemctl start tether-agent, or `tether agent serve`)"
-            )
-        else:
-            out.print(
-                f"Connecting to relay {escape(state.relay or '?')}; `tether access status` shows progress."
-            )
+    if state.mode != AccessMode.TETHER:
+        from tether.agent.machine.service import installed_closer
+
+        timer = None if daemon_running else installed_closer(config)
+        out.print(
+            f"Agent:    {describe_agent(daemon_running, describe_closer(daemon_running, timer))}"
+        )
+        return
+    if not daemon_running:
+        err.print(
+            "warning: the tether agent is not running, so nothing connects yet: start it "
+            "(systemctl start tether-agent, or `tether agent serve`)"
+        )
+        return
+    out.print(f"Tether:   {describe_tunnel(True, tunnel, now)}")
+    if not (isinstance(tunnel, dict) and tunnel.get("state") == TunnelState.CONNECTED.value):
+        err.print(
+            "warning: the relay has not admitted the key yet; the agent keeps trying and "
+            "`tether access status` shows progress"
+        )
 
 
 @access.command()
@@ -188,6 +287,8 @@ def disable(config_path: Path, as_json: bool) -> None:
         )
     elif before.status != AccessStatus.CLOSED:
         out.print("Support access closed.")
+        for note in state.close_notes:
+            err.print(f"[bold yellow]warning:[/] {escape(note)}")
     else:
         out.print("Support access was already closed.")
 
@@ -236,19 +337,35 @@ def status(config_path: Path, as_json: bool) -> None:
     state = AccessManager(config).state()
     reply = _daemon(config, "status")
     tunnel = reply.get("tunnel") if reply else None
+    from tether.agent.layers import armed_layers
+    from tether.agent.machine.service import installed_closer
+
+    running = reply is not None
+    found = armed_layers(config, state, daemon_running=running) if state.is_open else []
     if as_json:
         print_json(
             {
                 "serial": config.serial,
                 "access": state.to_json(with_key=False),
-                "daemon_running": reply is not None,
+                "daemon_running": running,
                 "tunnel": tunnel,
+                "layers": [layer.to_json() for layer in found],
             }
         )
         return
-    out.print(describe_access(state, config.serial, SYSTEM_CLOCK.now()))
+    closer = describe_closer(running, None if running else installed_closer(config))
+    out.print(describe_access(state, config.serial, SYSTEM_CLOCK.now(), closer))
+    if state.status == AccessStatus.CLOSED:
+        for note in state.close_notes:
+            out.print(f"Note:     {escape(note)}")
     if state.is_open and state.mode == AccessMode.TETHER:
-        out.print(f"Tether:   {describe_tunnel(reply is not None, tunnel, SYSTEM_CLOCK.now())}")
+        out.print(f"Tether:   {describe_tunnel(running, tunnel, SYSTEM_CLOCK.now())}")
+    elif state.is_open:
+        out.print(f"Agent:    {describe_agent(running, closer)}")
+    for i, layer in enumerate(found):
+        head = "Closes on time by:" if i == 0 else ""
+        mark = "armed    " if layer.armed else "NOT armed"
+        out.print(f"{head:<19}{mark} {layer.name}: {escape(layer.detail)}")
 
 
 def _ask_vendor(config: AgentConfig, description: str) -> str:

@@ -93,15 +93,29 @@ def run_checks(config: AgentConfig, key_text: str | None) -> list[Check]:
         Check(
             "expiry timer",
             facts.systemd or facts.cron,
-            "systemd" if facts.systemd else ("cron" if facts.cron else "neither systemd nor cron"),
+            "systemd can run it"
+            if facts.systemd
+            else ("a cron daemon can run it" if facts.cron else "neither systemd nor cron"),
             "install cron (apt-get install cron) so access closes even if the agent is down",
         )
     )
+    checks.append(_layers_check(config, manager))
     checks.append(_recording_check(config))
     relay_key = key_text or manager.state().key
     if relay_key:
         checks.extend(_relay_checks(config, relay_key))
     return checks
+
+
+def _layers_check(config: AgentConfig, manager: AccessManager) -> Check:
+    """Which layers close access on time here (agent, timer, account date, certificate, relay)."""
+    from tether.agent.control import ask_daemon
+    from tether.agent.layers import armed_layers, summary
+
+    running = ask_daemon(config.run_dir / "agent.sock", "status") is not None
+    state = manager.state()
+    found = armed_layers(config, state, daemon_running=running)
+    return Check("closing layers", True, summary(found))
 
 
 def _recording_check(config: AgentConfig) -> Check:

@@ -53,6 +53,8 @@ def recordings(config_path: Path, as_json: bool) -> None:
         duration = "live" if r.live else "?"
         if r.ended is not None:
             duration = format_duration(r.ended - r.started)
+        if r.cut_off:
+            duration += " (cut off)"
         what = r.command if r.command is not None else "(login shell)"
         status = "" if r.exit_status is None else f" exit {r.exit_status}"
         out.print(

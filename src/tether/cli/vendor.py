@@ -181,7 +181,9 @@ def list_keys(data_dir: Path, serial: str | None, as_json: bool) -> None:
                     "serial": k.serial,
                     "expires_at": k.expires_at.isoformat(),
                     "used": k.bound_machine_key is not None,
-                    "revoked": k.revoked_at is not None,
+                    "revoked": k.revoked_at is not None and not k.spent,
+                    # The machine closed the access it opened: each key works once.
+                    "spent": k.spent,
                 }
                 for k in keys
             ]
@@ -191,7 +193,7 @@ def list_keys(data_dir: Path, serial: str | None, as_json: bool) -> None:
         print_json(rows)
         return
     for row in rows:
-        flags = " ".join(f for f, on in (("used", row["used"]), ("revoked", row["revoked"])) if on)
+        flags = " ".join(f for f in ("used", "spent", "revoked") if row[f])
         out.print(
             f"{row['key_id']}  {escape(str(row['serial']))}  expires {row['expires_at']}  {flags}"
         )

@@ -55,6 +55,12 @@ def admit_tether(
         raise AdmissionRefused(
             RefusalReason.UNKNOWN_KEY, "this key does not match the vendor's record of it"
         )
+    if issued.spent:
+        raise AdmissionRefused(
+            RefusalReason.REVOKED,
+            "this key was already used, and the access it opened was closed on the machine; "
+            "each key works once: ask the vendor for a new key",
+        )
     if issued.revoked_at is not None:
         raise AdmissionRefused(RefusalReason.REVOKED, "this key was revoked by the vendor")
     if now >= claims.expires_at:

@@ -19,6 +19,7 @@ from tether import log
 from tether.audit import FieldValue
 from tether.keys import TetherKeyError, parse_key
 from tether.protocol import (
+    AccessClosed,
     Cancel,
     CaseUpdate,
     ChainHead,
@@ -26,6 +27,7 @@ from tether.protocol import (
     HeadAnswer,
     HeadQuery,
     LineBuffer,
+    PasswordWithdrawn,
     ProtocolError,
     RefusalReason,
     Register,
@@ -76,6 +78,10 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
                 message = decode_message(line)
                 if isinstance(message, SealedPassword):
                     owner.store_sealed_password(message)
+                elif isinstance(message, PasswordWithdrawn):
+                    owner.password_withdrawn(message)
+                elif isinstance(message, AccessClosed):
+                    owner.access_closed(message)
                 elif isinstance(message, ChainHead | HeadAnswer):
                     owner.audit_message(message)
                 elif isinstance(message, Cancel) and self._case is not None:
@@ -447,6 +453,36 @@ class TetherLink:
             f"relay.password.{entry.serial}",
         )
         log.event(logger, "password.sealed_received", serial=entry.serial, key=entry.key_id)
+
+    def password_withdrawn(self, message: PasswordWithdrawn) -> None:
+        """The customer replaced the sealed password: the vendor must not show it any more."""
+        entry = self.entry
+        if entry is None or message.key_id != entry.key_id or self._password_received:
+            raise ProtocolError("password withdrawal out of place")
+        self._password_received = True
+        self.relay.tasks.spawn(
+            self.relay.store.passwords.forget(entry.key_id), f"relay.password.{entry.serial}"
+        )
+        log.event(logger, "password.withdrawn", serial=entry.serial, key=entry.key_id)
+
+    def access_closed(self, message: AccessClosed) -> None:
+        """The machine closed the access this tether's key opened: the key is spent.
+
+        A copy of the machine's state presenting it again is refused, and its sealed
+        password (which no longer works: the account is gone) is forgotten.
+        """
+        entry = self.entry
+        if entry is None or message.key_id != entry.key_id:
+            raise ProtocolError("access-closed out of place")
+        detail = f"access closed on {entry.serial} ({message.reason[:40]})"
+        self.relay.tasks.spawn(self._spend(entry.key_id, entry.serial, detail), "relay.spend")
+
+    async def _spend(self, key_id: str, serial: str, detail: str) -> None:
+        store, now = self.relay.store, self.relay.clock.now()
+        await store.keys.spend(key_id, detail=detail, now=now)
+        await store.passwords.forget(key_id)
+        self.relay.audit.write("key.spent", key_id=key_id, serial=serial, detail=detail)
+        log.event(logger, "key.spent", serial=serial, key=key_id, detail=detail)
 
     def forward_requested(self, listen_port: int) -> NullListener | None:
         """The agent offers ``listen_port``: accepted (no socket) if its key allows it."""

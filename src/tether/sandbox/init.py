@@ -29,7 +29,7 @@ process builds the machine and then waits:
 5. sshd: a stock-like Debian ``sshd_config`` (``Include`` of an empty
    ``sshd_config.d``, ``UsePAM yes``, ``ListenAddress 127.0.0.1``, ``PidFile
    /run/sshd.pid``, ``LogLevel VERBOSE``), fresh host keys (``ssh-keygen -A``) and the
-   real ``/usr/sbin/sshd -D -E /var/log/sshd.log``, waited for until it has written its pid
+   real ``/usr/sbin/sshd -D -e``, its lines written to ``/var/log/sshd.log`` with their time, waited for until it has written its pid
    file (it does so once it listens).
 6. The inside uplink forwarder (see :mod:`tether.sandbox.uplink`) for each uplink port.
 7. ``W/ready`` is written; then init reaps orphans until stdin reaches EOF (the host
@@ -53,10 +53,13 @@ import stat
 import struct
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from tether.sandbox import layout
 
@@ -278,12 +281,32 @@ def start_sshd(use_pam: bool) -> int:
     Path("/etc/ssh/sshd_config").write_text(config)
     subprocess.run([SSH_KEYGEN, "-A"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run([SSHD, "-t"], check=True)
+    # sshd -E writes no time on its lines; a machine's journal does. sshd logs to
+    # stderr (-e) and each line is written with the time it arrived, as journalctl's
+    # short-iso form does (sshd names no pid on stderr, so none is made up).
     process = subprocess.Popen(
-        [SSHD, "-D", "-E", layout.SSHD_LOG_FILE], stdin=subprocess.DEVNULL, start_new_session=True
+        [SSHD, "-D", "-e"],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
+    if process.stderr is None:  # pragma: no cover - stderr=PIPE always sets it
+        raise RuntimeError("no pipe from sshd")
+    threading.Thread(
+        target=stamp_lines, args=(process.stderr, Path(layout.SSHD_LOG_FILE)), daemon=True
+    ).start()
     wait_for_pid_file(process, timeout=10)
     log(f"sshd running, pid {process.pid}")
     return process.pid
+
+
+def stamp_lines(source: IO[bytes], target: Path) -> None:
+    """Append each line of ``source`` to ``target`` as ``ISO-TIME HOST sshd: LINE``."""
+    host = socket.gethostname()
+    with target.open("ab", buffering=0) as out:
+        for raw in source:
+            at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+0000")
+            out.write(f"{at} {host} sshd: ".encode() + raw.rstrip(b"\r\n") + b"\n")
 
 
 def start_uplink(ports: Sequence[int]) -> int:

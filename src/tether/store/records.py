@@ -39,6 +39,10 @@ __all__ = [
 ]
 
 
+#: ``revoke_reason`` of a key whose access the machine closed (see :attr:`IssuedKey.spent`).
+SPENT_PREFIX = "spent: "
+
+
 @dataclass(frozen=True)
 class IssuedKey:
     """A tether key as the vendor issued it, with its use and revocation state.
@@ -65,8 +69,18 @@ class IssuedKey:
 
     @property
     def revoked(self) -> bool:
-        """Whether the vendor revoked this key."""
+        """Whether the vendor revoked this key (or the machine spent it)."""
         return self.revoked_at is not None
+
+    @property
+    def spent(self) -> bool:
+        """Whether the machine closed the access this key opened (each key works once).
+
+        Kept in the revocation columns (``revoke_reason`` starts with
+        :data:`SPENT_PREFIX`): a spent key is as dead as a revoked one, and the
+        vendor's key list shows why.
+        """
+        return self.revoked_at is not None and (self.revoke_reason or "").startswith(SPENT_PREFIX)
 
     @property
     def used(self) -> bool:

@@ -258,6 +258,14 @@ class PasswordRepo:
         async with self._db.write(f"storing the sealed password of key {key_id}") as session:
             await session.execute(stmt)
 
+    async def forget(self, key_id: str) -> bool:
+        """Drop the sealed password of ``key_id`` (it no longer works); return whether one was kept."""
+        async with self._db.write(f"forgetting the sealed password of key {key_id}") as session:
+            result = await session.execute(
+                delete(SealedPasswordRow).where(SealedPasswordRow.key_id == key_id)
+            )
+            return bool(getattr(result, "rowcount", 0))
+
     async def get(self, key_id: str) -> SealedPassword | None:
         """The sealed password sent for ``key_id``, if any."""
         async with self._db.read(f"reading the sealed password of key {key_id}") as session:

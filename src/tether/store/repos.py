@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tether.errors import BadInput, Refused
+from tether.store import records
 from tether.store.db import Database, StoreConflict, StoreError
 from tether.store.models import (
     EngineerRow,
@@ -192,6 +193,26 @@ class KeyRepo:
                 row.revoke_reason = reason
                 await _append_revocation(self._db, session, RevocationKind.KEY, key_id, reason, at)
             return IssuedKey.from_row(row)
+
+    async def spend(self, key_id: str, *, detail: str, now: datetime) -> bool:
+        """Mark a key spent: the machine closed the access it opened; return whether it was.
+
+        Stored like a revocation (``revoked_at``, ``revoke_reason`` starting with
+        :data:`~tether.store.records.SPENT_PREFIX`) so that every admission refuses it,
+        without a revocation notice: the tether is going away by itself. A key
+        already revoked or spent stays as it is.
+        """
+        at = require_aware(now, "now")
+        reason = records.SPENT_PREFIX + require_text(detail, "detail", 200)
+        async with self._db.write(f"spending key {key_id}") as session:
+            row = await session.scalar(
+                select(IssuedKeyRow).where(IssuedKeyRow.key_id == key_id).with_for_update()
+            )
+            if row is None or row.revoked_at is not None:
+                return False
+            row.revoked_at = at
+            row.revoke_reason = reason
+            return True
 
 
 class EngineerRepo:

@@ -11,9 +11,11 @@ import contextlib
 import logging
 import os
 import pwd
+import re
 import signal
 import stat
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -77,6 +79,45 @@ def expiry_date(expires_at: datetime) -> str:
     end access at the exact time, the expiry date is the backstop.
     """
     return (expires_at.astimezone(UTC).date() + timedelta(days=1)).isoformat()
+
+
+#: The title of sshd's privileged monitor process: one per connection of an account.
+_TITLE = re.compile(r"sshd(?:-session)?: (?P<account>[a-z_][a-z0-9_-]{0,31}) \[priv\]")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
+
+
+def _uid(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def _pids() -> Iterator[int]:
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            yield int(entry.name)
+
+
+def is_session_monitor(pid: int, account: str, sshd: Path) -> bool:
+    """Tell whether ``pid`` is sshd's privileged monitor of one connection of ``account``."""
+    match = _TITLE.fullmatch(_cmdline(pid))
+    if match is None or match["account"] != account or _uid(pid) != 0 or not _alive(pid):
+        return False
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return False
+    # OpenSSH 9.8+ runs sessions from a sibling binary (sshd-session) next to sshd.
+    real = os.path.realpath(sshd)
+    return exe == real or (Path(exe).parent == Path(real).parent and "sshd" in Path(exe).name)
 
 
 class Accounts:
@@ -215,7 +256,7 @@ class Accounts:
         return by_uid, others
 
     def kill_sessions(self, account: str, sshd: Path) -> int:
-        """Kill every process of the account (Tether's only); return how many.
+        """Kill every process of the account (Tether's only); return how many sessions ended.
 
         ``pkill -KILL`` by effective and by real uid, plus SIGKILL to the processes its
         sessions started as another user (see :meth:`processes`), in a loop until none is left or
@@ -241,6 +282,9 @@ class Accounts:
                 f"account {account} shares uid {entry.pw_uid} with another account; "
                 "its sessions were not killed -- remove it by hand"
             )
+        # What the customer is told is how many sessions (connections) ended, not how
+        # many processes they had: one sshd monitor per connection.
+        connections = {pid for pid in _pids() if is_session_monitor(pid, account, sshd)}
         killed: set[int] = set()
         sessions: set[int] = set()
         deadline = time.monotonic() + KILL_WINDOW
@@ -266,8 +310,14 @@ class Accounts:
             killed |= by_uid | others
             time.sleep(0.01)
         if killed:
-            log.event(logger, "machine.sessions.killed", account=account, count=len(killed))
-        return len(killed)
+            log.event(
+                logger,
+                "machine.sessions.killed",
+                account=account,
+                sessions=len(connections),
+                processes=len(killed),
+            )
+        return len(connections)
 
 
 def _new_file(directory: Path, stem: str, suffix: str) -> Path:

@@ -7,6 +7,7 @@ Installing twice rewrites the same files.
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -16,6 +17,28 @@ from tether.config import AgentConfig
 from tether.errors import NotReady
 
 SYSTEMD_RUNNING = Path("/run/systemd/system")
+#: Where Debian's (and others') cron daemons live: a cron entry without one never runs.
+CRON_DAEMONS = (Path("/usr/sbin/cron"), Path("/usr/sbin/crond"), Path("/usr/bin/crond"))
+EXPIRE_TIMER = "tether-expire.timer"
+CRON_ENTRY = "tether"
+
+
+def cron_daemon() -> Path | None:
+    """The cron daemon of this machine, if one is installed."""
+    return next((p for p in CRON_DAEMONS if os.access(p, os.X_OK)), None)
+
+
+def installed_closer(config: AgentConfig) -> str | None:
+    """Which installed timer closes access when the agent is dead (None: none can).
+
+    ``"systemd timer"`` when systemd runs the machine and the timer is installed,
+    ``"cron"`` when the cron entry is installed and a cron daemon is present.
+    """
+    if SYSTEMD_RUNNING.exists() and (config.systemd_dir / EXPIRE_TIMER).exists():
+        return "systemd timer"
+    if (config.cron_dir / CRON_ENTRY).exists() and cron_daemon() is not None:
+        return "cron"
+    return None
 
 
 @dataclass(frozen=True)
@@ -69,24 +92,35 @@ def install(config: AgentConfig, command: list[str]) -> InstallReport:
         )
         for args in (
             ["daemon-reload"],
-            ["enable", "--now", "tether-agent.service", "tether-expire.timer"],
+            ["enable", "--now", "tether-agent.service", EXPIRE_TIMER],
         ):
             result = subprocess.run(
                 ["systemctl", *args], capture_output=True, text=True, timeout=60
             )
             if result.returncode != 0:
                 raise NotReady(f"systemctl {' '.join(args)} failed: {result.stderr.strip()}")
+        # Installed is not running: only an active timer closes access on time.
+        active = subprocess.run(
+            ["systemctl", "is-active", EXPIRE_TIMER], capture_output=True, text=True, timeout=60
+        )
+        if active.stdout.strip() != "active":
+            raise NotReady(
+                f"{EXPIRE_TIMER} was installed but is {active.stdout.strip() or 'not active'}: "
+                f"see `systemctl status {EXPIRE_TIMER}`; until it runs, access closes on time "
+                "only while the agent runs"
+            )
         return InstallReport("systemd", files)
-    if not config.cron_dir.is_dir():
+    if not config.cron_dir.is_dir() or cron_daemon() is None:
         raise NotReady(
-            f"neither systemd nor cron ({config.cron_dir}) is available: install cron "
-            "(apt-get install cron) so access closes on time even when the agent is down"
+            "neither systemd nor a cron daemon runs on this machine, so nothing would close "
+            "access on time while the agent is down: install cron (apt-get install cron) "
+            "and run this again"
         )
     # cron's finest step is a minute: a second line half a minute later keeps the worst
     # case (expiry just after a run) at 30 s plus the run, within the 60 s budget.
     expire = f"{base} access expire --config {cfg} >/dev/null 2>&1"
     line = f"* * * * * root {expire}\n* * * * * root sleep 30; {expire}\n"
-    entry = _write(config.cron_dir / "tether", "# Tether: close support access on time.\n" + line)
+    entry = _write(config.cron_dir / CRON_ENTRY, "# Tether: close support access on time.\n" + line)
     return InstallReport("cron", (entry,))
 
 

@@ -24,17 +24,16 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tether.agent.logins import LoginEvent, LoginSources, read_logins
-from tether.agent.machine.account import _alive, _stat_fields
+from tether.agent.machine.account import _alive, _cmdline, _pids, _stat_fields
+from tether.agent.machine.account import is_session_monitor as _is_monitor
 from tether.config import AgentConfig
 from tether.errors import NotReady
 
-_TITLE = re.compile(r"sshd(?:-session)?: (?P<account>[a-z_][a-z0-9_-]{0,31}) \[priv\]")
 _CHILD = re.compile(r"sshd(?:-session)?: (?P<account>[a-z_][a-z0-9_-]{0,31})@(?P<tty>\S+)")
 _SOCKET = re.compile(r"socket:\[(\d+)\]")
 
@@ -59,40 +58,6 @@ class SupportSession:
     source_port: int | None
     port: int
     tty: str | None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
-
-
-def _uid(pid: int) -> int | None:
-    try:
-        return os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        return None
-
-
-def _pids() -> Iterator[int]:
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            yield int(entry.name)
-
-
-def _is_monitor(pid: int, account: str, sshd: Path) -> bool:
-    match = _TITLE.fullmatch(_cmdline(pid))
-    if match is None or match["account"] != account or _uid(pid) != 0 or not _alive(pid):
-        return False
-    try:
-        exe = os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return False
-    # OpenSSH 9.8+ runs sessions from a sibling binary (sshd-session) next to sshd.
-    real = os.path.realpath(sshd)
-    return exe == real or (Path(exe).parent == Path(real).parent and "sshd" in Path(exe).name)
 
 
 def _boot_time() -> float:

@@ -362,8 +362,8 @@ class Sshd:
     def reload(self) -> bool:
         """Make the running sshd read its configuration again; return whether it did.
 
-        ``systemctl reload`` when systemd runs the machine, else SIGHUP to the pid in
-        sshd's pid file. Either way this waits (up to :data:`RELOAD_WAIT` s) until sshd
+        ``systemctl reload`` when systemd runs the machine (``systemctl restart`` if
+        the unit will not reload), else SIGHUP to the pid in sshd's pid file. Either way this waits (up to :data:`RELOAD_WAIT` s) until sshd
         has re-executed and rewritten its pid file, so the new settings are live when
         it returns. An sshd that is not running is only a warning: the configuration
         is valid and the next start reads it.
@@ -375,6 +375,13 @@ class Sshd:
                 if result.returncode == 0:
                     self._wait_back(stamp)
                     log.event(logger, "machine.sshd.reloaded", how="systemctl", unit=unit)
+                    return True
+            # The configuration is valid (callers run sshd -t first): a unit that will not
+            # reload is restarted, which keeps live sessions (sshd's KillMode=process).
+            for unit in self.units:
+                if self._run(["systemctl", "restart", unit]).returncode == 0:
+                    self._wait_back(stamp)
+                    log.event(logger, "machine.sshd.restarted", how="systemctl", unit=unit)
                     return True
             log.event(
                 logger, "machine.sshd.systemctl_failed", level=logging.DEBUG, units=self.units

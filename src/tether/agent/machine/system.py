@@ -70,6 +70,7 @@ from tether.agent.machine.grant import (
     check_grant,
 )
 from tether.agent.machine.recorder_setup import check_as_account, install_library, prepare_directory
+from tether.agent.machine.service import cron_daemon
 from tether.agent.machine.sshd import (
     ConnectionSpec,
     Sshd,
@@ -111,7 +112,6 @@ class SystemMachine:
     sudoers_template = SUDOERS_TEMPLATE
     #: Present on a machine with cron jobs (see :meth:`facts`).
     cron_dir = Path("/etc/cron.d")
-    cron_daemons = (Path("/usr/sbin/cron"), Path("/usr/sbin/crond"), Path("/usr/bin/crond"))
 
     def __init__(
         self,
@@ -381,10 +381,20 @@ class SystemMachine:
             if error is None:
                 reloaded = self._sshd.reload()
             else:
+                # Reloading a configuration sshd -t refuses would stop sshd (it re-executes
+                # and fails): the customer would be locked out. Trust has ended anyway:
+                # sshd reads TrustedUserCAKeys at every login, and that file is gone.
                 log.event(logger, "machine.close.sshd_invalid", level=logging.CRITICAL, error=error)
+                trust = (
+                    "sshd trusts the vendor's certificates no more: it reads the CA file at "
+                    f"every login, and {self.ca_file} is gone"
+                    if not self.ca_file.exists()
+                    else f"{self.ca_file} is still there: remove it by hand"
+                )
                 notes.append(
-                    "sshd -t fails on the machine's own configuration after Tether's part "
-                    f"was removed ({error}); sshd was NOT reloaded: fix it before sshd restarts"
+                    f"sshd was NOT reloaded: its own configuration is broken ({error}), and "
+                    f"reloading it would stop sshd; {trust}. Fix the configuration, then reload "
+                    "sshd (systemctl reload ssh) so it forgets Tether's settings"
                 )
         report = CloseReport(
             sessions_killed=killed,
@@ -479,7 +489,7 @@ class SystemMachine:
             conflict = f"{account!r} is not a valid account name"
         elif (entry := lookup(account)) is not None and not is_ours(entry):
             conflict = conflict_message(account)
-        cron = self.cron_dir.is_dir() and any(os.access(p, os.X_OK) for p in self.cron_daemons)
+        cron = self.cron_dir.is_dir() and cron_daemon() is not None
         return MachineFacts(
             sshd_present=present,
             sshd_config_valid=error is None,

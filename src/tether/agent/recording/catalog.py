@@ -81,10 +81,11 @@ class RecordingInfo:
         ``sftp`` or ``scp``.
     :param command: what the engineer asked to run (None for a login shell).
     :param started: when the session began (UTC).
-    :param ended: when it ended; None while live (or if the recorder was killed).
+    :param ended: when it ended; None while live.
     :param exit_status: the session's exit status (128+N for a signal N).
     :param size: bytes of the ``.cast.gz`` file on disk.
-    :param live: the metadata says the session has not finished.
+    :param live: the session has not finished: its metadata says so and its recorder
+        still holds the recording's lock.
     :param transfers: files moved (``{"op", "path", "bytes"}``), from SFTP or scp.
     """
 
@@ -102,6 +103,9 @@ class RecordingInfo:
     truncated: bool = False
     recorded_bytes: int = 0
     transfers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    #: The session was ended from outside (access closed or expired, the page's End):
+    #: its recorder died with it, and ``ended`` is the recording's last write.
+    cut_off: bool = False
 
     @property
     def duration(self) -> float | None:
@@ -127,6 +131,7 @@ class RecordingInfo:
             "truncated": self.truncated,
             "recorded_bytes": self.recorded_bytes,
             "transfers": list(self.transfers),
+            "cut_off": self.cut_off,
         }
 
 
@@ -177,16 +182,23 @@ def info_for(directory: Path, recording_id: str) -> RecordingInfo:
     status = data.get("exit_status")
     transfers = data.get("transfers")
     command = data.get("command")
+    live, ended, cut_off = data.get("status") == "live", _time(data.get("ended")), False
+    if live and not is_live(cast_path(directory, recording_id)):
+        # The recorder never wrote its end: it was killed with its session (access
+        # closed or expired, ended from the page). The session is over; its last
+        # output is the best end there is.
+        live, cut_off = False, True
+        ended = ended or _mtime(cast_path(directory, recording_id)) or started
     return RecordingInfo(
         id=recording_id,
         engineer=_text(data, "engineer", "unknown"),
         kind=_text(data, "kind", "unknown"),
         command=command[:2000] if isinstance(command, str) else None,
         started=started,
-        ended=_time(data.get("ended")),
+        ended=ended,
         exit_status=status if isinstance(status, int) and not isinstance(status, bool) else None,
         size=size,
-        live=data.get("status") == "live",
+        live=live,
         serial=_text(data, "serial"),
         account=_text(data, "account"),
         truncated=data.get("truncated") is True,
@@ -196,7 +208,15 @@ def info_for(directory: Path, recording_id: str) -> RecordingInfo:
         transfers=tuple(t for t in transfers if isinstance(t, dict))
         if isinstance(transfers, list)
         else (),
+        cut_off=cut_off,
     )
+
+
+def _mtime(path: Path) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(path.lstat().st_mtime, UTC)
+    except OSError:
+        return None
 
 
 def recording_ids(directory: Path) -> list[str]:

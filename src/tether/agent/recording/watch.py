@@ -222,7 +222,7 @@ class RecordingWatcher:
             exit_status=info.exit_status,
             ended=ended,
             duration=round(info.duration, 3) if info.duration is not None else None,
-            clean=info.ended is not None,
+            clean=not info.cut_off and info.ended is not None,
         )
         self._append(
             "recording.stored",

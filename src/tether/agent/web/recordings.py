@@ -63,7 +63,9 @@ def describe(info: RecordingInfo, directory: Path) -> dict[str, Any]:
         "id": info.id,
         "engineer": info.engineer,
         "started": info.started.strftime("%Y-%m-%d %H:%M:%S"),
-        "duration": "still running" if running else _span(seconds),
+        "duration": "still running"
+        if running
+        else _span(seconds) + (" (cut off when it was ended)" if info.cut_off else ""),
         "what": info.command or ("interactive shell" if info.kind == "shell" else info.kind),
         "exit": "" if info.exit_status is None else str(info.exit_status),
         "size": _size(info.size),

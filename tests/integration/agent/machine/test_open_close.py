@@ -185,8 +185,9 @@ def test_close_ends_a_live_session_within_a_second(sandbox: Sandbox, tmp_path: P
     assert ended, "the ssh session outlived close()"
     assert ended[0] - closed["started"] <= 1.0, ended[0] - closed["started"]
     report = closed["result"]
-    # ssh's session: sshd (user side), bash, sleep, sudo, and root's `sleep` under sudo.
-    assert report["sessions_killed"] >= 4, report
+    # One session (connection) ended, though it had several processes: sshd (user
+    # side), bash, sleep, sudo and root's `sleep` under sudo, all gone (see below).
+    assert report["sessions_killed"] == 1, report
     assert report["account_removed"], report
     assert account_line(sandbox) == ""
     assert sandbox.run(["pgrep", "-f", "sleep 60"]).stdout == ""

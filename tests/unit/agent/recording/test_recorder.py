@@ -274,3 +274,32 @@ def test_recorder_options_are_read_strictly() -> None:
     ):
         with pytest.raises(ValueError, match=words):
             parse_args(bad)
+
+
+def test_a_recording_whose_recorder_died_is_ended_not_live(tmp_path: Path) -> None:
+    """Issue 11: a session cut off by a close is shown ended, with its duration."""
+    import fcntl
+    import json
+    import os
+    from datetime import UTC, datetime
+
+    from tether.agent.recording.catalog import info_for
+    from tether.agent.recording.watch import notification
+
+    recording_id = "20261125T031502Z-3f9c2a1b"
+    cast = tmp_path / f"{recording_id}.cast.gz"
+    cast.write_bytes(b"")
+    started = datetime(2026, 11, 25, 3, 15, 2, tzinfo=UTC)
+    os.utime(cast, (started.timestamp() + 90, started.timestamp() + 90))  # its last write
+    meta = {"status": "live", "engineer": "alice", "kind": "shell", "started": started.isoformat()}
+    (tmp_path / f"{recording_id}.json").write_text(json.dumps(meta))
+    with cast.open("rb") as held:  # the recorder holds its lock: live
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert info_for(tmp_path, recording_id).live
+    info = info_for(tmp_path, recording_id)  # the recorder is gone, killed with its session
+    assert not info.live
+    assert info.cut_off
+    assert info.duration == 90.0
+    body = notification("support.logout", info)
+    assert body["live"] is False
+    assert body["duration"] == 90.0
