@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -490,10 +491,25 @@ async def run_demo(workdir: Path) -> None:
     """Run the demo until cancelled (Ctrl-C), then tear it all down."""
     progress = logging.getLogger("tether.demo")
     system = DemoSystem(workdir, progress=progress)
-    await system.start()
-    print(system.instructions(), flush=True)
+    # Ctrl-C and SIGTERM both end the demo, also while it starts, and also when it was
+    # started in the background (where a shell leaves SIGINT ignored).
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    starting = asyncio.ensure_future(system.start())
+    stopped = asyncio.ensure_future(stopping.wait())
     try:
-        await asyncio.Event().wait()
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # a failed start says why
+            print(system.instructions(), flush=True)
+            await stopped
     finally:
-        print("\nTearing down the demo...", file=sys.stderr, flush=True)
+        for task in (starting, stopped):
+            task.cancel()
+        await asyncio.gather(starting, stopped, return_exceptions=True)
+        print("\nTearing down the demo...", flush=True)
         await system.aclose()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -280,8 +280,9 @@ def test_tether_demo_command_prints_working_ssh_and_tears_down(tmp_path: Path) -
         assert result.stdout.strip() == "DEMO-0001", result.stderr
     finally:
         os.killpg(demo.pid, signal.SIGINT)
-        _, err = demo.communicate(timeout=30)
-    assert "everything it started is gone" in err
+        out, err = demo.communicate(timeout=30)
+    assert "everything it started is gone" in out
+    assert err == ""  # progress is output; a healthy demo has nothing to complain about
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "d")], capture_output=True, text=True)
     assert leftovers.stdout == ""
 

@@ -36,10 +36,17 @@ def demo(workdir: Path | None, verbose: bool) -> None:
     reason = sandbox_unavailable_reason()
     if reason is not None:
         raise SandboxUnavailable(f"the demo needs a sandboxed machine, but {reason}")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s" if verbose else "  %(message)s"))
+    # The demo's progress is its output (stdout); only trouble goes to stderr, so a
+    # healthy demo prints nothing there.
+    form = logging.Formatter("%(name)s: %(message)s" if verbose else "  %(message)s")
+    progress = logging.StreamHandler(sys.stdout)
+    progress.setFormatter(form)
+    progress.addFilter(lambda record: record.levelno < logging.WARNING)
+    trouble = logging.StreamHandler(sys.stderr)
+    trouble.setFormatter(form)
+    trouble.setLevel(logging.WARNING)
     root = logging.getLogger("tether")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [progress, trouble]
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("tether.demo").setLevel(logging.INFO)
     root.propagate = False
@@ -54,4 +61,4 @@ def demo(workdir: Path | None, verbose: bool) -> None:
     finally:
         if temporary:
             shutil.rmtree(path, ignore_errors=True)
-    click.echo("Demo stopped; everything it started is gone.", err=True)
+    click.echo("Demo stopped; everything it started is gone.")

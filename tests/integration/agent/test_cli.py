@@ -59,12 +59,21 @@ class Machine:
         )
         log.close()
         sock = self.sandbox.host_path("/run") / "tether" / "agent.sock"
-        for _ in range(600):  # ~30 s: two agents starting on a loaded 2-core machine
+        started = time.monotonic()
+        # Generous: two agents starting on a loaded 2-core CI machine take a while.
+        while time.monotonic() - started < 60 and proc.returncode is None:
             # A crashed daemon leaves its socket file behind: wait for one that answers.
-            if await asyncio.to_thread(ask_daemon, sock, "status", 0.5) is not None:
+            if await asyncio.to_thread(ask_daemon, sock, "status", 2.0) is not None:
                 return proc
             await asyncio.sleep(0.05)
-        raise AssertionError(f"agent did not start: {self.log.read_text()}")
+        # Never leave the daemon behind: a stray process fails some later test instead.
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
+        raise AssertionError(
+            f"agent did not answer in {time.monotonic() - started:.0f} s "
+            f"(exit {proc.returncode}, socket there: {sock.exists()}): {self.log.read_text()}"
+        )
 
     async def status(self) -> dict[str, object]:
         result = await self.tether("access", "status", "--json")

@@ -105,7 +105,12 @@ async def test_a_second_machine_with_a_used_key_waits_for_and_shows_the_refusal(
         (first.sandbox.host_path("/etc/tether") / "agent.toml").read_text()
     )
     second = Machine(other, tmp_path / "second-agent.log")
-    agents = [await first.start_agent(), await second.start_agent()]
+    first_agent = await first.start_agent()
+    try:
+        second_agent = await second.start_agent()
+    except BaseException:
+        await stop(first, first_agent)
+        raise
     try:
         assert (await first.tether("access", "enable", "--key", key)).returncode == 0
         await first.wait_tunnel("connected")
@@ -121,8 +126,8 @@ async def test_a_second_machine_with_a_used_key_waits_for_and_shows_the_refusal(
         # The first machine keeps its tether.
         assert (await first.wait_tunnel("connected"))["access"]
     finally:
-        await stop(second, agents[1])
-        await stop(first, agents[0])
+        await stop(second, second_agent)
+        await stop(first, first_agent)
 
 
 async def test_your_own_password_replaces_the_vendors_sealed_copy(

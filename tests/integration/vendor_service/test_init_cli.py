@@ -222,10 +222,12 @@ def test_help_teaches(data: Path) -> None:
         ["vendor", "issue-key", "--help"],
         ["access", "enable", "--help"],
         ["demo", "--help"],
+        ["relay", "serve", "--help"],
     ):
         result = tether(*args)
         assert result.returncode == 0
         assert "Usage:" in result.stdout
+        assert result.stderr == ""  # no third-party warning reaches the user
     assert "at most 12 weeks" in tether("vendor", "issue-key", "--help").stdout
     bad = tether("vendor", "no-such-thing")
     assert bad.returncode == 2
