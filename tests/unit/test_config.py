@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tether.config import AgentConfig, RelayConfig, TetherSettings, VendorConfig, toml_string
 from tether.errors import ConfigError
 from tether.keys import SigningKey
 
-VENDOR_KEY = SigningKey.generate().verify_key().to_paserk()
-SECOND_KEY = SigningKey.generate().verify_key().to_paserk()
+# Fixed keys: they appear in test ids, which must be the same in every test process.
+VENDOR_KEY = SigningKey(Ed25519PrivateKey.from_private_bytes(b"v" * 32)).verify_key().to_paserk()
+SECOND_KEY = SigningKey(Ed25519PrivateKey.from_private_bytes(b"s" * 32)).verify_key().to_paserk()
 
 
 def write(tmp_path: Path, text: str, name: str = "part.toml") -> Path:
