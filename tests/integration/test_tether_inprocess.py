@@ -7,6 +7,7 @@ The machine's services are stand-ins on OS-picked loopback ports that the key al
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -115,6 +116,23 @@ async def test_relay_restart_agent_comes_back_within_backoff(tmp_path: Path) -> 
                 input=b"back\n",
             )
             assert result.stdout.endswith(b"back\n"), result.stderr
+
+
+async def test_a_relay_that_stops_and_stays_down_is_not_met_by_a_tight_loop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One tether: the relay asks it back within 1/300 s; the agent's backoff still holds."""
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            caplog.set_level(logging.INFO, logger="tether.agent")
+            await vendor.relay.aclose()
+            await asyncio.sleep(2.0)
+            retries = [r for r in caplog.records if "reconnecting in" in r.getMessage()]
+            # FAST backoff (0.2 s doubling to 1 s, full jitter) makes a handful of attempts
+            # in 2 s; a window that replaced the backoff made hundreds.
+            assert 1 <= len(retries) <= 15, [r.getMessage() for r in retries]
 
 
 #: What the harness's seeded agent (random.Random(7)) draws second from uniform(0, 10).

@@ -74,9 +74,16 @@ from tether.wire import (
 logger = logging.getLogger("tether.agent.tunnel")
 
 
-def backoff_delay(attempt: int, *, initial: float, cap: float, rng: random.Random) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, initial·2^attempt)]."""
-    ceiling = min(cap, initial * (2 ** min(attempt, 32)))
+def backoff_delay(
+    attempt: int, *, initial: float, cap: float, rng: random.Random, window: float = 0.0
+) -> float:
+    """Full-jitter exponential backoff: uniform in [0, max(window, min(cap, initial·2^attempt))].
+
+    ``window`` is a relay's "come back within W s": it widens the draw so that agents
+    return spread over it, but never narrows it below the backoff, so a tiny window
+    (a relay with few tethers) cannot turn retries into a tight loop.
+    """
+    ceiling = max(window, min(cap, initial * (2 ** min(attempt, 32))))
     return rng.uniform(0, ceiling)
 
 
@@ -286,15 +293,12 @@ class Tunnel:
                 spread = hint  # a new drop: this one's hint (or none) decides
             elif hint:
                 spread = hint
-            delay = (
-                self._rng.uniform(0, spread)
-                if spread
-                else backoff_delay(
-                    attempt,
-                    initial=self._settings.backoff_initial,
-                    cap=self._settings.backoff_cap,
-                    rng=self._rng,
-                )
+            delay = backoff_delay(
+                attempt,
+                initial=self._settings.backoff_initial,
+                cap=self._settings.backoff_cap,
+                rng=self._rng,
+                window=spread,
             )
             attempt += 1
             now = self._clock.now()

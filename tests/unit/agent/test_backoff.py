@@ -163,3 +163,15 @@ def test_status_survives_json(status: TunnelStatus) -> None:
 
     assert again == status
     assert again.describe(NOW) == status.describe(NOW)
+
+
+def test_a_relays_window_widens_the_backoff_but_never_narrows_it() -> None:
+    """A relay's "come back within W s" spreads the return; it never replaces backoff."""
+    rng = random.Random(7)
+    # A relay with one tether asks for a return within 3 ms: the backoff still applies.
+    tiny = [backoff_delay(3, initial=1.0, cap=60.0, rng=rng, window=0.003) for _ in range(2000)]
+    assert max(tiny) > 4.0  # drawn from the 8 s backoff ceiling, not from 3 ms
+    # A busy relay's 120 s window spreads agents over all of it, also on early attempts.
+    wide = [backoff_delay(0, initial=1.0, cap=60.0, rng=rng, window=120.0) for _ in range(2000)]
+    assert max(wide) > 100.0
+    assert all(0.0 <= d <= 120.0 for d in wide)
