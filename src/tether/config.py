@@ -462,6 +462,10 @@ class RelayConfig:
     #: Tethers per second this relay asks its agents to come back at when it shuts down
     #: (each waits a random time within tethers / rate seconds).
     reconnect_rate: float = 300.0
+    #: Seconds between this relay's heartbeats to the fleet's store.
+    heartbeat_interval: float = 5.0
+    #: A relay silent this long is dead: the others sweep its tethers (SPEC: ≤ 30 s).
+    dead_after: float = 15.0
 
     @classmethod
     def load(cls, path: Path) -> RelayConfig:
@@ -492,8 +496,16 @@ class RelayConfig:
             poll_interval=r.number("poll_interval", 0.25),
             register_timeout=r.number("register_timeout", 15.0),
             reconnect_rate=r.number("reconnect_rate", 300.0, low=1.0, high=100_000.0),
+            heartbeat_interval=r.number("heartbeat_interval", 5.0, low=0.1, high=60.0),
+            dead_after=r.number("dead_after", 15.0, low=0.5, high=300.0),
         )
         r.finish()
+        if config.dead_after < 2 * config.heartbeat_interval:
+            raise ConfigError(
+                f"{path}: dead_after ({config.dead_after:g} s) must be at least twice "
+                f"heartbeat_interval ({config.heartbeat_interval:g} s), or a live relay "
+                "is taken for dead after one late heartbeat"
+            )
         return config
 
 

@@ -106,14 +106,18 @@ class Vendor:
 
 @asynccontextmanager
 async def vendor_setup(
-    tmp: Path, *, database: str | None = None, poll: float = 0.1
+    tmp: Path, *, database: str | None = None, poll: float = 0.1, **relay: object
 ) -> AsyncIterator[Vendor]:
+    """Vendor data, store and one in-process relay; ``relay`` overrides its settings."""
     data = tmp / "vendor"
     await init_data_dir(data, vendor="ACME", relay="127.0.0.1:2222", database=database)
     config = load_vendor_config(data)
     store = await Store.open(config.database)
     relay_config = replace(
-        RelayConfig.load(data / "relay.toml"), listen=("127.0.0.1", 0), poll_interval=poll
+        RelayConfig.load(data / "relay.toml"),
+        listen=("127.0.0.1", 0),
+        poll_interval=poll,
+        **relay,  # type: ignore[arg-type]
     )
     relay = Relay(relay_config, store)
     await relay.start()

@@ -12,6 +12,7 @@ import click
 from tether import log
 from tether.cli.common import agent_config_option, handle_errors, json_option, print_json, run
 from tether.config import AgentConfig, RelayConfig
+from tether.errors import Refused
 from tether.tuning import tune_allocator
 
 
@@ -57,10 +58,16 @@ def relay_serve(config_path: Path, listen: str | None, verbose: bool) -> None:
         try:
             await server.start()
             click.echo(f"relay listening on {config.listen[0]}:{server.port}", err=True)
-            await stop.wait()
+            stopping = asyncio.ensure_future(stop.wait())
+            failing = asyncio.ensure_future(server.fatal.wait())
+            await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            failing.cancel()
         finally:
             await server.aclose()
             await store.aclose()
+        if server.fatal.is_set():
+            raise Refused(server.fatal_reason)
 
     run(go())
 

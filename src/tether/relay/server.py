@@ -22,6 +22,7 @@ from tether.relay.audit import HEAD_INTERVAL, AuditWriter, HeadChecks
 from tether.relay.batching import Batcher
 from tether.relay.connection import RelayConnection
 from tether.relay.engineers import EngineerLink
+from tether.relay.fleet import Membership
 from tether.relay.limits import RateLimiter, SourceCounter
 from tether.relay.routing import Registry
 from tether.relay.tethers import TetherLink
@@ -80,6 +81,17 @@ class Relay:
         #: Seconds between two checks of one machine's reported audit chain heads.
         self.head_interval = HEAD_INTERVAL
         self.head_checks = HeadChecks()
+        self.membership = Membership(
+            config,
+            store,
+            clock,
+            tether_count=lambda: len(self.registry),
+            rejoined=self._register_again,
+            taken_over=self._taken_over,
+        )
+        #: Set when this relay must stop on its own (another process took its id).
+        self.fatal = asyncio.Event()
+        self.fatal_reason = ""
 
     @property
     def port(self) -> int:
@@ -89,7 +101,12 @@ class Relay:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        """Clear this relay's stale registry rows, start listening and watching."""
+        """Claim the relay id, clear its stale registry rows, listen, heartbeat and watch.
+
+        Raises :class:`~tether.relay.fleet.RelayIdInUse` (nothing changed) if a live
+        relay holds this relay's id.
+        """
+        await self.membership.join()
         await self.store.tethers.clear_relay(self.config.relay_id)
         await self.store.channels.clear_relay(self.config.relay_id)
         self._revocation_cursor = await self.store.revocations.head()
@@ -116,7 +133,10 @@ class Relay:
             window=CHANNEL_WINDOW,
             max_pktsize=CHANNEL_MAX_PACKET,
         )
+        self.membership.address = f"{host}:{self.port}"
+        await self.membership.beat()  # the fleet learns the real port now, not in 5 s
         self.tasks.spawn(self._watch(), "relay.watch")
+        self.tasks.spawn(self.membership.serve(), "relay.membership")
         log.event(
             logger,
             "relay.listen",
@@ -149,7 +169,26 @@ class Relay:
         if self._server is not None:
             await self._server.wait_closed()
         await self.audit.aclose()
+        await self.membership.leave()
         self._closed.set()
+
+    # --- fleet membership ----------------------------------------------------------
+
+    def _register_again(self) -> None:
+        """The fleet swept our tethers' rows: have every agent register anew."""
+        spread = len(self.registry) / self.config.reconnect_rate
+        for entry in self.registry:
+            entry.link.drop(
+                RefusalReason.SHUTDOWN,
+                "the relay lost its place in the fleet; reconnect to register again",
+                retry_within=spread,
+            )
+
+    def _taken_over(self, reason: str) -> None:
+        """Another live process holds our id: hand the agents over and stop."""
+        self.fatal_reason = reason
+        self._register_again()
+        self.fatal.set()
 
     # --- engineers ---------------------------------------------------------------
 

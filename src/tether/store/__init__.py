@@ -33,7 +33,8 @@ from tether.store.records import (
     TetherRecord,
     TokenRecord,
 )
-from tether.store.registry import ChannelRepo, PasswordRepo, RelayRepo, TetherRepo
+from tether.store.registry import ChannelRepo, PasswordRepo, TetherRepo
+from tether.store.relays import RelayRepo
 from tether.store.repos import (
     ENGINEER_NAME_RULE,
     REVOCATION_CHANNEL,

@@ -15,7 +15,8 @@ from tether.store import migrate as migrations
 from tether.store.auditchain import AuditRepo
 from tether.store.cases import CaseRepo, MachineRepo
 from tether.store.db import Database, StoreError, create_engine, describe_error
-from tether.store.registry import ChannelRepo, PasswordRepo, RelayRepo, TetherRepo
+from tether.store.registry import ChannelRepo, PasswordRepo, TetherRepo
+from tether.store.relays import RelayRepo
 from tether.store.repos import EngineerRepo, KeyRepo, RevocationRepo
 from tether.store.sessions import TokenRepo
 from tether.store.urls import display_url, normalize_url

@@ -169,6 +169,10 @@ class RelayRow(Base):
     address: Mapped[str] = mapped_column(String(255))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: Random token of the process that holds this id (two processes, one id: refused).
+    instance: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    #: Tethers the relay carried at its last heartbeat.
+    tethers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class RevocationRow(Base):

@@ -222,6 +222,8 @@ class RelayRecord:
     address: str
     started_at: datetime
     last_seen_at: datetime
+    instance: str = ""
+    tethers: int = 0
 
     @classmethod
     def from_row(cls, row: RelayRow) -> RelayRecord:
@@ -231,6 +233,8 @@ class RelayRecord:
             address=row.address,
             started_at=row.started_at,
             last_seen_at=row.last_seen_at,
+            instance=row.instance,
+            tethers=row.tethers,
         )
 
 

@@ -1,7 +1,7 @@
-"""The live tether registry, the engineers' live channels and the relays of the fleet.
+"""The live tether registry, the engineers' live channels and sealed passwords.
 
-Tethers and relays are upserted (``INSERT ... ON CONFLICT DO UPDATE``) so that a
-reconnect or a heartbeat is a single statement on either backend.
+Tethers are upserted (``INSERT ... ON CONFLICT DO UPDATE``) so that a reconnect is a
+single statement on either backend. The relays themselves: :mod:`tether.store.relays`.
 """
 
 from __future__ import annotations
@@ -22,19 +22,17 @@ from tether.store.db import Database
 from tether.store.models import (
     Base,
     LiveChannelRow,
-    RelayRow,
     SealedPasswordRow,
     TetherRow,
 )
 from tether.store.records import (
     ChannelRecord,
-    RelayRecord,
     SealedPassword,
     TetherRecord,
 )
 from tether.store.types import require_aware, require_serial, require_text
 
-__all__ = ["ChannelRepo", "PasswordRepo", "RelayRepo", "TetherRepo"]
+__all__ = ["ChannelRepo", "PasswordRepo", "TetherRepo"]
 
 
 def _upsert(
@@ -197,44 +195,6 @@ class ChannelRepo:
             stmt = stmt.where(LiveChannelRow.serial == require_serial(serial))
         async with self._db.read("listing channels") as session:
             return [ChannelRecord.from_row(r) for r in (await session.scalars(stmt)).all()]
-
-
-class RelayRepo:
-    """Relays of the fleet and their heartbeats."""
-
-    def __init__(self, db: Database) -> None:
-        """Use ``db`` for every transaction."""
-        self._db = db
-
-    async def heartbeat(
-        self, relay_id: str, address: str, now: datetime, *, started: bool = False
-    ) -> None:
-        """Record that the relay is alive at ``address`` (upsert).
-
-        ``started=True`` (a relay starting up) also resets ``started_at``.
-        """
-        at = require_aware(now, "now")
-        values = {
-            "relay_id": require_text(relay_id, "relay id", 128),
-            "address": address,
-            "started_at": at,
-            "last_seen_at": at,
-        }
-        cols = ["address", "last_seen_at"] + (["started_at"] if started else [])
-        stmt = _upsert(self._db, RelayRow, values, "relay_id", cols)
-        async with self._db.write(f"recording heartbeat of relay {relay_id}") as session:
-            await session.execute(stmt)
-
-    async def list(self) -> list[RelayRecord]:
-        """All relays, by id."""
-        async with self._db.read("listing relays") as session:
-            rows = (await session.scalars(select(RelayRow).order_by(RelayRow.relay_id))).all()
-            return [RelayRecord.from_row(r) for r in rows]
-
-    async def remove(self, relay_id: str) -> None:
-        """Forget a relay (clean shutdown)."""
-        async with self._db.write(f"removing relay {relay_id}") as session:
-            await session.execute(delete(RelayRow).where(RelayRow.relay_id == relay_id))
 
 
 class PasswordRepo:

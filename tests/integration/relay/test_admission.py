@@ -132,7 +132,12 @@ async def test_key_ports_limit_what_the_agent_may_offer(tmp_path: Path) -> None:
 
 async def test_unauthenticated_connections_are_capped(tmp_path: Path) -> None:
     async with vendor_setup(tmp_path) as vendor:
-        limited = replace(vendor.relay.config, listen=("127.0.0.1", 0), max_unauthenticated=3)
+        limited = replace(
+            vendor.relay.config,
+            relay_id="relay-2",  # a second relay beside the vendor's: its own id
+            listen=("127.0.0.1", 0),
+            max_unauthenticated=3,
+        )
         relay = Relay(limited, vendor.store)
         await relay.start()
         try:
@@ -156,7 +161,9 @@ async def test_unauthenticated_connections_are_capped(tmp_path: Path) -> None:
 
 async def test_login_timeout_disconnects_silent_clients(tmp_path: Path) -> None:
     async with vendor_setup(tmp_path) as vendor:
-        quick = replace(vendor.relay.config, listen=("127.0.0.1", 0), login_timeout=1.0)
+        quick = replace(
+            vendor.relay.config, relay_id="relay-2", listen=("127.0.0.1", 0), login_timeout=1.0
+        )
         relay = Relay(quick, vendor.store)
         await relay.start()
         try:
@@ -252,7 +259,10 @@ async def test_one_click_request_may_wait_past_the_register_deadline(tmp_path: P
 async def test_one_source_cannot_hold_every_login_slot(tmp_path: Path) -> None:
     async with vendor_setup(tmp_path) as vendor:
         limited = replace(
-            vendor.relay.config, listen=("127.0.0.1", 0), max_unauthenticated_per_source=2
+            vendor.relay.config,
+            relay_id="relay-2",
+            listen=("127.0.0.1", 0),
+            max_unauthenticated_per_source=2,
         )
         relay = Relay(limited, vendor.store)
         await relay.start()

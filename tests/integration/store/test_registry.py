@@ -111,23 +111,61 @@ async def test_register_with_unknown_key_is_a_store_error(store: Store) -> None:
     assert await store.tethers.list() == []
 
 
-async def test_relay_heartbeat_upserts(store: Store) -> None:
-    await store.relays.heartbeat("relay-a", "10.0.0.1:2222", T0, started=True)
-    await store.relays.heartbeat("relay-b", "10.0.0.2:2222", T0)
-    await store.relays.heartbeat("relay-a", "10.0.0.9:2222", T0 + timedelta(seconds=30))
-    a, b = await store.relays.list()
-    assert (a.relay_id, a.address, a.started_at, a.last_seen_at) == (
-        "relay-a",
-        "10.0.0.9:2222",
-        T0,
-        T0 + timedelta(seconds=30),
+async def test_a_relay_id_held_by_a_live_relay_cannot_be_claimed(store: Store) -> None:
+    assert await store.relays.claim("relay-a", "one", "10.0.0.1:2222", T0, 15) is None
+    holder = await store.relays.claim(
+        "relay-a", "two", "10.0.0.2:2222", T0 + timedelta(seconds=5), 15
     )
-    assert b.relay_id == "relay-b"
-    await store.relays.heartbeat("relay-a", "10.0.0.9:2222", T0 + timedelta(hours=1), started=True)
-    a, _ = await store.relays.list()
-    assert a.started_at == T0 + timedelta(hours=1)
-    await store.relays.remove("relay-b")
-    assert [r.relay_id for r in await store.relays.list()] == ["relay-a"]
+    assert holder is not None
+    assert (holder.instance, holder.address) == ("one", "10.0.0.1:2222")
+    # The same process may claim again (a restart of its listener), and a dead holder's
+    # id is free: 15 s without a heartbeat.
+    assert await store.relays.claim("relay-a", "one", "10.0.0.1:2222", T0, 15) is None
+    assert (
+        await store.relays.claim("relay-a", "two", "10.0.0.2:2222", T0 + timedelta(seconds=16), 15)
+        is None
+    )
+    (row,) = await store.relays.list()
+    assert (row.instance, row.address, row.started_at) == (
+        "two",
+        "10.0.0.2:2222",
+        T0 + timedelta(seconds=16),
+    )
+
+
+async def test_heartbeats_count_tethers_and_tell_a_relay_it_was_given_up(store: Store) -> None:
+    await store.relays.claim("relay-a", "one", "10.0.0.1:2222", T0, 15)
+    assert await store.relays.heartbeat(
+        "relay-a", "one", "10.0.0.1:2222", T0 + timedelta(seconds=5), 42
+    )
+    (row,) = await store.relays.list()
+    assert (row.tethers, row.last_seen_at, row.started_at) == (42, T0 + timedelta(seconds=5), T0)
+    # Another process took the id over: the old one's heartbeat says so.
+    await store.relays.claim("relay-a", "two", "10.0.0.2:2222", T0 + timedelta(seconds=30), 15)
+    assert not await store.relays.heartbeat(
+        "relay-a", "one", "10.0.0.1:2222", T0 + timedelta(seconds=31), 42
+    )
+    await store.relays.leave("relay-a", "one")  # not its id any more: nothing happens
+    assert [r.instance for r in await store.relays.list()] == ["two"]
+    await store.relays.leave("relay-a", "two")
+    assert await store.relays.list() == []
+
+
+async def test_a_dead_relays_tethers_and_channels_are_swept(store: Store) -> None:
+    await issue(store)
+    await store.relays.claim("relay-a", "one", "10.0.0.1:2222", T0, 15)
+    await store.relays.claim("relay-b", "two", "10.0.0.2:2222", T0, 15)
+    await _register(store, "SN-1", "relay-a")
+    await _register(store, "SN-2", "relay-b")
+    await store.relays.heartbeat("relay-b", "two", "10.0.0.2:2222", T0 + timedelta(seconds=20), 1)
+    assert await store.relays.sweep(T0 + timedelta(seconds=10), 15) == []
+    assert await store.relays.sweep(T0 + timedelta(seconds=21), 15) == ["relay-a"]
+    assert [t.serial for t in await store.tethers.list()] == ["SN-2"]
+    assert [r.relay_id for r in await store.relays.list()] == ["relay-b"]
+    # Nothing of a dead relay comes back by itself; its heartbeat learns it was given up.
+    assert not await store.relays.heartbeat(
+        "relay-a", "one", "10.0.0.1:2222", T0 + timedelta(seconds=22), 1
+    )
 
 
 async def test_sealed_password_is_stored_per_key_and_replaced(store_url: str) -> None:

@@ -1,0 +1,127 @@
+"""Fleet membership: one process per relay id, heartbeats, and a dead relay's tethers swept.
+
+SPEC "Scale": each relay has its own id and heartbeats; a dead relay's tethers leave the
+registry within 30 s. Both store backends; the relays under test are real processes
+(`tether relay serve`) where a process is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from tests.integration.harness import Agent, EchoServer, Vendor, vendor_setup
+from tether.agent.status import TunnelState
+from tether.keys import KeyKind
+
+
+def _relay_process(vendor: Vendor, tmp: Path, relay_id: str, **settings: float) -> Path:
+    """A relay.toml for a second relay of this vendor (its own id, fast heartbeats)."""
+    text = (vendor.dir / "relay.toml").read_text()
+    text += f'relay_id = "{relay_id}"\n' if relay_id else ""
+    text += "".join(f"{key} = {value}\n" for key, value in settings.items())
+    config = vendor.dir / f"{relay_id or 'same'}.toml"
+    config.write_text(text)
+    return config
+
+
+def _serve(config: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tether", "relay", "serve", "--config", str(config),
+         "--listen", "127.0.0.1:0"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _port_of(relay: subprocess.Popen[str]) -> int:
+    assert relay.stderr is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = relay.stderr.readline()
+        if "relay listening on" in line:
+            return int(line.rsplit(":", 1)[1])
+        if not line and relay.poll() is not None:
+            break
+    raise AssertionError(f"relay did not start (exit {relay.poll()})")
+
+
+async def test_two_relays_with_one_id_the_second_refuses_to_start(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with vendor_setup(tmp_path, database=store_url) as vendor, EchoServer() as service:
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            # vendor init's relay.toml again, as a careless second install would start it.
+            second = _serve(vendor.dir / "relay.toml")
+            _, said = await asyncio.to_thread(second.communicate, timeout=60)
+            assert second.returncode == 1, said
+            assert (
+                f"relay id 'relay-1' is in use by the relay at 127.0.0.1:{vendor.relay_port}"
+                in said
+            )
+            assert "give this relay its own relay_id" in said
+            assert "Traceback" not in said
+            # ... and it changed nothing: the first relay's tether is still listed and up.
+            (row,) = await vendor.store.tethers.list()
+            assert (row.serial, row.relay_id) == ("M-1", "relay-1")
+            assert agent.tunnel.status.state == TunnelState.CONNECTED
+            assert [r.relay_id for r in await vendor.store.relays.list()] == ["relay-1"]
+
+
+async def test_a_killed_relays_tethers_leave_the_registry_in_time(
+    tmp_path: Path, store_url: str
+) -> None:
+    # This relay sweeps: heartbeats every 0.2 s, a relay silent for 1 s is dead (the
+    # defaults, 5 s and 15 s, keep the SPEC's 30 s with room to spare).
+    async with (
+        vendor_setup(
+            tmp_path, database=store_url, heartbeat_interval=0.2, dead_after=1.0
+        ) as vendor,
+        EchoServer() as service,
+    ):
+        config = _relay_process(vendor, tmp_path, "relay-a", heartbeat_interval=0.2, dead_after=1.0)
+        relay_a = _serve(config)
+        try:
+            port = await asyncio.to_thread(_port_of, relay_a)
+            key, claims = await vendor.authority.issue_key(
+                "M-1", lifetime=timedelta(hours=1), ports=(service.port,),
+                relay=f"127.0.0.1:{port}", kind=KeyKind.MANUAL,
+            )  # fmt: skip
+            async with Agent(key, claims, [service.port]) as agent:
+                await agent.wait_for(TunnelState.CONNECTED)
+                (row,) = await vendor.store.tethers.list()
+                assert row.relay_id == "relay-a"
+                fleet = {r.relay_id: r for r in await vendor.store.relays.list()}
+                assert set(fleet) == {"relay-1", "relay-a"}
+                relay_a.send_signal(signal.SIGKILL)
+                killed = time.monotonic()
+                while await vendor.store.tethers.list():
+                    assert time.monotonic() - killed < 10, "the dead relay's tether stayed listed"
+                    await asyncio.sleep(0.05)
+                assert [r.relay_id for r in await vendor.store.relays.list()] == ["relay-1"]
+        finally:
+            relay_a.kill()
+            relay_a.communicate()
+
+
+async def test_heartbeats_report_the_tethers_a_relay_carries(tmp_path: Path) -> None:
+    async with (
+        vendor_setup(tmp_path, heartbeat_interval=0.1, dead_after=1.0) as vendor,
+        EchoServer() as service,
+    ):
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            deadline = time.monotonic() + 5
+            while (await vendor.store.relays.list())[0].tethers != 1:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+        await vendor.relay.aclose()
+        # A clean stop gives the id back at once.
+        assert await vendor.store.relays.list() == []
