@@ -106,14 +106,19 @@ class Vendor:
 
 @asynccontextmanager
 async def vendor_setup(
-    tmp: Path, *, database: str | None = None, poll: float = 0.1
+    tmp: Path, *, database: str | None = None, poll: float = 0.1, listen_poll: float = 5.0
 ) -> AsyncIterator[Vendor]:
+    """Vendor data directory, store and a started relay; ``poll``/``listen_poll`` are the
+    relay's ``poll_interval`` / ``listen_poll_interval``."""
     data = tmp / "vendor"
     await init_data_dir(data, vendor="ACME", relay="127.0.0.1:2222", database=database)
     config = load_vendor_config(data)
     store = await Store.open(config.database)
     relay_config = replace(
-        RelayConfig.load(data / "relay.toml"), listen=("127.0.0.1", 0), poll_interval=poll
+        RelayConfig.load(data / "relay.toml"),
+        listen=("127.0.0.1", 0),
+        poll_interval=poll,
+        listen_poll_interval=listen_poll,
     )
     relay = Relay(relay_config, store)
     await relay.start()
