@@ -135,7 +135,7 @@ class ChangeFeed:
         while True:
             try:
                 await self._listen_once()
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # whatever broke the connection, listen again later
                 log.event(
                     logger,
                     "store.listen_failed",
