@@ -436,7 +436,16 @@ def _ports(r: _Reader, values: list[int] | None) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class RelayConfig:
-    """A relay's settings (``relay.toml``)."""
+    """A relay's settings (``relay.toml``).
+
+    Revocations reach a relay two ways. On PostgreSQL the relay ``LISTEN`` s for the
+    store's ``NOTIFY`` and applies a revocation as soon as it is written; it then
+    re-reads the revocation feed only every ``listen_poll_interval`` seconds (default
+    5), as a safety net. On SQLite, and on PostgreSQL while the listening connection
+    is down, it re-reads every ``poll_interval`` seconds (default 0.25), which bounds
+    how late a revocation can be applied. After the listening connection comes back
+    the relay re-reads at once, so nothing revoked in between is missed.
+    """
 
     path: Path
     listen: tuple[str, int]
@@ -455,8 +464,10 @@ class RelayConfig:
     requests_per_source_per_hour: int = 10
     keepalive_interval: float = 15.0
     keepalive_count_max: int = 3
-    #: How often the relay looks for revocations and expiries (seconds).
+    #: How often the relay looks for revocations without a live LISTEN (seconds).
     poll_interval: float = 0.25
+    #: How often it looks anyway while LISTEN/NOTIFY (PostgreSQL) pushes them (seconds).
+    listen_poll_interval: float = 5.0
     #: How long an agent has after logging in to present its tether key.
     register_timeout: float = 15.0
     #: Tethers per second this relay asks its agents to come back at when it shuts down
@@ -494,6 +505,7 @@ class RelayConfig:
             keepalive_interval=r.number("keepalive_interval", 15.0),
             keepalive_count_max=r.integer("keepalive_count_max", 3, low=1, high=100),
             poll_interval=r.number("poll_interval", 0.25),
+            listen_poll_interval=r.number("listen_poll_interval", 5.0),
             register_timeout=r.number("register_timeout", 15.0),
             reconnect_rate=r.number("reconnect_rate", 300.0, low=1.0, high=100_000.0),
             heartbeat_interval=r.number("heartbeat_interval", 5.0, low=0.1, high=60.0),

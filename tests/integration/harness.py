@@ -106,9 +106,15 @@ class Vendor:
 
 @asynccontextmanager
 async def vendor_setup(
-    tmp: Path, *, database: str | None = None, poll: float = 0.1, **relay: object
+    tmp: Path,
+    *,
+    database: str | None = None,
+    poll: float = 0.1,
+    listen_poll: float = 5.0,
+    **relay: object,
 ) -> AsyncIterator[Vendor]:
-    """Vendor data, store and one in-process relay; ``relay`` overrides its settings."""
+    """Vendor data directory, store and a started relay; ``poll``/``listen_poll`` are the
+    relay's ``poll_interval`` / ``listen_poll_interval``, ``relay`` overrides the rest."""
     data = tmp / "vendor"
     await init_data_dir(data, vendor="ACME", relay="127.0.0.1:2222", database=database)
     config = load_vendor_config(data)
@@ -117,6 +123,7 @@ async def vendor_setup(
         RelayConfig.load(data / "relay.toml"),
         listen=("127.0.0.1", 0),
         poll_interval=poll,
+        listen_poll_interval=listen_poll,
         **relay,  # type: ignore[arg-type]
     )
     relay = Relay(relay_config, store)

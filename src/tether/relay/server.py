@@ -27,8 +27,9 @@ from tether.relay.limits import RateLimiter, SourceCounter
 from tether.relay.routing import Registry
 from tether.relay.tethers import TetherLink
 from tether.sshlib import asyncssh
-from tether.store import RevocationKind, Store, relay_chain
+from tether.store import Revocation, RevocationKind, Store, relay_chain
 from tether.store.admission import Admission
+from tether.store.changes import ChangeFeed
 from tether.store.records import TetherRecord
 from tether.tasks import TaskSet
 from tether.wire import (
@@ -39,6 +40,9 @@ from tether.wire import (
 )
 
 logger = logging.getLogger("tether.relay")
+
+#: Revocations read per query; a longer backlog is read in several.
+REVOCATION_BATCH = 1000
 
 
 class Relay:
@@ -75,6 +79,8 @@ class Relay:
         self.engineer_ca = asyncssh.read_public_key(config.engineer_ca)
         self.host_key_fingerprint = self._host_key.get_fingerprint("sha256")
         self._revocation_cursor = 0
+        #: Wake-ups from the store's NOTIFY (PostgreSQL); ``None`` until started, or on SQLite.
+        self.changes: ChangeFeed | None = None
         self._closed = asyncio.Event()
         #: The relay's hash-chained audit log (``relay:<relay id>`` in the database).
         self.audit = AuditWriter(store, relay_chain(config.relay_id), clock.now)
@@ -110,6 +116,9 @@ class Relay:
         await self.store.tethers.clear_relay(self.config.relay_id)
         await self.store.channels.clear_relay(self.config.relay_id)
         self._revocation_cursor = await self.store.revocations.head()
+        self.changes = self.store.change_feed()
+        if self.changes is not None:
+            self.changes.start()
         self.audit.start()
         host, port = self.config.listen
         self._server = await asyncssh.create_server(
@@ -166,6 +175,8 @@ class Relay:
             conn.close()
         await self.head_checks.aclose()
         await self.tasks.aclose()
+        if self.changes is not None:
+            await self.changes.aclose()
         if self._server is not None:
             await self._server.wait_closed()
         await self.audit.aclose()
@@ -205,16 +216,45 @@ class Relay:
     # --- revocations and expiry ----------------------------------------------------
 
     async def _watch(self) -> None:
-        """Apply revocations from the shared store as soon as they appear."""
+        """Apply revocations from the shared store as soon as they appear.
+
+        With a live LISTEN (PostgreSQL) a notification wakes this loop at once and the
+        feed is polled only every ``listen_poll_interval`` as a safety net; without one
+        (SQLite, or the listening connection down) it polls every ``poll_interval``.
+        A notification only says "re-read": what is applied always comes from
+        ``revocations.since(cursor)``, never from a payload.
+        """
         while True:
             try:
                 await self.check_revocations()
             except Exception as exc:  # a database hiccup must not stop the relay
                 log.event(logger, "relay.watch_error", level=logging.WARNING, error=str(exc))
+            await self._next_check()
+
+    async def _next_check(self) -> None:
+        """Return when the revocation feed should be read again."""
+        changes = self.changes
+        if changes is None:
             await asyncio.sleep(self.config.poll_interval)
+            return
+        # Losing the LISTEN wakes this wait, so the next one already uses the fast pace.
+        if changes.listening:
+            await changes.wait(self.config.listen_poll_interval)
+        else:
+            await changes.wait(self.config.poll_interval)
 
     async def check_revocations(self) -> None:
-        for revocation in await self.store.revocations.since(self._revocation_cursor):
+        """Apply every revocation newer than this relay's cursor, and advance the cursor."""
+        while True:
+            batch = await self.store.revocations.since(
+                self._revocation_cursor, limit=REVOCATION_BATCH
+            )
+            self._apply_revocations(batch)
+            if len(batch) < REVOCATION_BATCH:
+                return
+
+    def _apply_revocations(self, batch: list[Revocation]) -> None:
+        for revocation in batch:
             self._revocation_cursor = revocation.id
             if revocation.kind == RevocationKind.KEY:
                 self.revoked_keys.add(revocation.subject)

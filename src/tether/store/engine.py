@@ -14,6 +14,7 @@ from tether.errors import NotReady
 from tether.store import migrate as migrations
 from tether.store.auditchain import AuditRepo
 from tether.store.cases import CaseRepo, MachineRepo
+from tether.store.changes import ChangeFeed
 from tether.store.db import Database, StoreError, create_engine, describe_error
 from tether.store.registry import ChannelRepo, PasswordRepo, TetherRepo
 from tether.store.relays import RelayRepo
@@ -133,6 +134,14 @@ class Store:
     def dialect(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""
         return self._db.dialect
+
+    def change_feed(self) -> ChangeFeed | None:
+        """A new, not yet started :class:`~tether.store.changes.ChangeFeed` of the revocation
+        feed on PostgreSQL; ``None`` on SQLite, which has no notifications (poll instead).
+        """
+        if not self._db.is_postgresql:
+            return None
+        return ChangeFeed(self._db.engine, self._db.url)
 
     async def aclose(self) -> None:
         """Close every connection of this store."""
