@@ -462,6 +462,14 @@ class RelayConfig:
     #: Tethers per second this relay asks its agents to come back at when it shuts down
     #: (each waits a random time within tethers / rate seconds).
     reconnect_rate: float = 300.0
+    #: Read a PROXY protocol v2 header (HAProxy ``send-proxy-v2``) before SSH on
+    #: ``listen``; connections from outside :attr:`trusted_proxies` are then refused.
+    proxy_protocol: bool = False
+    #: Addresses / networks of the load balancers allowed to send PROXY headers.
+    trusted_proxies: tuple[str, ...] = ()
+    #: ``(host, port)`` of the HTTP health endpoint (``/healthz``, ``/readyz``) for the
+    #: load balancer's checks; ``None``: off. Keep it on an internal address.
+    health_listen: tuple[str, int] | None = None
 
     @classmethod
     def load(cls, path: Path) -> RelayConfig:
@@ -470,6 +478,27 @@ class RelayConfig:
             listen = parse_address(r.text("listen", "0.0.0.0:2222"), what="listen address")
         except Exception as exc:
             raise ConfigError(f"{path}: listen: {exc}") from None
+        proxy_protocol = r._get("proxy_protocol", bool, False)
+        proxies = r.strings("trusted_proxies", [])
+        try:
+            for text in proxies:
+                ipaddress.ip_network(text, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: trusted_proxies: {exc}") from None
+        if proxy_protocol and not proxies:
+            raise ConfigError(
+                f"{path}: proxy_protocol = true needs trusted_proxies (the load balancers' "
+                'addresses, e.g. ["10.0.0.5/32"]): a PROXY header is accepted only from them'
+            )
+        health_text = r.text("health_listen", "")
+        try:
+            health = (
+                parse_address(health_text, what="health address", any_port=True)
+                if health_text
+                else None
+            )
+        except Exception as exc:
+            raise ConfigError(f"{path}: health_listen: {exc}") from None
         config = cls(
             path=r.path,
             listen=listen,
@@ -492,6 +521,9 @@ class RelayConfig:
             poll_interval=r.number("poll_interval", 0.25),
             register_timeout=r.number("register_timeout", 15.0),
             reconnect_rate=r.number("reconnect_rate", 300.0, low=1.0, high=100_000.0),
+            proxy_protocol=proxy_protocol,
+            trusted_proxies=tuple(proxies),
+            health_listen=health,
         )
         r.finish()
         return config
