@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
@@ -26,9 +27,11 @@ from sqlalchemy.engine import make_url
 from tests.fixtures.postgres import PostgresServer
 from tests.integration.harness import Agent, EchoServer, Vendor, run_ssh, vendor_setup
 from tether.agent.tunnel import TunnelState
+from tether.config import RelayConfig
 from tether.keys import KeyKind
 from tether.relay.server import Relay
-from tether.sandbox.haproxy import Backend, HAProxy, haproxy_unavailable_reason
+from tether.sandbox.haproxy import HAPROXY, Backend, HAProxy, haproxy_unavailable_reason
+from tether.vendor_service.authority import init_data_dir
 
 pytestmark = pytest.mark.haproxy
 
@@ -278,3 +281,32 @@ async def test_per_source_limits_count_the_real_client_behind_haproxy(
 
 def lines_now(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.message for r in caplog.records if r.name == "tether.relay"]
+
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_the_shipped_haproxy_cfg_is_valid_and_matches_relay_toml(tmp_path: Path) -> None:
+    shipped = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
+    check = subprocess.run(
+        [HAPROXY, "-c", "-f", str(shipped)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    text = shipped.read_text()
+    for needed in ("mode tcp", "send-proxy-v2", "option httpchk GET /readyz", "timeout tunnel"):
+        assert needed in text
+    # The relay.toml lines its header tells vendors to write are accepted by the relay.
+    settings = [
+        line.removeprefix("#").split("#", 1)[0].strip()
+        for line in text.splitlines()
+        if line.startswith("#   ") and " = " in line
+    ]
+    assert len(settings) == 3
+    data = tmp_path / "vendor"
+    asyncio.run(init_data_dir(data, vendor="ACME", relay="127.0.0.1:2222"))
+    relay_toml = data / "relay.toml"
+    relay_toml.write_text(relay_toml.read_text() + "\n".join(settings) + "\n")
+    config = RelayConfig.load(relay_toml)
+    assert config.proxy_protocol
+    assert config.trusted_proxies == ("10.0.0.5/32",)
+    assert config.health_listen == ("10.0.1.11", 8081)
