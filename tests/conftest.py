@@ -1,7 +1,8 @@
 """Suite-wide test policy.
 
 Tests that need real parts (root + namespaces + OpenSSH for ``sandbox``, the
-PostgreSQL server binaries for ``postgres``, Debian chromium for ``browser``) skip with a reason on a developer
+PostgreSQL server binaries for ``postgres``, Debian chromium for ``browser``, Debian
+haproxy for ``haproxy``) skip with a reason on a developer
 machine that lacks them. In CI (``CI=true``) such a skip is turned into a failure,
 so a green CI run always means the real-component tests ran.
 """
@@ -15,7 +16,7 @@ import pytest
 
 pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.sandbox"]
 
-_REQUIRED_IN_CI = ("sandbox", "postgres", "browser")
+_REQUIRED_IN_CI = ("sandbox", "postgres", "browser", "haproxy")
 
 
 def _in_ci() -> bool:

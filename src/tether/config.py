@@ -477,6 +477,14 @@ class RelayConfig:
     heartbeat_interval: float = 5.0
     #: A relay silent this long is dead: the others sweep its tethers (SPEC: ≤ 30 s).
     dead_after: float = 15.0
+    #: Read a PROXY protocol v2 header (HAProxy ``send-proxy-v2``) before SSH on
+    #: ``listen``; connections from outside :attr:`trusted_proxies` are then refused.
+    proxy_protocol: bool = False
+    #: Addresses / networks of the load balancers allowed to send PROXY headers.
+    trusted_proxies: tuple[str, ...] = ()
+    #: ``(host, port)`` of the HTTP health endpoint (``/healthz``, ``/readyz``) for the
+    #: load balancer's checks; ``None``: off. Keep it on an internal address.
+    health_listen: tuple[str, int] | None = None
 
     @classmethod
     def load(cls, path: Path) -> RelayConfig:
@@ -485,6 +493,27 @@ class RelayConfig:
             listen = parse_address(r.text("listen", "0.0.0.0:2222"), what="listen address")
         except Exception as exc:
             raise ConfigError(f"{path}: listen: {exc}") from None
+        proxy_protocol = r._get("proxy_protocol", bool, False)
+        proxies = r.strings("trusted_proxies", [])
+        try:
+            for text in proxies:
+                ipaddress.ip_network(text, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: trusted_proxies: {exc}") from None
+        if proxy_protocol and not proxies:
+            raise ConfigError(
+                f"{path}: proxy_protocol = true needs trusted_proxies (the load balancers' "
+                'addresses, e.g. ["10.0.0.5/32"]): a PROXY header is accepted only from them'
+            )
+        health_text = r.text("health_listen", "")
+        try:
+            health = (
+                parse_address(health_text, what="health address", any_port=True)
+                if health_text
+                else None
+            )
+        except Exception as exc:
+            raise ConfigError(f"{path}: health_listen: {exc}") from None
         config = cls(
             path=r.path,
             listen=listen,
@@ -510,6 +539,9 @@ class RelayConfig:
             reconnect_rate=r.number("reconnect_rate", 300.0, low=1.0, high=100_000.0),
             heartbeat_interval=r.number("heartbeat_interval", 5.0, low=0.1, high=60.0),
             dead_after=r.number("dead_after", 15.0, low=0.5, high=300.0),
+            proxy_protocol=proxy_protocol,
+            trusted_proxies=tuple(proxies),
+            health_listen=health,
         )
         r.finish()
         if config.dead_after < 2 * config.heartbeat_interval:

@@ -82,7 +82,8 @@ class Vendor:
             kind=KeyKind.MANUAL,
         )
 
-    async def engineer(self, name: str, tmp: Path) -> Engineer:
+    async def engineer(self, name: str, tmp: Path, *, port: int | None = None) -> Engineer:
+        """An engineer with a certificate; ``port``: where its ssh meets the relay's key."""
         await self.store.engineers.add(name, self.authority.clock.now())
         key_path = tmp / f"{name}_key"
         subprocess.run(
@@ -93,7 +94,7 @@ class Vendor:
         Path(str(key_path) + "-cert.pub").write_text(cert.openssh() + "\n")
         host_pub = (self.dir / "relay_host_key.pub").read_text().split()
         known = tmp / f"{name}_known_hosts"
-        known.write_text(f"[127.0.0.1]:{self.relay_port} {host_pub[0]} {host_pub[1]}\n")
+        known.write_text(f"[127.0.0.1]:{port or self.relay_port} {host_pub[0]} {host_pub[1]}\n")
         return Engineer(name, key_path, known)
 
     async def restart_relay(self) -> None:

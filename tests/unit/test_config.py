@@ -297,6 +297,23 @@ def test_relay_listen_address_ipv6(tmp_path: Path) -> None:
     assert config.max_unauthenticated == 50
 
 
+def test_relay_behind_a_load_balancer(tmp_path: Path) -> None:
+    config = RelayConfig.load(
+        write(
+            tmp_path,
+            relay_toml(
+                'proxy_protocol = true\ntrusted_proxies = ["127.0.0.1/32", "10.0.0.0/8"]\n'
+                'health_listen = "127.0.0.1:0"\n'
+            ),
+        )
+    )
+
+    assert config.proxy_protocol is True
+    assert config.trusted_proxies == ("127.0.0.1/32", "10.0.0.0/8")
+    assert config.health_listen == ("127.0.0.1", 0)
+    assert RelayConfig.load(write(tmp_path, relay_toml())).health_listen is None
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -305,6 +322,10 @@ def test_relay_listen_address_ipv6(tmp_path: Path) -> None:
         ("max_unauthenticated = 0\n", "max_unauthenticated must be between 1 and 100000"),
         ('login_timeout = "30"\n', "login_timeout has the wrong type"),
         ('relay_idd = "r2"\n', r"unknown setting\(s\) relay_idd"),
+        ("proxy_protocol = true\n", "proxy_protocol = true needs trusted_proxies"),
+        ('proxy_protocol = "yes"\n', "proxy_protocol has the wrong type"),
+        ('trusted_proxies = ["10.0.0.300/32"]\n', "trusted_proxies: "),
+        ('health_listen = "127.0.0.1"\n', "health_listen: invalid health address"),
     ],
 )
 def test_relay_bad_values_are_refused(tmp_path: Path, extra: str, message: str) -> None:

@@ -23,7 +23,9 @@ from tether.relay.batching import Batcher
 from tether.relay.connection import RelayConnection
 from tether.relay.engineers import EngineerLink
 from tether.relay.fleet import Membership
+from tether.relay.health import HealthServer
 from tether.relay.limits import RateLimiter, SourceCounter
+from tether.relay.proxy_protocol import ProxyFront, parse_networks
 from tether.relay.routing import Registry
 from tether.relay.tethers import TetherLink
 from tether.sshlib import asyncssh
@@ -43,6 +45,8 @@ logger = logging.getLogger("tether.relay")
 
 #: Revocations read per query; a longer backlog is read in several.
 REVOCATION_BATCH = 1000
+#: Seconds the store has to answer a readiness check before the relay reports not ready.
+READINESS_TIMEOUT = 2.0
 
 
 class Relay:
@@ -74,7 +78,11 @@ class Relay:
         self.departures: Batcher[tuple[str, str], None] = Batcher(
             store.tethers.unregister_many, self.tasks, "relay.departures"
         )
-        self._server: asyncssh.SSHAcceptor | None = None
+        self._server: asyncssh.SSHAcceptor | asyncio.Server | None = None
+        self._ssh_options: asyncssh.SSHServerConnectionOptions | None = None
+        #: Set when the relay stops or drains: ``/readyz`` answers 503 from then on.
+        self.draining = False
+        self.health: HealthServer | None = None
         self._host_key = asyncssh.read_private_key(config.host_key)
         self.engineer_ca = asyncssh.read_public_key(config.engineer_ca)
         self.host_key_fingerprint = self._host_key.get_fingerprint("sha256")
@@ -121,10 +129,8 @@ class Relay:
             self.changes.start()
         self.audit.start()
         host, port = self.config.listen
-        self._server = await asyncssh.create_server(
-            lambda: RelayConnection(self),
-            host,
-            port,
+        options = await asyncssh.SSHServerConnectionOptions.construct(
+            server_factory=lambda: RelayConnection(self),
             server_host_keys=[self._host_key],
             server_version=RELAY_SERVER_VERSION,
             login_timeout=self.config.login_timeout,
@@ -142,6 +148,21 @@ class Relay:
             window=CHANNEL_WINDOW,
             max_pktsize=CHANNEL_MAX_PACKET,
         )
+        if self.config.proxy_protocol:
+            # Behind HAProxy: read its PROXY v2 header, then run SSH on the same socket.
+            self._ssh_options = options
+            trusted = parse_networks(self.config.trusted_proxies)
+            self._server = await asyncio.get_running_loop().create_server(
+                lambda: ProxyFront(trusted, self._hand_off, self.config.login_timeout),
+                host,
+                port,
+                backlog=1024,
+            )
+        else:
+            self._server = await asyncssh.listen(host, port, options=options)
+        if self.config.health_listen is not None:
+            self.health = HealthServer(*self.config.health_listen, self.readiness)
+            await self.health.start()
         self.membership.address = f"{host}:{self.port}"
         await self.membership.beat()  # the fleet learns the real port now, not in 5 s
         self.tasks.spawn(self._watch(), "relay.watch")
@@ -152,7 +173,41 @@ class Relay:
             relay=self.config.relay_id,
             address=f"{host}:{self.port}",
             host_key=self.host_key_fingerprint,
+            proxy_protocol=self.config.proxy_protocol,
+            health="" if self.health is None else self.health.address,
         )
+
+    def _hand_off(self, transport: asyncio.Transport, client: tuple[str, int], rest: bytes) -> None:
+        """Run SSH on a connection whose PROXY header named ``client``."""
+        if self._ssh_options is None or self.draining:
+            transport.abort()
+            return
+        conn = asyncssh.SSHServerConnection(asyncio.get_running_loop(), self._ssh_options)
+        # RelayConnection (limits, logs, audit) takes the client from "peername".
+        conn.set_extra_info(peername=client, balancer=transport.get_extra_info("peername"))
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        if rest:
+            conn.data_received(rest)
+
+    async def readiness(self) -> str | None:
+        """``None`` while this relay takes new connections, else why not (``/readyz``)."""
+        if self.draining or self._server is None:
+            return "stopping"
+        try:
+            await asyncio.wait_for(self.store.revocations.head(), READINESS_TIMEOUT)
+        except Exception:  # whatever the driver raises, the answer is the same
+            return "vendor database unavailable"
+        return None
+
+    def drain(self) -> None:
+        """Report not ready, so the load balancer sends no new connections here.
+
+        Tethers and engineers already connected stay; :meth:`aclose` starts with this.
+        """
+        if not self.draining:
+            self.draining = True
+            log.event(logger, "relay.draining", relay=self.config.relay_id)
 
     async def serve(self) -> None:
         """Start, then run until :meth:`aclose` is called."""
@@ -161,6 +216,7 @@ class Relay:
 
     async def aclose(self) -> None:
         """Stop listening and drop every tether and engineer connection."""
+        self.drain()
         if self._server is not None:
             self._server.close()
         # Spread the agents' return so the next relay is not met by all of them at once.
@@ -180,6 +236,8 @@ class Relay:
         if self._server is not None:
             await self._server.wait_closed()
         await self.audit.aclose()
+        if self.health is not None:
+            await self.health.aclose()
         await self.membership.leave()
         self._closed.set()
 
