@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from tether.errors import BadInput
 from tether.sshlib import asyncssh
-from tether.wire import AGENT_USERNAME, DEFAULT_SUPPORT_ACCOUNT
+from tether.wire import AGENT_USERNAME, DEFAULT_SUPPORT_ACCOUNT, PEER_USERNAME
 
 DEFAULT_CERT_TTL = timedelta(hours=8)
 MAX_CERT_TTL = timedelta(days=7)
@@ -24,7 +24,9 @@ BACKDATE = timedelta(minutes=1)
 
 _ENGINEER = re.compile(r"^[a-z][a-z0-9._-]{0,31}$")
 #: Names an engineer may not take: they are logins with another meaning on relay or machine.
-RESERVED_NAMES = frozenset({AGENT_USERNAME, DEFAULT_SUPPORT_ACCOUNT, "root", "admin", "tether"})
+RESERVED_NAMES = frozenset(
+    {AGENT_USERNAME, PEER_USERNAME, DEFAULT_SUPPORT_ACCOUNT, "root", "admin", "tether"}
+)
 
 
 def check_engineer_name(name: str) -> str:

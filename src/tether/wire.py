@@ -11,6 +11,13 @@ PROTOCOL_VERSION = 1
 #: SSH user name an agent logs in to the relay with (its machine key authenticates it).
 AGENT_USERNAME = "tether-agent"
 
+#: SSH user name one relay logs in to another with (the fleet's shared peer key, never an
+#: engineer's certificate), to carry engineers' channels to the relay holding a machine.
+PEER_USERNAME = "tether-relay"
+
+#: Version of the engineer identity a relay passes to a peer with each carried channel.
+PEER_ORIGIN_VERSION = 1
+
 #: Subsystem an agent opens on its control channel after authenticating; JSON lines.
 CONTROL_SUBSYSTEM = "tether-control@tether"
 

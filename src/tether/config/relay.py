@@ -66,6 +66,11 @@ class RelayConfig:
     #: ``(host, port)`` of the HTTP health endpoint (``/healthz``, ``/readyz``) for the
     #: load balancer's checks; ``None``: off. Keep it on an internal address.
     health_listen: tuple[str, int] | None = None
+    #: The fleet's relay-to-relay key (an OpenSSH ed25519 private key file shared by the
+    #: fleet's relays). With it the relay accepts other relays' logins as
+    #: :data:`~tether.wire.PEER_USERNAME` with this key only, and carries engineers'
+    #: channels to the relay holding a machine; without it (one relay) it does neither.
+    peer_key: Path | None = None
 
     @classmethod
     def load(cls, path: Path) -> RelayConfig:
@@ -123,6 +128,7 @@ class RelayConfig:
             proxy_protocol=proxy_protocol,
             trusted_proxies=tuple(proxies),
             health_listen=health,
+            peer_key=r.path_("peer_key", None),
         )
         r.finish()
         if config.dead_after < 2 * config.heartbeat_interval:

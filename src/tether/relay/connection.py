@@ -4,9 +4,11 @@ Deny by default (asyncssh style): each hook of :class:`RelayConnection` says yes
 after an explicit check. Until authentication the connection is counted against the
 relay's limits on unauthenticated connections. ``begin_auth`` decides the role from the
 user name — :data:`~tether.wire.AGENT_USERNAME` makes an agent
-(:class:`~tether.relay.tethers.TetherLink`), the name of an active engineer an
-engineer (:class:`~tether.relay.engineers.EngineerLink`) — and every later hook is
-handed to that role, or refused with a reason the client's ``ssh`` prints.
+(:class:`~tether.relay.tethers.TetherLink`), :data:`~tether.wire.PEER_USERNAME` another
+relay of the fleet (:class:`~tether.relay.peering.PeerSession`, only with the fleet's
+peer key, never a certificate), the name of an active engineer an engineer
+(:class:`~tether.relay.engineers.EngineerLink`, only with a certificate) — and every
+later hook is handed to that role, or refused with a reason the client's ``ssh`` prints.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from tether import log
 from tether.certs import RESERVED_NAMES
 from tether.relay.engineers import EngineerLink
 from tether.relay.forwarding import NullListener
+from tether.relay.peering import PeerSession
 from tether.relay.tethers import ControlSession, TetherLink
 from tether.sshlib import asyncssh
 from tether.tuning import coalesce_writes, quick_acks
-from tether.wire import AGENT_USERNAME, RELAY_TIME_BANNER
+from tether.wire import AGENT_USERNAME, PEER_USERNAME, RELAY_TIME_BANNER
 
 if TYPE_CHECKING:
     from tether.relay.server import Relay
@@ -45,10 +48,11 @@ class RelayConnection(asyncssh.SSHServer):
         self.source = "?"
         self.username = ""
         #: The role, once ``begin_auth`` knows it (None: refused whatever it presents).
-        self.link: TetherLink | EngineerLink | None = None
+        self.link: TetherLink | EngineerLink | PeerSession | None = None
         self.authenticated = False
         self.closing = False
         self.certificate_valid_before: float | None = None
+        self.certificate_key_id: str | None = None
         self._counted = False
 
     # --- connection lifecycle --------------------------------------------------------
@@ -101,6 +105,9 @@ class RelayConnection(asyncssh.SSHServer):
             valid_before = getattr(cert, "_valid_before", None)
             if key is not None and isinstance(valid_before, int):
                 self.certificate_valid_before = float(valid_before)
+                key_id = getattr(cert, "_key_id", None)
+                if isinstance(key_id, str):
+                    self.certificate_key_id = key_id[:128]
             return key
 
         conn._validate_openssh_certificate = validate  # type: ignore[method-assign]
@@ -115,7 +122,7 @@ class RelayConnection(asyncssh.SSHServer):
         self._uncount()
         if not self.authenticated:
             self.relay.unauthenticated -= 1
-        if isinstance(self.link, EngineerLink):
+        if isinstance(self.link, EngineerLink | PeerSession):
             self.link.lost()
         elif isinstance(self.link, TetherLink):
             self.link.lost(exc)
@@ -136,6 +143,9 @@ class RelayConnection(asyncssh.SSHServer):
                 self.conn.send_auth_banner(
                     f"{RELAY_TIME_BANNER}{self.relay.clock.now().isoformat()}\n"
                 )
+        elif username == PEER_USERNAME:
+            if self.relay.peers is not None:  # a relay without a peer key has no peers
+                self.link = PeerSession(self)
         elif username not in RESERVED_NAMES:
             engineer = await self.relay.store.engineers.get(username)
             if engineer is not None and engineer.active:
@@ -154,7 +164,13 @@ class RelayConnection(asyncssh.SSHServer):
         if isinstance(self.link, TetherLink) and username == AGENT_USERNAME:
             self.link.machine_key = key.get_fingerprint("sha256")
             return True
-        return False
+        # A peer relay is whoever holds the fleet's peer key, and nothing else is.
+        return (
+            isinstance(self.link, PeerSession)
+            and username == PEER_USERNAME
+            and self.relay.peers is not None
+            and self.relay.peers.accepts(key)
+        )
 
     def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         return (
@@ -169,7 +185,7 @@ class RelayConnection(asyncssh.SSHServer):
         self._uncount()
         if isinstance(self.link, EngineerLink):
             self.link.authenticated(self.certificate_valid_before)
-        elif isinstance(self.link, TetherLink):
+        elif isinstance(self.link, TetherLink | PeerSession):
             self.link.authenticated()
 
     # --- what each role may open ----------------------------------------------------------
@@ -192,6 +208,8 @@ class RelayConnection(asyncssh.SSHServer):
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
     ) -> Awaitable[asyncssh.SSHTCPSession[bytes]]:
+        if isinstance(self.link, PeerSession):
+            return self.link.open_channel(dest_host, dest_port, orig_host)
         if not isinstance(self.link, EngineerLink):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "forwarding is for engineers only"

@@ -2,9 +2,12 @@
 
 An engineer logs in under their own name with an OpenSSH certificate from the vendor's
 engineer CA, and may then only open ``direct-tcpip`` channels, each to a port a
-tethered machine offered (:meth:`~tether.relay.routing.Registry.route` decides). The
-connection ends when the certificate does, or at once when the vendor disables the
-engineer (:meth:`tether.relay.server.Relay.check_revocations`).
+tethered machine offered (:meth:`~tether.relay.routing.Registry.route` decides). A
+machine another relay of the fleet holds is reached through that relay
+(:mod:`tether.relay.peering`), which applies the same rules. The connection ends when
+the certificate does, or at once when the vendor disables the engineer
+(:meth:`tether.relay.server.Relay.check_revocations`); channels carried to other relays
+end with it.
 """
 
 from __future__ import annotations
@@ -13,17 +16,26 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast
 
 from tether import log
 from tether.relay.forwarding import open_to_machine
-from tether.relay.routing import RouteRefused
+from tether.relay.peering import PeerOrigin
+from tether.relay.routing import NotTetheredHere, RouteRefused, route_to_peer
 from tether.sshlib import asyncssh
+from tether.store.db import StoreError
 
 if TYPE_CHECKING:
     from tether.relay.connection import RelayConnection
 
 logger = logging.getLogger("tether.relay")
+
+
+class Cuttable(Protocol):
+    """What the relay closes when the vendor disables an engineer: a connection of theirs,
+    or a channel another relay carried here for them."""
+
+    def close(self) -> None: ...
 
 
 class EngineerLink:
@@ -34,6 +46,7 @@ class EngineerLink:
         self.relay = connection.relay
         self.name = name
         self._cert_expiry: asyncio.TimerHandle | None = None
+        self._valid_before: float | None = None
 
     def close(self) -> None:
         self.connection.close()
@@ -45,6 +58,7 @@ class EngineerLink:
         if certificate_valid_before is None:
             self.close()  # engineers only ever authenticate with a certificate
             return
+        self._valid_before = certificate_valid_before
         self._cert_expiry = asyncio.get_running_loop().call_later(
             max(0.0, certificate_valid_before - time.time()), self._certificate_expired
         )
@@ -72,21 +86,63 @@ class EngineerLink:
         """Route ``dest_host:dest_port`` to a tethered machine, or refuse with the reason."""
         try:
             entry = self.relay.registry.route(dest_host, dest_port)
+        except NotTetheredHere as refusal:
+            if self.relay.peers is None:
+                raise self._refused(refusal, dest_host, dest_port) from None
+            return self._via_peer(refusal, dest_host, dest_port)
         except RouteRefused as refusal:
-            log.event(
-                logger,
-                "channel.refused",
-                engineer=self.name,
-                host=dest_host[:80],
-                port=dest_port,
-                reason=str(refusal),
-            )
-            raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, str(refusal)
-            ) from None
+            raise self._refused(refusal, dest_host, dest_port) from None
         agent = entry.link.conn
         if agent is None:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "the tether just closed")
-        return open_to_machine(
-            self.relay, agent, engineer=self.name, serial=entry.serial, port=dest_port
+        return cast(
+            Awaitable[asyncssh.SSHTCPSession[bytes]],
+            open_to_machine(
+                self.relay, agent, engineer=self.name, serial=entry.serial, port=dest_port
+            ),
         )
+
+    def _refused(
+        self, refusal: RouteRefused, dest_host: str, dest_port: int
+    ) -> asyncssh.ChannelOpenError:
+        log.event(
+            logger,
+            "channel.refused",
+            engineer=self.name,
+            host=dest_host[:80],
+            port=dest_port,
+            reason=str(refusal),
+        )
+        return asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, str(refusal))
+
+    async def _via_peer(
+        self, refusal: NotTetheredHere, dest_host: str, dest_port: int
+    ) -> asyncssh.SSHTCPSession[bytes]:
+        """Carry the channel to the relay of the fleet that holds the machine, if one does."""
+        relay = self.relay
+        if relay.peers is None or self._valid_before is None:
+            raise self._refused(refusal, dest_host, dest_port)
+        try:
+            holder = await relay.store.tethers.get(refusal.serial)
+        except StoreError as exc:
+            log.event(logger, "channel.store_error", level=logging.WARNING, error=str(exc))
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED,
+                "vendor database unavailable: cannot find which relay holds machine "
+                f"{refusal.serial}; try again shortly",
+            ) from None
+        try:
+            route = route_to_peer(refusal, holder, relay.config.relay_id, dest_port)
+        except RouteRefused as refused:
+            raise self._refused(refused, dest_host, dest_port) from None
+        origin = PeerOrigin(
+            engineer=self.name,
+            key_id=self.connection.certificate_key_id or self.name,
+            via=relay.config.relay_id,
+            expires=int(self._valid_before),
+        )
+        down = await relay.peers.open(route, origin)
+        if self.connection.closing:  # cut (revoked, certificate ended) while it opened
+            down.close()
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "connection closing")
+        return cast(asyncssh.SSHTCPSession[bytes], down)

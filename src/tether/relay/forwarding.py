@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
@@ -49,6 +50,10 @@ class ChannelStats:
     engineer: str
     serial: str
     port: int
+    #: The relay the engineer is logged in to, when another relay carried the channel here.
+    via: str | None = None
+    #: Called once when the channel ends (a carried channel stops being cuttable).
+    on_close: Callable[[], None] | None = None
     started: float = field(default_factory=time.monotonic)
     to_machine: int = 0
     to_engineer: int = 0
@@ -85,6 +90,10 @@ class ChannelStats:
             "bytes_to_engineer": self.to_engineer,
             "duration": round(time.monotonic() - self.started, 3),
         }
+        if self.via is not None:
+            details["via"] = self.via
+        if self.on_close is not None:
+            self.on_close()
         if self.row is not None and self.relay is not None:
             self.relay.tasks.spawn(
                 self._forget(self.relay, self.row), f"relay.channel_close.{self.serial}"
@@ -133,6 +142,32 @@ class CountingForwarder(asyncssh.SSHForwarder):
         self._stats.close()
 
 
+async def pipe_channel(
+    conn: asyncssh.SSHServerConnection | asyncssh.SSHClientConnection,
+    dest_host: str,
+    dest_port: int,
+    orig_host: str,
+    stats: ChannelStats,
+) -> CountingForwarder:
+    """Open a channel on ``conn`` (``forwarded-tcpip`` to an agent, ``direct-tcpip`` to a
+    peer relay) and return the engineer-side end of a counting pipe to it.
+
+    :raises asyncssh.ChannelOpenError: as the other end refused the channel.
+    """
+    # SSHForwarder is asyncssh's own channel-to-channel pipe; it speaks the
+    # SSHTCPSession protocol without being declared one, hence the casts.
+    _, upstream = await conn.create_connection(
+        lambda: cast(asyncssh.SSHTCPSession[bytes], CountingForwarder(stats, to_machine=False)),
+        dest_host,
+        dest_port,
+        orig_host,
+        0,
+        window=CHANNEL_WINDOW,
+        max_pktsize=CHANNEL_MAX_PACKET,
+    )
+    return CountingForwarder(stats, to_machine=True, peer=cast(asyncssh.SSHForwarder, upstream))
+
+
 async def open_to_machine(
     relay: Relay,
     agent: asyncssh.SSHServerConnection,
@@ -140,34 +175,29 @@ async def open_to_machine(
     engineer: str,
     serial: str,
     port: int,
-) -> asyncssh.SSHTCPSession[bytes]:
+    via: str | None = None,
+    on_close: Callable[[], None] | None = None,
+) -> CountingForwarder:
     """Open ``port`` on the machine behind ``agent`` for ``engineer``; return the
-    engineer-side end of the pipe (audited as ``channel.opened`` / ``channel.closed``).
+    engineer-side end of the pipe (audited as ``channel.opened`` / ``channel.closed``,
+    with ``via``: the relay that carried the channel here, if another one did).
 
     :raises asyncssh.ChannelOpenError: the machine could not open the port; the reason
         names the machine and the port for the engineer's ``ssh``.
     """
-    # SSHForwarder is asyncssh's own channel-to-channel pipe; it speaks the
-    # SSHTCPSession protocol without being declared one, hence the casts.
-    stats = ChannelStats(engineer, serial, port)
+    stats = ChannelStats(engineer, serial, port, via=via, on_close=on_close)
     try:
-        _, upstream = await agent.create_connection(
-            lambda: cast(asyncssh.SSHTCPSession[bytes], CountingForwarder(stats, to_machine=False)),
-            FORWARD_BIND_HOST,
-            port,
-            engineer,
-            0,
-            window=CHANNEL_WINDOW,
-            max_pktsize=CHANNEL_MAX_PACKET,
-        )
+        down = await pipe_channel(agent, FORWARD_BIND_HOST, port, engineer, stats)
     except asyncssh.ChannelOpenError as exc:
         log.event(logger, "channel.failed", engineer=engineer, serial=serial, port=port)
         raise asyncssh.ChannelOpenError(
             asyncssh.OPEN_CONNECT_FAILED,
             f"machine {serial} could not open port {port}: {exc.reason}",
         ) from None
-    log.event(logger, "channel.open", engineer=engineer, serial=serial, port=port)
-    relay.audit.write("channel.opened", engineer=engineer, serial=serial, port=port)
+    log.event(logger, "channel.open", engineer=engineer, serial=serial, port=port, via=via)
+    if via is None:
+        relay.audit.write("channel.opened", engineer=engineer, serial=serial, port=port)
+    else:
+        relay.audit.write("channel.opened", engineer=engineer, serial=serial, port=port, via=via)
     stats.opened(relay)
-    down = CountingForwarder(stats, to_machine=True, peer=cast(asyncssh.SSHForwarder, upstream))
-    return cast(asyncssh.SSHTCPSession[bytes], down)
+    return down

@@ -5,7 +5,8 @@ Two questions are answered here, and only here:
 * may this machine key hold a tether with this (already signature-checked) key?
   → :func:`admit_tether`
 * where does an engineer's ``direct-tcpip`` request to ``(host, port)`` go?
-  → :meth:`Registry.route`
+  → :meth:`Registry.route`, and for a machine another relay of the fleet holds
+  → :func:`route_to_peer`
 
 Both deny by default: anything not explicitly allowed raises an error whose message
 is shown to the agent or to the engineer's ``ssh`` as is.
@@ -19,9 +20,10 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from tether.errors import BadInput
-from tether.keys import TetherKeyClaims, check_serial
+from tether.keys import TetherKeyClaims, check_serial, parse_address
 from tether.protocol import RefusalReason
 from tether.store import IssuedKey
+from tether.store.records import TetherRecord
 
 LinkT = TypeVar("LinkT")
 
@@ -37,6 +39,45 @@ class AdmissionRefused(Exception):
 
 class RouteRefused(Exception):
     """An engineer's channel was refused; the message is shown by their ``ssh``."""
+
+
+class NotTetheredHere(RouteRefused):
+    """No tether for ``serial`` on this relay; another relay of the fleet may hold it."""
+
+    def __init__(self, serial: str, host: str) -> None:
+        super().__init__(
+            f"machine {host} is not tethered to this relay (is support access enabled on it?)"
+        )
+        self.serial = serial
+
+
+@dataclass(frozen=True)
+class PeerRoute:
+    """Where a channel for a machine held by another relay goes: that relay's address."""
+
+    relay_id: str
+    address: tuple[str, int]
+    serial: str
+    port: int
+
+
+def route_to_peer(
+    refusal: NotTetheredHere, holder: TetherRecord | None, own_relay_id: str, port: int
+) -> PeerRoute:
+    """Decide where a channel this relay has no tether for goes, from the registry row.
+
+    ``holder`` is the shared registry's row for ``refusal.serial`` (None: no relay holds
+    it). A row naming this relay (a stale one: our own registry is the truth here) or
+    without a usable address leads nowhere; each case refuses with the very message
+    of a single relay, so an engineer learns nothing more from a fleet.
+    """
+    if holder is None or holder.relay_id == own_relay_id or not holder.relay_address:
+        raise refusal
+    try:
+        address = parse_address(holder.relay_address, what="relay address")
+    except BadInput:
+        raise refusal from None
+    return PeerRoute(holder.relay_id, address, refusal.serial, port)
 
 
 def admit_tether(
@@ -144,7 +185,8 @@ class Registry(Generic[LinkT]):
         """Return the tether an engineer's request for ``host:port`` goes to.
 
         ``host`` must be the serial of a machine tethered here and ``port`` one the
-        machine offered; anything else raises :class:`RouteRefused`.
+        machine offered; anything else raises :class:`RouteRefused` (a valid serial
+        with no tether here: :class:`NotTetheredHere`).
         """
         try:
             serial = check_serial(host)
@@ -154,9 +196,7 @@ class Registry(Generic[LinkT]):
             ) from None
         entry = self.get(serial)
         if entry is None:
-            raise RouteRefused(
-                f"machine {host} is not tethered to this relay (is support access enabled on it?)"
-            )
+            raise NotTetheredHere(serial, host)
         if port not in entry.offered_ports:
             allowed = ", ".join(str(p) for p in sorted(entry.offered_ports)) or "none"
             raise RouteRefused(

@@ -21,10 +21,11 @@ from tether.protocol import RefusalReason
 from tether.relay.audit import HEAD_INTERVAL, AuditWriter, HeadChecks
 from tether.relay.batching import Batcher
 from tether.relay.connection import RelayConnection
-from tether.relay.engineers import EngineerLink
+from tether.relay.engineers import Cuttable
 from tether.relay.fleet import Membership
 from tether.relay.health import HealthServer
 from tether.relay.limits import RateLimiter, SourceCounter
+from tether.relay.peering import PeerLinks
 from tether.relay.proxy_protocol import ProxyFront, parse_networks
 from tether.relay.routing import Registry
 from tether.relay.tethers import TetherLink
@@ -63,7 +64,7 @@ class Relay:
         self.clock = clock
         self.registry: Registry[TetherLink] = Registry()
         self.unauthenticated = 0
-        self._engineers: dict[str, set[EngineerLink]] = {}
+        self._engineers: dict[str, set[Cuttable]] = {}
         self.connections: set[RelayConnection] = set()
         #: Keys revoked while this relay ran (closes the revoke-during-register race).
         self.revoked_keys: set[str] = set()
@@ -86,6 +87,7 @@ class Relay:
         self._host_key = asyncssh.read_private_key(config.host_key)
         self.engineer_ca = asyncssh.read_public_key(config.engineer_ca)
         self.host_key_fingerprint = self._host_key.get_fingerprint("sha256")
+        self.host_public_key = self._host_key.convert_to_public()
         self._revocation_cursor = 0
         #: Wake-ups from the store's NOTIFY (PostgreSQL); ``None`` until started, or on SQLite.
         self.changes: ChangeFeed | None = None
@@ -106,6 +108,8 @@ class Relay:
         #: Set when this relay must stop on its own (another process took its id).
         self.fatal = asyncio.Event()
         self.fatal_reason = ""
+        #: Links to the fleet's other relays (None: no ``peer_key``, a relay on its own).
+        self.peers = PeerLinks.configured(self)
 
     @property
     def port(self) -> int:
@@ -229,6 +233,8 @@ class Relay:
             )
         for conn in list(self.connections):
             conn.close()
+        if self.peers is not None:
+            await self.peers.aclose()
         await self.head_checks.aclose()
         await self.tasks.aclose()
         if self.changes is not None:
@@ -261,10 +267,10 @@ class Relay:
 
     # --- engineers ---------------------------------------------------------------
 
-    def engineer_connected(self, name: str, conn: EngineerLink) -> None:
+    def engineer_connected(self, name: str, conn: Cuttable) -> None:
         self._engineers.setdefault(name, set()).add(conn)
 
-    def engineer_gone(self, name: str, conn: EngineerLink) -> None:
+    def engineer_gone(self, name: str, conn: Cuttable) -> None:
         conns = self._engineers.get(name)
         if conns is not None:
             conns.discard(conn)
