@@ -3,12 +3,15 @@
 Relay A (``vendor.relay``) holds the machine's tether; relay B (the engineer's, "front")
 carries the engineer's channels to A over one authenticated relay-to-relay link. The
 machine's services are stand-ins on loopback ports (as in test_tether_inprocess.py);
-the real-sshd path through a peer relay is in test_peering_sandbox.py.
+the real-sshd path (the demo's sandboxed machine with stock sshd and a page on 443,
+relay B on the demo's store) is at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,13 +31,13 @@ from tests.integration.harness import (
     vendor_setup,
 )
 from tether.agent.status import TunnelState
+from tether.demo import DemoSystem
 from tether.relay.peering import PeerOrigin, PeerSession
 from tether.relay.server import Relay
+from tether.sandbox import sandbox_unavailable_reason
 from tether.sshlib import asyncssh
 from tether.store import Store, relay_chain
 from tether.wire import PEER_USERNAME
-
-pytestmark = pytest.mark.postgres
 
 T = TypeVar("T")
 
@@ -145,6 +148,7 @@ async def end(proc: asyncio.subprocess.Process) -> None:
     await proc.wait()
 
 
+@pytest.mark.postgres
 async def test_engineer_via_peer_relay_reaches_the_machine_and_both_relays_audit_it(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -192,6 +196,7 @@ def _open_failed(stderr: bytes) -> str:
     return lines[0]
 
 
+@pytest.mark.postgres
 async def test_refusals_through_a_peer_relay_are_the_single_relay_messages(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -218,6 +223,7 @@ async def test_refusals_through_a_peer_relay_are_the_single_relay_messages(
                 assert _open_failed(via_peer.stderr) == _open_failed(direct.stderr), target
 
 
+@pytest.mark.postgres
 async def test_engineer_certificate_cannot_open_a_relay_link(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -249,6 +255,7 @@ async def test_engineer_certificate_cannot_open_a_relay_link(
             assert fleet.peer_sessions(fleet.home) == 0
 
 
+@pytest.mark.postgres
 async def test_peer_key_cannot_log_in_as_an_engineer(tmp_path: Path, postgres_url: str) -> None:
     async with fleet_setup(tmp_path, postgres_url) as fleet, EchoServer() as service:
         agent, alice = await tethered(fleet, service, tmp_path)
@@ -263,6 +270,7 @@ async def test_peer_key_cannot_log_in_as_an_engineer(tmp_path: Path, postgres_ur
                 assert b"Permission denied" in result.stderr, result.stderr
 
 
+@pytest.mark.postgres
 async def test_one_link_carries_many_channels_and_is_reopened_after_it_drops(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -288,6 +296,7 @@ async def test_one_link_carries_many_channels_and_is_reopened_after_it_drops(
             await end(third)
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("front_notices", [True, False], ids=["front-relay", "home-relay-alone"])
 async def test_disabling_the_engineer_cuts_a_channel_through_a_peer_within_a_second(
     tmp_path: Path, postgres_url: str, front_notices: bool
@@ -315,6 +324,7 @@ async def test_disabling_the_engineer_cuts_a_channel_through_a_peer_within_a_sec
             await until(forgotten, "the channel row to go")
 
 
+@pytest.mark.postgres
 async def test_home_relay_refuses_forged_or_disabled_identities_on_a_peer_link(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -357,6 +367,7 @@ async def test_home_relay_refuses_forged_or_disabled_identities_on_a_peer_link(
                 writer.close()
 
 
+@pytest.mark.postgres
 async def test_relays_without_a_peer_key_neither_carry_nor_accept_relay_links(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -382,3 +393,153 @@ async def test_relays_without_a_peer_key_neither_carry_nor_accept_relay_links(
                     config=None,
                     agent_path=None,
                 )
+
+
+# --- real sshd through a peer relay ---------------------------------------------------
+
+
+@dataclass
+class PeeredDemo:
+    demo: DemoSystem
+    front: Relay
+    #: The demo engineer's OpenSSH config, with relay B as ``tether-relay``.
+    ssh_config: Path
+
+    async def ssh(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            "ssh",
+            "-F",
+            str(self.ssh_config),
+            *args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        return subprocess.CompletedProcess(args, proc.returncode or 0, out, err)
+
+
+@pytest.fixture
+async def peered(tmp_path: Path) -> AsyncIterator[PeeredDemo]:
+    reason = sandbox_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    peer_key = tmp_path / "peer_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(peer_key)], check=True)
+    demo = DemoSystem(tmp_path / "demo")
+    front: Relay | None = None
+    try:
+        await demo.start()
+        assert demo.relay is not None
+        assert demo.store is not None
+        assert demo.engineer is not None
+        # Relay A takes the fleet's peer key; the agent comes back to it at once.
+        demo.relay.config = replace(demo.relay.config, peer_key=peer_key)
+        await demo.restart_relay()
+        for _ in range(1000):
+            if demo.relay.registry.get(demo.serial) is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert demo.relay.registry.get(demo.serial) is not None, "the agent did not come back"
+        front = Relay(
+            replace(demo.relay.config, relay_id="relay-2", listen=("127.0.0.1", 0), advertise=""),
+            demo.store,
+        )
+        await front.start()
+        home = demo.engineer.ssh_config
+        config = tmp_path / "ssh_config_via_b"
+        config.write_text(
+            home.read_text().replace(f"Port {demo.relay_port}\n", f"Port {front.port}\n")
+        )
+        known = home.parent / "known_hosts"
+        line = known.read_text().splitlines()[0].split(" ", 1)[1]
+        with known.open("a") as file:
+            file.write(f"[127.0.0.1]:{front.port} {line}\n")
+        yield PeeredDemo(demo, front, config)
+    finally:
+        if front is not None:
+            await front.aclose()
+        await demo.aclose()
+
+
+@pytest.mark.sandbox
+async def test_stock_ssh_through_a_peer_relay_runs_commands_copies_files_and_forwards_443(
+    peered: PeeredDemo, tmp_path: Path
+) -> None:
+    demo = peered.demo
+    assert demo.machine is not None
+    assert peered.front.registry.get(demo.serial) is None  # relay B holds no tether
+    result = await peered.ssh(demo.serial, "hostname; id -un")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().split() == [demo.serial, "tether-support"]
+    # scp through the same path.
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom(300_000))
+    copy = await asyncio.create_subprocess_exec(
+        "scp",
+        "-F",
+        str(peered.ssh_config),
+        str(payload),
+        f"{demo.serial}:payload.bin",
+        stderr=subprocess.PIPE,
+    )
+    _, copy_err = await asyncio.wait_for(copy.communicate(), 30)
+    assert copy.returncode == 0, copy_err
+    stored = demo.machine.host_path("/home") / "tether-support" / "payload.bin"
+    assert stored.read_bytes() == payload.read_bytes()
+    # ssh -L to the machine's 443.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    forward = await asyncio.create_subprocess_exec(
+        "ssh",
+        "-F",
+        str(peered.ssh_config),
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-L",
+        f"127.0.0.1:{port}:{demo.serial}:443",
+        "tether-relay",
+        stderr=subprocess.PIPE,
+    )
+    try:
+        page = await fetch(port)
+        assert f"Web UI of machine {demo.serial}" in page
+    finally:
+        forward.terminate()
+        await asyncio.wait_for(forward.wait(), 5)
+    # Everything went through one link from B to A.
+    assert peered.front.peers is not None
+    assert peered.front.peers.connects == 1
+
+
+@pytest.mark.sandbox
+async def test_refusals_through_a_peer_relay_to_a_real_machine(peered: PeeredDemo) -> None:
+    demo = peered.demo
+    refused = {
+        f"{demo.serial}:8080": f"port 8080 is not open on machine {demo.serial}",
+        "OTHER-0002:22": "machine OTHER-0002 is not tethered to this relay",
+        "127.0.0.1:22": "machine 127.0.0.1 is not tethered to this relay",
+        "localhost:443": "machine localhost is not tethered to this relay",
+    }
+    for target, message in refused.items():
+        result = await peered.ssh("-W", target, "tether-relay")
+        assert result.returncode != 0
+        assert message in result.stderr.decode(), (target, result.stderr)
+
+
+async def fetch(port: int, attempts: int = 50) -> str:
+    """GET / on the forwarded port, once ssh has started listening on it."""
+    for _ in range(attempts):
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.write(b"GET / HTTP/1.0\r\nHost: machine\r\n\r\n")
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return data.decode(errors="replace")
+    raise AssertionError(f"nothing listened on forwarded port {port}")
