@@ -9,6 +9,7 @@ from pathlib import Path
 from tether.config.common import (
     _REQUIRED,
     _read,
+    _Reader,
     _verify_keys,
 )
 from tether.errors import ConfigError
@@ -71,6 +72,10 @@ class RelayConfig:
     #: :data:`~tether.wire.PEER_USERNAME` with this key only, and carries engineers'
     #: channels to the relay holding a machine; without it (one relay) it does neither.
     peer_key: Path | None = None
+    #: ``(host, port)`` of this relay's relay-to-relay port (plain SSH, no PROXY header,
+    #: peer logins only), on an address the other relays reach; the fleet's registry
+    #: names it. ``None``: peers use ``listen`` (not possible with ``proxy_protocol``).
+    peer_listen: tuple[str, int] | None = None
 
     @classmethod
     def load(cls, path: Path) -> RelayConfig:
@@ -100,6 +105,8 @@ class RelayConfig:
             )
         except Exception as exc:
             raise ConfigError(f"{path}: health_listen: {exc}") from None
+        peer_key = r.path_("peer_key", None)
+        peer_listen = _peer_listen(r, peer_key is not None, proxy_protocol)
         config = cls(
             path=r.path,
             listen=listen,
@@ -128,7 +135,8 @@ class RelayConfig:
             proxy_protocol=proxy_protocol,
             trusted_proxies=tuple(proxies),
             health_listen=health,
-            peer_key=r.path_("peer_key", None),
+            peer_key=peer_key,
+            peer_listen=peer_listen,
         )
         r.finish()
         if config.dead_after < 2 * config.heartbeat_interval:
@@ -138,3 +146,35 @@ class RelayConfig:
                 "is taken for dead after one late heartbeat"
             )
         return config
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _peer_listen(r: _Reader, peer_key: bool, proxy_protocol: bool) -> tuple[str, int] | None:
+    """``peer_listen``: needs ``peer_key``; required behind a PROXY-protocol balancer."""
+    text = r.text("peer_listen", "")
+    if not text:
+        if peer_key and proxy_protocol:
+            raise ConfigError(
+                f"{r.path}: peer_key with proxy_protocol = true needs peer_listen (an "
+                'internal HOST:PORT, e.g. "10.0.0.11:2223"): other relays send no PROXY header'
+            )
+        return None
+    if not peer_key:
+        raise ConfigError(f"{r.path}: peer_listen needs peer_key (the fleet's relay-to-relay key)")
+    try:
+        host, port = parse_address(text, what="peer address", any_port=True)
+    except Exception as exc:
+        raise ConfigError(f"{r.path}: peer_listen: {exc}") from None
+    if _is_ip(host) and ipaddress.ip_address(host).is_unspecified:
+        raise ConfigError(
+            f"{r.path}: peer_listen must be the address other relays reach this relay at, "
+            f"not a wildcard ({text!r})"
+        )
+    return host, port

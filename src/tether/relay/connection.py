@@ -41,8 +41,10 @@ _NO_SESSION = (
 class RelayConnection(asyncssh.SSHServer):
     """One client connection: an agent or an engineer, decided at authentication."""
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay, *, peers_only: bool = False) -> None:
         self.relay = relay
+        #: On the relay-to-relay port (``peer_listen``): nobody but a peer relay logs in.
+        self.peers_only = peers_only
         self.conn: asyncssh.SSHServerConnection | None = None
         self.peer = "?"
         self.source = "?"
@@ -136,16 +138,18 @@ class RelayConnection(asyncssh.SSHServer):
 
     async def begin_auth(self, username: str) -> bool:
         self.username = username
-        if username == AGENT_USERNAME:
+        if self.peers_only or username == PEER_USERNAME:
+            # With a relay-to-relay port, peers log in there only, and only peers do.
+            on_peer_port = self.peers_only or self.relay.config.peer_listen is None
+            if username == PEER_USERNAME and self.relay.peers is not None and on_peer_port:
+                self.link = PeerSession(self)
+        elif username == AGENT_USERNAME:
             self.link = TetherLink(self)
             if self.conn is not None:
                 # Agents compare clocks with the relay (`tether access check`).
                 self.conn.send_auth_banner(
                     f"{RELAY_TIME_BANNER}{self.relay.clock.now().isoformat()}\n"
                 )
-        elif username == PEER_USERNAME:
-            if self.relay.peers is not None:  # a relay without a peer key has no peers
-                self.link = PeerSession(self)
         elif username not in RESERVED_NAMES:
             engineer = await self.relay.store.engineers.get(username)
             if engineer is not None and engineer.active:

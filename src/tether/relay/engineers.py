@@ -124,6 +124,7 @@ class EngineerLink:
             raise self._refused(refusal, dest_host, dest_port)
         try:
             holder = await relay.store.tethers.get(refusal.serial)
+            relays = await relay.store.relays.list() if holder is not None else []
         except StoreError as exc:
             log.event(logger, "channel.store_error", level=logging.WARNING, error=str(exc))
             raise asyncssh.ChannelOpenError(
@@ -132,7 +133,15 @@ class EngineerLink:
                 f"{refusal.serial}; try again shortly",
             ) from None
         try:
-            route = route_to_peer(refusal, holder, relay.config.relay_id, dest_port)
+            route = route_to_peer(
+                refusal,
+                holder,
+                relays,
+                own_relay_id=relay.config.relay_id,
+                port=dest_port,
+                now=relay.clock.now(),
+                dead_after=relay.config.dead_after,
+            )
         except RouteRefused as refused:
             raise self._refused(refused, dest_host, dest_port) from None
         origin = PeerOrigin(

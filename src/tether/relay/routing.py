@@ -14,16 +14,17 @@ is shown to the agent or to the engineer's ``ssh`` as is.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import ipaddress
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 from tether.errors import BadInput
 from tether.keys import TetherKeyClaims, check_serial, parse_address
 from tether.protocol import RefusalReason
 from tether.store import IssuedKey
-from tether.store.records import TetherRecord
+from tether.store.records import RelayRecord, TetherRecord
 
 LinkT = TypeVar("LinkT")
 
@@ -62,21 +63,36 @@ class PeerRoute:
 
 
 def route_to_peer(
-    refusal: NotTetheredHere, holder: TetherRecord | None, own_relay_id: str, port: int
+    refusal: NotTetheredHere,
+    holder: TetherRecord | None,
+    relays: Sequence[RelayRecord],
+    *,
+    own_relay_id: str,
+    port: int,
+    now: datetime,
+    dead_after: float,
 ) -> PeerRoute:
-    """Decide where a channel this relay has no tether for goes, from the registry row.
+    """Decide where a channel this relay has no tether for goes, from the shared store.
 
-    ``holder`` is the shared registry's row for ``refusal.serial`` (None: no relay holds
-    it). A row naming this relay (a stale one: our own registry is the truth here) or
-    without a usable address leads nowhere; each case refuses with the very message
+    ``holder`` is the registry row for ``refusal.serial`` (None: no relay holds it) and
+    ``relays`` the fleet's members. The channel goes to the holding relay's member
+    address (its ``peer_listen``, else its ``listen``; never ``advertise``, which behind
+    a load balancer is the balancer). A row naming this relay (stale: our own registry
+    is the truth here), a relay that is gone or silent for ``dead_after`` seconds, or
+    one without a reachable address leads nowhere; each refuses with the very message
     of a single relay, so an engineer learns nothing more from a fleet.
     """
-    if holder is None or holder.relay_id == own_relay_id or not holder.relay_address:
+    if holder is None or holder.relay_id == own_relay_id:
+        raise refusal
+    member = next((r for r in relays if r.relay_id == holder.relay_id), None)
+    if member is None or now - member.last_seen_at > timedelta(seconds=dead_after):
         raise refusal
     try:
-        address = parse_address(holder.relay_address, what="relay address")
+        address = parse_address(member.address, what="relay address")
     except BadInput:
         raise refusal from None
+    if is_unspecified(address[0]):  # a wildcard listen names no host to dial
+        raise refusal
     return PeerRoute(holder.relay_id, address, refusal.serial, port)
 
 
@@ -134,6 +150,14 @@ class TetherEntry(Generic[LinkT]):
 
     def may_offer(self, port: int) -> bool:
         return port in self.key_ports
+
+
+def is_unspecified(host: str) -> bool:
+    """Whether ``host`` is a wildcard address (0.0.0.0, ::), which names no host to dial."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 def _serial_key(serial: str) -> str:

@@ -110,6 +110,7 @@ class Relay:
         self.fatal_reason = ""
         #: Links to the fleet's other relays (None: no ``peer_key``, a relay on its own).
         self.peers = PeerLinks.configured(self)
+        self._peer_server: asyncssh.SSHAcceptor | None = None
 
     @property
     def port(self) -> int:
@@ -164,10 +165,20 @@ class Relay:
             )
         else:
             self._server = await asyncssh.listen(host, port, options=options)
+        address = f"{host}:{self.port}"
+        if self.config.peer_listen is not None:
+            # Other relays' links: plain SSH (no PROXY header), peer logins only.
+            peer_options = await asyncssh.SSHServerConnectionOptions.construct(
+                options=options, server_factory=lambda: RelayConnection(self, peers_only=True)
+            )
+            self._peer_server = await asyncssh.listen(
+                *self.config.peer_listen, options=peer_options
+            )
+            address = f"{self.config.peer_listen[0]}:{self._peer_server.get_port()}"
         if self.config.health_listen is not None:
             self.health = HealthServer(*self.config.health_listen, self.readiness)
             await self.health.start()
-        self.membership.address = f"{host}:{self.port}"
+        self.membership.address = address  # where the other relays' links reach this relay
         await self.membership.beat()  # the fleet learns the real port now, not in 5 s
         self.tasks.spawn(self._watch(), "relay.watch")
         self.tasks.spawn(self.membership.serve(), "relay.membership")
@@ -233,6 +244,8 @@ class Relay:
             )
         for conn in list(self.connections):
             conn.close()
+        if self._peer_server is not None:
+            self._peer_server.close()
         if self.peers is not None:
             await self.peers.aclose()
         await self.head_checks.aclose()

@@ -68,11 +68,11 @@ class Fleet:
     def home(self) -> Relay:
         return self.vendor.relay
 
-    def trust_front(self, engineer: Engineer) -> None:
-        """The engineer's known_hosts also names relay B (same fleet host key)."""
+    def trust(self, engineer: Engineer, port: int) -> None:
+        """The engineer's known_hosts also names this port (same fleet host key)."""
         line = engineer.known_hosts.read_text().splitlines()[0].split(" ", 1)[1]
         with engineer.known_hosts.open("a") as known:
-            known.write(f"[127.0.0.1]:{self.front.port} {line}\n")
+            known.write(f"[127.0.0.1]:{port} {line}\n")
 
     def peer_sessions(self, relay: Relay) -> int:
         return sum(
@@ -88,17 +88,20 @@ async def fleet_setup(
     home_peer_key: bool = True,
     front_peer_key: bool = True,
     front_poll: float = 0.1,
+    home_peer_listen: bool = False,
 ) -> AsyncIterator[Fleet]:
     peer_key = make_peer_key(tmp)
     async with vendor_setup(tmp, database=database) as vendor:
-        # Relay A again on its port, now advertising its address and holding the peer key.
+        # Relay A again on its port, now holding the peer key. Its advertised address
+        # (in its tether rows) stays relay.toml's 127.0.0.1:2222, which nothing listens
+        # on: peers dial the address the fleet's membership names.
         port = vendor.relay.port
         await vendor.relay.aclose()
         home_config = replace(
             vendor.relay.config,
             listen=("127.0.0.1", port),
-            advertise=f"127.0.0.1:{port}",
             peer_key=peer_key if home_peer_key else None,
+            peer_listen=("127.0.0.1", 0) if home_peer_listen else None,
         )
         vendor.relay = Relay(home_config, vendor.store)
         await vendor.relay.start()
@@ -109,8 +112,8 @@ async def fleet_setup(
                 home_config,
                 relay_id="relay-2",
                 listen=("127.0.0.1", 0),
-                advertise="",
                 peer_key=peer_key if front_peer_key else None,
+                peer_listen=None,
                 poll_interval=front_poll,
             ),
             front_store,
@@ -126,7 +129,7 @@ async def fleet_setup(
 async def tethered(fleet: Fleet, service: EchoServer, tmp: Path) -> tuple[Agent, Engineer]:
     key, claims = await fleet.vendor.issue("M-1", ports=[service.port])
     alice = await fleet.vendor.engineer("alice", tmp)
-    fleet.trust_front(alice)
+    fleet.trust(alice, fleet.front.port)
     return Agent(key, claims, [service.port]), alice
 
 
@@ -365,6 +368,45 @@ async def test_home_relay_refuses_forged_or_disabled_identities_on_a_peer_link(
                 reader, writer = await link.open_connection("M-1", service.port, orig_host=good)
                 assert await reader.readline() == b"hello from the machine\n"
                 writer.close()
+
+
+@pytest.mark.postgres
+async def test_a_relay_to_relay_port_takes_peer_links_only_and_is_the_one_peers_dial(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    async with (
+        fleet_setup(tmp_path, postgres_url, home_peer_listen=True) as fleet,
+        EchoServer() as service,
+    ):
+        agent, alice = await tethered(fleet, service, tmp_path)
+        peer_port = int(fleet.home.membership.address.rsplit(":", 1)[1])
+        assert peer_port != fleet.home.port
+        fleet.trust(alice, peer_port)
+        async with agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            result = await run_ssh(
+                alice.ssh_args(fleet.front.port, "-W", f"M-1:{service.port}", "alice@127.0.0.1"),
+                input=b"ping\n",
+            )
+            assert result.stdout == b"hello from the machine\nping\n", result.stderr
+            links = [c for c in fleet.home.connections if isinstance(c.link, PeerSession)]
+            assert [c.peers_only for c in links] == [True]
+            # The public port takes no peer login now; the peer port takes nothing else.
+            with pytest.raises(asyncssh.PermissionDenied):
+                await asyncssh.connect(
+                    "127.0.0.1",
+                    fleet.home.port,
+                    username=PEER_USERNAME,
+                    client_keys=[asyncssh.read_private_key(str(fleet.peer_key))],
+                    known_hosts=None,
+                    config=None,
+                    agent_path=None,
+                )
+            refused = await run_ssh(
+                alice.ssh_args(peer_port, "-W", f"M-1:{service.port}", "alice@127.0.0.1")
+            )
+            assert refused.returncode == 255
+            assert b"Permission denied" in refused.stderr, refused.stderr
 
 
 @pytest.mark.postgres

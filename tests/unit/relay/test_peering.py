@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -19,7 +19,7 @@ from tether.relay.peering import BadPeerOrigin, PeerLinks, PeerOrigin
 from tether.relay.routing import NotTetheredHere, PeerRoute, Registry, route_to_peer
 from tether.relay.server import Relay
 from tether.sshlib import asyncssh
-from tether.store.records import TetherRecord
+from tether.store.records import RelayRecord, TetherRecord
 from tether.wire import PEER_USERNAME
 
 T0 = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -75,8 +75,14 @@ def test_the_peer_user_name_can_never_be_an_engineer() -> None:
         check_engineer_name(PEER_USERNAME)
 
 
-def holder(relay_id: str = "relay-1", address: str = "10.0.0.1:2222") -> TetherRecord:
-    return TetherRecord("SN-1", "k1", relay_id, address, "SHA256:m", T0, T0)
+def holder(relay_id: str = "relay-1") -> TetherRecord:
+    return TetherRecord("SN-1", "k1", relay_id, "balancer.example:22", "SHA256:m", T0, T0)
+
+
+def member(
+    relay_id: str = "relay-1", address: str = "10.0.0.1:2223", silent: float = 1.0
+) -> RelayRecord:
+    return RelayRecord(relay_id, address, T0, T0 - timedelta(seconds=silent))
 
 
 def miss(host: str = "sn-1") -> NotTetheredHere:
@@ -85,21 +91,45 @@ def miss(host: str = "sn-1") -> NotTetheredHere:
     return info.value
 
 
-def test_a_machine_held_by_another_relay_routes_to_its_address() -> None:
-    assert route_to_peer(miss(), holder(), "relay-2", 443) == PeerRoute(
-        "relay-1", ("10.0.0.1", 2222), "SN-1", 443
+def route(row: TetherRecord | None, relays: list[RelayRecord]) -> PeerRoute:
+    return route_to_peer(
+        miss(), row, relays, own_relay_id="relay-2", port=443, now=T0, dead_after=15.0
+    )
+
+
+def test_a_machine_held_by_a_live_relay_routes_to_its_member_address() -> None:
+    # The member address (peer_listen / listen), not the tether row's advertised one.
+    assert route(holder(), [member("relay-3", "10.0.0.3:2223"), member()]) == PeerRoute(
+        "relay-1", ("10.0.0.1", 2223), "SN-1", 443
     )
 
 
 @pytest.mark.parametrize(
-    "row",
-    [None, holder(relay_id="relay-2"), holder(address=""), holder(address="nonsense")],
-    ids=["no-row", "own-stale-row", "no-address", "bad-address"],
+    ("row", "relays"),
+    [
+        (None, [member()]),
+        (holder(relay_id="relay-2"), [member("relay-2")]),
+        (holder(), []),
+        (holder(), [member(silent=16.0)]),
+        (holder(), [member(address="nonsense")]),
+        (holder(), [member(address="0.0.0.0:2222")]),
+        (holder(), [member(address="[::]:2222")]),
+    ],
+    ids=[
+        "no-row",
+        "own-stale-row",
+        "relay-gone",
+        "relay-silent",
+        "bad-address",
+        "any-v4",
+        "any-v6",
+    ],
 )
-def test_no_usable_holder_refuses_with_the_single_relay_message(row: TetherRecord | None) -> None:
-    refusal = miss()
+def test_no_usable_holder_refuses_with_the_single_relay_message(
+    row: TetherRecord | None, relays: list[RelayRecord]
+) -> None:
     with pytest.raises(NotTetheredHere) as info:
-        route_to_peer(refusal, row, "relay-2", 22)
+        route(row, relays)
     assert str(info.value) == (
         "machine sn-1 is not tethered to this relay (is support access enabled on it?)"
     )
@@ -109,6 +139,28 @@ def test_peer_key_setting_is_a_path_beside_relay_toml(tmp_path: Path) -> None:
     assert RelayConfig.load(write(tmp_path, relay_toml())).peer_key is None
     config = RelayConfig.load(write(tmp_path, relay_toml('peer_key = "peer_key"\n')))
     assert config.peer_key == (tmp_path / "etc" / "peer_key").resolve()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('peer_listen = "10.0.0.1:2223"\n', "peer_listen needs peer_key"),
+        (
+            'peer_key = "k"\nproxy_protocol = true\ntrusted_proxies = ["10.0.0.9"]\n',
+            "needs peer_listen",
+        ),
+        ('peer_key = "k"\npeer_listen = "0.0.0.0:2223"\n', "not a wildcard"),
+        ('peer_key = "k"\npeer_listen = "nowhere"\n', "peer_listen: invalid peer address"),
+    ],
+)
+def test_peer_listen_is_checked(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RelayConfig.load(write(tmp_path, relay_toml(extra)))
+
+
+def test_peer_listen_is_read(tmp_path: Path) -> None:
+    text = relay_toml('peer_key = "k"\npeer_listen = "10.0.0.1:2223"\n')
+    assert RelayConfig.load(write(tmp_path, text)).peer_listen == ("10.0.0.1", 2223)
 
 
 def _relay_with(config: RelayConfig) -> Relay:
