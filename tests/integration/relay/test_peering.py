@@ -30,11 +30,13 @@ from tests.integration.harness import (
     run_ssh,
     vendor_setup,
 )
+from tests.integration.relay.test_haproxy import BEHIND_HAPROXY, haproxy, issue
 from tether.agent.status import TunnelState
 from tether.demo import DemoSystem
 from tether.relay.peering import PeerOrigin, PeerSession
 from tether.relay.server import Relay
 from tether.sandbox import sandbox_unavailable_reason
+from tether.sandbox.haproxy import haproxy_unavailable_reason
 from tether.sshlib import asyncssh
 from tether.store import Store, relay_chain
 from tether.wire import PEER_USERNAME
@@ -585,3 +587,55 @@ async def fetch(port: int, attempts: int = 50) -> str:
         writer.close()
         return data.decode(errors="replace")
     raise AssertionError(f"nothing listened on forwarded port {port}")
+
+
+# --- behind HAProxy (PROXY v2 on the public port, peers on peer_listen) ---------------
+
+
+@pytest.mark.haproxy
+async def test_behind_haproxy_every_relay_reaches_every_machine(tmp_path: Path) -> None:
+    reason = haproxy_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    peer_key = make_peer_key(tmp_path)
+    fleet: dict[str, object] = {
+        **BEHIND_HAPROXY,
+        "peer_key": peer_key,
+        "peer_listen": ("127.0.0.1", 0),
+    }
+    async with (
+        vendor_setup(tmp_path, **fleet) as vendor,
+        EchoServer() as service,
+    ):
+        second = Relay(
+            replace(vendor.relay.config, relay_id="relay-2", listen=("127.0.0.1", 0)),
+            vendor.store,
+        )
+        await second.start()
+        relays = (vendor.relay, second)
+        try:
+            async with haproxy(tmp_path, *relays) as proxy:
+                alice = await vendor.engineer("alice", tmp_path, port=proxy.port)
+                agents = [await issue(vendor, f"M-{i}", service.port, proxy) for i in (1, 2)]
+                for agent in agents:  # round robin: one tether on each relay
+                    await agent.__aenter__()
+                    await agent.wait_for(TunnelState.CONNECTED)
+                assert [len(r.registry) for r in relays] == [1, 1]
+                # Round robin again: each machine is asked for through both relays.
+                for serial in ("M-1", "M-1", "M-2", "M-2"):
+                    result = await run_ssh(
+                        alice.ssh_args(
+                            proxy.port, "-W", f"{serial}:{service.port}", "alice@127.0.0.1"
+                        ),
+                        input=b"ping\n",
+                    )
+                    assert result.stdout == b"hello from the machine\nping\n", (
+                        serial,
+                        result.stderr,
+                    )
+                carried = [r.peers.connects for r in relays if r.peers is not None]
+                assert sum(carried) >= 1, carried
+                for agent in agents:
+                    await agent.__aexit__(None, None, None)
+        finally:
+            await second.aclose()
