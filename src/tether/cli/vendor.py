@@ -18,6 +18,7 @@ from tether.cli.common import data_dir_option, err, handle_errors, json_option, 
 from tether.cli.vendor_audit import audit
 from tether.cli.vendor_cases import cases, machine
 from tether.cli.vendor_common import CLI_ACTOR, with_authority
+from tether.cli.vendor_fleet import relay
 from tether.config import VendorConfig
 from tether.durations import format_duration, parse_duration
 from tether.errors import BadInput
@@ -35,6 +36,7 @@ def vendor() -> None:
 vendor.add_command(audit)
 vendor.add_command(cases)
 vendor.add_command(machine)
+vendor.add_command(relay)
 
 
 @vendor.command()
