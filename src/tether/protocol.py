@@ -47,6 +47,9 @@ class RefusalReason(Enum):
     PROTOCOL = "protocol"
     SHUTDOWN = "shutdown"
     INTERNAL = "internal"
+    #: The relay cannot reach the vendor's database now: retry later (an agent that
+    #: predates this reason reads it as a protocol error, which it retries too).
+    UNAVAILABLE = "unavailable"
 
 
 #: Refusals after which retrying with the same key can never succeed.

@@ -99,7 +99,12 @@ def test_permanent_reasons_are_those_a_retry_cannot_fix() -> None:
     assert RefusalReason.REVOKED in PERMANENT_REASONS
     assert RefusalReason.OTHER_MACHINE in PERMANENT_REASONS
     assert RefusalReason.EXPIRED in PERMANENT_REASONS
-    for passing in (RefusalReason.SHUTDOWN, RefusalReason.REPLACED, RefusalReason.INTERNAL):
+    for passing in (
+        RefusalReason.SHUTDOWN,
+        RefusalReason.REPLACED,
+        RefusalReason.INTERNAL,
+        RefusalReason.UNAVAILABLE,
+    ):
         assert passing not in PERMANENT_REASONS
     # A clock that is behind may catch up: not-yet-valid is worth a retry.
     assert RefusalReason.NOT_YET_VALID not in PERMANENT_REASONS

@@ -43,7 +43,7 @@ from tether.relay.forwarding import NullListener
 from tether.relay.requests import CaseWatcher
 from tether.relay.routing import AdmissionRefused, TetherEntry, admit_tether
 from tether.sshlib import asyncssh
-from tether.store import IssuedKey, MachineRecord
+from tether.store import IssuedKey, MachineRecord, StoreConflict, StoreError
 from tether.store.admission import Admission
 from tether.wire import CONTROL_SUBSYSTEM
 
@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     from tether.relay.connection import RelayConnection
 
 logger = logging.getLogger("tether.relay")
+
+#: What an agent is told when its admission cannot reach the database (it retries).
+DATABASE_UNAVAILABLE = "vendor database unavailable; try again later"
 
 
 class ControlSession(asyncssh.SSHServerSession[bytes]):
@@ -349,6 +352,21 @@ class TetherLink:
                 serial=claims.serial,
                 key_id=claims.key_id,
             )
+            return
+        except StoreConflict as exc:
+            # A race with another relay's write for this serial: worth another try.
+            log.event(logger, "tether.store_conflict", level=logging.WARNING, error=str(exc))
+            self.refuse(
+                RefusalReason.INTERNAL, "the relay could not register this tether now", control
+            )
+            return
+        except StoreError as exc:
+            # The database is away (an outage, a restart): the key was not checked, so
+            # nothing is known against it. A transient refusal: the agent backs off and
+            # retries, and live tethers are untouched. Not audited: the audit chain is in
+            # that same database. The error names the database without its password.
+            log.event(logger, "tether.store_unavailable", level=logging.WARNING, error=str(exc))
+            self.refuse(RefusalReason.UNAVAILABLE, DATABASE_UNAVAILABLE, control)
             return
         if self.connection.closing or claims.key_id in relay.revoked_keys:
             # Closed or revoked while the transaction ran: take the row back out.

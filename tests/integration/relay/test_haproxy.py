@@ -24,13 +24,13 @@ from proxyprotocol.result import ProxyResultIPv4
 from proxyprotocol.v2 import ProxyProtocolV2
 from sqlalchemy.engine import make_url
 
-from tests.fixtures.postgres import PostgresServer
 from tests.integration.harness import Agent, EchoServer, Vendor, run_ssh, vendor_setup
 from tether.agent.tunnel import TunnelState
 from tether.config import RelayConfig
 from tether.keys import KeyKind
 from tether.relay.server import Relay
 from tether.sandbox.haproxy import HAPROXY, Backend, HAProxy, haproxy_unavailable_reason
+from tether.sandbox.postgres import LocalPostgres
 from tether.vendor_service.authority import init_data_dir
 
 pytestmark = pytest.mark.haproxy
@@ -170,7 +170,7 @@ async def test_a_relay_not_ready_gets_no_new_connections_from_haproxy(tmp_path: 
 
 @pytest.mark.postgres
 async def test_readyz_reports_a_lost_database(
-    tmp_path: Path, postgres_server: PostgresServer, postgres_url: str
+    tmp_path: Path, postgres_server: LocalPostgres, postgres_url: str
 ) -> None:
     name = make_url(postgres_url).database
     async with vendor_setup(tmp_path, database=postgres_url, **BEHIND_HAPROXY) as vendor:

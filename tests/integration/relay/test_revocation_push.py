@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.fixtures.postgres import PostgresServer
 from tests.integration.harness import Agent, EchoServer, run_ssh, vendor_setup
 from tether.agent.status import TunnelState
 from tether.protocol import RefusalReason
 from tether.relay.server import Relay
+from tether.sandbox.postgres import LocalPostgres
 from tether.store.changes import LISTEN_APPLICATION_NAME, ChangeFeed
 
 pytestmark = pytest.mark.postgres
@@ -107,7 +107,7 @@ async def test_disabled_engineer_is_cut_within_a_second_by_notify(
 
 
 async def test_revocation_while_listen_was_down_is_applied_after_it_comes_back(
-    tmp_path: Path, postgres_url: str, postgres_server: PostgresServer
+    tmp_path: Path, postgres_url: str, postgres_server: LocalPostgres
 ) -> None:
     database = make_url(postgres_url).database
     async with (

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.postgres import PostgresServer
 from tether.errors import BadInput
+from tether.sandbox.postgres import LocalPostgres
 from tether.store import Store, StoreError, display_url, normalize_url, sqlite_url
 
 
@@ -77,7 +77,7 @@ async def test_missing_sqlite_directory_is_a_store_error(tmp_path: Path) -> None
 
 
 @pytest.mark.postgres
-async def test_wrong_postgresql_password_is_not_shown(postgres_server: PostgresServer) -> None:
+async def test_wrong_postgresql_password_is_not_shown(postgres_server: LocalPostgres) -> None:
     url = postgres_server.url("postgres", password="wrong-hunter2")
     with pytest.raises(StoreError, match="cannot open database at") as err:
         await Store.open(url, migrate=False)
