@@ -27,6 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from tether.config import RelayConfig, toml_string
+from tether.demo_fleet import DemoFleet
 from tether.errors import NotReady
 from tether.relay.server import Relay
 from tether.sandbox import Sandbox, layout
@@ -84,8 +85,11 @@ class DemoSystem:
         engineer: str = DEMO_ENGINEER,
         key_lifetime: timedelta = timedelta(days=1),
         progress: logging.Logger | None = None,
+        relays: int = 1,
     ) -> None:
         self.workdir = workdir
+        #: With more than one relay: PostgreSQL, the relays and HAProxy in front.
+        self.fleet = DemoFleet(workdir, relays) if relays > 1 else None
         self.serial = serial
         self.engineer_name = engineer
         self.key_lifetime = key_lifetime
@@ -156,9 +160,13 @@ class DemoSystem:
         if self.relay is not None:
             await self.relay.aclose()
             self.relay = None
+        if self.fleet is not None:
+            await self.fleet.aclose()
         if self.store is not None:
             await self.store.aclose()
             self.store = None
+        if self.fleet is not None:
+            await asyncio.to_thread(self.fleet.stop_database)
 
     async def _start_vendor(self) -> None:
         data = self.workdir / "vendor"
@@ -166,14 +174,23 @@ class DemoSystem:
         # The relay's address goes into vendor.toml, relay.toml and agent-trust.toml, so
         # that `tether vendor issue-key` or `cases approve` run by hand against this
         # data directory name the relay that runs, as the demo's own keys do.
-        relay = f"127.0.0.1:{_free_port()}"
-        await init_data_dir(data, vendor="Demo Vendor", relay=relay, relay_listen=relay)
+        if self.fleet is not None:
+            database: str | None = await self.fleet.start_database()
+            relay = f"127.0.0.1:{self.fleet.port}"  # HAProxy: what agents and engineers know
+        else:
+            database, relay = None, f"127.0.0.1:{_free_port()}"
+        await init_data_dir(
+            data, vendor="Demo Vendor", relay=relay, relay_listen=relay, database=database
+        )
         config = load_vendor_config(data)
         self.store = await Store.open(config.database)
-        self.relay = Relay(RelayConfig.load(data / "relay.toml"), self.store)
-        await self.relay.start()
-        self._say(f"relay: listening on {relay}")
         self.authority = Authority(config, self.store)
+        if self.fleet is not None:
+            await self.fleet.start_relays(self.authority, self.store)
+        else:
+            self.relay = Relay(RelayConfig.load(data / "relay.toml"), self.store)
+            await self.relay.start()
+            self._say(f"relay: listening on {relay}")
         self.vendor_service = VendorService(config, self.store, listen=("127.0.0.1", 0))
         self._serving = asyncio.ensure_future(self.vendor_service.serve())
         await self.vendor_service.wait_ready()
@@ -181,6 +198,9 @@ class DemoSystem:
 
     @property
     def relay_port(self) -> int:
+        """The relay port agents and engineers use (HAProxy's, with several relays)."""
+        if self.fleet is not None:
+            return self.fleet.port
         if self.relay is None:
             raise NotReady("the relay is not running")
         return self.relay.port
@@ -431,7 +451,14 @@ class DemoSystem:
             [
                 "",
                 f"Tether demo is up. Machine {self.serial} is tethered to the relay on "
-                f"127.0.0.1:{self.relay_port}.",
+                f"127.0.0.1:{self.relay_port}"
+                + (
+                    f" (HAProxy in front of {self.fleet.count} relays on PostgreSQL: "
+                    "`tether vendor relay list --data-dir "
+                    f"{self.workdir / 'vendor'}` shows them)."
+                    if self.fleet is not None
+                    else "."
+                ),
                 "",
                 "As a support engineer, the everyday way:",
                 f"  tether login --vendor {self.vendor_service.url if self.vendor_service else '?'} "
@@ -487,10 +514,10 @@ def _wait_ready(process: subprocess.Popen[bytes], what: str, timeout: float) -> 
     raise RuntimeError(f"{what} did not start in {timeout:.0f} s")
 
 
-async def run_demo(workdir: Path) -> None:
-    """Run the demo until cancelled (Ctrl-C), then tear it all down."""
+async def run_demo(workdir: Path, relays: int = 1) -> None:
+    """Run the demo until Ctrl-C or SIGTERM, then tear it all down."""
     progress = logging.getLogger("tether.demo")
-    system = DemoSystem(workdir, progress=progress)
+    system = DemoSystem(workdir, progress=progress, relays=relays)
     # Ctrl-C and SIGTERM both end the demo, also while it starts, and also when it was
     # started in the background (where a shell leaves SIGINT ignored).
     stopping = asyncio.Event()

@@ -8,6 +8,7 @@ customer machine with stock sshd and the agent daemon, an engineer) — exactly 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -253,11 +254,26 @@ async def test_key_from_another_machine_is_refused(system: DemoSystem, tmp_path:
     assert result.returncode == 0, result.stderr
 
 
-def test_tether_demo_command_prints_working_ssh_and_tears_down(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "relays",
+    [1, pytest.param(3, marks=[pytest.mark.postgres, pytest.mark.haproxy])],
+    ids=["one-relay", "fleet-of-3"],
+)
+def test_tether_demo_command_prints_working_ssh_and_tears_down(tmp_path: Path, relays: int) -> None:
+    """`tether demo` and `tether demo --relays 3` (PostgreSQL, HAProxy): same commands."""
     if (reason := sandbox_unavailable_reason()) is not None:
         pytest.skip(reason)
     demo = subprocess.Popen(
-        [sys.executable, "-m", "tether", "demo", "--dir", str(tmp_path / "d")],
+        [
+            sys.executable,
+            "-m",
+            "tether",
+            "demo",
+            "--dir",
+            str(tmp_path / "d"),
+            "--relays",
+            str(relays),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -278,6 +294,13 @@ def test_tether_demo_command_prints_working_ssh_and_tears_down(tmp_path: Path) -
         assert command is not None, demo.stderr.read() if demo.stderr else ""
         result = subprocess.run(command, capture_output=True, text=True, timeout=30)
         assert result.stdout.strip() == "DEMO-0001", result.stderr
+        listed = subprocess.run(
+            [sys.executable, "-m", "tether", "vendor", "relay", "list", "--json",
+             "--data-dir", str(tmp_path / "d" / "vendor")],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        alive = [r["relay_id"] for r in json.loads(listed.stdout) if r["alive"]]
+        assert len(alive) == relays, listed.stdout + listed.stderr
     finally:
         os.killpg(demo.pid, signal.SIGINT)
         out, err = demo.communicate(timeout=30)

@@ -108,8 +108,11 @@ class HAProxy:
         check_interval_ms: int = 200,
         source: str | None = None,
         maxconn: int = 2000,
+        port: int = 0,
     ) -> None:
         self.directory = directory
+        #: The public port; 0: one the OS picks at :meth:`start`.
+        self._wanted_port = port
         self.maxconn = maxconn
         self.backends = tuple(backends)
         self.check_interval_ms = check_interval_ms
@@ -123,7 +126,7 @@ class HAProxy:
     def start(self, timeout: float = 10.0) -> None:
         """Write the configuration, start HAProxy, wait until every relay is UP."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = self._wanted_port or free_port()
         self.config_path.write_text(
             render_config(
                 bind=f"127.0.0.1:{self.port}",
@@ -141,6 +144,7 @@ class HAProxy:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,  # stopped by stop(), not by the caller's Ctrl-C
             )
         self.wait_for({b.name: "UP" for b in self.backends}, timeout)
 
