@@ -639,3 +639,28 @@ async def test_behind_haproxy_every_relay_reaches_every_machine(tmp_path: Path) 
                     await agent.__aexit__(None, None, None)
         finally:
             await second.aclose()
+
+
+@pytest.mark.postgres
+async def test_fleet_revoke_ends_sessions_through_either_relay_within_a_second(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """SPEC: revocation reaches every relay within 1 s; sessions via A and via B both end."""
+    async with fleet_setup(tmp_path, postgres_url) as fleet, EchoServer() as service:
+        key, claims = await fleet.vendor.issue("M-1", ports=[service.port])
+        alice = await fleet.vendor.engineer("alice", tmp_path)
+        fleet.trust(alice, fleet.front.port)
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            direct = await open_session(alice, fleet.home.port, f"M-1:{service.port}")
+            via_peer = await open_session(alice, fleet.front.port, f"M-1:{service.port}")
+            started = time.monotonic()
+            await fleet.vendor.authority.revoke_key(claims.key_id, reason="case closed")
+            await asyncio.wait_for(asyncio.gather(direct.wait(), via_peer.wait()), timeout=1.0)
+            assert time.monotonic() - started <= 1.0
+            # Neither relay lets a new session in.
+            for port in (fleet.home.port, fleet.front.port):
+                refused = await run_ssh(
+                    alice.ssh_args(port, "-W", f"M-1:{service.port}", "alice@127.0.0.1")
+                )
+                assert b"not tethered" in refused.stderr, refused.stderr
