@@ -50,12 +50,32 @@ async def serve_control(path: Path, handler: Handler) -> asyncio.Server:
     return server
 
 
+#: The longest path a Unix socket address holds (``sun_path`` is 108 bytes on Linux).
+_SUN_PATH_MAX = 107
+
+
+def _connect(sock: socket.socket, path: Path) -> None:
+    """Connect to ``path``, also when it is too long for a socket address.
+
+    A deep run dir (a sandbox's, a test's) can exceed ``sun_path``; the socket is then
+    reached through its directory's descriptor, which Linux resolves like the path.
+    """
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        sock.connect(str(path))
+        return
+    directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        sock.connect(f"/proc/self/fd/{directory}/{path.name}")
+    finally:
+        os.close(directory)
+
+
 def ask_daemon(path: Path, cmd: str, timeout: float = 5.0) -> dict[str, Any] | None:
     """Send one command to the daemon; None if no daemon is listening."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
-            sock.connect(str(path))
+            _connect(sock, path)
             sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
             data = b""
             while not data.endswith(b"\n"):
