@@ -42,7 +42,8 @@ def test_per_address_and_per_netblock_caps() -> None:
     assert g6.admit(1, "2001:db8::1").admitted
     assert g6.admit(2, "2001:db8::2").admitted
     assert g6.admit(3, "2001:db8::ffff:3").drop is Drop.NETBLOCK
-    assert g.drops[Drop.ADDRESS] == 1 and g.drops[Drop.NETBLOCK] == 1
+    assert g.drops[Drop.ADDRESS] == 1
+    assert g.drops[Drop.NETBLOCK] == 1
 
 
 def test_random_early_drop_only_hits_busy_blocks_and_rises_to_full() -> None:
@@ -80,14 +81,16 @@ def test_full_evicts_the_oldest_stalled_connection_not_a_prompt_one() -> None:
     clock.now += 1
     assert g.admit(3, "10.2.0.1").admitted  # stalls too
     decision = g.admit(4, "192.0.2.1")
-    assert decision.admitted and decision.evict == 1
+    assert decision.admitted
+    assert decision.evict == 1
     assert g.admit(5, "198.51.100.1").evict == 3
     assert g.admit(6, "198.51.101.2").evict == 4
     g.progressed(5)
     g.progressed(6)
     # Nobody stalled: now the newcomer is refused.
     assert g.admit(7, "203.0.113.1").drop is Drop.FULL
-    assert g.evictions == 3 and g.drops[Drop.FULL] == 1
+    assert g.evictions == 3
+    assert g.drops[Drop.FULL] == 1
     assert len(g) == 3
 
 
@@ -108,7 +111,8 @@ def test_login_timeout_shrinks_under_pressure_and_applies_to_old_connections() -
     assert g.login_timeout() == pytest.approx(17)
     clock.now += 17
     assert g.expired() == [2, 3, 4]
-    assert g.expirations == 4 and len(g) == 0
+    assert g.expirations == 4
+    assert len(g) == 0
 
 
 def test_a_source_that_stalls_repeatedly_is_penalised_then_forgiven() -> None:
