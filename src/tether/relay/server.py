@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 
 from tether import log
 from tether.clock import SYSTEM_CLOCK, Clock
@@ -88,6 +89,8 @@ class Relay:
         self.registry: Registry[TetherLink] = Registry()
         self.unauthenticated = 0
         self._engineers: dict[str, set[Cuttable]] = {}
+        #: Channels open per engineer on this relay (``max_channels_per_engineer``).
+        self.engineer_channels: Counter[str] = Counter()
         self.connections: set[RelayConnection] = set()
         #: Keys revoked while this relay ran (closes the revoke-during-register race).
         self.revoked_keys: set[str] = set()
