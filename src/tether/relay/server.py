@@ -168,7 +168,9 @@ class Relay:
             server_factory=lambda: RelayConnection(self),
             server_host_keys=[self._host_key],
             server_version=RELAY_SERVER_VERSION,
-            login_timeout=self.config.login_timeout,
+            # The gate times logins out (sooner under pressure, and with a penalty);
+            # asyncssh's own timer is only a backstop, a little later.
+            login_timeout=self.config.login_timeout + 1.0,
             keepalive_interval=self.config.keepalive_interval,
             keepalive_count_max=self.config.keepalive_count_max,
             agent_forwarding=False,
