@@ -27,7 +27,12 @@ GROUPS = ("throughput", "connect", "tethers", "restart", "ending", "agent")
 
 #: The relay's limits on unauthenticated connections are per source address; the
 #: swarm is one source, so a benchmark relay lets it dial as a fleet would.
-BENCH_RELAY = {"max_unauthenticated": 5000, "max_unauthenticated_per_source": 5000}
+BENCH_RELAY = {
+    "max_unauthenticated": 5000,
+    "early_drop_start": 5000,
+    "max_unauthenticated_per_source": 5000,
+    "max_unauthenticated_per_netblock": 5000,
+}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -295,6 +295,29 @@ def test_relay_listen_address_ipv6(tmp_path: Path) -> None:
 
     assert config.listen == ("::", 443)
     assert config.max_unauthenticated == 50
+    assert config.early_drop_start == 12  # a quarter of the cap unless set
+
+
+def test_relay_flood_limits(tmp_path: Path) -> None:
+    default = RelayConfig.load(write(tmp_path, relay_toml()))
+    assert (default.max_unauthenticated, default.early_drop_start) == (400, 100)
+    assert (default.login_timeout, default.login_timeout_busy) == (30.0, 5.0)
+    assert (default.netblock_ipv4, default.netblock_ipv6) == (24, 64)
+    config = RelayConfig.load(
+        write(
+            tmp_path,
+            relay_toml(
+                "early_drop_start = 10\nearly_drop_rate = 50\nnetblock_ipv6 = 48\n"
+                "penalty_max = 60\nmax_channels_per_engineer = 4\nrequest_timeout = 600\n"
+            ),
+        )
+    )
+    assert config.early_drop_start == 10
+    assert config.early_drop_rate == 50
+    assert config.netblock_ipv6 == 48
+    assert config.penalty_max == 60.0
+    assert config.max_channels_per_engineer == 4
+    assert config.request_timeout == 600.0
 
 
 def test_relay_behind_a_load_balancer(tmp_path: Path) -> None:
@@ -326,6 +349,11 @@ def test_relay_behind_a_load_balancer(tmp_path: Path) -> None:
         ('proxy_protocol = "yes"\n', "proxy_protocol has the wrong type"),
         ('trusted_proxies = ["10.0.0.300/32"]\n', "trusted_proxies: "),
         ('health_listen = "127.0.0.1"\n', "health_listen: invalid health address"),
+        ("early_drop_start = 500\n", "early_drop_start \\(500\\) must be at most"),
+        ("early_drop_rate = 101\n", "early_drop_rate must be between 0 and 100"),
+        ("login_timeout_busy = 60\n", "login_timeout_busy .* must be at most login_timeout"),
+        ("penalty_min = 700\n", "penalty_min .* must be at most penalty_max"),
+        ("netblock_ipv4 = 33\n", "netblock_ipv4 must be between 8 and 32"),
     ],
 )
 def test_relay_bad_values_are_refused(tmp_path: Path, extra: str, message: str) -> None:

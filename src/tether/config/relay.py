@@ -38,10 +38,51 @@ class RelayConfig:
     relay_id: str = "relay-1"
     #: The address engineers and other relays reach this relay at (goes into keys).
     advertise: str = ""
+    #: Seconds a client has to log in while the relay is quiet (fewer than
+    #: :attr:`early_drop_start` connections waiting to log in).
     login_timeout: float = 30.0
-    max_unauthenticated: int = 200
+    #: Seconds to log in when :attr:`max_unauthenticated` are waiting (linear between):
+    #: under a flood a slot is held for seconds, not half a minute.
+    login_timeout_busy: float = 5.0
+    #: Connections waiting to log in, at most (OpenSSH ``MaxStartups`` *full*). At the
+    #: cap the oldest one that has not finished its key exchange is closed to admit the
+    #: newcomer; only if every one has is the newcomer refused.
+    max_unauthenticated: int = 400
+    #: Waiting connections from which a newcomer from a network block that already has
+    #: one waiting is refused at random (``MaxStartups`` *start*; default: a quarter of
+    #: ``max_unauthenticated``) ...
+    early_drop_start: int = 100
+    #: ... with this probability in percent at ``early_drop_start``, rising linearly to
+    #: 100 at ``max_unauthenticated`` (``MaxStartups`` *rate*).
+    early_drop_rate: int = 30
     #: Unauthenticated connections one source address may hold at once.
     max_unauthenticated_per_source: int = 20
+    #: Unauthenticated connections one network block (below) may hold at once.
+    max_unauthenticated_per_netblock: int = 100
+    #: Prefix lengths that group addresses into one network block, for the cap above and
+    #: for penalties (OpenSSH ``PerSourceNetBlockSize``): one IPv6 host has a whole /64.
+    netblock_ipv4: int = 24
+    netblock_ipv6: int = 64
+    #: Penalty seconds a block earns when one of its connections is closed by the relay
+    #: before logging in (timed out, or evicted while stalled) ...
+    penalty_stall: float = 10.0
+    #: ... and when one closes by itself without logging in.
+    penalty_noauth: float = 1.0
+    #: A block owing at least this many seconds is refused until they have drained
+    #: (one second per second; the record is then forgotten) ...
+    penalty_min: float = 15.0
+    #: ... and owes at most this many. An address that logged in within the last hour is
+    #: never penalised nor refused for its block's penalty.
+    penalty_max: float = 600.0
+    #: Seconds between two summaries of refused connections (one log line per block).
+    refused_log_interval: float = 60.0
+    #: Forwarded channels one engineer connection may hold open at once ...
+    max_channels_per_connection: int = 32
+    #: ... and one engineer across all their connections to this relay.
+    max_channels_per_engineer: int = 128
+    #: Seconds a one-click request may wait for the vendor's answer before the relay
+    #: gives up on it (the case is cancelled and the machine told to ask again).
+    request_timeout: float = 3600.0
     #: One-click requests one source address may make per hour.
     requests_per_source_per_hour: int = 10
     keepalive_interval: float = 15.0
@@ -106,6 +147,7 @@ class RelayConfig:
         except Exception as exc:
             raise ConfigError(f"{path}: health_listen: {exc}") from None
         peer_key = r.path_("peer_key", None)
+        full = r.integer("max_unauthenticated", 400, low=1, high=100_000)
         peer_listen = _peer_listen(r, peer_key is not None, proxy_protocol)
         config = cls(
             path=r.path,
@@ -116,11 +158,31 @@ class RelayConfig:
             engineer_ca=r.path_("engineer_ca", _REQUIRED),
             relay_id=r.text("relay_id", "relay-1"),
             advertise=r.text("advertise", ""),
-            login_timeout=r.number("login_timeout", 30.0),
-            max_unauthenticated=r.integer("max_unauthenticated", 200, low=1, high=100_000),
+            login_timeout=r.number("login_timeout", 30.0, low=1.0, high=600.0),
+            login_timeout_busy=r.number("login_timeout_busy", 5.0, low=0.5, high=600.0),
+            max_unauthenticated=full,
+            early_drop_start=r.integer("early_drop_start", max(1, full // 4), low=1, high=100_000),
+            early_drop_rate=r.integer("early_drop_rate", 30, low=0, high=100),
             max_unauthenticated_per_source=r.integer(
                 "max_unauthenticated_per_source", 20, low=1, high=100_000
             ),
+            max_unauthenticated_per_netblock=r.integer(
+                "max_unauthenticated_per_netblock", 100, low=1, high=100_000
+            ),
+            netblock_ipv4=r.integer("netblock_ipv4", 24, low=8, high=32),
+            netblock_ipv6=r.integer("netblock_ipv6", 64, low=16, high=128),
+            penalty_stall=r.number("penalty_stall", 10.0, low=0.0, high=86_400.0),
+            penalty_noauth=r.number("penalty_noauth", 1.0, low=0.0, high=86_400.0),
+            penalty_min=r.number("penalty_min", 15.0, low=0.0, high=86_400.0),
+            penalty_max=r.number("penalty_max", 600.0, low=0.0, high=86_400.0),
+            refused_log_interval=r.number("refused_log_interval", 60.0, low=1.0, high=3600.0),
+            max_channels_per_connection=r.integer(
+                "max_channels_per_connection", 32, low=1, high=100_000
+            ),
+            max_channels_per_engineer=r.integer(
+                "max_channels_per_engineer", 128, low=1, high=100_000
+            ),
+            request_timeout=r.number("request_timeout", 3600.0, low=10.0, high=7 * 86_400.0),
             requests_per_source_per_hour=r.integer(
                 "requests_per_source_per_hour", 10, low=1, high=100_000
             ),
@@ -139,6 +201,21 @@ class RelayConfig:
             peer_listen=peer_listen,
         )
         r.finish()
+        if config.early_drop_start > config.max_unauthenticated:
+            raise ConfigError(
+                f"{path}: early_drop_start ({config.early_drop_start}) must be at most "
+                f"max_unauthenticated ({config.max_unauthenticated})"
+            )
+        if config.login_timeout_busy > config.login_timeout:
+            raise ConfigError(
+                f"{path}: login_timeout_busy ({config.login_timeout_busy:g} s) must be at "
+                f"most login_timeout ({config.login_timeout:g} s)"
+            )
+        if config.penalty_min > config.penalty_max:
+            raise ConfigError(
+                f"{path}: penalty_min ({config.penalty_min:g}) must be at most "
+                f"penalty_max ({config.penalty_max:g})"
+            )
         if config.dead_after < 2 * config.heartbeat_interval:
             raise ConfigError(
                 f"{path}: dead_after ({config.dead_after:g} s) must be at least twice "

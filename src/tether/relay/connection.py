@@ -21,6 +21,7 @@ from tether import log
 from tether.certs import RESERVED_NAMES
 from tether.relay.engineers import EngineerLink
 from tether.relay.forwarding import NullListener
+from tether.relay.gate import Outcome
 from tether.relay.peering import PeerSession
 from tether.relay.tethers import ControlSession, TetherLink
 from tether.sshlib import asyncssh
@@ -55,7 +56,6 @@ class RelayConnection(asyncssh.SSHServer):
         self.closing = False
         self.certificate_valid_before: float | None = None
         self.certificate_key_id: str | None = None
-        self._counted = False
 
     # --- connection lifecycle --------------------------------------------------------
 
@@ -69,12 +69,23 @@ class RelayConnection(asyncssh.SSHServer):
         self.source = str(peer[0])
         self.relay.unauthenticated += 1
         self._capture_certificate(conn)
-        self._counted = self.relay.unauthenticated_by_source.admit(self.source)
-        if not self._counted or self.relay.unauthenticated > self.relay.config.max_unauthenticated:
-            log.event(logger, "relay.busy", level=logging.WARNING, peer=self.peer)
+        # The gate (relay/gate.py) decides; a refusal is counted and summarised per
+        # network block (Relay.summarise_refusals), never logged one line each.
+        decision = self.relay.gate.admit(self, self.source)
+        if decision.evict is not None:
+            decision.evict.gate_closed("evicted: too slow to log in while the relay is busy")
+        if decision.drop is not None:
+            self.relay.refusals.count(decision.block, decision.drop.value)
+            self.closing = True
             conn.disconnect(
                 asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections waiting to log in; retry"
             )
+
+    def gate_closed(self, why: str) -> None:
+        """The gate ended this pending connection (login time over, or evicted)."""
+        if self.conn is not None and not self.closing:
+            self.closing = True
+            self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, why)
 
     def _capture_certificate(self, conn: asyncssh.SSHServerConnection) -> None:
         """Refuse certificates that name nobody; remember when a good one ends.
@@ -114,16 +125,11 @@ class RelayConnection(asyncssh.SSHServer):
 
         conn._validate_openssh_certificate = validate  # type: ignore[method-assign]
 
-    def _uncount(self) -> None:
-        if self._counted:
-            self._counted = False
-            self.relay.unauthenticated_by_source.release(self.source)
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.relay.connections.discard(self)
-        self._uncount()
         if not self.authenticated:
             self.relay.unauthenticated -= 1
+            self.relay.gate.closed(self, Outcome.NOAUTH)  # no-op if the gate ended it
         if isinstance(self.link, EngineerLink | PeerSession):
             self.link.lost()
         elif isinstance(self.link, TetherLink):
@@ -138,6 +144,7 @@ class RelayConnection(asyncssh.SSHServer):
 
     async def begin_auth(self, username: str) -> bool:
         self.username = username
+        self.relay.gate.progressed(self)  # key exchange done: no longer stalled
         if self.peers_only or username == PEER_USERNAME:
             # With a relay-to-relay port, peers log in there only, and only peers do.
             on_peer_port = self.peers_only or self.relay.config.peer_listen is None
@@ -186,7 +193,7 @@ class RelayConnection(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         self.authenticated = True
         self.relay.unauthenticated -= 1
-        self._uncount()
+        self.relay.gate.authenticated(self)
         if isinstance(self.link, EngineerLink):
             self.link.authenticated(self.certificate_valid_before)
         elif isinstance(self.link, TetherLink | PeerSession):

@@ -19,7 +19,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from tether import log
-from tether.relay.forwarding import open_to_machine
+from tether.relay.forwarding import CountingForwarder, open_to_machine
 from tether.relay.peering import PeerOrigin
 from tether.relay.routing import NotTetheredHere, RouteRefused, route_to_peer
 from tether.sshlib import asyncssh
@@ -47,6 +47,8 @@ class EngineerLink:
         self.name = name
         self._cert_expiry: asyncio.TimerHandle | None = None
         self._valid_before: float | None = None
+        #: Channels this connection holds open, or is opening.
+        self.channels = 0
 
     def close(self) -> None:
         self.connection.close()
@@ -69,6 +71,65 @@ class EngineerLink:
         if self._cert_expiry is not None:
             self._cert_expiry.cancel()
         self.relay.engineer_gone(self.name, self)
+        # Whatever asyncssh never reported closed stops counting with the connection.
+        while self.channels > 0:
+            self._release()
+
+    def _reserve(self, dest_host: str, dest_port: int) -> None:
+        """Count one more channel, or refuse it if the connection or engineer is at a cap."""
+        config = self.relay.config
+        if self.channels >= config.max_channels_per_connection:
+            why = (
+                f"too many open channels on this connection (at most "
+                f"{config.max_channels_per_connection}); close some or open another connection"
+            )
+        elif self.relay.engineer_channels[self.name] >= config.max_channels_per_engineer:
+            why = (
+                f"too many open channels for engineer {self.name} on this relay (at most "
+                f"{config.max_channels_per_engineer}); close some first"
+            )
+        else:
+            self.channels += 1
+            self.relay.engineer_channels[self.name] += 1
+            return
+        log.event(
+            logger,
+            "channel.refused",
+            engineer=self.name,
+            host=dest_host[:80],
+            port=dest_port,
+            reason="channel-cap",
+        )
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, why)
+
+    def _release(self) -> None:
+        if self.channels <= 0:
+            return
+        self.channels -= 1
+        counts = self.relay.engineer_channels
+        counts[self.name] -= 1
+        if counts[self.name] <= 0:
+            del counts[self.name]
+
+    async def _counted(
+        self, opening: Awaitable[CountingForwarder]
+    ) -> asyncssh.SSHTCPSession[bytes]:
+        """Await a channel's opening; its slot is released when it fails or ends."""
+        try:
+            down = await opening
+        except BaseException:
+            self._release()
+            raise
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:  # once, even if the connection's end released it already
+                released = True
+                self._release()
+
+        down.when_closed(release)
+        return cast(asyncssh.SSHTCPSession[bytes], down)
 
     def _certificate_expired(self) -> None:
         log.event(logger, "engineer.cert_expired", engineer=self.name, peer=self.connection.peer)
@@ -83,23 +144,29 @@ class EngineerLink:
     def open_channel(
         self, dest_host: str, dest_port: int
     ) -> Awaitable[asyncssh.SSHTCPSession[bytes]]:
-        """Route ``dest_host:dest_port`` to a tethered machine, or refuse with the reason."""
+        """Route ``dest_host:dest_port`` to a tethered machine, or refuse with the reason.
+
+        At most ``max_channels_per_connection`` channels per connection and
+        ``max_channels_per_engineer`` per engineer are open at once; one more is refused
+        with a message saying which cap it met.
+        """
         try:
             entry = self.relay.registry.route(dest_host, dest_port)
         except NotTetheredHere as refusal:
             if self.relay.peers is None:
                 raise self._refused(refusal, dest_host, dest_port) from None
-            return self._via_peer(refusal, dest_host, dest_port)
+            self._reserve(dest_host, dest_port)
+            return self._counted(self._via_peer(refusal, dest_host, dest_port))
         except RouteRefused as refusal:
             raise self._refused(refusal, dest_host, dest_port) from None
         agent = entry.link.conn
         if agent is None:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "the tether just closed")
-        return cast(
-            Awaitable[asyncssh.SSHTCPSession[bytes]],
+        self._reserve(dest_host, dest_port)
+        return self._counted(
             open_to_machine(
                 self.relay, agent, engineer=self.name, serial=entry.serial, port=dest_port
-            ),
+            )
         )
 
     def _refused(
@@ -117,7 +184,7 @@ class EngineerLink:
 
     async def _via_peer(
         self, refusal: NotTetheredHere, dest_host: str, dest_port: int
-    ) -> asyncssh.SSHTCPSession[bytes]:
+    ) -> CountingForwarder:
         """Carry the channel to the relay of the fleet that holds the machine, if one does."""
         relay = self.relay
         if relay.peers is None or self._valid_before is None:
@@ -154,4 +221,4 @@ class EngineerLink:
         if self.connection.closing:  # cut (revoked, certificate ended) while it opened
             down.close()
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "connection closing")
-        return cast(asyncssh.SSHTCPSession[bytes], down)
+        return down

@@ -141,6 +141,21 @@ class CountingForwarder(asyncssh.SSHForwarder):
         super().connection_lost(exc)
         self._stats.close()
 
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once when the channel ends (at once if it already has)."""
+        stats = self._stats
+        if stats.logged:
+            callback()
+            return
+        previous = stats.on_close
+
+        def both() -> None:
+            if previous is not None:
+                previous()
+            callback()
+
+        stats.on_close = both
+
 
 async def pipe_channel(
     conn: asyncssh.SSHServerConnection | asyncssh.SSHClientConnection,

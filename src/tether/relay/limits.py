@@ -1,36 +1,12 @@
-"""Per-source limits of the relay (pure): what one address may hold or ask for.
+"""Per-source rate limits of the relay (pure): what one address may ask for.
 
-asyncssh has no MaxStartups; the relay counts unauthenticated connections globally
-and per source address, and rate-limits one-click requests per source address, so
-one host cannot lock others out or flood the vendor with cases.
+One-click requests are rate-limited per source address, so one host cannot flood the
+vendor with cases. Unauthenticated connections are admitted by :mod:`tether.relay.gate`.
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
-
-
-class SourceCounter:
-    """How many unauthenticated connections each source address holds."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._counts: Counter[str] = Counter()
-
-    def admit(self, source: str) -> bool:
-        """Count one more from ``source``; False (and not counted) if over the limit."""
-        if self._counts[source] >= self.limit:
-            return False
-        self._counts[source] += 1
-        return True
-
-    def release(self, source: str) -> None:
-        self._counts[source] -= 1
-        if self._counts[source] <= 0:
-            del self._counts[source]
-
-    def __len__(self) -> int:
-        return len(self._counts)
+from collections import deque
 
 
 class RateLimiter:

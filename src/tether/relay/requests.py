@@ -68,6 +68,9 @@ class CaseWatcher:
     """Opens a case for one request and reports it to the agent until it ends.
 
     :param send: sends one :class:`CaseUpdate` to the agent.
+    :param timeout: seconds the case may stay pending; then the relay cancels it and
+        tells the agent to ask again (an open connection per waiting request is held
+        only that long, whatever the hourly request rate allows).
     """
 
     def __init__(
@@ -76,7 +79,9 @@ class CaseWatcher:
         now: Callable[[], datetime],
         machine_key: str,
         send: Callable[[CaseUpdate], None],
+        timeout: float = 3600.0,
     ) -> None:
+        self._timeout = timeout
         self._store = store
         self._now = now
         self._machine_key = machine_key
@@ -130,6 +135,7 @@ class CaseWatcher:
                 "machine yet)",
             )
         )
+        deadline = asyncio.get_running_loop().time() + self._timeout
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             if self.done:  # the customer withdrew the request (see cancel)
@@ -138,6 +144,22 @@ class CaseWatcher:
             if current is None:
                 break
             status = current.status.value
+            if status == "pending" and asyncio.get_running_loop().time() >= deadline:
+                # cancel() changes only a case still pending: an answer that raced in wins.
+                current = await self._store.cases.cancel(case.id, self._now())
+                status = current.status.value
+                if status == "cancelled":
+                    self.done = True
+                    log.event(logger, "case.expired", case=case.id, after=f"{self._timeout:g}s")
+                    self._send(
+                        CaseUpdate(
+                            case.id,
+                            "cancelled",
+                            f"no answer from the vendor within {self._timeout:g} s; the "
+                            "request was withdrawn, ask again if the problem remains",
+                        )
+                    )
+                    return
             if status == "pending":
                 continue
             self.done = True

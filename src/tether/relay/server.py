@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import Counter
 
 from tether import log
 from tether.clock import SYSTEM_CLOCK, Clock
@@ -23,8 +25,9 @@ from tether.relay.batching import Batcher
 from tether.relay.connection import RelayConnection
 from tether.relay.engineers import Cuttable
 from tether.relay.fleet import Membership
+from tether.relay.gate import Gate, GateLimits, RefusalSummary
 from tether.relay.health import HealthServer
-from tether.relay.limits import RateLimiter, SourceCounter
+from tether.relay.limits import RateLimiter
 from tether.relay.peering import PeerLinks
 from tether.relay.proxy_protocol import ProxyFront, parse_networks
 from tether.relay.routing import Registry
@@ -48,6 +51,27 @@ logger = logging.getLogger("tether.relay")
 REVOCATION_BATCH = 1000
 #: Seconds the store has to answer a readiness check before the relay reports not ready.
 READINESS_TIMEOUT = 2.0
+#: Seconds between two sweeps of connections past their (pressure-dependent) login time.
+GATE_SWEEP = 0.25
+
+
+def gate_limits(config: RelayConfig) -> GateLimits:
+    """The pre-auth gate's thresholds from ``relay.toml``."""
+    return GateLimits(
+        start=min(config.early_drop_start, config.max_unauthenticated),
+        rate=config.early_drop_rate / 100.0,
+        full=config.max_unauthenticated,
+        per_address=config.max_unauthenticated_per_source,
+        per_netblock=config.max_unauthenticated_per_netblock,
+        ipv4_prefix=config.netblock_ipv4,
+        ipv6_prefix=config.netblock_ipv6,
+        login_timeout=config.login_timeout,
+        busy_login_timeout=min(config.login_timeout_busy, config.login_timeout),
+        penalty_stall=config.penalty_stall,
+        penalty_noauth=config.penalty_noauth,
+        penalty_min=min(config.penalty_min, config.penalty_max),
+        penalty_max=config.penalty_max,
+    )
 
 
 class Relay:
@@ -65,10 +89,16 @@ class Relay:
         self.registry: Registry[TetherLink] = Registry()
         self.unauthenticated = 0
         self._engineers: dict[str, set[Cuttable]] = {}
+        #: Channels open per engineer on this relay (``max_channels_per_engineer``).
+        self.engineer_channels: Counter[str] = Counter()
         self.connections: set[RelayConnection] = set()
         #: Keys revoked while this relay ran (closes the revoke-during-register race).
         self.revoked_keys: set[str] = set()
-        self.unauthenticated_by_source = SourceCounter(config.max_unauthenticated_per_source)
+        #: Admission before login (caps, early drop, eviction, penalties); its counters
+        #: (``drops`` by reason, ``evictions``, ``expirations``) are for metrics.
+        self.gate: Gate[RelayConnection] = Gate(gate_limits(config), time.monotonic)
+        #: Refused connections, written as one summary line per network block per interval.
+        self.refusals = RefusalSummary(config.refused_log_interval, time.monotonic)
         self.requests_by_source = RateLimiter(config.requests_per_source_per_hour, 3600.0)
         self.tasks = TaskSet()
         #: Admissions and unregistrations are batched: a relay restart or a network
@@ -138,7 +168,9 @@ class Relay:
             server_factory=lambda: RelayConnection(self),
             server_host_keys=[self._host_key],
             server_version=RELAY_SERVER_VERSION,
-            login_timeout=self.config.login_timeout,
+            # The gate times logins out (sooner under pressure, and with a penalty);
+            # asyncssh's own timer is only a backstop, a little later.
+            login_timeout=self.config.login_timeout + 1.0,
             keepalive_interval=self.config.keepalive_interval,
             keepalive_count_max=self.config.keepalive_count_max,
             agent_forwarding=False,
@@ -181,6 +213,7 @@ class Relay:
         self.membership.address = address  # where the other relays' links reach this relay
         await self.membership.beat()  # the fleet learns the real port now, not in 5 s
         self.tasks.spawn(self._watch(), "relay.watch")
+        self.tasks.spawn(self._sweep_gate(), "relay.gate")
         self.tasks.spawn(self.membership.serve(), "relay.membership")
         log.event(
             logger,
@@ -190,6 +223,23 @@ class Relay:
             host_key=self.host_key_fingerprint,
             proxy_protocol=self.config.proxy_protocol,
             health="" if self.health is None else self.health.address,
+        )
+        limits = self.gate.limits
+        log.event(
+            logger,
+            "relay.limits",
+            max_unauthenticated=limits.full,
+            early_drop=f"{limits.start}:{round(limits.rate * 100)}:{limits.full}",
+            per_source=limits.per_address,
+            per_netblock=limits.per_netblock,
+            netblock=f"/{limits.ipv4_prefix},/{limits.ipv6_prefix}",
+            login_timeout=f"{limits.login_timeout:g}s..{limits.busy_login_timeout:g}s",
+            penalties=f"stall:{limits.penalty_stall:g} noauth:{limits.penalty_noauth:g} "
+            f"min:{limits.penalty_min:g} max:{limits.penalty_max:g}",
+            channels=f"{self.config.max_channels_per_connection}/connection,"
+            f"{self.config.max_channels_per_engineer}/engineer",
+            request_timeout=f"{self.config.request_timeout:g}s",
+            refused_log_interval=f"{self.config.refused_log_interval:g}s",
         )
 
     def _hand_off(self, transport: asyncio.Transport, client: tuple[str, int], rest: bytes) -> None:
@@ -204,6 +254,27 @@ class Relay:
         conn.connection_made(transport)
         if rest:
             conn.data_received(rest)
+
+    async def _sweep_gate(self) -> None:
+        """Close connections past their login time; write the refusal summaries."""
+        while True:
+            await asyncio.sleep(GATE_SWEEP)
+            for conn in self.gate.expired():
+                conn.gate_closed("took too long to log in")
+            self.summarise_refusals()
+
+    def summarise_refusals(self) -> None:
+        """One line per network block with refusals in the last interval, if one passed."""
+        for block, counts in self.refusals.due():
+            log.event(
+                logger,
+                "relay.refused",
+                level=logging.WARNING,
+                block=block,
+                count=sum(counts.values()),
+                interval=f"{self.refusals.interval:g}s",
+                **{reason: n for reason, n in sorted(counts.items())},
+            )
 
     async def readiness(self) -> str | None:
         """``None`` while this relay takes new connections, else why not (``/readyz``)."""

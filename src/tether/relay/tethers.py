@@ -113,7 +113,13 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
             )
             return
         owner.request_started()
-        self._case = CaseWatcher(relay.store, relay.clock.now, machine_key, self.send)
+        self._case = CaseWatcher(
+            relay.store,
+            relay.clock.now,
+            machine_key,
+            self.send,
+            timeout=relay.config.request_timeout,
+        )
         self._request = relay.tasks.spawn(
             self._serve_request(self._case, message), f"relay.request.{owner.peer}"
         )

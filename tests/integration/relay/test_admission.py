@@ -131,30 +131,45 @@ async def test_key_ports_limit_what_the_agent_may_offer(tmp_path: Path) -> None:
 
 
 async def test_unauthenticated_connections_are_capped(tmp_path: Path) -> None:
+    """At the cap the oldest stalled connection makes room; a busy block is refused."""
     async with vendor_setup(tmp_path) as vendor:
         limited = replace(
             vendor.relay.config,
             relay_id="relay-2",  # a second relay beside the vendor's: its own id
             listen=("127.0.0.1", 0),
             max_unauthenticated=3,
+            early_drop_start=3,
         )
         relay = Relay(limited, vendor.store)
         await relay.start()
         try:
-            idle = [await asyncio.open_connection("127.0.0.1", relay.port) for _ in range(3)]
+            idle = [
+                await asyncio.open_connection(
+                    "127.0.0.1", relay.port, local_addr=(f"127.0.{i}.1", 0)
+                )
+                for i in (1, 2, 3)
+            ]
             for reader, _ in idle:
                 assert (await asyncio.wait_for(reader.readline(), 5)).startswith(
                     b"SSH-2.0-Tether_relay"
                 )
-            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-            # The relay hangs up on the 4th at once, saying why (before any key exchange).
-            data = await asyncio.wait_for(reader.read(), 5)
+            # A newcomer from a quiet block is let in: the oldest silent one is closed.
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", relay.port, local_addr=("127.0.4.1", 0)
+            )
+            assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"SSH-2.0-")
+            assert b"evicted" in await asyncio.wait_for(idle[0][0].read(), 5)
+            assert relay.gate.evictions == 1
+            # One from a block that already waits, at the cap, is hung up on at once,
+            # saying why (before any key exchange).
+            busy_reader, busy_writer = await asyncio.open_connection(
+                "127.0.0.1", relay.port, local_addr=("127.0.2.9", 0)
+            )
+            data = await asyncio.wait_for(busy_reader.read(), 5)
             assert b"too many connections waiting to log in" in data
-            assert relay.unauthenticated == 3
-            for _, w in idle:
+            assert len(relay.gate) == 3
+            for _, w in [*idle, (reader, writer), (busy_reader, busy_writer)]:
                 w.close()
-                await w.wait_closed()
-            writer.close()
         finally:
             await relay.aclose()
 
@@ -278,10 +293,10 @@ async def test_one_source_cannot_hold_every_login_slot(tmp_path: Path) -> None:
                 w.close()
                 await w.wait_closed()
             for _ in range(50):
-                if len(relay.unauthenticated_by_source) == 0:
+                if len(relay.gate) == 0:
                     break
                 await asyncio.sleep(0.05)
-            assert len(relay.unauthenticated_by_source) == 0
+            assert len(relay.gate) == 0
         finally:
             await relay.aclose()
 

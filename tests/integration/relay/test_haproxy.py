@@ -28,6 +28,7 @@ from tests.integration.harness import Agent, EchoServer, Vendor, run_ssh, vendor
 from tether.agent.tunnel import TunnelState
 from tether.config import RelayConfig
 from tether.keys import KeyKind
+from tether.relay.gate import Drop
 from tether.relay.server import Relay
 from tether.sandbox.haproxy import HAPROXY, Backend, HAProxy, haproxy_unavailable_reason
 from tether.sandbox.postgres import LocalPostgres
@@ -246,7 +247,12 @@ async def test_per_source_limits_count_the_real_client_behind_haproxy(
 ) -> None:
     with relay_logs(caplog) as lines:
         async with (
-            vendor_setup(tmp_path, max_unauthenticated_per_source=2, **BEHIND_HAPROXY) as vendor,
+            vendor_setup(
+                tmp_path,
+                max_unauthenticated_per_source=2,
+                refused_log_interval=1.0,
+                **BEHIND_HAPROXY,
+            ) as vendor,
             haproxy(tmp_path, vendor.relay) as proxy,
         ):
             streams = []
@@ -265,13 +271,17 @@ async def test_per_source_limits_count_the_real_client_behind_haproxy(
                 assert (await connect("127.0.0.3")).startswith(b"SSH-2.0-")
                 assert (await connect("127.0.0.3")).startswith(b"SSH-2.0-")
                 await connect("127.0.0.3")
-                await wait_until(
-                    lambda: any(ln.startswith("relay.busy") for ln in lines_now(caplog)), "busy"
-                )
+                await wait_until(lambda: vendor.relay.gate.drops[Drop.ADDRESS] == 1, "refused")
                 assert (await connect("127.0.0.4")).startswith(b"SSH-2.0-")
-                busy = [ln for ln in lines_now(caplog) if ln.startswith("relay.busy")]
-                assert len(busy) == 1
-                assert "peer=127.0.0.3:" in busy[0]
+                # The refusal is summarised for the real client's block, not the balancer's.
+                await wait_until(
+                    lambda: any(ln.startswith("relay.refused") for ln in lines_now(caplog)),
+                    "summary",
+                )
+                refused = [ln for ln in lines_now(caplog) if ln.startswith("relay.refused")]
+                assert len(refused) == 1
+                assert "block=127.0.0.0/24" in refused[0]
+                assert "address=1" in refused[0]
                 await wait_until(lambda: vendor.relay.unauthenticated == 3, "3 waiting to log in")
             finally:
                 for writer in streams:
