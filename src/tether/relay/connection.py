@@ -21,6 +21,7 @@ from tether import log
 from tether.certs import RESERVED_NAMES
 from tether.relay.engineers import EngineerLink
 from tether.relay.forwarding import NullListener
+from tether.relay.metrics import DROP_PER_SOURCE, DROP_TOO_MANY
 from tether.relay.peering import PeerSession
 from tether.relay.tethers import ControlSession, TetherLink
 from tether.sshlib import asyncssh
@@ -71,6 +72,8 @@ class RelayConnection(asyncssh.SSHServer):
         self._capture_certificate(conn)
         self._counted = self.relay.unauthenticated_by_source.admit(self.source)
         if not self._counted or self.relay.unauthenticated > self.relay.config.max_unauthenticated:
+            limit = DROP_TOO_MANY if self._counted else DROP_PER_SOURCE
+            self.relay.metrics.unauthenticated_dropped.labels(limit).inc()
             log.event(logger, "relay.busy", level=logging.WARNING, peer=self.peer)
             conn.disconnect(
                 asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections waiting to log in; retry"

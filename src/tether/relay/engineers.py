@@ -47,6 +47,8 @@ class EngineerLink:
         self.name = name
         self._cert_expiry: asyncio.TimerHandle | None = None
         self._valid_before: float | None = None
+        #: ``time.monotonic()`` at login (None: not logged in), for the session metrics.
+        self._since: float | None = None
 
     def close(self) -> None:
         self.connection.close()
@@ -54,6 +56,8 @@ class EngineerLink:
     def authenticated(self, certificate_valid_before: float | None) -> None:
         """Logged in: watch for revocation, and end the connection with the certificate."""
         self.relay.engineer_connected(self.name, self)
+        self._since = time.monotonic()
+        self.relay.metrics.engineer_sessions.inc()
         log.event(logger, "engineer.login", engineer=self.name, peer=self.connection.peer)
         if certificate_valid_before is None:
             self.close()  # engineers only ever authenticate with a certificate
@@ -69,6 +73,11 @@ class EngineerLink:
         if self._cert_expiry is not None:
             self._cert_expiry.cancel()
         self.relay.engineer_gone(self.name, self)
+        if self._since is not None:
+            metrics = self.relay.metrics
+            metrics.engineer_sessions.dec()
+            metrics.engineer_session_duration.observe(time.monotonic() - self._since)
+            self._since = None
 
     def _certificate_expired(self) -> None:
         log.event(logger, "engineer.cert_expired", engineer=self.name, peer=self.connection.peer)
@@ -105,6 +114,7 @@ class EngineerLink:
     def _refused(
         self, refusal: RouteRefused, dest_host: str, dest_port: int
     ) -> asyncssh.ChannelOpenError:
+        self.relay.metrics.channels_refused.labels(refusal.reason).inc()
         log.event(
             logger,
             "channel.refused",
@@ -127,6 +137,7 @@ class EngineerLink:
             relays = await relay.store.relays.list() if holder is not None else []
         except StoreError as exc:
             log.event(logger, "channel.store_error", level=logging.WARNING, error=str(exc))
+            relay.metrics.channels_refused.labels("store-unavailable").inc()
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED,
                 "vendor database unavailable: cannot find which relay holds machine "
@@ -150,7 +161,11 @@ class EngineerLink:
             via=relay.config.relay_id,
             expires=int(self._valid_before),
         )
-        down = await relay.peers.open(route, origin)
+        try:
+            down = await relay.peers.open(route, origin)
+        except asyncssh.ChannelOpenError:
+            relay.metrics.channels_refused.labels("peer-refused").inc()
+            raise
         if self.connection.closing:  # cut (revoked, certificate ended) while it opened
             down.close()
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "connection closing")

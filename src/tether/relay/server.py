@@ -17,14 +17,15 @@ import logging
 from tether import log
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import RelayConfig
+from tether.metrics_http import MetricsServer
 from tether.protocol import RefusalReason
 from tether.relay.audit import HEAD_INTERVAL, AuditWriter, HeadChecks
 from tether.relay.batching import Batcher
 from tether.relay.connection import RelayConnection
 from tether.relay.engineers import Cuttable
 from tether.relay.fleet import Membership
-from tether.relay.health import HealthServer
 from tether.relay.limits import RateLimiter, SourceCounter
+from tether.relay.metrics import RelayMetrics
 from tether.relay.peering import PeerLinks
 from tether.relay.proxy_protocol import ProxyFront, parse_networks
 from tether.relay.routing import Registry
@@ -83,7 +84,8 @@ class Relay:
         self._ssh_options: asyncssh.SSHServerConnectionOptions | None = None
         #: Set when the relay stops or drains: ``/readyz`` answers 503 from then on.
         self.draining = False
-        self.health: HealthServer | None = None
+        #: The internal ``/metrics``, ``/healthz``, ``/readyz`` (``[metrics] listen``).
+        self.metrics_server: MetricsServer | None = None
         self._host_key = asyncssh.read_private_key(config.host_key)
         self.engineer_ca = asyncssh.read_public_key(config.engineer_ca)
         self.host_key_fingerprint = self._host_key.get_fingerprint("sha256")
@@ -111,6 +113,12 @@ class Relay:
         #: Links to the fleet's other relays (None: no ``peer_key``, a relay on its own).
         self.peers = PeerLinks.configured(self)
         self._peer_server: asyncssh.SSHAcceptor | None = None
+        #: This relay's metrics, in a registry of its own (never the global one).
+        self.metrics = RelayMetrics(
+            tethers=lambda: len(self.registry),
+            unauthenticated=lambda: self.unauthenticated,
+            peer_links=lambda: 0 if self.peers is None else len(self.peers),
+        )
 
     @property
     def port(self) -> int:
@@ -175,9 +183,11 @@ class Relay:
                 *self.config.peer_listen, options=peer_options
             )
             address = f"{self.config.peer_listen[0]}:{self._peer_server.get_port()}"
-        if self.config.health_listen is not None:
-            self.health = HealthServer(*self.config.health_listen, self.readiness)
-            await self.health.start()
+        if self.config.metrics_listen is not None:
+            self.metrics_server = MetricsServer(
+                *self.config.metrics_listen, self.metrics.registry, self.readiness, part="relay"
+            )
+            await self.metrics_server.start()
         self.membership.address = address  # where the other relays' links reach this relay
         await self.membership.beat()  # the fleet learns the real port now, not in 5 s
         self.tasks.spawn(self._watch(), "relay.watch")
@@ -189,7 +199,7 @@ class Relay:
             address=f"{host}:{self.port}",
             host_key=self.host_key_fingerprint,
             proxy_protocol=self.config.proxy_protocol,
-            health="" if self.health is None else self.health.address,
+            metrics="" if self.metrics_server is None else self.metrics_server.address,
         )
 
     def _hand_off(self, transport: asyncio.Transport, client: tuple[str, int], rest: bytes) -> None:
@@ -255,8 +265,8 @@ class Relay:
         if self._server is not None:
             await self._server.wait_closed()
         await self.audit.aclose()
-        if self.health is not None:
-            await self.health.aclose()
+        if self.metrics_server is not None:
+            await self.metrics_server.aclose()
         await self.membership.leave()
         self._closed.set()
 
@@ -339,6 +349,7 @@ class Relay:
                     entry.link.drop(
                         RefusalReason.REVOKED, f"the vendor revoked this key: {revocation.reason}"
                     )
+                    self._observe_cut("key", revocation)
             elif revocation.kind == RevocationKind.ENGINEER:
                 for conn in list(self._engineers.get(revocation.subject, ())):
                     log.event(
@@ -348,3 +359,9 @@ class Relay:
                         reason=revocation.reason,
                     )
                     conn.close()
+                    self._observe_cut("engineer", revocation)
+
+    def _observe_cut(self, kind: str, revocation: Revocation) -> None:
+        """Time from the revocation's write to this cut, into the relay's histogram."""
+        seconds = (self.clock.now() - revocation.at).total_seconds()
+        self.metrics.revocation_cut.labels(kind).observe(max(0.0, seconds))
