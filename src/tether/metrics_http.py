@@ -43,6 +43,7 @@ class MetricsServer:
     :param registry: the metrics ``/metrics`` exposes (the part's own registry).
     :param ready: the readiness check behind ``/readyz``.
     :param part: names the part in the readiness log event (``relay.readiness``).
+    :param refresh: run before each scrape, for figures read from elsewhere (the store).
     """
 
     def __init__(
@@ -53,12 +54,14 @@ class MetricsServer:
         ready: ReadinessCheck,
         *,
         part: str,
+        refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._registry = registry
         self._ready = ready
         self._part = part
+        self._refresh = refresh
         self._server: asyncio.Server | None = None
         self._last_reason: str | None = None
 
@@ -111,6 +114,8 @@ class MetricsServer:
             return _text("400 Bad Request", "bad request")
         path = parts[1].split(b"?", 1)[0]
         if path == b"/metrics":
+            if self._refresh is not None:
+                await self._refresh()
             return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._registry)
         if path == b"/healthz":
             return _text("200 OK", "ok")
