@@ -104,7 +104,7 @@ class ChannelStats:
             )
             self.relay.audit.record("channel.closed", details, log_as="channel.close")
         else:
-            logger.info(log.format_event("channel.close", **details))
+            log.event_fields(logger, "channel.close", details)
 
 
 class CountingForwarder(asyncssh.SSHForwarder):

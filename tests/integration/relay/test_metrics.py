@@ -8,6 +8,9 @@ over HTTP, parsed by ``prometheus_client``'s own parser.
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.harness import Agent, EchoServer, run_ssh, vendor_setup
 from tether.agent.tunnel import TunnelState
 from tether.relay.server import Relay
+from tether.vendor_service.authority import init_data_dir
 
 INTERNAL = {"metrics_listen": ("127.0.0.1", 0)}
 
@@ -190,3 +194,37 @@ async def test_two_relays_in_one_process_keep_their_own_figures(tmp_path: Path) 
             await agent.wait_for(TunnelState.CONNECTED)
             assert value(await scrape(a.relay), "tether_relay_tethers_connected") == 1
             assert value(await scrape(b.relay), "tether_relay_tethers_connected") == 0
+
+
+async def test_relay_serve_logs_json_lines_and_serves_metrics_from_relay_toml(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "vendor"
+    await init_data_dir(data, vendor="ACME", relay="127.0.0.1:2222")
+    config = data / "relay.toml"
+    config.write_text(config.read_text() + '\n[metrics]\nlisten = "127.0.0.1:0"\n')
+    relay = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tether", "relay", "serve", "--config", str(config),
+        "--listen", "127.0.0.1:0", "--log-format", "json",
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert relay.stderr is not None
+    lines: list[dict[str, object]] = []
+    try:
+        while not any(line.get("event") == "relay.listen" for line in lines):
+            raw = await asyncio.wait_for(relay.stderr.readline(), 30)
+            assert raw, f"relay exited ({await relay.wait()}) after {lines}"
+            lines.append(json.loads(raw))  # every line is one JSON object
+        listen = next(line for line in lines if line.get("event") == "relay.listen")
+        assert listen["level"] == "INFO"
+        assert listen["relay"] == "relay-1"
+        port = str(listen["metrics"]).rsplit(":", 1)[1]
+        status, _, body = await http_get(int(port), "/metrics")
+        assert status == 200
+        assert "tether_relay_tethers_connected 0.0" in body
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(relay.stderr.read(), 30)
+        assert await relay.wait() == 0
+    for raw in rest.splitlines():
+        assert "event" in json.loads(raw) or "message" in json.loads(raw)
