@@ -31,6 +31,9 @@ from tether.keys import format_address
 MAX_REQUEST = 4096
 REQUEST_TIMEOUT = 5.0
 
+#: The readiness reason of a part whose store does not answer.
+DATABASE_UNAVAILABLE = "vendor database unavailable"
+
 #: Returns ``None`` when ready, else a short reason (for the 503 body and the log).
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from tether.metrics_http import DATABASE_UNAVAILABLE
 from tether.protocol import RefusalReason
 
 #: Admission results: ``admitted`` or one of these refusal reasons.
@@ -138,6 +139,16 @@ class RelayMetrics:
             ["direction"],
             registry=r,
         )
+        self.ready = Gauge(
+            "tether_relay_ready",
+            "1 while this relay takes new connections (what /readyz says), else 0.",
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "tether_relay_database_up",
+            "1 while the vendor database answers this relay, else 0 (checked at each scrape).",
+            registry=r,
+        )
         # Every bounded label value exists from the start: a rate over a series that
         # appears only at its first event misses that event.
         self.admissions.labels(ADMITTED)
@@ -155,3 +166,9 @@ class RelayMetrics:
             self.cross_relay_channels.labels(direction)
         for kind in ("key", "engineer"):
             self.revocation_cut.labels(kind)
+
+    def readiness(self, reason: str | None) -> None:
+        """Record the relay's readiness check (``None``: ready) for this scrape."""
+        self.ready.set(1 if reason is None else 0)
+        if reason is None or reason == DATABASE_UNAVAILABLE:
+            self.database_up.set(1 if reason is None else 0)

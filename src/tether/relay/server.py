@@ -17,7 +17,7 @@ import logging
 from tether import log
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import RelayConfig
-from tether.metrics_http import MetricsServer
+from tether.metrics_http import DATABASE_UNAVAILABLE, MetricsServer
 from tether.protocol import RefusalReason
 from tether.relay.audit import HEAD_INTERVAL, AuditWriter, HeadChecks
 from tether.relay.batching import Batcher
@@ -185,7 +185,11 @@ class Relay:
             address = f"{self.config.peer_listen[0]}:{self._peer_server.get_port()}"
         if self.config.metrics_listen is not None:
             self.metrics_server = MetricsServer(
-                *self.config.metrics_listen, self.metrics.registry, self.readiness, part="relay"
+                *self.config.metrics_listen,
+                self.metrics.registry,
+                self.readiness,
+                part="relay",
+                refresh=self._before_scrape,
             )
             await self.metrics_server.start()
         self.membership.address = address  # where the other relays' links reach this relay
@@ -222,8 +226,11 @@ class Relay:
         try:
             await asyncio.wait_for(self.store.revocations.head(), READINESS_TIMEOUT)
         except Exception:  # whatever the driver raises, the answer is the same
-            return "vendor database unavailable"
+            return DATABASE_UNAVAILABLE
         return None
+
+    async def _before_scrape(self) -> None:
+        self.metrics.readiness(await self.readiness())
 
     def drain(self) -> None:
         """Report not ready, so the load balancer sends no new connections here.

@@ -43,6 +43,11 @@ class VendorMetrics:
             "One-click support cases waiting for a decision (read at each scrape).",
             registry=self.registry,
         )
+        self.database_up = Gauge(
+            "tether_vendor_database_up",
+            "1 while the vendor database answers the service, else 0 (checked at each scrape).",
+            registry=self.registry,
+        )
 
 
 class RequestMetrics:

@@ -26,7 +26,7 @@ from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import RequestPolicy, VendorConfig
 from tether.errors import BadInput, NotReady, Refused
 from tether.keys import format_address
-from tether.metrics_http import MetricsServer
+from tether.metrics_http import DATABASE_UNAVAILABLE, MetricsServer
 from tether.seal import SealPrivateKey
 from tether.store import CaseStatus, Store, StoreError
 from tether.tasks import TaskSet
@@ -202,15 +202,17 @@ class VendorService:
         try:
             await asyncio.wait_for(self.store.revocations.head(), READINESS_TIMEOUT)
         except Exception:  # whatever the driver raises, the answer is the same
-            return "vendor database unavailable"
+            return DATABASE_UNAVAILABLE
         return None
 
     async def _refresh_metrics(self) -> None:
         """Read the figures kept in the store, just before a scrape renders them."""
         try:
             pending = await asyncio.wait_for(self.store.cases.count_pending(), READINESS_TIMEOUT)
-        except Exception:  # the scrape still answers; /readyz tells the database is gone
+        except Exception:  # the scrape still answers, and says the database is gone
+            self.metrics.database_up.set(0)
             return
+        self.metrics.database_up.set(1)
         self.metrics.cases_pending.set(pending)
 
     async def _policy_loop(self) -> None:

@@ -187,6 +187,8 @@ async def test_readyz_reports_a_lost_database(
         try:
             status, body = await http_get(relay, "/readyz")
             assert (status, body) == (503, "not ready: vendor database unavailable")
+            metrics = (await http_get(relay, "/metrics"))[1]
+            assert "tether_relay_database_up 0.0" in metrics.splitlines()
             assert (await http_get(relay, "/healthz"))[0] == 200  # alive all the same
         finally:
             postgres_server.psql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')

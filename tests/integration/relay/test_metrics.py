@@ -73,6 +73,8 @@ async def test_relay_metrics_count_tethers_sessions_refusals_and_revocation(
         before = await scrape(relay)
         assert value(before, "tether_relay_tethers_connected") == 0
         assert value(before, "tether_relay_tether_admissions_total", result="admitted") == 0
+        assert value(before, "tether_relay_ready") == 1
+        assert value(before, "tether_relay_database_up") == 1
 
         key, claims = await vendor.issue("M-1", ports=[service.port])
         alice = await vendor.engineer("alice", tmp_path)

@@ -115,9 +115,11 @@ async def test_vendor_readyz_follows_the_database(
                 "not ready: vendor database unavailable\n",
             )
             assert (await get(port, "/healthz")).status_code == 200
-            assert (await get(port, "/metrics")).status_code == 200  # still scraped
+            up = ("tether_vendor_database_up", frozenset())
+            assert (await samples(port))[up] == 0  # still scraped, and says why
         finally:
             postgres_server.psql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         assert (await get(port, "/readyz")).status_code == 200
+        assert (await samples(port))[up] == 1
         service.request_stop()  # the endpoint closes with the service: ask the check itself
         assert await service.readiness() == "stopping"
