@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.integration.harness import Agent, EchoServer, run_ssh, vendor_setup
+from tether.agent.metrics import AgentFacts, write_textfile
 from tether.agent.tunnel import TunnelState
 
 pytestmark = pytest.mark.prometheus
@@ -52,6 +53,22 @@ def test_the_shipped_prometheus_config_and_alert_rules_are_valid() -> None:
     ):
         result = promtool(*args)
         assert result.returncode == 0, (args, result.stdout, result.stderr)
+
+
+def test_the_agents_textfile_passes_promtool_check_metrics(tmp_path: Path) -> None:
+    _needs(PROMTOOL)
+    path = tmp_path / "tether.prom"
+    for facts in (AgentFacts(True, 3600.0, True, 2), AgentFacts(False, None, False, None)):
+        write_textfile(path, facts)
+        result = subprocess.run(
+            [PROMTOOL, "check", "metrics"],
+            input=path.read_text(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout + result.stderr == ""  # no lint complaint either
 
 
 def _free_port() -> int:

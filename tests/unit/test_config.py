@@ -314,6 +314,18 @@ def test_relay_behind_a_load_balancer(tmp_path: Path) -> None:
     assert RelayConfig.load(write(tmp_path, relay_toml())).metrics_listen is None
 
 
+def test_agent_metrics_textfile_must_be_a_prom_file(tmp_path: Path) -> None:
+    text = agent_toml('[metrics]\ntextfile = "node/tether.prom"\n')
+    written = write(tmp_path, text, "agent.toml")
+    config = AgentConfig.load(written)
+    assert config.metrics_textfile == written.parent / "node" / "tether.prom"  # beside it
+    assert AgentConfig.load(write(tmp_path, agent_toml(), "agent.toml")).metrics_textfile is None
+    with pytest.raises(ConfigError, match=r"metrics.textfile must end in .prom"):
+        AgentConfig.load(
+            write(tmp_path, agent_toml('[metrics]\ntextfile = "tether.txt"\n'), "agent.toml")
+        )
+
+
 def test_vendor_metrics_listen_is_read_from_its_table(tmp_path: Path) -> None:
     text = vendor_toml('[metrics]\nlisten = "10.0.0.4:9103"\n')
     config = VendorConfig.load(write(tmp_path, text, "vendor.toml"))
