@@ -14,14 +14,19 @@ import socket
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.harness import Agent, EchoServer, run_ssh, vendor_setup
+from tests.integration.harness import Agent, EchoServer, Vendor, run_ssh, vendor_setup
 from tether.agent.metrics import AgentFacts, write_textfile
 from tether.agent.tunnel import TunnelState
+from tether.tasks import TaskSet
+from tether.vendor_service.authority import load_vendor_config
+from tether.vendor_service.service import VendorService
 
 pytestmark = pytest.mark.prometheus
 
@@ -144,47 +149,68 @@ async def test_a_real_prometheus_scraping_a_relay_sees_the_scenario(tmp_path: Pa
     ):
         server = vendor.relay.metrics_server
         assert server is not None
-        async with prometheus(tmp_path / "prometheus", {"tether-relay": server.port}) as prom:
-            await settle(prom, {'up{job="tether-relay"}': 1, "tether_relay_tethers_connected": 0})
-            key, claims = await vendor.issue("M-1", ports=[service.port])
-            alice = await vendor.engineer("alice", tmp_path)
-            async with Agent(key, claims, [service.port]) as agent:
-                await agent.wait_for(TunnelState.CONNECTED)
-                await settle(prom, {"tether_relay_tethers_connected": 1})
-                ssh = alice.ssh_args(
-                    vendor.relay_port, "-W", f"M-1:{service.port}", "alice@127.0.0.1"
-                )
-                done = await run_ssh(ssh, input=b"ping\n")
-                assert done.stdout.endswith(b"ping\n"), done.stderr
-                refused = await run_ssh(
-                    alice.ssh_args(vendor.relay_port, "-W", "M-1:1", "alice@127.0.0.1")
-                )
-                assert refused.returncode != 0
-                live = await asyncio.create_subprocess_exec(
-                    *ssh, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
-                )
-                assert live.stdout is not None
-                assert (
-                    await asyncio.wait_for(live.stdout.readline(), 10)
-                    == b"hello from the machine\n"
-                )
-                await settle(prom, {"tether_relay_engineer_sessions": 1})
-                await vendor.authority.revoke_key(claims.key_id, reason="test")
-                await asyncio.wait_for(live.wait(), 1.0)
-                await agent.wait_for(TunnelState.REFUSED, timeout=1.0)
-            await settle(
-                prom,
-                {
-                    "tether_relay_tethers_connected": 0,
-                    'tether_relay_tether_admissions_total{result="admitted"}': 1,
-                    'tether_relay_tether_drops_total{reason="revoked"}': 1,
-                    "tether_relay_engineer_sessions": 0,
-                    "tether_relay_engineer_session_duration_seconds_count": 3,
-                    "tether_relay_engineer_channels_opened_total": 2,
-                    'tether_relay_engineer_channels_refused_total{reason="port-closed"}': 1,
-                    'tether_relay_revocation_cut_seconds_count{kind="key"}': 1,
-                    # The ≤ 1 s invariant, as an operator's alert would compute it.
-                    'tether_relay_revocation_cut_seconds_bucket{kind="key",le="1.0"}': 1,
-                    "tether_relay_database_up": 1,
-                },
-            )
+        config = replace(load_vendor_config(vendor.dir), metrics_listen=("127.0.0.1", 0))
+        api = VendorService(config, vendor.store, listen=("127.0.0.1", 0))
+        tasks = TaskSet()
+        serving = tasks.spawn(api.serve(), "test.vendor")
+        await asyncio.wait_for(api.wait_ready(), 10)
+        assert api.metrics_server is not None
+        targets = {"tether-relay": server.port, "tether-vendor": api.metrics_server.port}
+        try:
+            async with prometheus(tmp_path / "prometheus", targets) as prom:
+                await _scenario(vendor, api, prom, service, tmp_path)
+        finally:
+            await api.aclose()
+            await asyncio.wait_for(serving, 10)
+            await tasks.aclose()
+
+
+async def _scenario(
+    vendor: Vendor, api: VendorService, prom: httpx.AsyncClient, service: EchoServer, tmp_path: Path
+) -> None:
+    await settle(prom, {'up{job="tether-relay"}': 1, "tether_relay_tethers_connected": 0})
+    await settle(prom, {'up{job="tether-vendor"}': 1, "tether_vendor_cases_pending": 0})
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        bad = await client.post("/api/login", json={"name": "x", "password": "y"})
+        assert bad.status_code == 401
+    await vendor.store.cases.open(
+        serial="M-9", machine_key="SHA256:m", description="help", now=datetime.now(UTC)
+    )
+    key, claims = await vendor.issue("M-1", ports=[service.port])
+    alice = await vendor.engineer("alice", tmp_path)
+    async with Agent(key, claims, [service.port]) as agent:
+        await agent.wait_for(TunnelState.CONNECTED)
+        await settle(prom, {"tether_relay_tethers_connected": 1})
+        ssh = alice.ssh_args(vendor.relay_port, "-W", f"M-1:{service.port}", "alice@127.0.0.1")
+        done = await run_ssh(ssh, input=b"ping\n")
+        assert done.stdout.endswith(b"ping\n"), done.stderr
+        refused = await run_ssh(alice.ssh_args(vendor.relay_port, "-W", "M-1:1", "alice@127.0.0.1"))
+        assert refused.returncode != 0
+        live = await asyncio.create_subprocess_exec(
+            *ssh, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        assert live.stdout is not None
+        assert await asyncio.wait_for(live.stdout.readline(), 10) == b"hello from the machine\n"
+        await settle(prom, {"tether_relay_engineer_sessions": 1})
+        await vendor.authority.revoke_key(claims.key_id, reason="test")
+        await asyncio.wait_for(live.wait(), 1.0)
+        await agent.wait_for(TunnelState.REFUSED, timeout=1.0)
+    await settle(
+        prom,
+        {
+            "tether_relay_tethers_connected": 0,
+            'tether_relay_tether_admissions_total{result="admitted"}': 1,
+            'tether_relay_tether_drops_total{reason="revoked"}': 1,
+            "tether_relay_engineer_sessions": 0,
+            "tether_relay_engineer_session_duration_seconds_count": 3,
+            "tether_relay_engineer_channels_opened_total": 2,
+            'tether_relay_engineer_channels_refused_total{reason="port-closed"}': 1,
+            'tether_relay_revocation_cut_seconds_count{kind="key"}': 1,
+            # The ≤ 1 s invariant, as an operator's alert would compute it.
+            'tether_relay_revocation_cut_seconds_bucket{kind="key",le="1.0"}': 1,
+            "tether_relay_database_up": 1,
+            "tether_vendor_cases_pending": 1,
+            'tether_vendor_api_requests_total{route="/api/login",status="401"}': 1,
+            "tether_vendor_database_up": 1,
+        },
+    )
