@@ -141,7 +141,9 @@ async def settle(client: httpx.AsyncClient, expected: dict[str, float]) -> None:
     raise AssertionError(f"Prometheus says {seen}, the scenario says {expected}")
 
 
-async def test_a_real_prometheus_scraping_a_relay_sees_the_scenario(tmp_path: Path) -> None:
+async def test_a_real_prometheus_scraping_a_relay_and_the_vendor_service_sees_the_scenario(
+    tmp_path: Path,
+) -> None:
     _needs(PROMETHEUS)
     async with (
         vendor_setup(tmp_path, metrics_listen=("127.0.0.1", 0)) as vendor,
