@@ -64,7 +64,7 @@ class DemoFleet:
                 f"127.0.0.1:{listen}",
                 f"127.0.0.1:{free_port()}",
                 trusted_proxies=("127.0.0.1/32",),
-                health_listen=f"127.0.0.1:{health}",
+                metrics_listen=f"127.0.0.1:{health}",
             )
             made = await provision_relay(authority.config, store, plan, authority.clock.now())
             relay = Relay(RelayConfig.load(made.config_path), store)

@@ -326,15 +326,35 @@ def test_relay_behind_a_load_balancer(tmp_path: Path) -> None:
             tmp_path,
             relay_toml(
                 'proxy_protocol = true\ntrusted_proxies = ["127.0.0.1/32", "10.0.0.0/8"]\n'
-                'health_listen = "127.0.0.1:0"\n'
+                '[metrics]\nlisten = "127.0.0.1:0"\n'
             ),
         )
     )
 
     assert config.proxy_protocol is True
     assert config.trusted_proxies == ("127.0.0.1/32", "10.0.0.0/8")
-    assert config.health_listen == ("127.0.0.1", 0)
-    assert RelayConfig.load(write(tmp_path, relay_toml())).health_listen is None
+    assert config.metrics_listen == ("127.0.0.1", 0)
+    assert RelayConfig.load(write(tmp_path, relay_toml())).metrics_listen is None
+
+
+def test_agent_metrics_textfile_must_be_a_prom_file(tmp_path: Path) -> None:
+    text = agent_toml('[metrics]\ntextfile = "node/tether.prom"\n')
+    written = write(tmp_path, text, "agent.toml")
+    config = AgentConfig.load(written)
+    assert config.metrics_textfile == written.parent / "node" / "tether.prom"  # beside it
+    assert AgentConfig.load(write(tmp_path, agent_toml(), "agent.toml")).metrics_textfile is None
+    with pytest.raises(ConfigError, match=r"metrics.textfile must end in .prom"):
+        AgentConfig.load(
+            write(tmp_path, agent_toml('[metrics]\ntextfile = "tether.txt"\n'), "agent.toml")
+        )
+
+
+def test_vendor_metrics_listen_is_read_from_its_table(tmp_path: Path) -> None:
+    text = vendor_toml('[metrics]\nlisten = "10.0.0.4:9103"\n')
+    config = VendorConfig.load(write(tmp_path, text, "vendor.toml"))
+    assert config.metrics_listen == ("10.0.0.4", 9103)
+    plain = VendorConfig.load(write(tmp_path, vendor_toml(), "vendor.toml"))
+    assert plain.metrics_listen is None
 
 
 @pytest.mark.parametrize(
@@ -348,12 +368,17 @@ def test_relay_behind_a_load_balancer(tmp_path: Path) -> None:
         ("proxy_protocol = true\n", "proxy_protocol = true needs trusted_proxies"),
         ('proxy_protocol = "yes"\n', "proxy_protocol has the wrong type"),
         ('trusted_proxies = ["10.0.0.300/32"]\n', "trusted_proxies: "),
-        ('health_listen = "127.0.0.1"\n', "health_listen: invalid health address"),
         ("early_drop_start = 500\n", "early_drop_start \\(500\\) must be at most"),
         ("early_drop_rate = 101\n", "early_drop_rate must be between 0 and 100"),
         ("login_timeout_busy = 60\n", "login_timeout_busy .* must be at most login_timeout"),
         ("penalty_min = 700\n", "penalty_min .* must be at most penalty_max"),
         ("netblock_ipv4 = 33\n", "netblock_ipv4 must be between 8 and 32"),
+        ('[metrics]\nlisten = "127.0.0.1"\n', "metrics.listen: invalid metrics address"),
+        (
+            '[metrics]\nlisten = "127.0.0.1:9102"\npath = "/x"\n',
+            r"unknown setting\(s\) path in \[metrics\]",
+        ),
+        ('health_listen = "127.0.0.1:8081"\n', r"unknown setting\(s\) health_listen"),
     ],
 )
 def test_relay_bad_values_are_refused(tmp_path: Path, extra: str, message: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -82,3 +83,72 @@ def test_event_writes_exactly_one_line_per_event(captured: io.StringIO) -> None:
     assert len(lines) == 1
     assert lines[0].endswith(' INFO tether.test relay.login user="x\\nFAKE event"')
     assert lines[0][:20].endswith("Z")  # UTC timestamp
+
+
+@pytest.fixture
+def captured_json() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    root = logging.getLogger("tether")
+    asyncssh_logger = logging.getLogger("asyncssh")
+    saved = (root.handlers[:], root.level, root.propagate, asyncssh_logger.level)
+    log.setup(logging.INFO, stream=stream, fmt="json")
+    try:
+        yield stream
+    finally:
+        root.handlers[:], root.level, root.propagate = saved[0], saved[1], saved[2]
+        asyncssh_logger.setLevel(saved[3])
+
+
+def test_json_lines_carry_the_same_event_and_fields(captured_json: io.StringIO) -> None:
+    logger = logging.getLogger("tether.relay")
+    at = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
+
+    log.event(logger, "tether.up", serial="SN-1", ports=(22, 443), expires=at, skipped=None)
+    log.event(logger, "relay.busy", level=logging.WARNING, peer="10.0.0.1:5", ready=False)
+    log.event(logger, "x.debug", level=logging.DEBUG, user="not shown")
+
+    lines = [json.loads(line) for line in captured_json.getvalue().splitlines()]
+    assert len(lines) == 2
+    first, second = lines
+    assert first.pop("time").endswith("Z")
+    assert first == {
+        "level": "INFO",
+        "logger": "tether.relay",
+        "event": "tether.up",
+        "serial": "SN-1",
+        "ports": [22, 443],
+        "expires": "2030-06-01T12:00:00+00:00",
+    }
+    assert (second["event"], second["peer"], second["ready"]) == ("relay.busy", "10.0.0.1:5", False)
+
+
+@pytest.mark.parametrize(
+    "hostile", ["x\nFAKE", "x\r\n{}", "x\u2028y", 'x"}\n{"event": "forged"', "\x1b[2J"]
+)
+def test_a_hostile_value_cannot_forge_a_json_line(captured_json: io.StringIO, hostile: str) -> None:
+    logger = logging.getLogger("tether.relay")
+
+    log.event(logger, "login.refused", user=hostile, event="spoof", level_="x")
+
+    lines = captured_json.getvalue().splitlines()
+    assert len(lines) == 1
+    assert lines[0].isascii()
+    record = json.loads(lines[0])
+    assert record["user"] == hostile
+    assert record["event"] == "login.refused"  # a field never replaces the event's name
+    assert record["field_event"] == "spoof"
+
+
+def test_json_lines_keep_messages_and_tracebacks_of_other_records(
+    captured_json: io.StringIO,
+) -> None:
+    logger = logging.getLogger("tether.vendor")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception("policy.crashed; retrying")
+
+    record = json.loads(captured_json.getvalue())
+    assert record["message"] == "policy.crashed; retrying"
+    assert "ValueError: boom" in record["error"]
+    assert record["level"] == "ERROR"

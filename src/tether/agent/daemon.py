@@ -11,6 +11,7 @@ on its control socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import signal
@@ -22,6 +23,7 @@ from tether.agent.access import SPENDING_REASONS, AccessManager
 from tether.agent.control import serve_control
 from tether.agent.identity import load_or_create_machine_key
 from tether.agent.locks import DaemonLock
+from tether.agent.metrics import TEXTFILE_INTERVAL, AgentFacts, read_facts, write_textfile
 from tether.agent.notify import Notifier
 from tether.agent.recording.watch import RecordingWatcher
 from tether.agent.state import AccessMode, AccessState, CloseReason
@@ -63,6 +65,8 @@ class AgentDaemon:
         self._reconcile_lock = asyncio.Lock()
         self.socket_path: Path = config.run_dir / "agent.sock"
         self.recordings: RecordingWatcher | None = None
+        #: Set when the tether goes up or down: the textfile is rewritten at once.
+        self._facts_changed = asyncio.Event()
 
     async def serve(self) -> None:
         """Run until stopped; always leaves a clean-shutdown trace when it ends normally."""
@@ -101,6 +105,10 @@ class AgentDaemon:
             )
             server = await serve_control(self.socket_path, self._on_command)
             self._start_recordings()
+            if self.config.metrics_textfile is not None:
+                self._tasks.spawn(
+                    self._keep_textfile(self.config.metrics_textfile), "agent.metrics"
+                )
             web = await self._start_web()
             await self._stop.wait()
             if web is not None:
@@ -161,6 +169,22 @@ class AgentDaemon:
         )
         self._tasks.spawn(self.recordings.serve(), "agent.recordings")
 
+    async def _keep_textfile(self, path: Path) -> None:
+        """Keep node_exporter's textfile current while the agent runs."""
+        while True:
+            try:
+                facts = await asyncio.to_thread(self.facts)
+                await asyncio.to_thread(write_textfile, path, facts)
+            except OSError as exc:  # a full disk or a bad directory must not stop the agent
+                log.event(logger, "metrics.textfile_failed", level=logging.WARNING, error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._facts_changed.wait(), TEXTFILE_INTERVAL)
+            self._facts_changed.clear()
+
+    def facts(self) -> AgentFacts:
+        """The agent's facts now (reads /proc for live sessions: call it off the loop)."""
+        return read_facts(self.config, self.access.state(), self._tether_up, self.clock.now())
+
     async def _on_command(self, cmd: str) -> dict[str, Any]:
         if cmd == "reconcile":
             await self.reconcile()
@@ -173,6 +197,7 @@ class AgentDaemon:
         async with self._reconcile_lock:
             await asyncio.to_thread(self.access.expire_if_due)
             state = self.access.state()
+            self._facts_changed.set()  # access opened or closed: the textfile says so now
             if self._expiry is not None:
                 self._expiry.cancel()
                 self._expiry = None
@@ -248,6 +273,8 @@ class AgentDaemon:
             reason=status.reason,
         )
         was_up, self._tether_up = self._tether_up, status.state == TunnelState.CONNECTED
+        if was_up != self._tether_up:
+            self._facts_changed.set()
         if was_up != self._tether_up:
             # Rare (once per connection), so the fsync'd append runs right here, in order.
             event = "tether.up" if self._tether_up else "tether.down"

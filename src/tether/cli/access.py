@@ -343,6 +343,10 @@ def status(config_path: Path, as_json: bool) -> None:
     running = reply is not None
     found = armed_layers(config, state, daemon_running=running) if state.is_open else []
     if as_json:
+        from tether.agent.metrics import read_facts
+
+        connected = isinstance(tunnel, dict) and tunnel.get("state") == TunnelState.CONNECTED.value
+        facts = read_facts(config, state, connected, SYSTEM_CLOCK.now())
         print_json(
             {
                 "serial": config.serial,
@@ -350,6 +354,8 @@ def status(config_path: Path, as_json: bool) -> None:
                 "daemon_running": running,
                 "tunnel": tunnel,
                 "layers": [layer.to_json() for layer in found],
+                # The numbers node_exporter's textfile carries ([metrics] textfile).
+                "facts": facts.to_json(),
             }
         )
         return

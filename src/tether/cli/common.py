@@ -74,6 +74,18 @@ def env_path(name: str, default: str) -> Path:
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
+#: ``--log-format`` of the long-running parts: the same events, as logfmt or JSON lines.
+log_format_option = click.option(
+    "--log-format",
+    "log_format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="TETHER_LOG_FORMAT",
+    help="Log lines on stderr: text (event key=value) or json (one object per line, "
+    "for Loki / Elasticsearch). Env: TETHER_LOG_FORMAT.",
+)
+
 
 agent_config_option = click.option(
     "--config",

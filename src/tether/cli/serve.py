@@ -10,7 +10,14 @@ from pathlib import Path
 import click
 
 from tether import log
-from tether.cli.common import agent_config_option, handle_errors, json_option, print_json, run
+from tether.cli.common import (
+    agent_config_option,
+    handle_errors,
+    json_option,
+    log_format_option,
+    print_json,
+    run,
+)
 from tether.config import AgentConfig, RelayConfig
 from tether.errors import Refused
 from tether.tuning import tune_allocator
@@ -33,8 +40,9 @@ def relay() -> None:
 )
 @click.option("--listen", help="Override the listen address (HOST:PORT; port 0 picks a free port).")
 @click.option("-v", "--verbose", is_flag=True, help="Log debugging details.")
+@log_format_option
 @handle_errors
-def relay_serve(config_path: Path, listen: str | None, verbose: bool) -> None:
+def relay_serve(config_path: Path, listen: str | None, verbose: bool, log_format: str) -> None:
     """Run a relay until interrupted (SIGTERM / Ctrl-C drop every tether cleanly)."""
     from dataclasses import replace
 
@@ -42,7 +50,7 @@ def relay_serve(config_path: Path, listen: str | None, verbose: bool) -> None:
     from tether.relay.server import Relay
     from tether.store import Store
 
-    log.setup(logging.DEBUG if verbose else logging.INFO)
+    log.setup(logging.DEBUG if verbose else logging.INFO, fmt=log_format)
     tune_allocator()
     config = RelayConfig.load(config_path)
     if listen:
@@ -57,7 +65,8 @@ def relay_serve(config_path: Path, listen: str | None, verbose: bool) -> None:
             loop.add_signal_handler(sig, stop.set)
         try:
             await server.start()
-            click.echo(f"relay listening on {config.listen[0]}:{server.port}", err=True)
+            if log_format == "text":  # JSON logs: stderr holds nothing but JSON lines
+                click.echo(f"relay listening on {config.listen[0]}:{server.port}", err=True)
             stopping = asyncio.ensure_future(stop.wait())
             failing = asyncio.ensure_future(server.fatal.wait())
             await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
@@ -80,12 +89,13 @@ def agent() -> None:
 @agent.command("serve")
 @agent_config_option
 @click.option("-v", "--verbose", is_flag=True, help="Log debugging details.")
+@log_format_option
 @handle_errors
-def agent_serve(config_path: Path, verbose: bool) -> None:
+def agent_serve(config_path: Path, verbose: bool, log_format: str) -> None:
     """Run the agent: holds the tether while access is open, closes it on time."""
     from tether.agent.daemon import AgentDaemon
 
-    log.setup(logging.DEBUG if verbose else logging.INFO)
+    log.setup(logging.DEBUG if verbose else logging.INFO, fmt=log_format)
     tune_allocator()
     config = AgentConfig.load(config_path)
     run(AgentDaemon(config).serve())

@@ -14,7 +14,16 @@ from rich.markup import escape
 
 from tether import log
 from tether.certs import DEFAULT_CERT_TTL, EngineerCertificate, load_public_key
-from tether.cli.common import data_dir_option, err, handle_errors, json_option, out, print_json, run
+from tether.cli.common import (
+    data_dir_option,
+    err,
+    handle_errors,
+    json_option,
+    log_format_option,
+    out,
+    print_json,
+    run,
+)
 from tether.cli.vendor_audit import audit
 from tether.cli.vendor_cases import cases, machine
 from tether.cli.vendor_common import CLI_ACTOR, with_authority
@@ -328,8 +337,9 @@ def engineer_remove(data_dir: Path, name: str, as_json: bool) -> None:
     show_default=True,
     help="HOST:PORT for the HTTP API (port 0: any free port; the URL is printed).",
 )
+@log_format_option
 @handle_errors
-def serve(data_dir: Path, listen: str) -> None:
+def serve(data_dir: Path, listen: str, log_format: str) -> None:
     """Run the vendor service: HTTP API and console for engineers and admins, one-click requests.
 
     One-click requests follow request_policy in vendor.toml: "hold" (the default) waits
@@ -343,7 +353,7 @@ def serve(data_dir: Path, listen: str) -> None:
     address = parse_address(listen, what="listen address", any_port=True)
     config = load_vendor_config(data_dir)
     sock = bind_listener(address)  # a port in use: one clear error before anything starts
-    log.setup()
+    log.setup(fmt=log_format)
     run(_serve(config, address, sock))
 
 

@@ -45,7 +45,11 @@ def relay() -> None:
     multiple=True,
     help="Address or network of a HAProxy in front (repeatable); turns on PROXY protocol v2.",
 )
-@click.option("--health-listen", default="", help="HOST:PORT of /healthz and /readyz (internal).")
+@click.option(
+    "--metrics-listen",
+    default="",
+    help="HOST:PORT of the relay's /metrics, /healthz and /readyz (an internal address).",
+)
 @json_option
 @handle_errors
 def relay_add(
@@ -54,7 +58,7 @@ def relay_add(
     listen: str,
     peer_listen: str,
     trusted_proxies: tuple[str, ...],
-    health_listen: str,
+    metrics_listen: str,
     as_json: bool,
 ) -> None:
     """Write relays/RELAY_ID.toml: its own id, the fleet's keys and database.
@@ -62,7 +66,7 @@ def relay_add(
     Refused if that relay is already provisioned or a running relay holds the id. The
     first relay added also creates the fleet's relay-to-relay key (relay_peer_key).
     """
-    plan = RelayPlan(relay_id, listen, peer_listen, trusted_proxies, health_listen)
+    plan = RelayPlan(relay_id, listen, peer_listen, trusted_proxies, metrics_listen)
 
     async def go() -> ProvisionedRelay:
         async with with_authority(data_dir) as authority:

@@ -138,6 +138,18 @@ def _recording(r: _Reader, state_dir: Path) -> RecordingSettings:
     return settings
 
 
+def _metrics_textfile(r: _Reader) -> Path | None:
+    t = r.table_("metrics")
+    path: Path | None = t.path_("textfile", None)
+    t.finish()
+    if path is not None and path.suffix != ".prom":
+        raise ConfigError(
+            f"{r.path}: metrics.textfile must end in .prom (node_exporter's textfile "
+            f"collector reads only those), not {path.name!r}"
+        )
+    return path
+
+
 def _notify(r: _Reader) -> NotifySettings:
     t = r.table_("notify")
     url = t.text("webhook_url", None)
@@ -207,6 +219,9 @@ class AgentConfig:
     web: WebSettings = field(default_factory=WebSettings)
     recording: RecordingSettings = field(default_factory=RecordingSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
+    #: ``[metrics] textfile``: a ``*.prom`` file the agent keeps current for
+    #: node_exporter's textfile collector; ``None``: none (agents open no listener).
+    metrics_textfile: Path | None = None
 
     def __post_init__(self) -> None:
         """Hold the serial in its one canonical form (:func:`~tether.keys.check_serial`)."""
@@ -301,6 +316,7 @@ class AgentConfig:
             web=_web_settings(r.table_("web")),
             recording=_recording(r, state_dir),
             notify=_notify(r),
+            metrics_textfile=_metrics_textfile(r),
         )
         r.finish()
         return config

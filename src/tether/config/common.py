@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import ConfigError
-from tether.keys import VerifyKey
+from tether.keys import VerifyKey, parse_address
 
 DEFAULT_CONFIG_DIR = Path("/etc/tether")
 
@@ -112,6 +112,22 @@ def _verify_keys(reader: _Reader, key: str) -> tuple[VerifyKey, ...]:
         return tuple(VerifyKey.from_paserk(t) for t in texts)
     except Exception as exc:
         raise ConfigError(f"{reader.path}: {key}: {exc}") from None
+
+
+def _metrics_listen(reader: _Reader) -> tuple[str, int] | None:
+    """``[metrics] listen``: the part's internal ``/metrics``, ``/healthz``, ``/readyz``.
+
+    ``None`` (no ``[metrics]`` table, or no ``listen`` in it): no such endpoint.
+    """
+    table = reader.table_("metrics")
+    text = table.text("listen", "")
+    table.finish()
+    if not text:
+        return None
+    try:
+        return parse_address(text, what="metrics address", any_port=True)
+    except Exception as exc:
+        raise ConfigError(f"{reader.path}: metrics.listen: {exc}") from None
 
 
 def toml_string(value: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tether.config.common import (
     _REQUIRED,
+    _metrics_listen,
     _read,
     _Reader,
     _verify_keys,
@@ -105,9 +106,10 @@ class RelayConfig:
     proxy_protocol: bool = False
     #: Addresses / networks of the load balancers allowed to send PROXY headers.
     trusted_proxies: tuple[str, ...] = ()
-    #: ``(host, port)`` of the HTTP health endpoint (``/healthz``, ``/readyz``) for the
-    #: load balancer's checks; ``None``: off. Keep it on an internal address.
-    health_listen: tuple[str, int] | None = None
+    #: ``(host, port)`` of the internal HTTP endpoint (``[metrics] listen``): ``/metrics``
+    #: for Prometheus, ``/healthz`` and ``/readyz`` for the load balancer's checks;
+    #: ``None``: off. Keep it on an internal address.
+    metrics_listen: tuple[str, int] | None = None
     #: The fleet's relay-to-relay key (an OpenSSH ed25519 private key file shared by the
     #: fleet's relays). With it the relay accepts other relays' logins as
     #: :data:`~tether.wire.PEER_USERNAME` with this key only, and carries engineers'
@@ -137,15 +139,7 @@ class RelayConfig:
                 f"{path}: proxy_protocol = true needs trusted_proxies (the load balancers' "
                 'addresses, e.g. ["10.0.0.5/32"]): a PROXY header is accepted only from them'
             )
-        health_text = r.text("health_listen", "")
-        try:
-            health = (
-                parse_address(health_text, what="health address", any_port=True)
-                if health_text
-                else None
-            )
-        except Exception as exc:
-            raise ConfigError(f"{path}: health_listen: {exc}") from None
+        metrics_listen = _metrics_listen(r)
         peer_key = r.path_("peer_key", None)
         full = r.integer("max_unauthenticated", 400, low=1, high=100_000)
         peer_listen = _peer_listen(r, peer_key is not None, proxy_protocol)
@@ -196,7 +190,7 @@ class RelayConfig:
             dead_after=r.number("dead_after", 15.0, low=0.5, high=300.0),
             proxy_protocol=proxy_protocol,
             trusted_proxies=tuple(proxies),
-            health_listen=health,
+            metrics_listen=metrics_listen,
             peer_key=peer_key,
             peer_listen=peer_listen,
         )

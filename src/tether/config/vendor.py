@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tether.config.common import (
     _REQUIRED,
+    _metrics_listen,
     _read,
 )
 from tether.durations import parse_duration
@@ -49,6 +50,10 @@ class VendorConfig:
     #: Reverse proxies in front of the vendor service (addresses / networks): their
     #: ``X-Forwarded-For`` names the client, which the login limit counts per source.
     trusted_proxies: tuple[str, ...] = ()
+    #: ``(host, port)`` of the internal HTTP endpoint (``[metrics] listen``):
+    #: ``/metrics``, ``/healthz``, ``/readyz`` without authentication, so never on the
+    #: API's public address; ``None``: off.
+    metrics_listen: tuple[str, int] | None = None
 
     @property
     def signing_key_path(self) -> Path:
@@ -113,6 +118,7 @@ class VendorConfig:
             request_policy=request_policy,
             request_key_lifetime=lifetime,
             trusted_proxies=tuple(proxies),
+            metrics_listen=_metrics_listen(r),
         )
         r.finish()
         return config

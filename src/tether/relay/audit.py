@@ -91,7 +91,7 @@ class AuditWriter:
         """
         check_event(event, fields)
         if log_as is not None:
-            logger.info(log.format_event(log_as, **fields))
+            log.event_fields(logger, log_as, fields)
         try:
             self._queue.put_nowait(PendingEvent(event, fields, self._now()))
         except asyncio.QueueFull:

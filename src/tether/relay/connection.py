@@ -76,6 +76,7 @@ class RelayConnection(asyncssh.SSHServer):
             decision.evict.gate_closed("evicted: too slow to log in while the relay is busy")
         if decision.drop is not None:
             self.relay.refusals.count(decision.block, decision.drop.value)
+            self.relay.metrics.unauthenticated_dropped.labels(decision.drop.value).inc()
             self.closing = True
             conn.disconnect(
                 asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections waiting to log in; retry"

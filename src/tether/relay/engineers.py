@@ -6,7 +6,7 @@ tethered machine offered (:meth:`~tether.relay.routing.Registry.route` decides).
 machine another relay of the fleet holds is reached through that relay
 (:mod:`tether.relay.peering`), which applies the same rules. The connection ends when
 the certificate does, or at once when the vendor disables the engineer
-(:meth:`tether.relay.server.Relay.check_revocations`); channels carried to other relays
+(:meth:`tether.relay.revocations.RevocationWatch.check`); channels carried to other relays
 end with it.
 """
 
@@ -49,6 +49,8 @@ class EngineerLink:
         self._valid_before: float | None = None
         #: Channels this connection holds open, or is opening.
         self.channels = 0
+        #: ``time.monotonic()`` at login (None: not logged in), for the session metrics.
+        self._since: float | None = None
 
     def close(self) -> None:
         self.connection.close()
@@ -56,6 +58,8 @@ class EngineerLink:
     def authenticated(self, certificate_valid_before: float | None) -> None:
         """Logged in: watch for revocation, and end the connection with the certificate."""
         self.relay.engineer_connected(self.name, self)
+        self._since = time.monotonic()
+        self.relay.metrics.engineer_sessions.inc()
         log.event(logger, "engineer.login", engineer=self.name, peer=self.connection.peer)
         if certificate_valid_before is None:
             self.close()  # engineers only ever authenticate with a certificate
@@ -74,6 +78,11 @@ class EngineerLink:
         # Whatever asyncssh never reported closed stops counting with the connection.
         while self.channels > 0:
             self._release()
+        if self._since is not None:
+            metrics = self.relay.metrics
+            metrics.engineer_sessions.dec()
+            metrics.engineer_session_duration.observe(time.monotonic() - self._since)
+            self._since = None
 
     def _reserve(self, dest_host: str, dest_port: int) -> None:
         """Count one more channel, or refuse it if the connection or engineer is at a cap."""
@@ -172,6 +181,7 @@ class EngineerLink:
     def _refused(
         self, refusal: RouteRefused, dest_host: str, dest_port: int
     ) -> asyncssh.ChannelOpenError:
+        self.relay.metrics.channels_refused.labels(refusal.reason).inc()
         log.event(
             logger,
             "channel.refused",
@@ -194,6 +204,7 @@ class EngineerLink:
             relays = await relay.store.relays.list() if holder is not None else []
         except StoreError as exc:
             log.event(logger, "channel.store_error", level=logging.WARNING, error=str(exc))
+            relay.metrics.channels_refused.labels("store-unavailable").inc()
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED,
                 "vendor database unavailable: cannot find which relay holds machine "
@@ -217,7 +228,11 @@ class EngineerLink:
             via=relay.config.relay_id,
             expires=int(self._valid_before),
         )
-        down = await relay.peers.open(route, origin)
+        try:
+            down = await relay.peers.open(route, origin)
+        except asyncssh.ChannelOpenError:
+            relay.metrics.channels_refused.labels("peer-refused").inc()
+            raise
         if self.connection.closing:  # cut (revoked, certificate ended) while it opened
             down.close()
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "connection closing")

@@ -94,13 +94,17 @@ class ChannelStats:
             details["via"] = self.via
         if self.on_close is not None:
             self.on_close()
+        if self.relay is not None:
+            bytes_ = self.relay.metrics.channel_bytes
+            bytes_.labels("to_machine").inc(self.to_machine)
+            bytes_.labels("to_engineer").inc(self.to_engineer)
         if self.row is not None and self.relay is not None:
             self.relay.tasks.spawn(
                 self._forget(self.relay, self.row), f"relay.channel_close.{self.serial}"
             )
             self.relay.audit.record("channel.closed", details, log_as="channel.close")
         else:
-            logger.info(log.format_event("channel.close", **details))
+            log.event_fields(logger, "channel.close", details)
 
 
 class CountingForwarder(asyncssh.SSHForwarder):
@@ -205,11 +209,15 @@ async def open_to_machine(
         down = await pipe_channel(agent, FORWARD_BIND_HOST, port, engineer, stats)
     except asyncssh.ChannelOpenError as exc:
         log.event(logger, "channel.failed", engineer=engineer, serial=serial, port=port)
+        relay.metrics.channels_refused.labels("machine-refused").inc()
         raise asyncssh.ChannelOpenError(
             asyncssh.OPEN_CONNECT_FAILED,
             f"machine {serial} could not open port {port}: {exc.reason}",
         ) from None
     log.event(logger, "channel.open", engineer=engineer, serial=serial, port=port, via=via)
+    relay.metrics.channels_opened.inc()
+    if via is not None:
+        relay.metrics.cross_relay_channels.labels("in").inc()
     if via is None:
         relay.audit.write("channel.opened", engineer=engineer, serial=serial, port=port)
     else:

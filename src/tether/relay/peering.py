@@ -195,6 +195,7 @@ class PeerLinks:
                 if conn.is_closed() and attempt == 1:
                     continue  # the link dropped under us: once more on a new one
                 raise
+            self._relay.metrics.cross_relay_channels.labels("out").inc()
             log.event(
                 logger,
                 "channel.relay",
@@ -351,6 +352,7 @@ class PeerSession:
         try:
             entry = self.relay.registry.route(dest_host, dest_port)
         except RouteRefused as refusal:
+            self.relay.metrics.channels_refused.labels(refusal.reason).inc()
             log.event(
                 logger,
                 "channel.refused",
@@ -376,6 +378,7 @@ class PeerSession:
             engineer = await relay.store.engineers.get(origin.engineer)
             ended = origin.expires <= time.time()
             if engineer is None or not engineer.active or carried.cut or ended:
+                relay.metrics.channels_refused.labels("engineer-disabled").inc()
                 log.event(logger, "channel.refused", engineer=origin.engineer, via=origin.via)
                 raise _refuse(
                     asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,

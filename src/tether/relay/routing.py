@@ -39,7 +39,14 @@ class AdmissionRefused(Exception):
 
 
 class RouteRefused(Exception):
-    """An engineer's channel was refused; the message is shown by their ``ssh``."""
+    """An engineer's channel was refused; the message is shown by their ``ssh``.
+
+    ``reason`` is a short fixed word for metrics (never the message, which names hosts).
+    """
+
+    def __init__(self, message: str, reason: str = "not-a-serial") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class NotTetheredHere(RouteRefused):
@@ -47,7 +54,8 @@ class NotTetheredHere(RouteRefused):
 
     def __init__(self, serial: str, host: str) -> None:
         super().__init__(
-            f"machine {host} is not tethered to this relay (is support access enabled on it?)"
+            f"machine {host} is not tethered to this relay (is support access enabled on it?)",
+            "not-tethered",
         )
         self.serial = serial
 
@@ -224,6 +232,7 @@ class Registry(Generic[LinkT]):
         if port not in entry.offered_ports:
             allowed = ", ".join(str(p) for p in sorted(entry.offered_ports)) or "none"
             raise RouteRefused(
-                f"port {port} is not open on machine {entry.serial} (open: {allowed})"
+                f"port {port} is not open on machine {entry.serial} (open: {allowed})",
+                "port-closed",
             )
         return entry

@@ -19,6 +19,7 @@ from collections import Counter
 from tether import log
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import RelayConfig
+from tether.metrics_http import DATABASE_UNAVAILABLE, MetricsServer
 from tether.protocol import RefusalReason
 from tether.relay.audit import HEAD_INTERVAL, AuditWriter, HeadChecks
 from tether.relay.batching import Batcher
@@ -26,14 +27,15 @@ from tether.relay.connection import RelayConnection
 from tether.relay.engineers import Cuttable
 from tether.relay.fleet import Membership
 from tether.relay.gate import Gate, GateLimits, RefusalSummary
-from tether.relay.health import HealthServer
 from tether.relay.limits import RateLimiter
+from tether.relay.metrics import RelayMetrics
 from tether.relay.peering import PeerLinks
 from tether.relay.proxy_protocol import ProxyFront, parse_networks
+from tether.relay.revocations import RevocationWatch
 from tether.relay.routing import Registry
 from tether.relay.tethers import TetherLink
 from tether.sshlib import asyncssh
-from tether.store import Revocation, RevocationKind, Store, relay_chain
+from tether.store import Store, relay_chain
 from tether.store.admission import Admission
 from tether.store.changes import ChangeFeed
 from tether.store.records import TetherRecord
@@ -47,8 +49,6 @@ from tether.wire import (
 
 logger = logging.getLogger("tether.relay")
 
-#: Revocations read per query; a longer backlog is read in several.
-REVOCATION_BATCH = 1000
 #: Seconds the store has to answer a readiness check before the relay reports not ready.
 READINESS_TIMEOUT = 2.0
 #: Seconds between two sweeps of connections past their (pressure-dependent) login time.
@@ -113,12 +113,14 @@ class Relay:
         self._ssh_options: asyncssh.SSHServerConnectionOptions | None = None
         #: Set when the relay stops or drains: ``/readyz`` answers 503 from then on.
         self.draining = False
-        self.health: HealthServer | None = None
+        #: The internal ``/metrics``, ``/healthz``, ``/readyz`` (``[metrics] listen``).
+        self.metrics_server: MetricsServer | None = None
         self._host_key = asyncssh.read_private_key(config.host_key)
         self.engineer_ca = asyncssh.read_public_key(config.engineer_ca)
         self.host_key_fingerprint = self._host_key.get_fingerprint("sha256")
         self.host_public_key = self._host_key.convert_to_public()
-        self._revocation_cursor = 0
+        #: Applies the fleet's revocations (relay/revocations.py).
+        self.revocations = RevocationWatch(self)
         #: Wake-ups from the store's NOTIFY (PostgreSQL); ``None`` until started, or on SQLite.
         self.changes: ChangeFeed | None = None
         self._closed = asyncio.Event()
@@ -141,6 +143,12 @@ class Relay:
         #: Links to the fleet's other relays (None: no ``peer_key``, a relay on its own).
         self.peers = PeerLinks.configured(self)
         self._peer_server: asyncssh.SSHAcceptor | None = None
+        #: This relay's metrics, in a registry of its own (never the global one).
+        self.metrics = RelayMetrics(
+            tethers=lambda: len(self.registry),
+            unauthenticated=lambda: self.unauthenticated,
+            peer_links=lambda: 0 if self.peers is None else len(self.peers),
+        )
 
     @property
     def port(self) -> int:
@@ -158,7 +166,7 @@ class Relay:
         await self.membership.join()
         await self.store.tethers.clear_relay(self.config.relay_id)
         await self.store.channels.clear_relay(self.config.relay_id)
-        self._revocation_cursor = await self.store.revocations.head()
+        await self.revocations.start()
         self.changes = self.store.change_feed()
         if self.changes is not None:
             self.changes.start()
@@ -207,12 +215,18 @@ class Relay:
                 *self.config.peer_listen, options=peer_options
             )
             address = f"{self.config.peer_listen[0]}:{self._peer_server.get_port()}"
-        if self.config.health_listen is not None:
-            self.health = HealthServer(*self.config.health_listen, self.readiness)
-            await self.health.start()
+        if self.config.metrics_listen is not None:
+            self.metrics_server = MetricsServer(
+                *self.config.metrics_listen,
+                self.metrics.registry,
+                self.readiness,
+                part="relay",
+                refresh=self._before_scrape,
+            )
+            await self.metrics_server.start()
         self.membership.address = address  # where the other relays' links reach this relay
         await self.membership.beat()  # the fleet learns the real port now, not in 5 s
-        self.tasks.spawn(self._watch(), "relay.watch")
+        self.tasks.spawn(self.revocations.serve(), "relay.watch")
         self.tasks.spawn(self._sweep_gate(), "relay.gate")
         self.tasks.spawn(self.membership.serve(), "relay.membership")
         log.event(
@@ -222,7 +236,7 @@ class Relay:
             address=f"{host}:{self.port}",
             host_key=self.host_key_fingerprint,
             proxy_protocol=self.config.proxy_protocol,
-            health="" if self.health is None else self.health.address,
+            metrics="" if self.metrics_server is None else self.metrics_server.address,
         )
         limits = self.gate.limits
         log.event(
@@ -283,8 +297,11 @@ class Relay:
         try:
             await asyncio.wait_for(self.store.revocations.head(), READINESS_TIMEOUT)
         except Exception:  # whatever the driver raises, the answer is the same
-            return "vendor database unavailable"
+            return DATABASE_UNAVAILABLE
         return None
+
+    async def _before_scrape(self) -> None:
+        self.metrics.readiness(await self.readiness())
 
     def drain(self) -> None:
         """Report not ready, so the load balancer sends no new connections here.
@@ -326,8 +343,8 @@ class Relay:
         if self._server is not None:
             await self._server.wait_closed()
         await self.audit.aclose()
-        if self.health is not None:
-            await self.health.aclose()
+        if self.metrics_server is not None:
+            await self.metrics_server.aclose()
         await self.membership.leave()
         self._closed.set()
 
@@ -351,6 +368,10 @@ class Relay:
 
     # --- engineers ---------------------------------------------------------------
 
+    def engineer_connections(self, name: str) -> list[Cuttable]:
+        """The live connections of engineer ``name`` on this relay (to cut them)."""
+        return list(self._engineers.get(name, ()))
+
     def engineer_connected(self, name: str, conn: Cuttable) -> None:
         self._engineers.setdefault(name, set()).add(conn)
 
@@ -360,62 +381,3 @@ class Relay:
             conns.discard(conn)
             if not conns:
                 del self._engineers[name]
-
-    # --- revocations and expiry ----------------------------------------------------
-
-    async def _watch(self) -> None:
-        """Apply revocations from the shared store as soon as they appear.
-
-        With a live LISTEN (PostgreSQL) a notification wakes this loop at once and the
-        feed is polled only every ``listen_poll_interval`` as a safety net; without one
-        (SQLite, or the listening connection down) it polls every ``poll_interval``.
-        A notification only says "re-read": what is applied always comes from
-        ``revocations.since(cursor)``, never from a payload.
-        """
-        while True:
-            try:
-                await self.check_revocations()
-            except Exception as exc:  # a database hiccup must not stop the relay
-                log.event(logger, "relay.watch_error", level=logging.WARNING, error=str(exc))
-            await self._next_check()
-
-    async def _next_check(self) -> None:
-        """Return when the revocation feed should be read again."""
-        changes = self.changes
-        if changes is None:
-            await asyncio.sleep(self.config.poll_interval)
-            return
-        # Losing the LISTEN wakes this wait, so the next one already uses the fast pace.
-        if changes.listening:
-            await changes.wait(self.config.listen_poll_interval)
-        else:
-            await changes.wait(self.config.poll_interval)
-
-    async def check_revocations(self) -> None:
-        """Apply every revocation newer than this relay's cursor, and advance the cursor."""
-        while True:
-            batch = await self.store.revocations.since(
-                self._revocation_cursor, limit=REVOCATION_BATCH
-            )
-            self._apply_revocations(batch)
-            if len(batch) < REVOCATION_BATCH:
-                return
-
-    def _apply_revocations(self, batch: list[Revocation]) -> None:
-        for revocation in batch:
-            self._revocation_cursor = revocation.id
-            if revocation.kind == RevocationKind.KEY:
-                self.revoked_keys.add(revocation.subject)
-                for entry in self.registry.with_key(revocation.subject):
-                    entry.link.drop(
-                        RefusalReason.REVOKED, f"the vendor revoked this key: {revocation.reason}"
-                    )
-            elif revocation.kind == RevocationKind.ENGINEER:
-                for conn in list(self._engineers.get(revocation.subject, ())):
-                    log.event(
-                        logger,
-                        "engineer.cut",
-                        engineer=revocation.subject,
-                        reason=revocation.reason,
-                    )
-                    conn.close()

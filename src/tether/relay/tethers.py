@@ -40,6 +40,7 @@ from tether.protocol import Refused as RefusedMessage
 from tether.protocol import decode as decode_message
 from tether.relay.audit import HeadChecker
 from tether.relay.forwarding import NullListener
+from tether.relay.metrics import ADMITTED, REGISTER_TIMEOUT
 from tether.relay.requests import CaseWatcher
 from tether.relay.routing import AdmissionRefused, TetherEntry, admit_tether
 from tether.sshlib import asyncssh
@@ -206,7 +207,8 @@ class TetherLink:
 
     def _register_timed_out(self) -> None:
         if self.entry is None:
-            log.event(logger, "tether.refused", peer=self.peer, reason="register-timeout")
+            log.event(logger, "tether.refused", peer=self.peer, reason=REGISTER_TIMEOUT)
+            self.relay.metrics.admissions.labels(REGISTER_TIMEOUT).inc()
             self.close()
 
     def open_control(self) -> ControlSession | None:
@@ -254,6 +256,7 @@ class TetherLink:
             self.control.send(Closing(reason, message, retry_within))
         if self.entry is not None:
             log.event(logger, "tether.drop", serial=self.entry.serial, reason=reason.value)
+            self.relay.metrics.tether_drops.labels(reason.value).inc()
         self.close()
 
     def refuse(
@@ -273,6 +276,8 @@ class TetherLink:
         serial belongs to, or a revoked, spent or expired key, is an event the vendor
         must be able to find later. Refusals of garbage are only logged.
         """
+        if event == "tether.refused":
+            self.relay.metrics.admissions.labels(reason.value).inc()
         log.event(
             logger,
             event,
@@ -410,6 +415,7 @@ class TetherLink:
         control.send(
             Registered(claims.serial, claims.expires_at.isoformat(), claims.ports, audit_heads=True)
         )
+        relay.metrics.admissions.labels(ADMITTED).inc()
         log.event(
             logger,
             "tether.up",

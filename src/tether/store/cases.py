@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tether.errors import BadInput, Refused
@@ -151,6 +151,12 @@ class CaseRepo:
             stmt = stmt.where(CaseRow.status == CaseStatus(status))
         async with self._db.read("listing cases") as session:
             return [CaseRecord.from_row(r) for r in (await session.scalars(stmt)).all()]
+
+    async def count_pending(self) -> int:
+        """How many cases wait for a decision."""
+        stmt = select(func.count()).select_from(CaseRow).where(CaseRow.status == CaseStatus.PENDING)
+        async with self._db.read("counting pending cases") as session:
+            return int((await session.execute(stmt)).scalar_one())
 
     async def cancel(self, case_id: int, now: datetime) -> CaseRecord:
         """Cancel a pending case; a decided case is returned unchanged. Unknown: BadInput."""

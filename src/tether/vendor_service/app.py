@@ -19,6 +19,7 @@ from tether.vendor_service.api_credentials import Passwords
 from tether.vendor_service.api_errors import ERROR_RESPONSES, install_error_handlers
 from tether.vendor_service.authority import Authority
 from tether.vendor_service.console import mount_console
+from tether.vendor_service.metrics import RequestMetrics, VendorMetrics
 from tether.webui.security import MAX_REQUEST_BODY, install_trusted_proxies
 
 
@@ -38,6 +39,7 @@ def create_app(
     clock: Clock = SYSTEM_CLOCK,
     seal_key: SealPrivateKey | None,
     passwords: Passwords | None = None,
+    metrics: VendorMetrics | None = None,
 ) -> FastAPI:
     """Build the vendor API around ``authority`` (its config, store and keys).
 
@@ -47,6 +49,7 @@ def create_app(
     :param clock: the time used for sessions, logins and decisions.
     :param seal_key: opens sealed support passwords; ``None``: reveals answer 503.
     :param passwords: the argon2 hasher (argon2-cffi's defaults when ``None``).
+    :param metrics: where to count requests (by route template and status), if anywhere.
     """
     app = FastAPI(
         title=f"Tether vendor service ({authority.config.vendor})",
@@ -74,5 +77,7 @@ def create_app(
     app.include_router(api_router)
     app.include_router(admin_router)
     mount_console(app)
+    if metrics is not None:
+        app.add_middleware(RequestMetrics, metrics=metrics)
     install_trusted_proxies(app, authority.config.trusted_proxies)  # last: runs first
     return app

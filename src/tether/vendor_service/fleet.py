@@ -48,8 +48,8 @@ class RelayPlan:
     peer_listen: str
     #: Load balancers allowed to send PROXY v2 headers; empty: no balancer in front.
     trusted_proxies: tuple[str, ...] = ()
-    #: The internal ``/healthz`` and ``/readyz`` endpoint, or "" for none.
-    health_listen: str = ""
+    #: The internal ``/metrics``, ``/healthz`` and ``/readyz`` endpoint, or "" for none.
+    metrics_listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,8 @@ async def provision_relay(
     relay_id = check_relay_id(plan.relay_id)
     for what, address in (("--listen", plan.listen), ("--peer-listen", plan.peer_listen)):
         parse_address(address, what=f"{what} address")
-    if plan.health_listen:
-        parse_address(plan.health_listen, what="--health-listen address")
+    if plan.metrics_listen:
+        parse_address(plan.metrics_listen, what="--metrics-listen address")
     target = relays_dir(config) / f"{relay_id}.toml"
     if target.exists():
         raise Refused(f"relay {relay_id} is already provisioned ({target}); remove it first")
@@ -109,8 +109,8 @@ async def provision_relay(
     if plan.trusted_proxies:
         proxies = ", ".join(toml_string(p) for p in plan.trusted_proxies)
         lines += ["proxy_protocol = true", f"trusted_proxies = [{proxies}]"]
-    if plan.health_listen:
-        lines.append(f"health_listen = {toml_string(plan.health_listen)}")
+    if plan.metrics_listen:  # a table: after every top-level key
+        lines += ["", "[metrics]", f"listen = {toml_string(plan.metrics_listen)}"]
     _write(target, ("\n".join(lines) + "\n").encode(), 0o644)
     return ProvisionedRelay(relay_id, target, created)
 

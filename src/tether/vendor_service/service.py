@@ -26,11 +26,13 @@ from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import RequestPolicy, VendorConfig
 from tether.errors import BadInput, NotReady, Refused
 from tether.keys import format_address
+from tether.metrics_http import DATABASE_UNAVAILABLE, MetricsServer
 from tether.seal import SealPrivateKey
 from tether.store import CaseStatus, Store, StoreError
 from tether.tasks import TaskSet
 from tether.vendor_service.app import create_app
 from tether.vendor_service.authority import AUTO_APPROVER, Authority
+from tether.vendor_service.metrics import VendorMetrics
 
 __all__ = ["DEFAULT_LISTEN", "POLICY_INTERVAL", "VendorService", "bind_listener", "load_seal_key"]
 
@@ -42,6 +44,8 @@ DEFAULT_LISTEN = ("127.0.0.1", 8080)
 POLICY_INTERVAL = 0.5
 #: How often expired API sessions are deleted (seconds).
 PURGE_INTERVAL = 60.0
+#: Seconds the store has to answer a readiness check or a scrape's query.
+READINESS_TIMEOUT = 2.0
 
 
 def load_seal_key(config: VendorConfig) -> SealPrivateKey | None:
@@ -113,7 +117,21 @@ class VendorService:
         self.clock = clock
         self.listen = listen
         self.authority = Authority(config, store, clock=clock)
-        self.app = create_app(self.authority, clock=clock, seal_key=load_seal_key(config))
+        #: This service's metrics, in a registry of its own (never the global one).
+        self.metrics = VendorMetrics()
+        self.app = create_app(
+            self.authority, clock=clock, seal_key=load_seal_key(config), metrics=self.metrics
+        )
+        #: The internal ``/metrics``, ``/healthz``, ``/readyz`` (``[metrics] listen``).
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics_listen is not None:
+            self.metrics_server = MetricsServer(
+                *config.metrics_listen,
+                self.metrics.registry,
+                self.readiness,
+                part="vendor",
+                refresh=self._refresh_metrics,
+            )
         self._socket: socket.socket | None = sock
         self._server: _Server | None = None
         self._ready = asyncio.Event()
@@ -144,10 +162,13 @@ class VendorService:
             self._server.should_exit = True
         tasks = TaskSet()
         tasks.spawn(self._policy_loop(), "vendor.request_policy")
+        if self.metrics_server is not None:
+            await self.metrics_server.start()
         log.event(
             logger,
             "vendor.serving",
             url=self.url,
+            metrics="" if self.metrics_server is None else self.metrics_server.address,
             policy=str(self.config.request_policy),
             database=self.store.url_for_display,
         )
@@ -156,6 +177,8 @@ class VendorService:
             await self._server.serve(sockets=[sock])
         finally:
             await tasks.aclose()
+            if self.metrics_server is not None:
+                await self.metrics_server.aclose()
             sock.close()
             self._stopped.set()
             log.event(logger, "vendor.stopped")
@@ -171,6 +194,26 @@ class VendorService:
         self.request_stop()
         if self._ready.is_set():
             await self._stopped.wait()
+
+    async def readiness(self) -> str | None:
+        """``None`` while the service takes requests, else why not (``/readyz``)."""
+        if self._stop_requested or not self._ready.is_set():
+            return "stopping" if self._stop_requested else "starting"
+        try:
+            await asyncio.wait_for(self.store.revocations.head(), READINESS_TIMEOUT)
+        except Exception:  # whatever the driver raises, the answer is the same
+            return DATABASE_UNAVAILABLE
+        return None
+
+    async def _refresh_metrics(self) -> None:
+        """Read the figures kept in the store, just before a scrape renders them."""
+        try:
+            pending = await asyncio.wait_for(self.store.cases.count_pending(), READINESS_TIMEOUT)
+        except Exception:  # the scrape still answers, and says the database is gone
+            self.metrics.database_up.set(0)
+            return
+        self.metrics.database_up.set(1)
+        self.metrics.cases_pending.set(pending)
 
     async def _policy_loop(self) -> None:
         while True:

@@ -294,3 +294,48 @@ async def test_status_without_daemon_says_so(setup: tuple[Vendor, Machine, int])
     status = await machine.tether("access", "status")
     assert "agent not running" in status.stdout
     assert (await machine.tether("access", "disable")).returncode == 0
+
+
+async def test_status_facts_and_the_node_exporter_textfile_follow_the_tether(
+    setup: tuple[Vendor, Machine, int],
+) -> None:
+    vendor, machine, service = setup
+    toml = machine.sandbox.host_path("/etc/tether") / "agent.toml"
+    toml.write_text(toml.read_text() + '[metrics]\ntextfile = "/var/lib/tether/tether.prom"\n')
+    textfile = machine.sandbox.host_path("/var/lib/tether") / "tether.prom"
+    agent = await machine.start_agent()
+    try:
+        key, _ = await vendor.issue("M-1", ports=[service], lifetime=timedelta(hours=2))
+        enabled = await machine.tether("access", "enable", "--key", key)
+        assert enabled.returncode == 0, enabled.stderr
+        body = await machine.wait_tunnel("connected")
+        facts = body["facts"]
+        assert isinstance(facts, dict)
+        assert facts["access_open"] is True
+        assert facts["tether_connected"] is True
+        assert facts["live_sessions"] == 0
+        assert 7000 < facts["expires_in_seconds"] <= 7200
+        # The daemon rewrites the file as soon as the tether comes up.
+        for _ in range(100):
+            if "tether_agent_tether_connected 1.0" in textfile.read_text():
+                break
+            await asyncio.sleep(0.05)
+        text = textfile.read_text()
+        assert "tether_agent_tether_connected 1.0" in text, text
+        assert "tether_agent_access_open 1.0" in text
+        disabled = await machine.tether("access", "disable")
+        assert disabled.returncode == 0, disabled.stderr
+        closed = await machine.status()
+        assert closed["facts"] == {
+            "access_open": False,
+            "expires_in_seconds": None,
+            "tether_connected": False,
+            "live_sessions": 0,
+        }
+        for _ in range(100):
+            if "tether_agent_tether_connected 0.0" in textfile.read_text():
+                break
+            await asyncio.sleep(0.05)
+        assert "tether_agent_access_open 0.0" in textfile.read_text()
+    finally:
+        await stop(machine, agent)

@@ -72,8 +72,9 @@ async def test_sigkill_of_one_relay_of_three_its_agents_come_back_on_the_others(
                 ("127.0.0.1/32",), f"127.0.0.1:{health}",
             )  # fmt: skip
             made = await provision_relay(config, store, plan, authority.clock.now())
-            with made.config_path.open("a") as toml:  # fast membership, for the test's sake
-                toml.write("heartbeat_interval = 1.0\ndead_after = 3.0\n")
+            # Fast membership, for the test's sake (top-level keys: before any table).
+            text = made.config_path.read_text()
+            made.config_path.write_text("heartbeat_interval = 1.0\ndead_after = 3.0\n" + text)
             relays[name] = _serve(made.config_path)
             backends.append(Backend(name, port, health))
         for relay in relays.values():

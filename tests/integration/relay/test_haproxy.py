@@ -40,7 +40,7 @@ BALANCER = "127.0.0.9"
 BEHIND_HAPROXY: dict[str, object] = {
     "proxy_protocol": True,
     "trusted_proxies": (f"{BALANCER}/32",),
-    "health_listen": ("127.0.0.1", 0),
+    "metrics_listen": ("127.0.0.1", 0),
 }
 
 
@@ -60,8 +60,8 @@ def relay_logs(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
 
 
 def backend(relay: Relay) -> Backend:
-    assert relay.health is not None
-    return Backend(relay.config.relay_id, relay.port, relay.health.port)
+    assert relay.metrics_server is not None
+    return Backend(relay.config.relay_id, relay.port, relay.metrics_server.port)
 
 
 @asynccontextmanager
@@ -188,6 +188,8 @@ async def test_readyz_reports_a_lost_database(
         try:
             status, body = await http_get(relay, "/readyz")
             assert (status, body) == (503, "not ready: vendor database unavailable")
+            metrics = (await http_get(relay, "/metrics"))[1]
+            assert "tether_relay_database_up 0.0" in metrics.splitlines()
             assert (await http_get(relay, "/healthz"))[0] == 200  # alive all the same
         finally:
             postgres_server.psql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
@@ -197,8 +199,8 @@ async def test_readyz_reports_a_lost_database(
 
 
 async def http_get(relay: Relay, path: str) -> tuple[int, str]:
-    assert relay.health is not None
-    reader, writer = await asyncio.open_connection("127.0.0.1", relay.health.port)
+    assert relay.metrics_server is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.metrics_server.port)
     writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
     response = await asyncio.wait_for(reader.read(), 5)
     writer.close()
@@ -309,9 +311,9 @@ def test_the_shipped_haproxy_cfg_is_valid_and_matches_relay_toml(tmp_path: Path)
     settings = [
         line.removeprefix("#").split("#", 1)[0].strip()
         for line in text.splitlines()
-        if line.startswith("#   ") and " = " in line
+        if line.startswith("#   ") and (" = " in line or line[4:].startswith("["))
     ]
-    assert len(settings) == 3
+    assert len(settings) == 4
     data = tmp_path / "vendor"
     asyncio.run(init_data_dir(data, vendor="ACME", relay="127.0.0.1:2222"))
     relay_toml = data / "relay.toml"
@@ -319,4 +321,4 @@ def test_the_shipped_haproxy_cfg_is_valid_and_matches_relay_toml(tmp_path: Path)
     config = RelayConfig.load(relay_toml)
     assert config.proxy_protocol
     assert config.trusted_proxies == ("10.0.0.5/32",)
-    assert config.health_listen == ("10.0.1.11", 8081)
+    assert config.metrics_listen == ("10.0.1.11", 9102)

@@ -35,7 +35,7 @@ def test_relay_add_writes_a_config_with_its_own_id_and_the_fleets_keys(data: Pat
     added = tether(
         "vendor", "relay", "add", "fra-2", "--data-dir", str(data), "--listen", "0.0.0.0:2222",
         "--peer-listen", "10.0.0.12:2223", "--trusted-proxy", "10.0.0.2/32",
-        "--health-listen", "10.0.0.12:9102", "--json",
+        "--metrics-listen", "10.0.0.12:9102", "--json",
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
     made = json.loads(added.stdout)
@@ -47,7 +47,7 @@ def test_relay_add_writes_a_config_with_its_own_id_and_the_fleets_keys(data: Pat
     assert config.peer_listen == ("10.0.0.12", 2223)
     assert config.proxy_protocol
     assert config.trusted_proxies == ("10.0.0.2/32",)
-    assert config.health_listen == ("10.0.0.12", 9102)
+    assert config.metrics_listen == ("10.0.0.12", 9102)
     assert (data / "relay_peer_key").stat().st_mode & 0o077 == 0
     # The second relay reuses the fleet's peer key.
     second = tether(

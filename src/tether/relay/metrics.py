@@ -1,0 +1,172 @@
+"""The relay's Prometheus metrics, in a registry of its own.
+
+Each :class:`~tether.relay.server.Relay` builds one :class:`RelayMetrics` with a fresh
+:class:`~prometheus_client.CollectorRegistry` (several relays run in one test process,
+and a bench runs a fleet in one), exposed on its internal ``/metrics``
+(:mod:`tether.metrics_http`). Names and labels follow Prometheus' conventions: base
+units (seconds, bytes), ``_total`` for counters, and bounded label values only — a
+refusal reason, a direction, never a serial, an engineer or an address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from tether.metrics_http import DATABASE_UNAVAILABLE
+from tether.protocol import RefusalReason
+from tether.relay.gate import Drop
+
+#: Admission results: ``admitted`` or one of these refusal reasons.
+ADMITTED = "admitted"
+#: The agent logged in but presented no tether key in time.
+REGISTER_TIMEOUT = "register-timeout"
+
+#: Engineer channel refusals (the ``reason`` label of refused channels).
+CHANNEL_REASONS = (
+    "not-a-serial",
+    "not-tethered",
+    "port-closed",
+    "machine-refused",
+    "engineer-disabled",
+    "peer-refused",
+    "store-unavailable",
+)
+
+
+# Revocation to cut: the ≤ 1 s invariant needs resolution around 1 s.
+_REVOKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
+# Engineer sessions last from seconds to a working day.
+_SESSION_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0)
+
+
+class RelayMetrics:
+    """Every metric one relay exports; the relay's parts update them.
+
+    :param tethers: counts live tethers (read at each scrape, never kept in step).
+    :param unauthenticated: counts connections not yet logged in (read at each scrape).
+    :param peer_links: counts links up to the fleet's other relays (read at each scrape).
+    """
+
+    def __init__(
+        self,
+        *,
+        tethers: Callable[[], float],
+        unauthenticated: Callable[[], float],
+        peer_links: Callable[[], float],
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.tethers_connected = Gauge(
+            "tether_relay_tethers_connected",
+            "Machines tethered to this relay now.",
+            registry=r,
+        )
+        self.tethers_connected.set_function(tethers)
+        self.admissions = Counter(
+            "tether_relay_tether_admissions",
+            "Tether registrations, by result: admitted, or the refusal reason.",
+            ["result"],
+            registry=r,
+        )
+        self.tether_drops = Counter(
+            "tether_relay_tether_drops",
+            "Tethers the relay ended itself (revoked, expired, replaced, shutdown...).",
+            ["reason"],
+            registry=r,
+        )
+        self.channels_opened = Counter(
+            "tether_relay_engineer_channels_opened",
+            "Engineer channels opened to a machine tethered here (carried from a peer or not).",
+            registry=r,
+        )
+        self.channels_refused = Counter(
+            "tether_relay_engineer_channels_refused",
+            "Engineer channels refused, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.channel_bytes = Counter(
+            "tether_relay_engineer_channel_bytes",
+            "Bytes carried on engineer channels to machines, by direction.",
+            ["direction"],
+            registry=r,
+        )
+        self.engineer_sessions = Gauge(
+            "tether_relay_engineer_sessions",
+            "Engineers logged in to this relay now (one per SSH connection).",
+            registry=r,
+        )
+        self.engineer_session_duration = Histogram(
+            "tether_relay_engineer_session_duration_seconds",
+            "How long engineers' SSH connections to this relay lasted, from login to close.",
+            buckets=_SESSION_BUCKETS,
+            registry=r,
+        )
+        self.revocation_cut = Histogram(
+            "tether_relay_revocation_cut_seconds",
+            "From a revocation written to the store to this relay closing a live "
+            "tether or engineer connection it covers, by what was revoked.",
+            ["kind"],
+            buckets=_REVOKE_BUCKETS,
+            registry=r,
+        )
+        self.unauthenticated = Gauge(
+            "tether_relay_unauthenticated_connections",
+            "Connections to this relay that have not logged in yet.",
+            registry=r,
+        )
+        self.unauthenticated.set_function(unauthenticated)
+        self.unauthenticated_dropped = Counter(
+            "tether_relay_unauthenticated_dropped",
+            "Connections dropped before login by the relay's limits, by limit.",
+            ["reason"],
+            registry=r,
+        )
+        self.peer_links = Gauge(
+            "tether_relay_peer_links",
+            "Links up from this relay to the fleet's other relays.",
+            registry=r,
+        )
+        self.peer_links.set_function(peer_links)
+        self.cross_relay_channels = Counter(
+            "tether_relay_cross_relay_channels",
+            "Engineer channels carried between relays of the fleet: 'out' to the relay "
+            "holding the machine, 'in' from the relay the engineer logged in to.",
+            ["direction"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "tether_relay_ready",
+            "1 while this relay takes new connections (what /readyz says), else 0.",
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "tether_relay_database_up",
+            "1 while the vendor database answers this relay, else 0 (checked at each scrape).",
+            registry=r,
+        )
+        # Every bounded label value exists from the start: a rate over a series that
+        # appears only at its first event misses that event.
+        self.admissions.labels(ADMITTED)
+        self.admissions.labels(REGISTER_TIMEOUT)
+        for reason in RefusalReason:
+            self.admissions.labels(reason.value)
+            self.tether_drops.labels(reason.value)
+        for text in CHANNEL_REASONS:
+            self.channels_refused.labels(text)
+        for direction in ("to_machine", "to_engineer"):
+            self.channel_bytes.labels(direction)
+        for drop in Drop:  # why the pre-auth gate dropped a connection
+            self.unauthenticated_dropped.labels(drop.value)
+        for direction in ("in", "out"):
+            self.cross_relay_channels.labels(direction)
+        for kind in ("key", "engineer"):
+            self.revocation_cut.labels(kind)
+
+    def readiness(self, reason: str | None) -> None:
+        """Record the relay's readiness check (``None``: ready) for this scrape."""
+        self.ready.set(1 if reason is None else 0)
+        if reason is None or reason == DATABASE_UNAVAILABLE:
+            self.database_up.set(1 if reason is None else 0)
