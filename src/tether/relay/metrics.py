@@ -162,7 +162,7 @@ class RelayMetrics:
             self.unauthenticated_dropped.labels(drop.value)
         for direction in ("in", "out"):
             self.cross_relay_channels.labels(direction)
-        for kind in ("key", "engineer"):
+        for kind in ("key", "engineer", "machine"):
             self.revocation_cut.labels(kind)
 
     def readiness(self, reason: str | None) -> None:

@@ -93,6 +93,17 @@ class RevocationWatch:
                     )
                     conn.close()
                     self._observe_cut("engineer", revocation)
+            elif revocation.kind == RevocationKind.MACHINE:
+                # The serial was re-bound: the machine holding it now is not the one the
+                # vendor means any more (replaced, or a copied disk). Permanent for it.
+                entry = self.relay.registry.get(revocation.subject)
+                if entry is not None:
+                    entry.link.drop(
+                        RefusalReason.OTHER_MACHINE,
+                        f"the vendor re-bound serial {revocation.subject} to a new machine "
+                        f"({revocation.reason})",
+                    )
+                    self._observe_cut("machine", revocation)
 
     def _observe_cut(self, kind: str, revocation: Revocation) -> None:
         """Time from the revocation's write to this cut, into the relay's histogram."""

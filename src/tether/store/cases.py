@@ -24,8 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tether.errors import BadInput, Refused
 from tether.store.admission import bind_serials
 from tether.store.db import Database
-from tether.store.models import CaseRow, CaseStatus, MachineRow
+from tether.store.models import CaseRow, CaseStatus, MachineRow, RevocationKind
 from tether.store.records import CaseRecord, MachineRecord
+from tether.store.repos import append_revocation
 from tether.store.types import require_aware, require_serial, require_text
 
 __all__ = ["MAX_CASE_ID", "MAX_DESCRIPTION", "CaseRepo", "MachineRepo"]
@@ -94,6 +95,11 @@ class MachineRepo:
             result = await session.execute(stmt)
             if not _rowcount(result):
                 raise BadInput(f"no machine is bound to serial {serial!r}")
+            # Every relay ends the old machine's tether, as for a revoked key.
+            await append_revocation(
+                self._db, session, RevocationKind.MACHINE, require_serial(serial),
+                f"re-bound by {by}", at,
+            )  # fmt: skip
 
 
 def _rowcount(result: object) -> int:

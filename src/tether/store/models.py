@@ -74,6 +74,8 @@ class RevocationKind(enum.Enum):
     """A tether key (subject: its key id)."""
     ENGINEER = "engineer"
     """An engineer, disabled or removed (subject: the engineer's name)."""
+    MACHINE = "machine"
+    """A serial re-bound to a new machine (subject: the serial): its tether ends."""
 
 
 class CaseStatus(enum.Enum):

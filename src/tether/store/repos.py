@@ -69,7 +69,7 @@ def validate_engineer_name(name: str) -> str:
     return name
 
 
-async def _append_revocation(
+async def append_revocation(
     db: Database,
     session: AsyncSession,
     kind: RevocationKind,
@@ -191,7 +191,7 @@ class KeyRepo:
             if row.revoked_at is None:
                 row.revoked_at = at
                 row.revoke_reason = reason
-                await _append_revocation(self._db, session, RevocationKind.KEY, key_id, reason, at)
+                await append_revocation(self._db, session, RevocationKind.KEY, key_id, reason, at)
             return IssuedKey.from_row(row)
 
     async def spend(self, key_id: str, *, detail: str, now: datetime) -> bool:
@@ -281,7 +281,7 @@ class EngineerRepo:
             row = await self._locked(session, name)
             if row.disabled_at is None:
                 row.disabled_at = at
-                await _append_revocation(
+                await append_revocation(
                     self._db, session, RevocationKind.ENGINEER, name, reason, at
                 )
             return Engineer.from_row(row)
@@ -331,9 +331,7 @@ class EngineerRepo:
         async with self._db.write(f"removing engineer {name}") as session:
             row = await self._locked(session, name)
             await session.delete(row)
-            await _append_revocation(
-                self._db, session, RevocationKind.ENGINEER, name, "removed", at
-            )
+            await append_revocation(self._db, session, RevocationKind.ENGINEER, name, "removed", at)
 
 
 class RevocationRepo:

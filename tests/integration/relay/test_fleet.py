@@ -125,3 +125,25 @@ async def test_heartbeats_report_the_tethers_a_relay_carries(tmp_path: Path) -> 
         await vendor.relay.aclose()
         # A clean stop gives the id back at once.
         assert await vendor.store.relays.list() == []
+
+
+async def test_a_rebind_ends_the_old_machines_tether_for_good(
+    tmp_path: Path, store_url: str
+) -> None:
+    """A re-bind (board replaced, disk copied) reaches the relay like a revocation."""
+    async with vendor_setup(tmp_path, database=store_url) as vendor, EchoServer() as service:
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            started = time.monotonic()
+            await vendor.authority.rebind_machine("M-1", by="admin", reason="board replaced")
+            await agent.wait_for(TunnelState.REFUSED, timeout=5)
+            assert time.monotonic() - started <= 1.0
+            status = agent.tunnel.status
+            assert "re-bound serial M-1 to a new machine (re-bound by admin)" in (
+                status.reason or ""
+            )
+            deadline = time.monotonic() + 5  # the relay unregisters in the background
+            while await vendor.store.tethers.list():
+                assert time.monotonic() < deadline, "the re-bound machine is still listed"
+                await asyncio.sleep(0.05)

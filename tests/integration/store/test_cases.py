@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from tether.errors import BadInput, Refused
-from tether.store import CaseStatus, KeyKind, Store
+from tether.store import CaseStatus, KeyKind, RevocationKind, Store
 
 from .helpers import T0, issue
 
@@ -45,6 +45,10 @@ async def test_rebind_forgets_the_key_and_the_next_machine_binds(store: Store) -
     assert bound.first_seen_at == later
     with pytest.raises(BadInput, match="no machine is bound to serial 'SN-9'"):
         await store.machines.rebind("SN-9", by="alice", now=later)
+    # Every relay hears of the re-bind through the revocation feed (and its NOTIFY).
+    (revocation,) = await store.revocations.since(0)
+    assert (revocation.kind, revocation.subject) == (RevocationKind.MACHINE, "SN-1")
+    assert revocation.reason == "re-bound by alice"
 
 
 async def test_concurrent_first_use_all_callers_agree(store_url: str) -> None:
