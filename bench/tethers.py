@@ -30,8 +30,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / 100.0
 
 
-async def issue_many(world: World, count: int, file: Path) -> None:
+async def issue_many(world: World, count: int, file: Path, relay: str | None = None) -> None:
     """Sign ``count`` keys (one serial each) and record them in one transaction.
+
+    The keys name ``relay`` (``HOST:PORT``; default: the world's one relay).
 
     The same signing and the same rows as ``Authority.issue_key``, without its per-key
     commit and audit fsync, which would make a 20,000-tether run spend minutes here.
@@ -47,7 +49,7 @@ async def issue_many(world: World, count: int, file: Path) -> None:
             serial=world.next_serial(),
             now=now,
             lifetime=timedelta(days=1),
-            relay=f"127.0.0.1:{world.relay_port}",
+            relay=relay or f"127.0.0.1:{world.relay_port}",
             relay_host_key=authority.relay_host_key_fingerprint,
             ports=SWARM_PORTS,
             vendor=authority.config.vendor,
