@@ -304,7 +304,10 @@ async def idle_across(fleet: Fleet, names: list[str], count: int) -> IdleFleet:
     }
     try:
         start = time.perf_counter()
-        await asyncio.gather(*(add_across(handles[name], count, 0) for name in names))
+        # Every relay ramps up at once on the same cores: allow each a third of the pace.
+        await asyncio.gather(
+            *(add_across(handles[name], count, 0, per_second=20 / 3) for name in names)
+        )
         seconds = time.perf_counter() - start
         await asyncio.sleep(1.0)
         kib = {}

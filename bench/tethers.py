@@ -126,13 +126,18 @@ def start_swarm(world: World, keys: Path) -> SwarmHandle:
 PER_SWARM = 10_000
 
 
-async def add_across(swarms: list[SwarmHandle], count: int, have: int) -> float:
-    """Add ``count`` tethers spread over ``swarms`` (filling each up to PER_SWARM)."""
+async def add_across(
+    swarms: list[SwarmHandle], count: int, have: int, per_second: float = 20.0
+) -> float:
+    """Add ``count`` tethers spread over ``swarms`` (filling each up to PER_SWARM).
+
+    Gives up if a swarm's tethers come up slower than ``per_second`` (after 120 s).
+    """
     jobs = []
     for i, swarm in enumerate(swarms):
         room = max(0, min(PER_SWARM * (i + 1), have + count) - max(PER_SWARM * i, have))
         if room:
-            jobs.append(swarm.add(room, timeout=max(120.0, room / 20)))
+            jobs.append(swarm.add(room, timeout=max(120.0, room / per_second)))
     return max(await asyncio.gather(*jobs))
 
 
