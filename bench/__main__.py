@@ -19,11 +19,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import ending, tethers, throughput
-from bench.parts import World, machine_description, raise_fd_limit
+from bench import ending, fleet, tethers, throughput
+from bench.parts import World, free_port, machine_description, raise_fd_limit
 from bench.report import Row, median, percentile, print_table, write
 
-GROUPS = ("throughput", "connect", "tethers", "restart", "ending", "agent")
+GROUPS = ("throughput", "connect", "tethers", "restart", "ending", "agent", "fleet")
 
 #: The relay's limits on unauthenticated connections are per source address; the
 #: swarm is one source, so a benchmark relay lets it dial as a fleet would.
@@ -55,6 +55,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--restart", type=int, default=10000, help="tethers held through a relay restart"
     )
+    p.add_argument(
+        "--failover",
+        type=int,
+        default=1000,
+        help="tethers on three relays behind HAProxy when one is SIGKILLed (fleet group)",
+    )
     p.add_argument("--tries", type=int, default=50, help="tries of each disable / revoke timing")
     p.add_argument(
         "--out",
@@ -68,6 +74,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"unknown group(s) {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}")
     if args.smoke:
         args.runs, args.size_mib, args.tethers, args.restart, args.tries = 1, 8, "5,10", 10, 2
+        args.failover = 10
     return args
 
 
@@ -291,6 +298,123 @@ async def system_rows(
     return rows
 
 
+async def fleet_rows(
+    args: argparse.Namespace, steps: Steps, work: Path, fd_limit: int
+) -> list[Row]:
+    """The relay fleet's rows (bench/fleet.py): peer relay vs own relay, revoke, idle, failover."""
+    rows: list[Row] = []
+    world = World(work / "fleet")
+    world.dir.mkdir()
+    relays = fleet.Fleet(world, BENCH_RELAY)
+    try:
+        steps.say("fleet: PostgreSQL and relays a, b, c")
+        home = free_port()
+        await relays.start(home)
+        await relays.add_relays(["a", "b", "c"], behind_proxy=False, ports={"a": home})
+        await world.engineer()
+        m = await fleet.machine(world)
+        own, peer = relays.relays["a"].port, relays.relays["b"].port
+        # The first channel through b opens its link to a; the figures are of a link in use.
+        await fleet.connect_once(world, own, m)
+        await fleet.connect_once(world, peer, m)
+        via_own, via_peer = [], []
+        for run in range(max(args.runs, 5)):
+            steps.say(f"fleet: engineer connect, run {run + 1}")
+            via_own.append(await fleet.connect_once(world, own, m))
+            via_peer.append(await fleet.connect_once(world, peer, m))
+        steps.done()
+        extra = (median(via_peer) - median(via_own)) * 1000
+        rows.append(
+            Row(
+                "fleet: engineer connect through a peer relay vs the machine's own relay",
+                extra,
+                "ms extra",
+                "≤ +20 ms",
+                extra <= 20,
+                detail=f"{median(via_peer) * 1000:.0f} ms via relay b (peer link to a), "
+                f"{median(via_own) * 1000:.0f} ms via relay a; median of {len(via_own)}",
+                samples=via_peer,
+            )
+        )
+        size = args.size_mib << 20
+        mb_own, mb_peer = [], []
+        for run in range(args.runs):
+            steps.say(f"fleet: throughput through a peer relay, run {run + 1}/{args.runs}")
+            mb_own.append(await fleet.download(world, own, m, size))
+            mb_peer.append(await fleet.download(world, peer, m, size))
+            steps.done()
+        ratio = median(mb_peer) / median(mb_own)
+        rows.append(
+            Row(
+                "fleet: throughput through a peer relay vs the machine's own relay (ssh -L)",
+                ratio,
+                "x own relay",
+                "≥ 0.8x",
+                ratio >= 0.8,
+                detail=f"{median(mb_peer):.0f} vs {median(mb_own):.0f} MB/s, {args.size_mib} MiB",
+                samples=mb_peer,
+            )
+        )
+        revokes = []
+        for attempt in range(args.tries):
+            steps.say(f"fleet: revoke → sessions through a and b gone, try {attempt + 1}")
+            revokes.append(await fleet.revoke_once(relays, m))
+            steps.done()
+        p99 = percentile(revokes, 99)
+        rows.append(
+            Row(
+                "fleet: revoke → live sessions through both relays gone (p99)",
+                p99,
+                "s",
+                "≤ 1 s",
+                p99 <= 1.0,
+                detail=f"p50 {percentile(revokes, 50):.2f} s over {len(revokes)} tries; "
+                "one session through the machine's relay, one through a peer",
+                samples=revokes,
+            )
+        )
+        largest = max(int(n) for n in args.tethers.split(","))
+        per_relay, capped = fleet.idle_size(largest, fd_limit)
+        steps.say(f"fleet: 3 x {per_relay:,} idle tethers")
+        idle = await fleet.idle_across(relays, ["a", "b", "c"], per_relay)
+        steps.done()
+        worst = max(idle.kib_per_tether.values())
+        each = ", ".join(f"{k} {v:.1f}" for k, v in idle.kib_per_tether.items())
+        rows.append(
+            Row(
+                f"fleet: relay RSS per idle tether, 3 relays x {per_relay:,} tethers",
+                worst,
+                "KiB",
+                "≤ 64 KiB",
+                worst <= 64,
+                detail=f"worst relay; KiB per tether: {each}; all up after {idle.seconds:.0f} s"
+                + (f" (capped from {largest:,}: open-file limit {fd_limit:,})" if capped else ""),
+            )
+        )
+        for name in ("a", "b", "c"):
+            relays.stop(name)
+        steps.say(f"fleet: SIGKILL of one of three relays holding {args.failover:,} tethers")
+        result = await fleet.failover(relays, args.failover)
+        steps.done()
+        rows.append(
+            Row(
+                f"fleet: {result.tethers:,} tethers back after SIGKILL of one of three relays",
+                result.all_back,
+                "s",
+                "≤ 60 s, spread",
+                result.all_back <= 60 and fleet.spread_ok(result),
+                detail=f"{result.lost:,} on the killed relay; at most "
+                f"{result.peak_per_second:,} came back in one second, "
+                f"{result.peak_dials_per_second:,} agents dialled in one; the store listed "
+                f"them all on the others after {result.placed:.1f} s "
+                f"({', '.join(f'{k} {v:,}' for k, v in result.spread.items())})",
+            )
+        )
+    finally:
+        await relays.aclose()
+    return rows
+
+
 class DemoSystemQuiet(ending.DemoSystem):
     """The demo system without its progress lines (the progress bar speaks instead)."""
 
@@ -309,6 +433,7 @@ def count_steps(args: argparse.Namespace, groups: set[str]) -> int:
         "restart": lambda: 1,
         "ending": lambda: 2 * args.tries + 2,
         "agent": lambda: 1,
+        "fleet": lambda: 2 + args.runs + args.tries + 1,
     }
     return sum(counts[g]() for g in groups)
 
@@ -335,6 +460,12 @@ async def main(argv: list[str]) -> int:
             rows += await loopback_rows(args, groups, steps, work, fd_limit)
         if groups & {"ending", "agent"}:
             rows += await system_rows(args, groups, steps, work)
+        if "fleet" in groups:
+            reason = fleet.fleet_unavailable_reason()
+            if reason is None:
+                rows += await fleet_rows(args, steps, work, fd_limit)
+            else:
+                console.print(f"fleet group skipped: {reason}")
     machine = machine_description()
     print_table(rows, machine, Console())
     stamp = time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if args.smoke else "")

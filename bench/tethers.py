@@ -30,8 +30,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / 100.0
 
 
-async def issue_many(world: World, count: int, file: Path) -> None:
+async def issue_many(world: World, count: int, file: Path, relay: str | None = None) -> None:
     """Sign ``count`` keys (one serial each) and record them in one transaction.
+
+    The keys name ``relay`` (``HOST:PORT``; default: the world's one relay).
 
     The same signing and the same rows as ``Authority.issue_key``, without its per-key
     commit and audit fsync, which would make a 20,000-tether run spend minutes here.
@@ -47,7 +49,7 @@ async def issue_many(world: World, count: int, file: Path) -> None:
             serial=world.next_serial(),
             now=now,
             lifetime=timedelta(days=1),
-            relay=f"127.0.0.1:{world.relay_port}",
+            relay=relay or f"127.0.0.1:{world.relay_port}",
             relay_host_key=authority.relay_host_key_fingerprint,
             ports=SWARM_PORTS,
             vendor=authority.config.vendor,
@@ -124,13 +126,18 @@ def start_swarm(world: World, keys: Path) -> SwarmHandle:
 PER_SWARM = 10_000
 
 
-async def add_across(swarms: list[SwarmHandle], count: int, have: int) -> float:
-    """Add ``count`` tethers spread over ``swarms`` (filling each up to PER_SWARM)."""
+async def add_across(
+    swarms: list[SwarmHandle], count: int, have: int, per_second: float = 20.0
+) -> float:
+    """Add ``count`` tethers spread over ``swarms`` (filling each up to PER_SWARM).
+
+    Gives up if a swarm's tethers come up slower than ``per_second`` (after 120 s).
+    """
     jobs = []
     for i, swarm in enumerate(swarms):
         room = max(0, min(PER_SWARM * (i + 1), have + count) - max(PER_SWARM * i, have))
         if room:
-            jobs.append(swarm.add(room, timeout=max(120.0, room / 20)))
+            jobs.append(swarm.add(room, timeout=max(120.0, room / per_second)))
     return max(await asyncio.gather(*jobs))
 
 

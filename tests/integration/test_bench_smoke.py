@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from tether.sandbox import sandbox_unavailable_reason
+from tether.sandbox.haproxy import haproxy_unavailable_reason
+from tether.sandbox.postgres import find_postgres_bindir
 
 pytestmark = pytest.mark.sandbox
 
@@ -33,6 +35,14 @@ FIGURES = [
     "expiry → access closed, agent dead",
     "agent idle memory (tether up)",
     "agent start-up",
+]
+#: The fleet group's rows (PostgreSQL and HAProxy of this machine; skipped without them).
+FLEET_FIGURES = [
+    "fleet: engineer connect through a peer relay vs the machine's own relay",
+    "fleet: throughput through a peer relay vs the machine's own relay",
+    "fleet: revoke → live sessions through both relays gone (p99)",
+    "fleet: relay RSS per idle tether, 3 relays x 10 tethers",
+    "fleet: 10 tethers back after SIGKILL of one of three relays",
 ]
 
 
@@ -52,7 +62,10 @@ def test_every_budget_row_is_measured_and_written(tmp_path: Path) -> None:
     (json_file,) = tmp_path.glob("*-smoke.json")
     data = json.loads(json_file.read_text())
     measured = {row["figure"]: row for row in data["rows"]}
-    for figure in FIGURES:
+    fleet = haproxy_unavailable_reason() is None and find_postgres_bindir() is not None
+    if not fleet:
+        assert "fleet group skipped" in result.stderr, result.stderr[-3000:]
+    for figure in FIGURES + (FLEET_FIGURES if fleet else []):
         assert any(name.startswith(figure) for name in measured), (figure, sorted(measured))
     for row in data["rows"]:
         assert isinstance(row["value"], float | int), row
