@@ -96,9 +96,9 @@ class RevocationWatch:
             elif revocation.kind == RevocationKind.MACHINE:
                 # The serial was re-bound: the machine holding it now is not the one the
                 # vendor means any more (replaced, or a copied disk). Permanent for it.
-                entry = self.relay.registry.get(revocation.subject)
-                if entry is not None:
-                    entry.link.drop(
+                held = self.relay.registry.get(revocation.subject)
+                if held is not None:
+                    held.link.drop(
                         RefusalReason.OTHER_MACHINE,
                         f"the vendor re-bound serial {revocation.subject} to a new machine "
                         f"({revocation.reason})",
