@@ -139,7 +139,13 @@ async def vendor_setup(
         await store.aclose()
 
 
-FAST = TetherSettings(keepalive_interval=5, backoff_initial=0.2, backoff_cap=1.0, connect_timeout=5)
+FAST = TetherSettings(
+    keepalive_interval=5,
+    backoff_initial=0.2,
+    backoff_cap=1.0,
+    connect_timeout=5,
+    reconnect_spread=0.2,
+)
 
 
 class Agent:
@@ -154,6 +160,7 @@ class Agent:
         machine_key: asyncssh.SSHKey | None = None,
         audit: AuditLog | None = None,
         head_check: float = 5.0,
+        settings: TetherSettings | None = None,
     ) -> None:
         self.machine_key = machine_key or asyncssh.generate_private_key("ssh-ed25519")
         self.tunnel = Tunnel(
@@ -161,7 +168,7 @@ class Agent:
             claims,
             self.machine_key,
             tuple(ports),
-            FAST,
+            settings or FAST,
             rng=random.Random(7),
             audit=audit,
             head_check=head_check,

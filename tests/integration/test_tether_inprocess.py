@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Agent, EchoServer, run_ssh, vendor_setup
+from tests.integration.harness import FAST, Agent, EchoServer, run_ssh, vendor_setup
 from tether.agent.tunnel import TunnelState
 from tether.protocol import RefusalReason
 from tether.sshlib import asyncssh
@@ -133,6 +133,28 @@ async def test_a_relay_that_stops_and_stays_down_is_not_met_by_a_tight_loop(
             # FAST backoff (0.2 s doubling to 1 s, full jitter) makes a handful of attempts
             # in 2 s; a window that replaced the backoff made hundreds.
             assert 1 <= len(retries) <= 15, [r.getMessage() for r in retries]
+
+
+async def test_an_unannounced_drop_spreads_the_return_over_reconnect_spread(
+    tmp_path: Path,
+) -> None:
+    """A relay that dies says nothing: its agents' first return is spread, not at once."""
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        spread = replace(FAST, reconnect_spread=10.0)
+        async with Agent(key, claims, [service.port], settings=spread) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            entry = vendor.relay.registry.get("M-1")
+            assert entry is not None
+            assert entry.link.conn is not None
+            entry.link.conn.abort()  # as a SIGKILLed relay: no goodbye, no hint
+            await agent.wait_for(TunnelState.RECONNECTING, timeout=5)
+            status = agent.tunnel.status
+            assert status.retry_at is not None
+            wait = (status.retry_at - status.since).total_seconds()
+            # The seeded agent's first draw from uniform(0, 10), as in the relay-hint
+            # test above: the same spread, though nobody announced it.
+            assert wait == pytest.approx(3.238, abs=0.01)
 
 
 #: What the harness's seeded agent (random.Random(7)) draws second from uniform(0, 10).

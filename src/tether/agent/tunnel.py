@@ -290,7 +290,9 @@ class Tunnel:
             was_connected = self.status.state == TunnelState.CONNECTED
             if was_connected:
                 attempt = 0
-                spread = hint  # a new drop: this one's hint (or none) decides
+                # A new drop: the relay's hint decides; an unannounced one (the relay
+                # died) spreads the return over reconnect_spread.
+                spread = hint or self._settings.reconnect_spread
             elif hint:
                 spread = hint
             delay = backoff_delay(

@@ -33,6 +33,10 @@ class TetherSettings:
     backoff_initial: float = 1.0
     backoff_cap: float = 60.0
     connect_timeout: float = 20.0
+    #: After a drop nobody announced (a relay killed, a network cut), the first return
+    #: waits a random time within this many seconds, so that a dead relay's agents do
+    #: not all meet the others in the same second. An announced drop names its own.
+    reconnect_spread: float = 5.0
 
 
 class FailMode(StrEnum):
@@ -262,6 +266,7 @@ class AgentConfig:
             backoff_initial=initial,
             backoff_cap=t.number("backoff_cap", 60.0, low=initial, high=3600.0),
             connect_timeout=t.number("connect_timeout", 20.0),
+            reconnect_spread=t.number("reconnect_spread", 5.0, low=0.0, high=600.0),
         )
         t.finish()
         state_dir = r.path_("state_dir", "/var/lib/tether")
