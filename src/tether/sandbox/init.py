@@ -209,6 +209,33 @@ class Mounter:
             self.private.append(inside)
 
 
+def python_under(hidden: Sequence[str]) -> list[tuple[int, str]]:
+    """This Python and Tether's code, where a private /tmp would hide them: opened now.
+
+    The machine runs the agent and the CLI with the host's interpreter (a checkout and
+    its venv under /tmp are common); :func:`show_again` binds them back once /tmp is
+    private, at the same paths.
+    """
+    import tether
+
+    wanted = {sys.prefix, sys.base_prefix, str(Path(tether.__file__).resolve().parents[1])}
+    kept = []
+    for path in sorted(wanted):
+        if any(path == d or path.startswith(d.rstrip("/") + "/") for d in hidden):
+            kept.append((os.open(path, os.O_PATH | os.O_DIRECTORY), path))
+    return kept
+
+
+def show_again(kept: Sequence[tuple[int, str]]) -> None:
+    """Bind what :func:`python_under` opened back at its own path."""
+    for fd, path in kept:
+        try:
+            os.makedirs(path, exist_ok=True)
+            bind(f"/proc/self/fd/{fd}", path)
+        finally:
+            os.close(fd)
+
+
 def copy_etc(root: Path, hostname: str) -> None:
     """Copy the host's /etc to ``root/etc`` and adapt it to the sandboxed machine."""
     etc = root / "etc"
@@ -384,7 +411,9 @@ def build(args: argparse.Namespace) -> list[int]:
     mounter.private.append(layout.ETC)
     for inside in layout.PRIVATE_DIRS:
         mounter.private_dir(inside, host_info[inside])
+    python = python_under(tmp_dirs)
     mounter.private_dirs_hiding_the_workdir(tmp_dirs, host_info)
+    show_again(python)
     socket.sethostname(args.hostname)
     link_up("lo")
     prepare_run()

@@ -353,3 +353,30 @@ def test_private_tmp_keeps_what_is_written_there_on_the_machine(tmp_path: Path) 
     finally:
         for top in ("/tmp", "/var/tmp"):
             Path(top, name).unlink(missing_ok=True)
+
+
+def test_a_checkout_under_tmp_still_runs_inside_a_private_tmp(tmp_path: Path) -> None:
+    """`tether demo` from a clone in /tmp: the machine still sees the Python running it.
+
+    The fresh-clone check of this project ran from /tmp/fresh and every private-/tmp
+    machine failed to start its agent ("No such file: /tmp/fresh/.venv/bin/python").
+    """
+    from tether.sandbox import sandbox_unavailable_reason
+    from tether.sandbox.init import python_under
+
+    if (reason := sandbox_unavailable_reason()) is not None:
+        pytest.skip(reason)
+    # Which paths would be kept if this interpreter lived under a hidden directory.
+    prefix_parent = str(Path(sys.prefix).parent)
+    kept = python_under([prefix_parent])
+    try:
+        assert sys.prefix in [path for _, path in kept]
+    finally:
+        for fd, _ in kept:
+            os.close(fd)
+    assert python_under(["/nonexistent-hidden-dir"]) == []
+    # And for real: a "venv" under the host's /tmp, visible inside the private /tmp.
+    with Sandbox(tmp_path / "box", private_tmp=True) as box:
+        shown = box.run([sys.executable, "-c", "import tether, sys; print(sys.prefix)"])
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.strip() == sys.prefix
