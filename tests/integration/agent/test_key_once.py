@@ -206,3 +206,34 @@ async def test_a_key_closed_while_the_agent_was_down_is_reported_spent_when_it_r
         assert json.loads(state_file.read_text()).get("unreported_key") is None
     finally:
         await stop(machine, agent)
+
+
+@pytest.mark.parametrize("closed_by", ["expiry", "revoke"])
+async def test_a_key_whose_access_ended_by_expiry_or_revoke_is_spent_too(
+    setup: tuple[Vendor, Machine, int],  # noqa: F811
+    closed_by: str,
+) -> None:
+    """Defect 1's other two ways to close: the grant's own end, the vendor's revoke."""
+    vendor, machine, service = setup
+    agent = await machine.start_agent()
+    try:
+        key, claims = await vendor.issue("M-1", ports=[service])
+        duration = ["--duration", "3s"] if closed_by == "expiry" else []
+        opened = await machine.tether("access", "enable", "--key", key, *duration)
+        assert opened.returncode == 0, opened.stderr
+        await machine.wait_tunnel("connected")
+        if closed_by == "revoke":
+            await vendor.authority.revoke_key(claims.key_id, reason="case closed")
+
+        async def closed() -> bool:
+            access = (await machine.status())["access"]
+            return isinstance(access, dict) and access["status"] == "closed"
+
+        await _wait(closed, f"access closed by {closed_by}", timeout=15)
+        reused = await machine.tether("access", "enable", "--key", key)
+        assert reused.returncode == 2, reused.stdout + reused.stderr
+        assert "this key was already used on this machine" in reused.stderr
+        assert "each key works once: ask the vendor for a new key" in reused.stderr
+        assert machine.sandbox.run(["id", "tether-support"]).returncode != 0
+    finally:
+        await stop(machine, agent)
