@@ -147,12 +147,19 @@ class WebSocketCodec:
     """A WebSocket carrying the inner stream as binary messages (``wsproto``).
 
     :param host: the client's ``Host`` header; ``None`` for the server side.
+    :param target: the client's request target: :data:`WEBSOCKET_PATH`, or an absolute
+        ``http://relay:port/tether`` when the request goes through an HTTP proxy.
     :param headers: further request headers of the client (none on the server).
     """
 
     def __init__(
-        self, *, host: str | None = None, headers: list[tuple[bytes, bytes]] | None = None
+        self,
+        *,
+        host: str | None = None,
+        target: str = WEBSOCKET_PATH,
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
+        self._target = target
         self._client = host is not None
         self._ws = WSConnection(ConnectionType.CLIENT if self._client else ConnectionType.SERVER)
         self._host = host or ""
@@ -167,7 +174,7 @@ class WebSocketCodec:
         return self._ws.send(
             Request(
                 host=self._host,
-                target=WEBSOCKET_PATH,
+                target=self._target,
                 subprotocols=[WEBSOCKET_SUBPROTOCOL],
                 extra_headers=self._headers,
             )
@@ -280,7 +287,9 @@ class CodecLayer(asyncio.Transport, asyncio.Protocol):
         return None
 
     def _eof(self) -> None:
-        if self._made and isinstance(self._inner, asyncio.Protocol):
+        if not self._made:
+            self._report(LayerError("the connection closed during the handshake"))
+        elif isinstance(self._inner, asyncio.Protocol):
             keep = self._inner.eof_received()
             if keep:
                 return
@@ -291,8 +300,8 @@ class CodecLayer(asyncio.Transport, asyncio.Protocol):
         if self._made:
             self._made = False
             self._inner.connection_lost(exc)
-        elif self._failed is not None and not self._closing:
-            self._report(LayerError("connection closed during the handshake"))
+        else:
+            self._report(LayerError("the connection closed during the handshake"))
 
     def pause_writing(self) -> None:
         if self._made:

@@ -154,6 +154,7 @@ class Agent:
         machine_key: asyncssh.SSHKey | None = None,
         audit: AuditLog | None = None,
         head_check: float = 5.0,
+        settings: TetherSettings = FAST,
     ) -> None:
         self.machine_key = machine_key or asyncssh.generate_private_key("ssh-ed25519")
         self.tunnel = Tunnel(
@@ -161,7 +162,7 @@ class Agent:
             claims,
             self.machine_key,
             tuple(ports),
-            FAST,
+            settings,
             rng=random.Random(7),
             audit=audit,
             head_check=head_check,

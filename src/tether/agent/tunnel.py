@@ -33,10 +33,12 @@ from datetime import timedelta
 from typing import cast
 
 from tether import log
+from tether.agent.network import Carrier, NetworkError, TransportKind, resolve_proxy
 from tether.agent.status import TunnelState, TunnelStatus
 from tether.audit_log import AuditLog
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import TetherSettings
+from tether.errors import ConfigError
 from tether.keys import TetherKeyClaims, parse_address
 from tether.protocol import (
     PERMANENT_REASONS,
@@ -132,17 +134,21 @@ async def connect_as_agent(
     within: float,
     keepalive_interval: float = 0.0,
     keepalive_count_max: int = 3,
+    carrier: Carrier | None = None,
 ) -> asyncssh.SSHClientConnection:
     """Log in to ``relay`` as an agent with the machine key, its host key pinned by ``client``.
 
     Nothing of the local user's SSH setup is used (no config file, no ssh-agent).
-    Raises :class:`asyncssh.HostKeyNotVerifiable` when the pin does not match.
+    ``carrier``: the way to the relay (TLS, a proxy...); ``None``: SSH over TCP.
+    Raises :class:`asyncssh.HostKeyNotVerifiable` when the pin does not match, and
+    :class:`~tether.agent.network.NetworkError` when the carrier fails.
     """
     host, port = parse_address(relay)
     return await asyncio.wait_for(
         asyncssh.connect(
             host,
             port,
+            tunnel=carrier if carrier is not None and carrier.kind != TransportKind.SSH else (),
             username=AGENT_USERNAME,
             client_keys=[machine_key],
             client_factory=lambda: client,
@@ -238,6 +244,9 @@ class Tunnel:
         self._control: asyncssh.SSHClientChannel[bytes] | None = None
         self._wake = asyncio.Event()
         self._stopped = False
+        #: The way to the relay that last carried the tether (tried first next time).
+        self._worked: TransportKind | None = None
+        self._carrier: Carrier | None = None
         self.status = TunnelStatus(TunnelState.CONNECTING, claims.relay, clock.now(), ports=ports)
 
     def _set(self, status: TunnelStatus) -> None:
@@ -320,24 +329,76 @@ class Tunnel:
         self._set(TunnelStatus(TunnelState.STOPPED, self._claims.relay, self._clock.now()))
         return None
 
+    def _carriers(self) -> list[Carrier]:
+        """The ways to the relay to try now: the one that last worked first, then the rest.
+
+        Raises :class:`_Transient` when the network settings cannot be used (a proxy
+        credentials file others can read...): retried, so that fixing it is enough.
+        """
+        network = self._settings.network
+        kinds = list(network.transports)
+        if self._worked in kinds:
+            kinds.remove(self._worked)
+            kinds.insert(0, self._worked)
+        host, _ = parse_address(self._claims.relay)
+        proxy = None
+        if any(kind.via_proxy for kind in kinds):
+            try:
+                proxy = resolve_proxy(network, host)
+            except ConfigError as exc:
+                raise _Transient(str(exc)) from None
+        return [Carrier(kind, proxy) for kind in kinds if proxy is not None or not kind.via_proxy]
+
+    async def _connect(self, client: PinnedClient) -> tuple[asyncssh.SSHClientConnection, Carrier]:
+        """Log in over the first way to the relay that works; say why each failed if none."""
+        settings = self._settings
+        failures: list[str] = []
+        carriers = self._carriers()
+        if not carriers:
+            raise _Transient("no way to the relay: the transports need a proxy and none is set")
+        for carrier in carriers:
+            try:
+                conn = await connect_as_agent(
+                    self._claims.relay,
+                    client,
+                    self._machine_key,
+                    within=settings.connect_timeout,
+                    keepalive_interval=settings.keepalive_interval,
+                    keepalive_count_max=settings.keepalive_count_max,
+                    carrier=carrier,
+                )
+            except asyncssh.HostKeyNotVerifiable:
+                raise  # the same relay on every way: trying others changes nothing
+            except NetworkError as exc:
+                failures.append(f"{carrier.kind.value}: {exc.message}")
+            except (TimeoutError, OSError, asyncssh.Error) as exc:
+                failures.append(f"{carrier.kind.value}: {_describe_error(exc, self._claims.relay)}")
+            else:
+                for failure in failures:
+                    log.event(logger, "tether.transport_failed", reason=failure)
+                if self._worked != carrier.kind:
+                    log.event(logger, "tether.transport", transport=carrier.describe())
+                self._worked = carrier.kind
+                return conn, carrier
+            if self._stopped:
+                break
+        # The same words on every way (the relay is down): say them once.
+        words = {failure.split(": ", 1)[1] for failure in failures}
+        if len(words) == 1:
+            raise _Transient(words.pop())
+        raise _Transient(f"relay {self._claims.relay} unreachable every way: {'; '.join(failures)}")
+
     async def _run_once(self) -> None:
         client = PinnedClient(self._claims.relay_host_key)
-        settings = self._settings
         try:
-            conn = await connect_as_agent(
-                self._claims.relay,
-                client,
-                self._machine_key,
-                within=settings.connect_timeout,
-                keepalive_interval=settings.keepalive_interval,
-                keepalive_count_max=settings.keepalive_count_max,
-            )
+            conn, carrier = await self._connect(client)
         except asyncssh.HostKeyNotVerifiable:
             raise _Transient(
                 f"relay host key {client.mismatch} is not the one pinned by the key "
                 f"({self._claims.relay_host_key})"
             ) from None
         self._conn = conn
+        self._carrier = carrier
         try:
             if self._stopped:
                 return
@@ -380,9 +441,14 @@ class Tunnel:
                 log.event(logger, "tether.port_refused", level=logging.WARNING, port=port)
         if not offered:
             raise _Transient("the relay accepted none of this machine's ports")
+        over = None if self._carrier is None else self._carrier.describe()
         self._set(
             TunnelStatus(
-                TunnelState.CONNECTED, self._claims.relay, self._clock.now(), ports=self._ports
+                TunnelState.CONNECTED,
+                self._claims.relay,
+                self._clock.now(),
+                ports=self._ports,
+                transport=over,
             )
         )
         log.event(
@@ -391,6 +457,8 @@ class Tunnel:
             relay=self._claims.relay,
             serial=self._claims.serial,
             ports=self._ports,
+            transport=over or "",
+            tls_issuer="" if self._carrier is None else self._carrier.tls_issuer,
         )
         reporter = (
             self._tasks.spawn(self._report_heads(chan, self._audit), "tether.heads")

@@ -7,14 +7,18 @@ The engineer side is stock OpenSSH; the TLS around it is stock ``openssl s_clien
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import ssl
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Agent, EchoServer, run_ssh, vendor_setup
+from tests.integration.harness import FAST, Agent, EchoServer, run_ssh, vendor_setup
+from tether.agent.network import NetworkSettings, TransportKind
 from tether.agent.tunnel import TunnelState
+from tether.config import TetherSettings
 from tether.tlscert import write_self_signed
 
 OPENSSL = shutil.which("openssl")
@@ -66,3 +70,52 @@ async def test_a_plain_http_request_gets_no_ssh(tmp_path: Path) -> None:
         writer.close()
         assert b"SSH-" not in answer
         assert answer == b"" or answer.startswith(b"HTTP/1.1 4")
+
+
+def _over(*kinds: TransportKind, **network: object) -> TetherSettings:
+    return replace(FAST, network=NetworkSettings(transports=kinds, environ={}, **network))  # type: ignore[arg-type]
+
+
+async def test_agent_tether_over_tls_carries_an_engineer(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path, **_tls_files(tmp_path)) as vendor, EchoServer() as service:
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        alice = await vendor.engineer("alice", tmp_path)
+        async with Agent(key, claims, [service.port], settings=_over(TransportKind.TLS)) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            assert agent.tunnel.status.transport == "tls"
+            assert "over tls since" in agent.tunnel.status.describe(agent.tunnel.status.since)
+            result = await run_ssh(
+                alice.ssh_args(vendor.relay_port, "-W", f"m-1:{service.port}", "alice@127.0.0.1"),
+                input=b"ping\n",
+            )
+        assert result.stdout == b"hello from the machine\nping\n", result.stderr
+
+
+async def test_agent_falls_back_to_the_next_transport_and_says_which_carries_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A relay without TLS: the agent's first choice (tls) fails, ssh carries the tether."""
+    async with vendor_setup(tmp_path) as vendor, EchoServer() as service:
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        settings = _over(TransportKind.TLS, TransportKind.SSH)
+        with caplog.at_level(logging.INFO, logger="tether.agent.tunnel"):
+            async with Agent(key, claims, [service.port], settings=settings) as agent:
+                await agent.wait_for(TunnelState.CONNECTED)
+                assert agent.tunnel.status.transport == "ssh"
+                agent.tunnel.reset()  # reconnects over what worked, without trying tls again
+                await agent.wait_for(TunnelState.RECONNECTING)
+                await agent.wait_for(TunnelState.CONNECTED)
+                assert agent.tunnel.status.transport == "ssh"
+        lines = [r.getMessage() for r in caplog.records]
+        assert sum("tether.transport_failed" in line and "tls:" in line for line in lines) == 1, (
+            lines
+        )
+
+
+async def test_websocket_proxy_transport_needs_a_proxy(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path, **_tls_files(tmp_path)) as vendor:
+        key, claims = await vendor.issue("M-1", ports=[22])
+        settings = _over(TransportKind.WEBSOCKET_PROXY)
+        async with Agent(key, claims, [22], settings=settings) as agent:
+            await agent.wait_for(TunnelState.RECONNECTING)
+            assert "none is set" in (agent.tunnel.status.reason or "")
