@@ -96,7 +96,8 @@ class Squid:
             f"visible_hostname squid-{secrets.token_hex(3)}",
             "acl tunnel_ports port " + ports,
             "acl CONNECT method CONNECT",
-            "http_upgrade_request_protocols WebSocket allow all",
+            # Browsers (and wsproto) send "Upgrade: websocket"; Squid matches names as written.
+            "http_upgrade_request_protocols websocket allow all",
         ]
         if self.users:
             helper = next((h for h in _NCSA if Path(h).exists()), _NCSA[0])

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.integration.agent.test_cli import Machine, stop
-from tests.integration.harness import Vendor, run_ssh, vendor_setup
+from tests.integration.harness import FAST, Agent, EchoServer, Vendor, run_ssh, vendor_setup
+from tether.agent.network import NetworkSettings, TransportKind
+from tether.agent.status import TunnelState
 from tether.sandbox import Sandbox
 from tether.sandbox.squid import Squid, squid_unavailable_reason
 from tether.tlscert import write_self_signed
@@ -157,3 +160,30 @@ async def test_proxy_basic_auth_and_the_password_stays_secret(
         assert PASSWORD not in text, place
     assert json.loads(status.stdout)["tunnel"]["relay"] == f"127.0.0.1:{relay.relay_port}"
     assert "bob" in squid.access_log()  # the proxy did see the login attempt
+
+
+async def test_a_proxy_that_refuses_connect_passes_the_tether_as_a_websocket(
+    relay: Vendor, squid_factory: Callable[..., Squid], tmp_path: Path
+) -> None:
+    squid = squid_factory([relay.relay_port], allow_connect=False)
+    # Only the proxy's ways: direct ones would work in this process's network.
+    network = NetworkSettings(
+        transports=(TransportKind.TLS_PROXY, TransportKind.WEBSOCKET_PROXY),
+        proxy=f"http://127.0.0.1:{squid.port}",
+        environ={},
+    )
+    settings = replace(FAST, network=network)
+    async with EchoServer() as service:
+        key, claims = await relay.issue("M-1", ports=[service.port])
+        alice = await relay.engineer("alice", tmp_path)
+        async with Agent(key, claims, [service.port], settings=settings) as agent:
+            await agent.wait_for(TunnelState.CONNECTED, timeout=20)
+            assert agent.tunnel.status.transport == f"websocket-proxy via 127.0.0.1:{squid.port}"
+            result = await run_ssh(
+                alice.ssh_args(relay.relay_port, "-W", f"m-1:{service.port}", "alice@127.0.0.1"),
+                input=b"ws\n",
+            )
+        assert result.stdout == b"hello from the machine\nws\n", result.stderr
+    log = squid.access_log()
+    assert "TCP_DENIED/403" in log
+    assert "CONNECT" in log
