@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from tests.integration.agent.test_cli import Machine, stop
 from tests.integration.harness import FAST, Agent, EchoServer, Vendor, run_ssh, vendor_setup
 from tether.agent.network import NetworkSettings, TransportKind
 from tether.agent.status import TunnelState
+from tether.keys import KeyKind
 from tether.sandbox import Sandbox
 from tether.sandbox.squid import Squid, squid_unavailable_reason
 from tether.tlscert import write_self_signed
@@ -187,3 +189,92 @@ async def test_a_proxy_that_refuses_connect_passes_the_tether_as_a_websocket(
     log = squid.access_log()
     assert "TCP_DENIED/403" in log
     assert "CONNECT" in log
+
+
+async def _check(machine: Machine, key: str) -> tuple[int, dict[str, dict[str, object]], str]:
+    done = await machine.tether("access", "check", "--key", "-", "--json", input=key.encode())
+    body = json.loads(done.stdout)
+    human = await machine.tether("access", "check", "--key", "-", input=key.encode())
+    return done.returncode, {c["name"]: c for c in body["checks"]}, done.stdout + human.stdout
+
+
+@pytest.mark.parametrize(
+    ("users", "credentials", "connect_to_relay", "words"),
+    [
+        ({"bob": PASSWORD}, None, True, "wants a user and password (HTTP 407)"),
+        ({"bob": PASSWORD}, "bob:wrong", True, "refused the user and password"),
+        # CONNECT only to 443: refused, but the WebSocket upgrade passes and carries it.
+        ({}, None, False, "refused to connect to 127.0.0.1:"),
+    ],
+    ids=["407-no-password", "407-wrong-password", "403-connect-refused"],
+)
+async def test_check_explains_each_way_that_fails(
+    relay: Vendor,
+    squid_factory: Callable[..., Squid],
+    sandbox_factory: Callable[..., Sandbox],
+    tmp_path: Path,
+    users: dict[str, str],
+    credentials: str | None,
+    connect_to_relay: bool,
+    words: str,
+) -> None:
+    squid = squid_factory([relay.relay_port if connect_to_relay else 443], users=users)
+    machine = _machine(relay, squid, sandbox_factory, tmp_path, credentials=credentials)
+    key, _ = await relay.issue("M-1", ports=[22])
+    code, checks, text = await _check(machine, key)
+    assert "connection refused" in str(checks["relay over ssh"]["detail"])
+    assert words in str(checks["relay over tls-proxy"]["detail"])
+    assert PASSWORD not in text
+    websocket = checks["relay over websocket-proxy"]
+    if users:
+        assert code == 1
+        assert checks["relay reachable"]["ok"] is False
+        assert "407" in str(websocket["detail"])
+    else:
+        assert code == 0, text
+        assert str(websocket["detail"]).startswith("works (websocket-proxy via")
+        assert checks["relay over tls-proxy"]["ok"] is True  # explained, not fatal
+
+
+async def test_check_names_the_way_that_works_and_the_tls_issuer(
+    relay: Vendor,
+    squid_factory: Callable[..., Squid],
+    sandbox_factory: Callable[..., Sandbox],
+    tmp_path: Path,
+) -> None:
+    squid = squid_factory([relay.relay_port], users={"bob": PASSWORD})
+    machine = _machine(relay, squid, sandbox_factory, tmp_path, credentials=f"bob:{PASSWORD}")
+    key, _ = await relay.issue("M-1", ports=[22])
+    code, checks, text = await _check(machine, key)
+    assert code == 0, text
+    assert f"answers over tls-proxy via 127.0.0.1:{squid.port}" in str(
+        checks["relay reachable"]["detail"]
+    )
+    assert "TLS certificate issued by CN=127.0.0.1" in str(checks["relay over tls-proxy"]["detail"])
+    ssh = checks["relay over ssh"]
+    assert ssh["ok"] is True  # explained, but not a failure: another way works
+    assert "not needed now: the tether uses tls-proxy" in str(ssh["detail"])
+    assert checks["relay host key"]["ok"] is True
+    assert PASSWORD not in text
+
+
+async def test_check_says_when_the_relays_name_does_not_resolve(
+    relay: Vendor,
+    squid_factory: Callable[..., Squid],
+    sandbox_factory: Callable[..., Sandbox],
+    tmp_path: Path,
+) -> None:
+    squid = squid_factory([443])
+    machine = _machine(relay, squid, sandbox_factory, tmp_path)
+    key, _ = await relay.authority.issue_key(
+        "M-1",
+        lifetime=timedelta(hours=1),
+        ports=(22,),
+        relay="relay.does-not-exist.invalid:443",
+        kind=KeyKind.MANUAL,
+    )
+    code, checks, _ = await _check(machine, key)
+    assert code == 1
+    assert "relay.does-not-exist.invalid does not resolve (DNS" in str(
+        checks["relay over ssh"]["detail"]
+    )
