@@ -166,6 +166,76 @@ async def connect_as_agent(
     )
 
 
+class NoWayToRelay(Exception):
+    """Every way to the relay failed; the message says why, per way when they differ."""
+
+
+def carriers_for(
+    relay: str, settings: TetherSettings, first: TransportKind | None = None
+) -> list[Carrier]:
+    """The ways to ``relay`` to try, in ``[network]`` order with ``first`` moved ahead.
+
+    Ways through a proxy are left out when no proxy is configured. Raises
+    :class:`~tether.errors.ConfigError` when the proxy settings cannot be used (a
+    credentials file others can read...).
+    """
+    network = settings.network
+    kinds = list(network.transports)
+    if first in kinds:
+        kinds.remove(first)
+        kinds.insert(0, first)
+    host, _ = parse_address(relay)
+    proxy = resolve_proxy(network, host) if any(k.via_proxy for k in kinds) else None
+    return [Carrier(kind, proxy) for kind in kinds if proxy is not None or not kind.via_proxy]
+
+
+async def connect_any(
+    relay: str,
+    client: PinnedClient,
+    machine_key: asyncssh.SSHKey,
+    settings: TetherSettings,
+    *,
+    first: TransportKind | None = None,
+    keepalive: bool = True,
+) -> tuple[asyncssh.SSHClientConnection, Carrier, list[str]]:
+    """Log in to ``relay`` over the first way that works (tether, requests, reports).
+
+    :returns: the connection, the way it went, and why the ways tried before failed.
+    :raises asyncssh.HostKeyNotVerifiable: the relay's key is not the pinned one (the
+        same relay answers every way: the others are not tried).
+    :raises NoWayToRelay: none worked; the message says why.
+    :raises ConfigError: the proxy settings cannot be used.
+    """
+    failures: list[str] = []
+    carriers = carriers_for(relay, settings, first)
+    if not carriers:
+        raise NoWayToRelay("no way to the relay: the transports need a proxy and none is set")
+    for carrier in carriers:
+        try:
+            conn = await connect_as_agent(
+                relay,
+                client,
+                machine_key,
+                within=settings.connect_timeout,
+                keepalive_interval=settings.keepalive_interval if keepalive else 0.0,
+                keepalive_count_max=settings.keepalive_count_max,
+                carrier=carrier,
+            )
+        except asyncssh.HostKeyNotVerifiable:
+            raise
+        except NetworkError as exc:
+            failures.append(f"{carrier.kind.value}: {exc.message}")
+        except (TimeoutError, OSError, asyncssh.Error) as exc:
+            failures.append(f"{carrier.kind.value}: {_describe_error(exc, relay)}")
+        else:
+            return conn, carrier, failures
+    # The same words on every way (the relay is down): say them once.
+    words = {failure.split(": ", 1)[1] for failure in failures}
+    if len(words) == 1:
+        raise NoWayToRelay(words.pop())
+    raise NoWayToRelay(f"relay {relay} unreachable every way: {'; '.join(failures)}")
+
+
 #: What a relay may say to an agent.
 RelayMessage = Registered | RefusedMessage | Closing | CaseUpdate | HeadQuery
 
@@ -329,64 +399,22 @@ class Tunnel:
         self._set(TunnelStatus(TunnelState.STOPPED, self._claims.relay, self._clock.now()))
         return None
 
-    def _carriers(self) -> list[Carrier]:
-        """The ways to the relay to try now: the one that last worked first, then the rest.
-
-        Raises :class:`_Transient` when the network settings cannot be used (a proxy
-        credentials file others can read...): retried, so that fixing it is enough.
-        """
-        network = self._settings.network
-        kinds = list(network.transports)
-        if self._worked in kinds:
-            kinds.remove(self._worked)
-            kinds.insert(0, self._worked)
-        host, _ = parse_address(self._claims.relay)
-        proxy = None
-        if any(kind.via_proxy for kind in kinds):
-            try:
-                proxy = resolve_proxy(network, host)
-            except ConfigError as exc:
-                raise _Transient(str(exc)) from None
-        return [Carrier(kind, proxy) for kind in kinds if proxy is not None or not kind.via_proxy]
-
     async def _connect(self, client: PinnedClient) -> tuple[asyncssh.SSHClientConnection, Carrier]:
-        """Log in over the first way to the relay that works; say why each failed if none."""
-        settings = self._settings
-        failures: list[str] = []
-        carriers = self._carriers()
-        if not carriers:
-            raise _Transient("no way to the relay: the transports need a proxy and none is set")
-        for carrier in carriers:
-            try:
-                conn = await connect_as_agent(
-                    self._claims.relay,
-                    client,
-                    self._machine_key,
-                    within=settings.connect_timeout,
-                    keepalive_interval=settings.keepalive_interval,
-                    keepalive_count_max=settings.keepalive_count_max,
-                    carrier=carrier,
-                )
-            except asyncssh.HostKeyNotVerifiable:
-                raise  # the same relay on every way: trying others changes nothing
-            except NetworkError as exc:
-                failures.append(f"{carrier.kind.value}: {exc.message}")
-            except (TimeoutError, OSError, asyncssh.Error) as exc:
-                failures.append(f"{carrier.kind.value}: {_describe_error(exc, self._claims.relay)}")
-            else:
-                for failure in failures:
-                    log.event(logger, "tether.transport_failed", reason=failure)
-                if self._worked != carrier.kind:
-                    log.event(logger, "tether.transport", transport=carrier.describe())
-                self._worked = carrier.kind
-                return conn, carrier
-            if self._stopped:
-                break
-        # The same words on every way (the relay is down): say them once.
-        words = {failure.split(": ", 1)[1] for failure in failures}
-        if len(words) == 1:
-            raise _Transient(words.pop())
-        raise _Transient(f"relay {self._claims.relay} unreachable every way: {'; '.join(failures)}")
+        """Log in over the way that last worked, else the first that works now."""
+        try:
+            conn, carrier, failures = await connect_any(
+                self._claims.relay, client, self._machine_key, self._settings, first=self._worked
+            )
+        except (NoWayToRelay, ConfigError) as exc:
+            raise _Transient(str(exc)) from None
+        for failure in failures:
+            log.event(logger, "tether.transport_failed", reason=failure)
+        if self._worked != carrier.kind:
+            log.event(logger, "tether.transport", transport=carrier.describe())
+        self._worked = carrier.kind
+        if self._stopped:
+            conn.close()
+        return conn, carrier
 
     async def _run_once(self) -> None:
         client = PinnedClient(self._claims.relay_host_key)
@@ -565,10 +593,8 @@ async def report_spent(
     """
     client = PinnedClient(claims.relay_host_key)
     try:
-        conn = await connect_as_agent(
-            claims.relay, client, machine_key, within=settings.connect_timeout
-        )
-    except (TimeoutError, OSError, asyncssh.Error):
+        conn, _, _ = await connect_any(claims.relay, client, machine_key, settings, keepalive=False)
+    except (asyncssh.HostKeyNotVerifiable, NoWayToRelay, ConfigError):
         return False
     try:
         chan, session = await conn.create_session(
