@@ -21,8 +21,10 @@ from tests.integration.harness import FAST, Agent, EchoServer, Vendor, run_ssh, 
 from tether.agent.network import NetworkSettings, TransportKind
 from tether.agent.status import TunnelState
 from tether.keys import KeyKind
+from tether.relay.server import Relay
 from tether.sandbox import Sandbox
 from tether.sandbox.squid import Squid, squid_unavailable_reason
+from tether.sshlib import asyncssh
 from tether.tlscert import write_self_signed
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.squid]
@@ -278,3 +280,27 @@ async def test_check_says_when_the_relays_name_does_not_resolve(
     assert "relay.does-not-exist.invalid does not resolve (DNS" in str(
         checks["relay over ssh"]["detail"]
     )
+
+
+async def test_a_swapped_relay_host_key_behind_the_proxy_is_refused(
+    relay: Vendor, squid_factory: Callable[..., Squid], tmp_path: Path
+) -> None:
+    """TLS through the proxy is not the trust: another host key behind it gets nothing."""
+    squid = squid_factory([relay.relay_port])
+    network = NetworkSettings(
+        transports=(TransportKind.TLS_PROXY,), proxy=f"http://127.0.0.1:{squid.port}", environ={}
+    )
+    key, claims = await relay.issue("M-1", ports=[22])
+    impostor = tmp_path / "impostor_host_key"
+    impostor.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    port = relay.relay_port
+    await relay.relay.aclose()
+    relay.relay = Relay(
+        replace(relay.relay.config, listen=("127.0.0.1", port), host_key=impostor), relay.store
+    )
+    await relay.relay.start()
+    async with Agent(key, claims, [22], settings=replace(FAST, network=network)) as agent:
+        await agent.wait_for(TunnelState.RECONNECTING, timeout=20)
+        reason = agent.tunnel.status.reason or ""
+    assert f"is not the one pinned by the key ({claims.relay_host_key})" in reason
+    assert f"CONNECT 127.0.0.1:{port}" in squid.access_log()  # it did go through the proxy
