@@ -14,7 +14,7 @@ from tether.agent.network import (
     TransportKind,
     resolve_proxy,
 )
-from tether.agent.tunnel import PinnedClient, cannot_reach, connect_as_agent
+from tether.agent.reach import PinnedClient, cannot_reach, connect_as_agent
 from tether.errors import ConfigError
 from tether.keys import parse_address
 from tether.sshlib import asyncssh

@@ -13,7 +13,8 @@ import asyncio
 from collections.abc import Callable
 from typing import cast
 
-from tether.agent.tunnel import ControlClient, NoWayToRelay, PinnedClient, connect_any
+from tether.agent.reach import NoWayToRelay, PinnedClient, connect_any
+from tether.agent.tunnel import ControlClient
 from tether.config import AgentConfig
 from tether.errors import ConfigError, NotReady, Refused
 from tether.protocol import Cancel, CaseUpdate, Request, encode

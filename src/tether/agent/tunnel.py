@@ -3,7 +3,9 @@
 The agent logs in with its machine key, checks the relay's host key against the
 fingerprint pinned in the tether key, registers the key on the control subsystem and
 asks the relay to forward the allowed ports. Each forwarded channel is connected to
-``127.0.0.1:PORT`` on this machine and nowhere else.
+``127.0.0.1:PORT`` on this machine and nowhere else. The connection goes the first way
+that works of those ``[network]`` allows (:func:`~tether.agent.reach.connect_any`), the
+one that last worked first; :attr:`Tunnel.status` names it.
 
 If the connection drops for a reason that may pass (network, relay restart), the
 tunnel reconnects after an exponential backoff with full jitter (capped, 60 s by
@@ -20,12 +22,8 @@ entry, so that the vendor notices a log rewritten on the machine.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import os
 import random
-import re
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -33,13 +31,14 @@ from datetime import timedelta
 from typing import cast
 
 from tether import log
-from tether.agent.network import Carrier, NetworkError, TransportKind, resolve_proxy
+from tether.agent.network import Carrier, TransportKind
+from tether.agent.reach import NoWayToRelay, PinnedClient, connect_any, describe_error
 from tether.agent.status import TunnelState, TunnelStatus
 from tether.audit_log import AuditLog
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import TetherSettings
 from tether.errors import ConfigError
-from tether.keys import TetherKeyClaims, parse_address
+from tether.keys import TetherKeyClaims
 from tether.protocol import (
     PERMANENT_REASONS,
     AccessClosed,
@@ -61,16 +60,11 @@ from tether.protocol import (
 from tether.protocol import Refused as RefusedMessage
 from tether.sshlib import asyncssh
 from tether.tasks import TaskSet
-from tether.tuning import coalesce_writes
 from tether.wire import (
-    AGENT_USERNAME,
-    CHANNEL_MAX_PACKET,
-    CHANNEL_WINDOW,
     CONTROL_SUBSYSTEM,
     FORWARD_BIND_HOST,
     MACHINE_LOOPBACK,
     PROTOCOL_VERSION,
-    TRANSPORT_CIPHERS,
 )
 
 logger = logging.getLogger("tether.agent.tunnel")
@@ -104,136 +98,6 @@ class _Transient(Exception):
     def __init__(self, message: str, retry_within: float = 0.0) -> None:
         super().__init__(message)
         self.retry_within = retry_within
-
-
-class PinnedClient(asyncssh.SSHClient):
-    """Accepts exactly the relay host key whose fingerprint the tether key pins."""
-
-    def __init__(self, fingerprint: str) -> None:
-        self._fingerprint = fingerprint
-        self.mismatch: str | None = None
-
-    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
-        coalesce_writes(conn)
-
-    def validate_host_public_key(
-        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
-    ) -> bool:
-        seen = key.get_fingerprint("sha256")
-        if seen != self._fingerprint:
-            self.mismatch = seen
-            return False
-        return True
-
-
-async def connect_as_agent(
-    relay: str,
-    client: PinnedClient,
-    machine_key: asyncssh.SSHKey,
-    *,
-    within: float,
-    keepalive_interval: float = 0.0,
-    keepalive_count_max: int = 3,
-    carrier: Carrier | None = None,
-) -> asyncssh.SSHClientConnection:
-    """Log in to ``relay`` as an agent with the machine key, its host key pinned by ``client``.
-
-    Nothing of the local user's SSH setup is used (no config file, no ssh-agent).
-    ``carrier``: the way to the relay (TLS, a proxy...); ``None``: SSH over TCP.
-    Raises :class:`asyncssh.HostKeyNotVerifiable` when the pin does not match, and
-    :class:`~tether.agent.network.NetworkError` when the carrier fails.
-    """
-    host, port = parse_address(relay)
-    return await asyncio.wait_for(
-        asyncssh.connect(
-            host,
-            port,
-            tunnel=carrier if carrier is not None and carrier.kind != TransportKind.SSH else (),
-            username=AGENT_USERNAME,
-            client_keys=[machine_key],
-            client_factory=lambda: client,
-            known_hosts=([], [], []),
-            config=None,
-            agent_path=None,
-            keepalive_interval=keepalive_interval,
-            keepalive_count_max=keepalive_count_max,
-            preferred_auth=["publickey"],
-            encryption_algs=list(TRANSPORT_CIPHERS),
-            window=CHANNEL_WINDOW,
-            max_pktsize=CHANNEL_MAX_PACKET,
-        ),
-        within,
-    )
-
-
-class NoWayToRelay(Exception):
-    """Every way to the relay failed; the message says why, per way when they differ."""
-
-
-def carriers_for(
-    relay: str, settings: TetherSettings, first: TransportKind | None = None
-) -> list[Carrier]:
-    """The ways to ``relay`` to try, in ``[network]`` order with ``first`` moved ahead.
-
-    Ways through a proxy are left out when no proxy is configured. Raises
-    :class:`~tether.errors.ConfigError` when the proxy settings cannot be used (a
-    credentials file others can read...).
-    """
-    network = settings.network
-    kinds = list(network.transports)
-    if first in kinds:
-        kinds.remove(first)
-        kinds.insert(0, first)
-    host, _ = parse_address(relay)
-    proxy = resolve_proxy(network, host) if any(k.via_proxy for k in kinds) else None
-    return [Carrier(kind, proxy) for kind in kinds if proxy is not None or not kind.via_proxy]
-
-
-async def connect_any(
-    relay: str,
-    client: PinnedClient,
-    machine_key: asyncssh.SSHKey,
-    settings: TetherSettings,
-    *,
-    first: TransportKind | None = None,
-    keepalive: bool = True,
-) -> tuple[asyncssh.SSHClientConnection, Carrier, list[str]]:
-    """Log in to ``relay`` over the first way that works (tether, requests, reports).
-
-    :returns: the connection, the way it went, and why the ways tried before failed.
-    :raises asyncssh.HostKeyNotVerifiable: the relay's key is not the pinned one (the
-        same relay answers every way: the others are not tried).
-    :raises NoWayToRelay: none worked; the message says why.
-    :raises ConfigError: the proxy settings cannot be used.
-    """
-    failures: list[str] = []
-    carriers = carriers_for(relay, settings, first)
-    if not carriers:
-        raise NoWayToRelay("no way to the relay: the transports need a proxy and none is set")
-    for carrier in carriers:
-        try:
-            conn = await connect_as_agent(
-                relay,
-                client,
-                machine_key,
-                within=settings.connect_timeout,
-                keepalive_interval=settings.keepalive_interval if keepalive else 0.0,
-                keepalive_count_max=settings.keepalive_count_max,
-                carrier=carrier,
-            )
-        except asyncssh.HostKeyNotVerifiable:
-            raise
-        except NetworkError as exc:
-            failures.append(f"{carrier.kind.value}: {exc.message}")
-        except (TimeoutError, OSError, asyncssh.Error) as exc:
-            failures.append(f"{carrier.kind.value}: {_describe_error(exc, relay)}")
-        else:
-            return conn, carrier, failures
-    # The same words on every way (the relay is down): say them once.
-    words = {failure.split(": ", 1)[1] for failure in failures}
-    if len(words) == 1:
-        raise NoWayToRelay(words.pop())
-    raise NoWayToRelay(f"relay {relay} unreachable every way: {'; '.join(failures)}")
 
 
 #: What a relay may say to an agent.
@@ -363,7 +227,7 @@ class Tunnel:
                 reason = str(exc)
                 hint = exc.retry_within
             except (TimeoutError, OSError, asyncssh.Error) as exc:
-                reason = _describe_error(exc, self._claims.relay)
+                reason = describe_error(exc, self._claims.relay)
             if self._stopped:
                 break
             was_connected = self.status.state == TunnelState.CONNECTED
@@ -620,48 +484,3 @@ async def report_spent(
 
 def _seconds(value: float) -> timedelta:
     return timedelta(seconds=value)
-
-
-def _describe_error(exc: BaseException, relay: str) -> str:
-    if isinstance(exc, asyncssh.PermissionDenied):
-        return "relay did not accept this machine's key"
-    if isinstance(exc, asyncssh.DisconnectError):
-        return f"relay disconnected: {exc.reason}"
-    return cannot_reach(relay, exc)
-
-
-#: errno → the words a person reads (``os.strerror`` says "Connection refused" too,
-#: but a multi-address connect only leaves "[Errno 111] …" in its message).
-_ERRNO_WORDS = {
-    errno.ECONNREFUSED: "connection refused",
-    errno.ETIMEDOUT: "timed out",
-    errno.EHOSTUNREACH: "no route to host",
-    errno.ENETUNREACH: "network unreachable",
-    errno.ECONNRESET: "connection reset",
-    errno.EADDRNOTAVAIL: "address not available",
-}
-_ERRNO_IN_TEXT = re.compile(r"\[Errno (-?\d+)\]")
-
-
-def connect_failure(exc: BaseException) -> str:
-    """Say in a few words why a connection failed: "connection refused", "timed out"…
-
-    Never a raw ``[Errno 111] Connect call failed ('127.0.0.1', 2222)``: asyncio
-    puts the errno only in the text when it tried several addresses.
-    """
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, socket.gaierror):
-        return f"name not found: {(exc.strerror or str(exc)).lower()}"
-    code = getattr(exc, "errno", None)
-    if code is None and (found := _ERRNO_IN_TEXT.search(str(exc))) is not None:
-        code = int(found.group(1))
-    if isinstance(code, int) and code > 0:
-        return _ERRNO_WORDS.get(code) or os.strerror(code).lower()
-    words = (exc.reason if isinstance(exc, asyncssh.Error) else str(exc)) or type(exc).__name__
-    return words[:1].lower() + words[1:]
-
-
-def cannot_reach(relay: str, exc: BaseException) -> str:
-    """``cannot reach the relay at HOST:PORT (connection refused)``, for any failure."""
-    return f"cannot reach the relay at {relay} ({connect_failure(exc)})"

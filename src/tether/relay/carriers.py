@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tether.carriers import CodecLayer, Kind, LayerError, Sniff, TlsCodec, WebSocketCodec
 from tether.errors import ConfigError
+from tether.sshlib import asyncssh
 
 #: Builds the SSH server connection for a client (``None``: the relay is draining).
 SshFactory = Callable[[tuple[str, int], str], asyncio.BaseProtocol | None]
@@ -128,6 +129,58 @@ class Carriers:
             self._refuse(pending.client[0], f"bad-{pending.layers[-1]}")
 
 
+class FrontDoor:
+    """Hands connections accepted by our own listener (not asyncssh's) to SSH.
+
+    :param options: the relay's SSH server options.
+    :param tls: the TLS context; ``None``: raw SSH only (as ``asyncssh.listen`` would).
+    :param draining: whether the relay takes no new connections now.
+    :param refuse: counts a connection that never reached SSH (address, reason).
+    :param timeout: seconds a connection may take through its layers to SSH.
+    """
+
+    def __init__(
+        self,
+        options: asyncssh.SSHServerConnectionOptions,
+        tls: ssl.SSLContext | None,
+        *,
+        draining: Callable[[], bool],
+        refuse: Refuse,
+        timeout: float,
+    ) -> None:
+        self._options = options
+        self._draining = draining
+        self._carriers = None if tls is None else Carriers(tls, self.new_ssh, refuse, timeout)
+
+    def hand_off(self, transport: asyncio.Transport, client: tuple[str, int], rest: bytes) -> None:
+        """Run SSH (or, with TLS, what the first bytes announce) for ``client``."""
+        if self._carriers is not None:
+            self._carriers.accept(transport, client, rest)
+            return
+        conn = self.new_ssh(client, "ssh")
+        if conn is None:
+            transport.abort()
+            return
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        if rest:
+            conn.data_received(rest)
+
+    def new_ssh(self, client: tuple[str, int], carrier: str) -> asyncio.Protocol | None:
+        """An SSH server connection for ``client`` (``None`` while draining).
+
+        ``carrier`` names the layers it came through (``ssh``, ``tls+ssh``,
+        ``tls+websocket+ssh``).
+        """
+        if self._draining():
+            return None
+        conn = asyncssh.SSHServerConnection(asyncio.get_running_loop(), self._options)
+        # RelayConnection (limits, logs, audit) takes the client from "peername"; the
+        # transport's own peername is the balancer's, or the client's again.
+        conn.set_extra_info(peername=client, carrier=carrier)
+        return conn
+
+
 class AcceptFront(asyncio.Protocol):
     """The listening socket's protocol without PROXY headers: hand each connection on."""
 
@@ -142,4 +195,4 @@ class AcceptFront(asyncio.Protocol):
         self._hand_off(transport, (str(peer[0]), int(peer[1])), b"")
 
 
-__all__ = ["AcceptFront", "Carriers", "server_context"]
+__all__ = ["AcceptFront", "Carriers", "FrontDoor", "server_context"]

@@ -23,7 +23,7 @@ from tether.metrics_http import DATABASE_UNAVAILABLE, MetricsServer
 from tether.protocol import RefusalReason
 from tether.relay.audit import HEAD_INTERVAL, AuditWriter, HeadChecks
 from tether.relay.batching import Batcher
-from tether.relay.carriers import AcceptFront, Carriers, server_context
+from tether.relay.carriers import AcceptFront, FrontDoor, server_context
 from tether.relay.connection import RelayConnection
 from tether.relay.engineers import Cuttable
 from tether.relay.fleet import Membership
@@ -111,8 +111,7 @@ class Relay:
             store.tethers.unregister_many, self.tasks, "relay.departures"
         )
         self._server: asyncssh.SSHAcceptor | asyncio.Server | None = None
-        self._ssh_options: asyncssh.SSHServerConnectionOptions | None = None
-        self._carriers: Carriers | None = None
+        self._door: FrontDoor | None = None
         #: Set when the relay stops or drains: ``/readyz`` answers 503 from then on.
         self.draining = False
         #: The internal ``/metrics``, ``/healthz``, ``/readyz`` (``[metrics] listen``).
@@ -200,23 +199,26 @@ class Relay:
             if self.config.tls_certificate is None or self.config.tls_key is None
             else server_context(self.config.tls_certificate, self.config.tls_key)
         )
-        if tls is not None:
-            # One port for SSH, SSH in TLS and SSH over WebSocket (relay/carriers.py).
-            self._carriers = Carriers(tls, self._new_ssh, self._refused, self.config.login_timeout)
+        # Our own accept path (relay/carriers.py) behind HAProxy (its PROXY v2 header
+        # first) or with TLS (one port for SSH, SSH in TLS, SSH over WebSocket).
+        door = self._door = FrontDoor(
+            options,
+            tls,
+            draining=lambda: self.draining,
+            refuse=lambda address, why: self.refusals.count(self.gate.block_of(address), why),
+            timeout=self.config.login_timeout,
+        )
         if self.config.proxy_protocol:
-            # Behind HAProxy: read its PROXY v2 header, then run SSH on the same socket.
-            self._ssh_options = options
             trusted = parse_networks(self.config.trusted_proxies)
             self._server = await asyncio.get_running_loop().create_server(
-                lambda: ProxyFront(trusted, self._hand_off, self.config.login_timeout),
+                lambda: ProxyFront(trusted, door.hand_off, self.config.login_timeout),
                 host,
                 port,
                 backlog=1024,
             )
         elif tls is not None:
-            self._ssh_options = options
             self._server = await asyncio.get_running_loop().create_server(
-                lambda: AcceptFront(self._hand_off), host, port, backlog=1024
+                lambda: AcceptFront(door.hand_off), host, port, backlog=1024
             )
         else:
             self._server = await asyncssh.listen(host, port, options=options)
@@ -271,38 +273,6 @@ class Relay:
             request_timeout=f"{self.config.request_timeout:g}s",
             refused_log_interval=f"{self.config.refused_log_interval:g}s",
         )
-
-    def _hand_off(self, transport: asyncio.Transport, client: tuple[str, int], rest: bytes) -> None:
-        """Run SSH (or, with TLS configured, what the first bytes announce) for ``client``."""
-        if self._carriers is not None:
-            self._carriers.accept(transport, client, rest)
-            return
-        conn = self._new_ssh(client, "ssh")
-        if conn is None:
-            transport.abort()
-            return
-        transport.set_protocol(conn)
-        conn.connection_made(transport)
-        if rest:
-            conn.data_received(rest)
-
-    def _new_ssh(self, client: tuple[str, int], carrier: str) -> asyncio.Protocol | None:
-        """An SSH server connection for ``client`` (``None`` while draining).
-
-        ``carrier`` names the layers it came through (``ssh``, ``tls+ssh``,
-        ``tls+websocket+ssh``) for the logs.
-        """
-        if self._ssh_options is None or self.draining:
-            return None
-        conn = asyncssh.SSHServerConnection(asyncio.get_running_loop(), self._ssh_options)
-        # RelayConnection (limits, logs, audit) takes the client from "peername"; the
-        # transport's own peername is the balancer's, or the client's again.
-        conn.set_extra_info(peername=client, carrier=carrier)
-        return conn
-
-    def _refused(self, address: str, reason: str) -> None:
-        """A connection that never reached SSH (bad TLS, not a WebSocket...): counted."""
-        self.refusals.count(self.gate.block_of(address), reason)
 
     async def _sweep_gate(self) -> None:
         """Close connections past their login time; write the refusal summaries."""
