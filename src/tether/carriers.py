@@ -325,7 +325,11 @@ class CodecLayer(asyncio.Transport, asyncio.Protocol):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._outer is None or self._closing:
             return
-        wrapped = self._codec.send(bytes(data))
+        try:
+            wrapped = self._codec.send(bytes(data))
+        except (ssl.SSLError, LayerError) as exc:
+            self._break(LayerError(f"cannot send: {exc}"))
+            return
         if wrapped:
             self._outer.write(wrapped)
 
