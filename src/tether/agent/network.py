@@ -185,7 +185,7 @@ def resolve_proxy(settings: NetworkSettings, relay_host: str) -> Proxy | None:
     return Proxy(host, port, authorization, source if userinfo is not None else "")
 
 
-class _Ready(asyncio.Protocol):
+class ReadyProtocol(asyncio.Protocol):
     """Waits for a (layered) connection to be made, keeping what arrives meanwhile."""
 
     def __init__(self) -> None:
@@ -320,7 +320,7 @@ class Carrier:
             if proxy is None:  # pragma: no cover - checked in __init__
                 raise NetworkError("no-proxy", "no proxy configured")
             try:
-                raw, _ = await loop.create_connection(_Ready, proxy.host, proxy.port)
+                raw, _ = await loop.create_connection(ReadyProtocol, proxy.host, proxy.port)
             except OSError as exc:
                 raise NetworkError(
                     "proxy-unreachable",
@@ -341,12 +341,12 @@ class Carrier:
                     transport.abort()
                     raise proxy_status_words(status, proxy, target)
         else:
-            transport, _ = await loop.create_connection(_Ready, host, port)
+            transport, _ = await loop.create_connection(ReadyProtocol, host, port)
             leftover = b""
         try:
             if self.kind in (TransportKind.TLS, TransportKind.TLS_PROXY):
                 sni = None if _is_ip(host) else host
-                transport = await _layer(
+                transport = await stack_layer(
                     transport,
                     TlsCodec(_client_tls(), server_side=False, server_hostname=sni),
                     leftover,
@@ -361,7 +361,7 @@ class Carrier:
                     host=target, target=f"http://{target}/tether", headers=headers
                 )
                 try:
-                    transport = await _layer(transport, codec, leftover)
+                    transport = await stack_layer(transport, codec, leftover)
                 except LayerError as exc:
                     if (
                         codec.status is not None
@@ -380,7 +380,11 @@ class Carrier:
         pending = transport.get_protocol()
         transport.set_protocol(session)
         session.connection_made(transport)
-        if isinstance(pending, _Ready) and pending.buffer and isinstance(session, asyncio.Protocol):
+        if (
+            isinstance(pending, ReadyProtocol)
+            and pending.buffer
+            and isinstance(session, asyncio.Protocol)
+        ):
             session.data_received(pending.buffer)
         return transport, session
 
@@ -394,8 +398,13 @@ class Carrier:
         return self.describe()
 
 
-async def _layer(outer: asyncio.Transport, codec: Any, leftover: bytes) -> asyncio.Transport:
-    ready = _Ready()
+async def stack_layer(outer: asyncio.Transport, codec: Any, leftover: bytes) -> asyncio.Transport:
+    """Run ``codec`` on ``outer`` (``leftover``: bytes already read) until its handshake
+    is done; return the layer, whose protocol is a :class:`ReadyProtocol` until replaced.
+
+    Raises :class:`~tether.carriers.LayerError` when the handshake fails.
+    """
+    ready = ReadyProtocol()
     layer = CodecLayer(codec, ready, failed=ready.fail)
     outer.set_protocol(layer)
     layer.connection_made(outer)
@@ -413,7 +422,9 @@ __all__ = [
     "NetworkError",
     "NetworkSettings",
     "Proxy",
+    "ReadyProtocol",
     "TransportKind",
     "read_credentials",
     "resolve_proxy",
+    "stack_layer",
 ]

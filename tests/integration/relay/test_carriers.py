@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import FAST, Agent, EchoServer, run_ssh, vendor_setup
-from tether.agent.network import NetworkSettings, TransportKind
+from tether.agent.network import NetworkSettings, ReadyProtocol, TransportKind, stack_layer
 from tether.agent.tunnel import TunnelState
+from tether.carriers import TlsCodec, WebSocketCodec
 from tether.config import TetherSettings
 from tether.tlscert import write_self_signed
 
@@ -119,3 +120,24 @@ async def test_websocket_proxy_transport_needs_a_proxy(tmp_path: Path) -> None:
         async with Agent(key, claims, [22], settings=settings) as agent:
             await agent.wait_for(TunnelState.RECONNECTING)
             assert "none is set" in (agent.tunnel.status.reason or "")
+
+
+async def test_ssh_over_a_websocket_inside_tls_reaches_the_relays_ssh(tmp_path: Path) -> None:
+    """The third carrier: TLS, then a WebSocket upgrade inside it, then SSH."""
+    async with vendor_setup(tmp_path, **_tls_files(tmp_path)) as vendor:
+        loop = asyncio.get_running_loop()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        raw, _ = await loop.create_connection(ReadyProtocol, "127.0.0.1", vendor.relay_port)
+        tls = await stack_layer(raw, TlsCodec(context, server_side=False), b"")
+        ws = await stack_layer(tls, WebSocketCodec(host=f"127.0.0.1:{vendor.relay_port}"), b"")
+        banner = ws.get_protocol()
+        assert isinstance(banner, ReadyProtocol)
+        ws.write(b"SSH-2.0-carrier_test\r\n")
+        for _ in range(200):
+            if b"\r\n" in banner.buffer:
+                break
+            await asyncio.sleep(0.01)
+        ws.close()
+        assert banner.buffer.startswith(b"SSH-2.0-"), banner.buffer
