@@ -2,7 +2,8 @@
 
 Tests that need real parts (root + namespaces + OpenSSH for ``sandbox``, the
 PostgreSQL server binaries for ``postgres``, Debian chromium for ``browser``, Debian
-haproxy for ``haproxy``, Debian prometheus for ``prometheus``) skip with a reason on a developer
+haproxy for ``haproxy``, Debian prometheus for ``prometheus``, Debian squid for
+``squid``) skip with a reason on a developer
 machine that lacks them. In CI (``CI=true``) such a skip is turned into a failure,
 so a green CI run always means the real-component tests ran.
 """
@@ -16,7 +17,7 @@ import pytest
 
 pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.sandbox"]
 
-_REQUIRED_IN_CI = ("sandbox", "postgres", "browser", "haproxy", "prometheus")
+_REQUIRED_IN_CI = ("sandbox", "postgres", "browser", "haproxy", "prometheus", "squid")
 
 
 def _in_ci() -> bool:

@@ -13,9 +13,10 @@ import asyncio
 from collections.abc import Callable
 from typing import cast
 
-from tether.agent.tunnel import ControlClient, PinnedClient, cannot_reach, connect_as_agent
+from tether.agent.reach import NoWayToRelay, PinnedClient, connect_any
+from tether.agent.tunnel import ControlClient
 from tether.config import AgentConfig
-from tether.errors import NotReady, Refused
+from tether.errors import ConfigError, NotReady, Refused
 from tether.protocol import Cancel, CaseUpdate, Request, encode
 from tether.protocol import Refused as RefusedMessage
 from tether.sshlib import asyncssh
@@ -37,22 +38,15 @@ async def request_key(
         )
     client = PinnedClient(config.request_relay_host_key)
     try:
-        conn = await connect_as_agent(
-            config.request_relay,
-            client,
-            machine_key,
-            within=config.tether.connect_timeout,
-            # A held request may wait long for a human: notice a dead relay meanwhile.
-            keepalive_interval=config.tether.keepalive_interval,
-            keepalive_count_max=config.tether.keepalive_count_max,
-        )
+        # Keepalives on: a held request may wait long for a human; notice a dead relay.
+        conn, _, _ = await connect_any(config.request_relay, client, machine_key, config.tether)
     except asyncssh.HostKeyNotVerifiable:
         raise Refused(
             f"the relay at {config.request_relay} presented host key {client.mismatch}, not the "
             "one configured; refusing to send anything to it"
         ) from None
-    except (OSError, asyncssh.Error, TimeoutError) as exc:
-        raise NotReady(cannot_reach(config.request_relay, exc)) from None
+    except (NoWayToRelay, ConfigError) as exc:
+        raise NotReady(str(exc)) from None
     async with conn:
         chan, session = await conn.create_session(
             ControlClient, subsystem=CONTROL_SUBSYSTEM, encoding=None

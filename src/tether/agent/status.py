@@ -31,12 +31,18 @@ class TunnelStatus:
     retry_at: datetime | None = None
     reason: str | None = None
     ports: tuple[int, ...] = ()
+    #: How the tether reaches the relay (``tls-proxy via proxy:3128``...), once connected.
+    transport: str | None = None
 
     def describe(self, now: datetime) -> str:
         """One line in the words the CLI and the web page show."""
         match self.state:
             case TunnelState.CONNECTED:
-                return f"connected to relay {self.relay} since {self.since:%Y-%m-%d %H:%M:%S} UTC"
+                over = f" over {self.transport}" if self.transport else ""
+                return (
+                    f"connected to relay {self.relay}{over} "
+                    f"since {self.since:%Y-%m-%d %H:%M:%S} UTC"
+                )
             case TunnelState.CONNECTING:
                 return f"connecting to relay {self.relay}"
             case TunnelState.RECONNECTING:
@@ -55,6 +61,7 @@ class TunnelStatus:
             "retry_at": self.retry_at.isoformat() if self.retry_at else None,
             "reason": self.reason,
             "ports": list(self.ports),
+            "transport": self.transport,
         }
 
     @classmethod
@@ -73,6 +80,7 @@ class TunnelStatus:
             retry_at=dt("retry_at"),
             reason=str(body["reason"]) if body.get("reason") else None,
             ports=tuple(int(p) for p in body.get("ports", ())),
+            transport=str(body["transport"]) if body.get("transport") else None,
         )
 
 

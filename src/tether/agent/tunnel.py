@@ -3,7 +3,9 @@
 The agent logs in with its machine key, checks the relay's host key against the
 fingerprint pinned in the tether key, registers the key on the control subsystem and
 asks the relay to forward the allowed ports. Each forwarded channel is connected to
-``127.0.0.1:PORT`` on this machine and nowhere else.
+``127.0.0.1:PORT`` on this machine and nowhere else. The connection goes the first way
+that works of those ``[network]`` allows (:func:`~tether.agent.reach.connect_any`), the
+one that last worked first; :attr:`Tunnel.status` names it.
 
 If the connection drops for a reason that may pass (network, relay restart), the
 tunnel reconnects after an exponential backoff with full jitter (capped, 60 s by
@@ -20,12 +22,8 @@ entry, so that the vendor notices a log rewritten on the machine.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import os
 import random
-import re
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -33,11 +31,14 @@ from datetime import timedelta
 from typing import cast
 
 from tether import log
+from tether.agent.network import Carrier, TransportKind
+from tether.agent.reach import NoWayToRelay, PinnedClient, connect_any, describe_error
 from tether.agent.status import TunnelState, TunnelStatus
 from tether.audit_log import AuditLog
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import TetherSettings
-from tether.keys import TetherKeyClaims, parse_address
+from tether.errors import ConfigError
+from tether.keys import TetherKeyClaims
 from tether.protocol import (
     PERMANENT_REASONS,
     AccessClosed,
@@ -59,16 +60,11 @@ from tether.protocol import (
 from tether.protocol import Refused as RefusedMessage
 from tether.sshlib import asyncssh
 from tether.tasks import TaskSet
-from tether.tuning import coalesce_writes
 from tether.wire import (
-    AGENT_USERNAME,
-    CHANNEL_MAX_PACKET,
-    CHANNEL_WINDOW,
     CONTROL_SUBSYSTEM,
     FORWARD_BIND_HOST,
     MACHINE_LOOPBACK,
     PROTOCOL_VERSION,
-    TRANSPORT_CIPHERS,
 )
 
 logger = logging.getLogger("tether.agent.tunnel")
@@ -102,62 +98,6 @@ class _Transient(Exception):
     def __init__(self, message: str, retry_within: float = 0.0) -> None:
         super().__init__(message)
         self.retry_within = retry_within
-
-
-class PinnedClient(asyncssh.SSHClient):
-    """Accepts exactly the relay host key whose fingerprint the tether key pins."""
-
-    def __init__(self, fingerprint: str) -> None:
-        self._fingerprint = fingerprint
-        self.mismatch: str | None = None
-
-    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
-        coalesce_writes(conn)
-
-    def validate_host_public_key(
-        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
-    ) -> bool:
-        seen = key.get_fingerprint("sha256")
-        if seen != self._fingerprint:
-            self.mismatch = seen
-            return False
-        return True
-
-
-async def connect_as_agent(
-    relay: str,
-    client: PinnedClient,
-    machine_key: asyncssh.SSHKey,
-    *,
-    within: float,
-    keepalive_interval: float = 0.0,
-    keepalive_count_max: int = 3,
-) -> asyncssh.SSHClientConnection:
-    """Log in to ``relay`` as an agent with the machine key, its host key pinned by ``client``.
-
-    Nothing of the local user's SSH setup is used (no config file, no ssh-agent).
-    Raises :class:`asyncssh.HostKeyNotVerifiable` when the pin does not match.
-    """
-    host, port = parse_address(relay)
-    return await asyncio.wait_for(
-        asyncssh.connect(
-            host,
-            port,
-            username=AGENT_USERNAME,
-            client_keys=[machine_key],
-            client_factory=lambda: client,
-            known_hosts=([], [], []),
-            config=None,
-            agent_path=None,
-            keepalive_interval=keepalive_interval,
-            keepalive_count_max=keepalive_count_max,
-            preferred_auth=["publickey"],
-            encryption_algs=list(TRANSPORT_CIPHERS),
-            window=CHANNEL_WINDOW,
-            max_pktsize=CHANNEL_MAX_PACKET,
-        ),
-        within,
-    )
 
 
 #: What a relay may say to an agent.
@@ -238,6 +178,9 @@ class Tunnel:
         self._control: asyncssh.SSHClientChannel[bytes] | None = None
         self._wake = asyncio.Event()
         self._stopped = False
+        #: The way to the relay that last carried the tether (tried first next time).
+        self._worked: TransportKind | None = None
+        self._carrier: Carrier | None = None
         self.status = TunnelStatus(TunnelState.CONNECTING, claims.relay, clock.now(), ports=ports)
 
     def _set(self, status: TunnelStatus) -> None:
@@ -284,7 +227,7 @@ class Tunnel:
                 reason = str(exc)
                 hint = exc.retry_within
             except (TimeoutError, OSError, asyncssh.Error) as exc:
-                reason = _describe_error(exc, self._claims.relay)
+                reason = describe_error(exc, self._claims.relay)
             if self._stopped:
                 break
             was_connected = self.status.state == TunnelState.CONNECTED
@@ -322,24 +265,34 @@ class Tunnel:
         self._set(TunnelStatus(TunnelState.STOPPED, self._claims.relay, self._clock.now()))
         return None
 
+    async def _connect(self, client: PinnedClient) -> tuple[asyncssh.SSHClientConnection, Carrier]:
+        """Log in over the way that last worked, else the first that works now."""
+        try:
+            conn, carrier, failures = await connect_any(
+                self._claims.relay, client, self._machine_key, self._settings, first=self._worked
+            )
+        except (NoWayToRelay, ConfigError) as exc:
+            raise _Transient(str(exc)) from None
+        for failure in failures:
+            log.event(logger, "tether.transport_failed", reason=failure)
+        if self._worked != carrier.kind:
+            log.event(logger, "tether.transport", transport=carrier.describe())
+        self._worked = carrier.kind
+        if self._stopped:
+            conn.close()
+        return conn, carrier
+
     async def _run_once(self) -> None:
         client = PinnedClient(self._claims.relay_host_key)
-        settings = self._settings
         try:
-            conn = await connect_as_agent(
-                self._claims.relay,
-                client,
-                self._machine_key,
-                within=settings.connect_timeout,
-                keepalive_interval=settings.keepalive_interval,
-                keepalive_count_max=settings.keepalive_count_max,
-            )
+            conn, carrier = await self._connect(client)
         except asyncssh.HostKeyNotVerifiable:
             raise _Transient(
                 f"relay host key {client.mismatch} is not the one pinned by the key "
                 f"({self._claims.relay_host_key})"
             ) from None
         self._conn = conn
+        self._carrier = carrier
         try:
             if self._stopped:
                 return
@@ -382,9 +335,14 @@ class Tunnel:
                 log.event(logger, "tether.port_refused", level=logging.WARNING, port=port)
         if not offered:
             raise _Transient("the relay accepted none of this machine's ports")
+        over = None if self._carrier is None else self._carrier.describe()
         self._set(
             TunnelStatus(
-                TunnelState.CONNECTED, self._claims.relay, self._clock.now(), ports=self._ports
+                TunnelState.CONNECTED,
+                self._claims.relay,
+                self._clock.now(),
+                ports=self._ports,
+                transport=over,
             )
         )
         log.event(
@@ -393,6 +351,8 @@ class Tunnel:
             relay=self._claims.relay,
             serial=self._claims.serial,
             ports=self._ports,
+            transport=over or "",
+            tls_issuer="" if self._carrier is None else self._carrier.tls_issuer,
         )
         reporter = (
             self._tasks.spawn(self._report_heads(chan, self._audit), "tether.heads")
@@ -499,10 +459,8 @@ async def report_spent(
     """
     client = PinnedClient(claims.relay_host_key)
     try:
-        conn = await connect_as_agent(
-            claims.relay, client, machine_key, within=settings.connect_timeout
-        )
-    except (TimeoutError, OSError, asyncssh.Error):
+        conn, _, _ = await connect_any(claims.relay, client, machine_key, settings, keepalive=False)
+    except (asyncssh.HostKeyNotVerifiable, NoWayToRelay, ConfigError):
         return False
     try:
         chan, session = await conn.create_session(
@@ -528,48 +486,3 @@ async def report_spent(
 
 def _seconds(value: float) -> timedelta:
     return timedelta(seconds=value)
-
-
-def _describe_error(exc: BaseException, relay: str) -> str:
-    if isinstance(exc, asyncssh.PermissionDenied):
-        return "relay did not accept this machine's key"
-    if isinstance(exc, asyncssh.DisconnectError):
-        return f"relay disconnected: {exc.reason}"
-    return cannot_reach(relay, exc)
-
-
-#: errno → the words a person reads (``os.strerror`` says "Connection refused" too,
-#: but a multi-address connect only leaves "[Errno 111] …" in its message).
-_ERRNO_WORDS = {
-    errno.ECONNREFUSED: "connection refused",
-    errno.ETIMEDOUT: "timed out",
-    errno.EHOSTUNREACH: "no route to host",
-    errno.ENETUNREACH: "network unreachable",
-    errno.ECONNRESET: "connection reset",
-    errno.EADDRNOTAVAIL: "address not available",
-}
-_ERRNO_IN_TEXT = re.compile(r"\[Errno (-?\d+)\]")
-
-
-def connect_failure(exc: BaseException) -> str:
-    """Say in a few words why a connection failed: "connection refused", "timed out"…
-
-    Never a raw ``[Errno 111] Connect call failed ('127.0.0.1', 2222)``: asyncio
-    puts the errno only in the text when it tried several addresses.
-    """
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, socket.gaierror):
-        return f"name not found: {(exc.strerror or str(exc)).lower()}"
-    code = getattr(exc, "errno", None)
-    if code is None and (found := _ERRNO_IN_TEXT.search(str(exc))) is not None:
-        code = int(found.group(1))
-    if isinstance(code, int) and code > 0:
-        return _ERRNO_WORDS.get(code) or os.strerror(code).lower()
-    words = (exc.reason if isinstance(exc, asyncssh.Error) else str(exc)) or type(exc).__name__
-    return words[:1].lower() + words[1:]
-
-
-def cannot_reach(relay: str, exc: BaseException) -> str:
-    """``cannot reach the relay at HOST:PORT (connection refused)``, for any failure."""
-    return f"cannot reach the relay at {relay} ({connect_failure(exc)})"

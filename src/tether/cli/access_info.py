@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
@@ -25,6 +26,9 @@ from tether.cli.common import (
 from tether.clock import SYSTEM_CLOCK
 from tether.config import AgentConfig
 from tether.keys import TetherKeyError, parse_key
+
+if TYPE_CHECKING:
+    from tether.agent.probe import TransportProbe
 
 #: Larger clock differences make keys look expired or not yet valid.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
@@ -145,7 +149,7 @@ def _relay_checks(config: AgentConfig, key_text: str) -> list[Check]:
     # asyncssh is imported only here: `tether access disable` must start fast (sessions
     # end within a second of the customer pressing Enter).
     from tether.agent.identity import load_or_create_machine_key
-    from tether.agent.probe import probe_relay
+    from tether.agent.probe import probe_transports
 
     try:
         claims = parse_key(
@@ -154,28 +158,39 @@ def _relay_checks(config: AgentConfig, key_text: str) -> list[Check]:
     except TetherKeyError as exc:
         return [Check("tether key", False, str(exc), "ask the vendor for a new key")]
     machine_key = load_or_create_machine_key(config.machine_key_path)
-    probe = asyncio.run(probe_relay(claims.relay, claims.relay_host_key, machine_key))
+    network = config.tether.network
+    probes = asyncio.run(
+        probe_transports(claims.relay, claims.relay_host_key, machine_key, network)
+    )
+    working = [p for p in probes if p.error is None]
     checks = [
         Check(
             "relay reachable",
-            probe.reachable,
-            probe.error or f"{claims.relay} answers",
-            f"allow outbound TCP to {claims.relay} in the firewall",
+            bool(working),
+            f"{claims.relay} answers over {', '.join(p.transport for p in working)}"
+            if working
+            else f"no way to {claims.relay} works (each is explained below)",
+            f"allow outbound TCP to {claims.relay} in the firewall, or set [network] proxy "
+            f"in {config.path}",
         ),
     ]
-    if probe.reachable:
+    checks.extend(transport_checks(probes))
+    mismatched = [p for p in probes if p.reachable and not p.host_key_ok]
+    if any(p.reachable for p in probes):
         checks.append(
             Check(
                 "relay host key",
-                probe.host_key_ok,
+                not mismatched,
                 "matches the key's pin"
-                if probe.host_key_ok
-                else f"{probe.seen_host_key} is not {claims.relay_host_key}",
+                if not mismatched
+                else f"{mismatched[0].seen_host_key} is not {claims.relay_host_key} "
+                f"(over {', '.join(p.transport for p in mismatched)})",
                 "something intercepts the connection, or the key is for another relay",
             )
         )
-    if probe.relay_time is not None:
-        skew = abs(probe.relay_time - SYSTEM_CLOCK.now())
+    relay_time = next((p.relay_time for p in probes if p.relay_time is not None), None)
+    if relay_time is not None:
+        skew = abs(relay_time - SYSTEM_CLOCK.now())
         checks.append(
             Check(
                 "clock",
@@ -184,6 +199,37 @@ def _relay_checks(config: AgentConfig, key_text: str) -> list[Check]:
                 "set the clock (timedatectl set-ntp true)",
             )
         )
+    return checks
+
+
+def transport_checks(probes: list[TransportProbe]) -> list[Check]:
+    """One line per way to the relay: works (and through what TLS), or why not.
+
+    A way that fails is not a failed check while another works (the tether uses that
+    one); it is still explained, for the day the working one closes.
+    """
+    working = [p for p in probes if p.error is None]
+    direct_issuer = next(
+        (p.tls_issuer for p in probes if p.kind.value == "tls" and p.tls_issuer), ""
+    )
+    checks = []
+    for p in probes:
+        name = f"relay over {p.kind.value}"
+        if p.error is None:
+            detail = f"works ({p.transport})"
+            if p.tls_issuer:
+                detail += f"; TLS certificate issued by {p.tls_issuer}"
+                if p.kind.via_proxy and direct_issuer and p.tls_issuer != direct_issuer:
+                    detail += (
+                        f". The proxy inspects TLS: the relay's certificate is issued by "
+                        f"{direct_issuer}, the proxy presents its own. The tether still works: "
+                        "the SSH inside is pinned to the relay's host key, which the proxy "
+                        "can neither read nor fake"
+                    )
+            checks.append(Check(name, True, detail))
+            continue
+        spare = f" (not needed now: the tether uses {working[0].transport})" if working else ""
+        checks.append(Check(name, bool(working), f"{p.error}{spare}"))
     return checks
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.agent.machine.effects import MachinePaths
+from tether.agent.network import NetworkSettings, TransportKind, parse_proxy_url
 from tether.config.common import (
     _REQUIRED,
     _read,
@@ -37,6 +38,8 @@ class TetherSettings:
     #: waits a random time within this many seconds, so that a dead relay's agents do
     #: not all meet the others in the same second. An announced drop names its own.
     reconnect_spread: float = 5.0
+    #: How the relay is reached (``[network]``: transports, proxy, its credentials).
+    network: NetworkSettings = field(default_factory=NetworkSettings)
 
 
 class FailMode(StrEnum):
@@ -267,6 +270,7 @@ class AgentConfig:
             backoff_cap=t.number("backoff_cap", 60.0, low=initial, high=3600.0),
             connect_timeout=t.number("connect_timeout", 20.0),
             reconnect_spread=t.number("reconnect_spread", 5.0, low=0.0, high=600.0),
+            network=_network(r),
         )
         t.finish()
         state_dir = r.path_("state_dir", "/var/lib/tether")
@@ -325,6 +329,40 @@ class AgentConfig:
         )
         r.finish()
         return config
+
+
+def _network(r: _Reader) -> NetworkSettings:
+    """``[network]``: the ways to the relay, in order, and the HTTP proxy."""
+    n = r.table_("network")
+    names = n.strings("transports", [k.value for k in TransportKind])
+    kinds: list[TransportKind] = []
+    for name in names:
+        try:
+            kinds.append(TransportKind(name))
+        except ValueError:
+            raise ConfigError(
+                f"{r.path}: network.transports: unknown transport {name!r} (use "
+                f"{', '.join(k.value for k in TransportKind)})"
+            ) from None
+    if not kinds or len(set(kinds)) != len(kinds):
+        raise ConfigError(f"{r.path}: network.transports must name each transport at most once")
+    proxy = n.text("proxy", None)
+    if proxy is not None:
+        _, _, userinfo = parse_proxy_url(proxy, where=f"{r.path}: network.proxy")
+        if userinfo is not None:
+            # agent.toml is readable by many; a password in it would leak.
+            raise ConfigError(
+                f"{r.path}: network.proxy must not hold a user or password: put "
+                "user:password in a file only root can read and name it in "
+                "network.proxy_credentials"
+            )
+    settings = NetworkSettings(
+        transports=tuple(kinds),
+        proxy=proxy,
+        proxy_credentials=n.path_("proxy_credentials", None),
+    )
+    n.finish()
+    return settings
 
 
 def _web_settings(w: _Reader) -> WebSettings:

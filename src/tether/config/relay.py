@@ -119,6 +119,12 @@ class RelayConfig:
     #: peer logins only), on an address the other relays reach; the fleet's registry
     #: names it. ``None``: peers use ``listen`` (not possible with ``proxy_protocol``).
     peer_listen: tuple[str, int] | None = None
+    #: PEM certificate (chain) and key for TLS on ``listen``: the port then also takes
+    #: SSH inside TLS and SSH over a WebSocket (relay/carriers.py). The certificate is
+    #: not the trust (agents pin the SSH host key); it only lets the tether through
+    #: networks that pass HTTPS alone. ``None``: plain SSH only.
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
 
     @classmethod
     def load(cls, path: Path) -> RelayConfig:
@@ -143,6 +149,10 @@ class RelayConfig:
         peer_key = r.path_("peer_key", None)
         full = r.integer("max_unauthenticated", 400, low=1, high=100_000)
         peer_listen = _peer_listen(r, peer_key is not None, proxy_protocol)
+        tls_certificate = r.path_("tls_certificate", None)
+        tls_key = r.path_("tls_key", None)
+        if (tls_certificate is None) != (tls_key is None):
+            raise ConfigError(f"{path}: tls_certificate and tls_key go together")
         config = cls(
             path=r.path,
             listen=listen,
@@ -193,6 +203,8 @@ class RelayConfig:
             metrics_listen=metrics_listen,
             peer_key=peer_key,
             peer_listen=peer_listen,
+            tls_certificate=tls_certificate,
+            tls_key=tls_key,
         )
         r.finish()
         if config.early_drop_start > config.max_unauthenticated:

@@ -23,6 +23,7 @@ from tether.metrics_http import DATABASE_UNAVAILABLE, MetricsServer
 from tether.protocol import RefusalReason
 from tether.relay.audit import HEAD_INTERVAL, AuditWriter, HeadChecks
 from tether.relay.batching import Batcher
+from tether.relay.carriers import AcceptFront, FrontDoor, server_context
 from tether.relay.connection import RelayConnection
 from tether.relay.engineers import Cuttable
 from tether.relay.fleet import Membership
@@ -110,7 +111,7 @@ class Relay:
             store.tethers.unregister_many, self.tasks, "relay.departures"
         )
         self._server: asyncssh.SSHAcceptor | asyncio.Server | None = None
-        self._ssh_options: asyncssh.SSHServerConnectionOptions | None = None
+        self._door: FrontDoor | None = None
         #: Set when the relay stops or drains: ``/readyz`` answers 503 from then on.
         self.draining = False
         #: The internal ``/metrics``, ``/healthz``, ``/readyz`` (``[metrics] listen``).
@@ -193,15 +194,31 @@ class Relay:
             window=CHANNEL_WINDOW,
             max_pktsize=CHANNEL_MAX_PACKET,
         )
+        tls = (
+            None
+            if self.config.tls_certificate is None or self.config.tls_key is None
+            else server_context(self.config.tls_certificate, self.config.tls_key)
+        )
+        # Our own accept path (relay/carriers.py) behind HAProxy (its PROXY v2 header
+        # first) or with TLS (one port for SSH, SSH in TLS, SSH over WebSocket).
+        door = self._door = FrontDoor(
+            options,
+            tls,
+            draining=lambda: self.draining,
+            refuse=lambda address, why: self.refusals.count(self.gate.block_of(address), why),
+            timeout=self.config.login_timeout,
+        )
         if self.config.proxy_protocol:
-            # Behind HAProxy: read its PROXY v2 header, then run SSH on the same socket.
-            self._ssh_options = options
             trusted = parse_networks(self.config.trusted_proxies)
             self._server = await asyncio.get_running_loop().create_server(
-                lambda: ProxyFront(trusted, self._hand_off, self.config.login_timeout),
+                lambda: ProxyFront(trusted, door.hand_off, self.config.login_timeout),
                 host,
                 port,
                 backlog=1024,
+            )
+        elif tls is not None:
+            self._server = await asyncio.get_running_loop().create_server(
+                lambda: AcceptFront(door.hand_off), host, port, backlog=1024
             )
         else:
             self._server = await asyncssh.listen(host, port, options=options)
@@ -236,6 +253,7 @@ class Relay:
             address=f"{host}:{self.port}",
             host_key=self.host_key_fingerprint,
             proxy_protocol=self.config.proxy_protocol,
+            tls=tls is not None,
             metrics="" if self.metrics_server is None else self.metrics_server.address,
         )
         limits = self.gate.limits
@@ -255,19 +273,6 @@ class Relay:
             request_timeout=f"{self.config.request_timeout:g}s",
             refused_log_interval=f"{self.config.refused_log_interval:g}s",
         )
-
-    def _hand_off(self, transport: asyncio.Transport, client: tuple[str, int], rest: bytes) -> None:
-        """Run SSH on a connection whose PROXY header named ``client``."""
-        if self._ssh_options is None or self.draining:
-            transport.abort()
-            return
-        conn = asyncssh.SSHServerConnection(asyncio.get_running_loop(), self._ssh_options)
-        # RelayConnection (limits, logs, audit) takes the client from "peername".
-        conn.set_extra_info(peername=client, balancer=transport.get_extra_info("peername"))
-        transport.set_protocol(conn)
-        conn.connection_made(transport)
-        if rest:
-            conn.data_received(rest)
 
     async def _sweep_gate(self) -> None:
         """Close connections past their login time; write the refusal summaries."""

@@ -131,7 +131,7 @@ async def test_enable_status_reset_disable(setup: tuple[Vendor, Machine, int]) -
         first = await machine.wait_tunnel("connected")
         human = await machine.tether("access", "status")
         assert "open until" in human.stdout
-        assert f"connected to relay 127.0.0.1:{vendor.relay_port} since" in human.stdout
+        assert f"connected to relay 127.0.0.1:{vendor.relay_port} over ssh since" in human.stdout
         reset = await machine.tether("access", "reset")
         assert reset.returncode == 0, reset.stderr
         await asyncio.sleep(0.3)

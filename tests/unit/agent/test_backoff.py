@@ -144,6 +144,7 @@ def test_status_json() -> None:
         "retry_at": "2030-06-01T12:00:05+00:00",
         "reason": "why",
         "ports": [22, 443],
+        "transport": None,
     }
 
 
@@ -151,6 +152,9 @@ def test_status_json() -> None:
     "status",
     [
         TunnelStatus(TunnelState.CONNECTED, RELAY, NOW, ports=(22, 443)),
+        TunnelStatus(
+            TunnelState.CONNECTED, RELAY, NOW, ports=(22,), transport="tls-proxy via p:3128"
+        ),
         TunnelStatus(TunnelState.RECONNECTING, RELAY, NOW, NOW + timedelta(seconds=5), "why"),
         TunnelStatus(TunnelState.REFUSED, RELAY, NOW, reason="revoked"),
         TunnelStatus(TunnelState.STOPPED, RELAY, NOW),

@@ -7,9 +7,9 @@ import socket
 from datetime import UTC, date, datetime, timedelta
 
 from tether.agent.layers import layers, summary
+from tether.agent.reach import cannot_reach, connect_failure
 from tether.agent.state import AccessMode, AccessState, AccessStatus
 from tether.agent.status import describe_access, describe_agent, describe_closer
-from tether.agent.tunnel import cannot_reach, connect_failure
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 
