@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from tether.agent.machine.limits import Limits
 from tether.errors import Refused
 
 #: GECOS comment that marks an account as Tether's own; any other account of the
@@ -92,6 +93,8 @@ class SupportGrant:
     :param password: the account's password in clear (set through stdin, never an
         argument), or None for an account without a usable password.
     :param recorder: record every session of the account (``ForceCommand``), or None.
+    :param limits: what the grant allows (:mod:`~tether.agent.machine.limits`); limits
+        other than sudo need ``recorder``.
     """
 
     account: str
@@ -100,6 +103,7 @@ class SupportGrant:
     allow_from: tuple[str, ...] = ()
     password: str | None = field(default=None, repr=False)
     recorder: RecorderSpec | None = None
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,13 @@ from tether.agent.recording.recorder.cast import (
     open_new,
 )
 from tether.agent.recording.recorder.context import (
+    FILES_BOTH,
+    FILES_DOWNLOAD,
+    FILES_OFF,
+    FILES_UPLOAD,
     ScpLog,
     SessionPlan,
+    apply_limits,
     find_sftp_server,
     plan_session,
     read_engineer,
@@ -68,6 +73,8 @@ if TYPE_CHECKING:
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 #: Exit status of a session the recorder refused or could not start.
 REFUSED = 255
+#: Seconds a session whose time is up has to end after SIGHUP before it is killed.
+KILL_GRACE = 2.0
 _CHUNK = 65536
 
 
@@ -200,14 +207,37 @@ def _default_signals() -> None:
 
 
 class _Signals:
-    """Wakes the copy loop on SIGWINCH / SIGHUP / SIGTERM / SIGCHLD (self-pipe)."""
+    """Wakes the copy loop on SIGWINCH / SIGHUP / SIGTERM / SIGCHLD / SIGALRM (self-pipe).
 
-    def __init__(self) -> None:
+    ``max_time`` (seconds, 0 for none) arms SIGALRM: the grant's longest session.
+    """
+
+    def __init__(self, max_time: int = 0) -> None:
         self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.seen: set[int] = set()
         signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
-        for sig in (signal.SIGWINCH, signal.SIGHUP, signal.SIGTERM, signal.SIGCHLD):
+        for sig in (signal.SIGWINCH, signal.SIGHUP, signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM):
             signal.signal(sig, self._note)
+        self.max_time = max_time
+        #: When the session, told to end (time is up), is killed if still there.
+        self.kill_at: float | None = None
+        if max_time > 0:
+            signal.alarm(max_time)
+
+    def time_up(self, say: int, group: int) -> None:
+        """The grant's session length is reached: tell the engineer (on fd ``say``) and
+        hang up process group ``group``; :meth:`enforce` kills it if it stays."""
+        with contextlib.suppress(OSError):
+            _write_all(say, f"\r\ntether: {_time_up_message(self.max_time)}\r\n".encode())
+        with contextlib.suppress(OSError):
+            os.killpg(group, signal.SIGHUP)
+        self.kill_at = time.monotonic() + KILL_GRACE
+
+    def enforce(self, group: int) -> None:
+        """Kill process group ``group`` once the grace after :meth:`time_up` is over."""
+        if self.kill_at is not None and time.monotonic() > self.kill_at:
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGKILL)
 
     def _note(self, signum: int, frame: object) -> None:
         self.seen.add(signum)
@@ -220,13 +250,23 @@ class _Signals:
         return seen
 
 
-def run_pty(plan: SessionPlan, sink: Sink, columns: int, rows: int) -> int:
-    """Run ``plan`` on a new pty sized like ours, copying both ways; return its status."""
+def _time_up_message(seconds: int) -> str:
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if n]
+    return f"this support grant ends sessions after {''.join(parts)}: the session ends now"
+
+
+def run_pty(plan: SessionPlan, sink: Sink, columns: int, rows: int, max_time: int = 0) -> int:
+    """Run ``plan`` on a new pty sized like ours, copying both ways; return its status.
+
+    ``max_time`` (seconds, 0 for none) ends the session when it has run that long.
+    """
     saved = termios.tcgetattr(0)
     master, slave = os.openpty()
     termios.tcsetattr(slave, termios.TCSANOW, saved)
     _set_winsize(slave, columns, rows)
-    signals = _Signals()
+    signals = _Signals(max_time)
     pid = os.fork()
     if pid == 0:  # the session's process: new session, the new pty as its terminal
         try:
@@ -279,6 +319,9 @@ def _pty_loop(pid: int, master: int, signals: _Signals, sink: Sink) -> int:
             elif sig in (signal.SIGHUP, signal.SIGTERM):
                 with contextlib.suppress(OSError):
                     os.killpg(pid, signal.SIGHUP)
+            elif sig == signal.SIGALRM:
+                signals.time_up(1, pid)
+        signals.enforce(pid)
         if master in readable:
             try:
                 data = os.read(master, _CHUNK)
@@ -355,6 +398,9 @@ def _copy_loop(
             if sig in (signal.SIGHUP, signal.SIGTERM):
                 with contextlib.suppress(OSError):
                     proc.send_signal(sig)
+            elif sig == signal.SIGALRM:
+                signals.time_up(2, proc.pid)
+        signals.enforce(proc.pid)
         for fd in readable:
             if fd == 0 and stdin_to is not None:
                 try:
@@ -393,15 +439,21 @@ def _copy_loop(
 
 
 def run_pipes(
-    plan: SessionPlan, sink: Sink, sftp: SftpLog | None = None, scp: ScpLog | None = None
+    plan: SessionPlan,
+    sink: Sink,
+    sftp: SftpLog | None = None,
+    scp: ScpLog | None = None,
+    max_time: int = 0,
 ) -> int:
     """Run ``plan`` without a terminal; return its exit status.
 
     A command's stdin is its own (never read by the recorder); its stdout and stderr
     are copied through and recorded. sftp and scp sessions have their stdin proxied
-    too, so the transfer can be followed; their data is not recorded.
+    too, so the transfer can be followed; their data is not recorded. The program
+    leads its own process group, so that ``max_time`` (seconds, 0 for none) ends all
+    of it.
     """
-    signals = _Signals()
+    signals = _Signals(max_time)
     proxy_stdin = sftp is not None or scp is not None
     proc = subprocess.Popen(
         [plan.argv0, *plan.argv[1:]],
@@ -409,6 +461,7 @@ def run_pipes(
         stdin=subprocess.PIPE if proxy_stdin else None,
         stdout=subprocess.PIPE,
         stderr=None if proxy_stdin else subprocess.PIPE,
+        process_group=0,
     )
     if proc.stdout is None:  # pragma: no cover - stdout=PIPE always sets it
         raise OSError("no pipe from the session's program")
@@ -443,6 +496,12 @@ def _returncode(proc: subprocess.Popen[bytes]) -> int:
 
 def _ignore(data: bytes) -> None:
     pass
+
+
+def _scp_program() -> str:
+    """The machine's scp (run directly for a grant without a shell)."""
+    candidates = ("/usr/bin/scp", "/bin/scp", "/usr/local/bin/scp")
+    return next((p for p in candidates if os.access(p, os.X_OK)), candidates[0])
 
 
 def _refuse(message: str) -> int:
@@ -484,11 +543,28 @@ class Options:
         self.max_bytes = DEFAULT_MAX_BYTES
         self.sftp_server: str | None = None
         self.check = False
+        #: The grant's limits (see :mod:`tether.agent.machine.limits`).
+        self.shell = True
+        self.files = FILES_BOTH
+        self.sudo = True
+        self.max_time = 0
+
+    def limits(self) -> list[str]:
+        """The grant's limits in words (empty when nothing is limited)."""
+        words = [] if self.shell else ["no shell (file transfer only)"]
+        if self.files != FILES_BOTH:
+            words.append({FILES_OFF: "no file transfer"}.get(self.files, f"{self.files} only"))
+        if not self.sudo:
+            words.append("no sudo")
+        if self.max_time:
+            words.append(f"sessions end after {self.max_time} s")
+        return words
 
 
 USAGE = (
     "usage: python -m tether.agent.recording.recorder --dir DIR [--serial S] [--fail closed|open]\n"
     "       [--max-bytes N] [--sftp-server PATH] [--check]\n"
+    "       [--no-shell] [--files both|off|download|upload] [--no-sudo] [--max-time SECONDS]\n"
     "Records a support session; sshd runs it as the support account's ForceCommand."
 )
 
@@ -503,10 +579,20 @@ def parse_args(argv: list[str]) -> Options:
     words = list(argv)
     while words:
         word = words.pop(0)
-        if word == "--check":
-            options.check = True
+        if word in ("--check", "--no-shell", "--no-sudo"):
+            options.check |= word == "--check"
+            options.shell &= word != "--no-shell"
+            options.sudo &= word != "--no-sudo"
             continue
-        if word not in ("--dir", "--serial", "--fail", "--max-bytes", "--sftp-server"):
+        if word not in (
+            "--dir",
+            "--serial",
+            "--fail",
+            "--max-bytes",
+            "--sftp-server",
+            "--files",
+            "--max-time",
+        ):
             raise ValueError(f"unknown option {word!r}")
         if not words:
             raise ValueError(f"{word} needs a value")
@@ -523,6 +609,14 @@ def parse_args(argv: list[str]) -> Options:
             if not value.isdigit():
                 raise ValueError("--max-bytes is a number of bytes")
             options.max_bytes = int(value)
+        elif word == "--files":
+            if value not in (FILES_BOTH, FILES_OFF, FILES_DOWNLOAD, FILES_UPLOAD):
+                raise ValueError("--files is both, off, download or upload")
+            options.files = value
+        elif word == "--max-time":
+            if not value.isdigit():
+                raise ValueError("--max-time is a number of seconds")
+            options.max_time = int(value)
         else:
             options.sftp_server = value
     if options.dir is None:
@@ -586,6 +680,14 @@ def main(argv: list[str] | None = None) -> int:
     if plan.kind == "sftp" and sftp_server is None:
         sink.finish(REFUSED, [], ["no sftp-server on this machine"])
         return _refuse("no sftp-server found for SFTP")
+    limited, refusal = apply_limits(plan, shell=args.shell, files=args.files, scp=_scp_program())
+    if limited is None:
+        sink.finish(REFUSED, [], [f"refused: {refusal}"])
+        return _refuse(refusal or "not allowed by this support grant")
+    plan = limited
+    if on_tty and plan.kind == "shell" and args.limits():
+        with contextlib.suppress(OSError):
+            _write_all(1, f"tether: this grant's limits: {'; '.join(args.limits())}\r\n".encode())
     transfers: list[dict[str, Any]] = []
     notes: list[str] = []
     status = REFUSED
@@ -596,20 +698,20 @@ def main(argv: list[str] | None = None) -> int:
             )
 
             sftp = SftpLog()
-            status = run_pipes(plan, sink, sftp=sftp)
+            status = run_pipes(plan, sink, sftp=sftp, max_time=args.max_time)
             transfers = [t.to_json() for t in sftp.transfers]
             if sftp.dropped:
                 notes.append(f"{sftp.dropped} more transfers not listed")
         elif plan.kind == "scp":
             scp = ScpLog("upload" if plan.scp_mode == "t" else "download")
-            status = run_pipes(plan, sink, scp=scp)
+            status = run_pipes(plan, sink, scp=scp, max_time=args.max_time)
             transfers = list(scp.files)
             if scp.dropped:
                 notes.append(f"{scp.dropped} more files not listed")
         elif on_tty:
-            status = run_pty(plan, sink, columns, rows)
+            status = run_pty(plan, sink, columns, rows, args.max_time)
         else:
-            status = run_pipes(plan, sink)
+            status = run_pipes(plan, sink, max_time=args.max_time)
     except OSError as exc:
         notes.append(f"session failed: {exc}")
         with contextlib.suppress(OSError):
