@@ -22,7 +22,7 @@ SFTP = "/usr/lib/openssh/sftp-server"
 
 def test_limits_reach_the_recorder_as_options_it_reads_back() -> None:
     limits = Limits(
-        shell=False, files=FileTransfer.DOWNLOAD, sudo=False, max_session=timedelta(hours=1)
+        allow_shell=False, files=FileTransfer.DOWNLOAD, sudo=False, max_session=timedelta(hours=1)
     )
     options = parse_args(["--dir", "/r", *limits.recorder_args()])
     assert (options.shell, options.files, options.sudo, options.max_time) == (
@@ -32,7 +32,8 @@ def test_limits_reach_the_recorder_as_options_it_reads_back() -> None:
         3600,
     )
     assert Limits().recorder_args() == []
-    assert not Limits().restricted and limits.restricted
+    assert not Limits().restricted
+    assert limits.restricted
 
 
 def test_limits_survive_the_state_file_and_damage_fails_closed() -> None:
@@ -45,7 +46,7 @@ def test_limits_survive_the_state_file_and_damage_fails_closed() -> None:
 
 def test_a_grant_allowing_nothing_is_refused() -> None:
     with pytest.raises(BadInput, match="allow nothing"):
-        Limits(shell=False, files=FileTransfer.OFF)
+        Limits(allow_shell=False, files=FileTransfer.OFF)
     with pytest.raises(BadInput, match="max-session"):
         Limits(max_session=timedelta(0))
 
@@ -81,44 +82,53 @@ def _plan(command: str | None) -> object:
 def test_no_shell_refuses_shells_and_commands_and_runs_scp_without_a_shell() -> None:
     for command in (None, "id", "bash -i"):
         plan, why = apply_limits(
-            plan_session("/bin/bash", command, SFTP), shell=False, files="both"
+            plan_session("/bin/bash", command, SFTP), allow_shell=False, files="both"
         )
-        assert plan is None and why is not None and "no shell" in why
+        assert plan is None
+        assert why is not None
+        assert "no shell" in why
     plan, why = apply_limits(
-        plan_session("/bin/bash", "scp -t up.bin", SFTP), shell=False, files="both"
+        plan_session("/bin/bash", "scp -t up.bin", SFTP), allow_shell=False, files="both"
     )
-    assert plan is not None and plan.argv == ["/usr/bin/scp", "-t", "up.bin"], why
+    assert plan is not None, why
+    assert plan.argv == ["/usr/bin/scp", "-t", "up.bin"]
     # No shell reads scp's command line: "$(sh)" is only a file name.
     plan, why = apply_limits(
-        plan_session("/bin/bash", "scp -t '$(sh)'", SFTP), shell=False, files="both"
+        plan_session("/bin/bash", "scp -t '$(sh)'", SFTP), allow_shell=False, files="both"
     )
-    assert plan is not None and plan.argv == ["/usr/bin/scp", "-t", "$(sh)"], why
+    assert plan is not None, why
+    assert plan.argv == ["/usr/bin/scp", "-t", "$(sh)"]
     # Anything but a plain scp -t / -f is refused, not run.
     for sneaky in ("scp -t x; bash -i", "scp -t x -o y", "scp -S /bin/sh -t x", "scp -f -t x"):
-        plan, why = apply_limits(plan_session("/bin/bash", sneaky, SFTP), shell=False, files="both")
+        plan, why = apply_limits(
+            plan_session("/bin/bash", sneaky, SFTP), allow_shell=False, files="both"
+        )
         assert plan is None, sneaky
 
 
 def test_file_transfer_limits_per_protocol() -> None:
     sftp = plan_session("/bin/bash", "internal-sftp", SFTP)
-    assert apply_limits(sftp, shell=True, files="off")[0] is None
-    down, _ = apply_limits(sftp, shell=True, files="download")
-    assert down is not None and down.argv == [SFTP, "-R"]
-    up, _ = apply_limits(sftp, shell=True, files="upload")
-    assert up is not None and up.argv == [SFTP, "-P", "read,readdir,copy-data"]
+    assert apply_limits(sftp, allow_shell=True, files="off")[0] is None
+    down, _ = apply_limits(sftp, allow_shell=True, files="download")
+    assert down is not None
+    assert down.argv == [SFTP, "-R"]
+    up, _ = apply_limits(sftp, allow_shell=True, files="upload")
+    assert up is not None
+    assert up.argv == [SFTP, "-P", "read,readdir,copy-data"]
     upload = plan_session("/bin/bash", "scp -t x", SFTP)
     download = plan_session("/bin/bash", "scp -f x", SFTP)
-    assert apply_limits(upload, shell=True, files="download")[0] is None
-    assert apply_limits(download, shell=True, files="download")[0] is not None
-    assert apply_limits(download, shell=True, files="upload")[0] is None
-    assert apply_limits(upload, shell=True, files="off")[0] is None
+    assert apply_limits(upload, allow_shell=True, files="download")[0] is None
+    assert apply_limits(download, allow_shell=True, files="download")[0] is not None
+    assert apply_limits(download, allow_shell=True, files="upload")[0] is None
+    assert apply_limits(upload, allow_shell=True, files="off")[0] is None
     # Commands are the shell's business, not a transfer protocol.
-    assert apply_limits(plan_session("/bin/bash", "id", SFTP), shell=True, files="off")[0]
+    assert apply_limits(plan_session("/bin/bash", "id", SFTP), allow_shell=True, files="off")[0]
 
 
 def test_an_sftp_server_the_engineer_brings_is_not_run(tmp_path: Path) -> None:
     fake = tmp_path / "sftp-server"
     fake.write_text("#!/bin/sh\nexec bash -i\n")
-    os.chmod(fake, 0o755)
+    os.chmod(fake, 0o755)  # noqa: S103 - a program, as an engineer would upload it
     plan = plan_session("/bin/bash", str(fake), SFTP)
-    assert plan.kind == "sftp" and plan.argv == [SFTP]
+    assert plan.kind == "sftp"
+    assert plan.argv == [SFTP]

@@ -254,7 +254,7 @@ def _scp_direct(command: str, scp: str) -> list[str] | None:
 
 
 def apply_limits(
-    plan: SessionPlan, *, shell: bool, files: str, scp: str = "/usr/bin/scp"
+    plan: SessionPlan, *, allow_shell: bool, files: str, scp: str = "/usr/bin/scp"
 ) -> tuple[SessionPlan | None, str | None]:
     """Fit ``plan`` to the grant's limits: (the plan to run, None) or (None, why not).
 
@@ -265,7 +265,7 @@ def apply_limits(
     scp that names both or neither direction is refused whenever a limit applies.
     """
     if plan.kind in ("shell", "command"):
-        if not shell:
+        if not allow_shell:
             return None, "this support grant allows no shell or commands, only file transfer"
         return plan, None
     if files == FILES_OFF:
@@ -276,13 +276,13 @@ def apply_limits(
         return limited, None
     # Legacy scp: its direction must be certain before any limit can be applied.
     direct = _scp_direct(plan.command or "", scp)
-    if direct is None and (not shell or files != FILES_BOTH):
+    if direct is None and (not allow_shell or files != FILES_BOTH):
         return None, "this scp command is not a plain upload or download (scp -t / scp -f)"
     if files == FILES_DOWNLOAD and plan.scp_mode == "t":
         return None, "this support grant allows downloads only: uploads are refused"
     if files == FILES_UPLOAD and plan.scp_mode == "f":
         return None, "this support grant allows uploads only: downloads are refused"
-    if shell or direct is None:
+    if allow_shell or direct is None:
         return plan, None
     return (
         SessionPlan(

@@ -680,7 +680,9 @@ def main(argv: list[str] | None = None) -> int:
     if plan.kind == "sftp" and sftp_server is None:
         sink.finish(REFUSED, [], ["no sftp-server on this machine"])
         return _refuse("no sftp-server found for SFTP")
-    limited, refusal = apply_limits(plan, shell=args.shell, files=args.files, scp=_scp_program())
+    limited, refusal = apply_limits(
+        plan, allow_shell=args.shell, files=args.files, scp=_scp_program()
+    )
     if limited is None:
         sink.finish(REFUSED, [], [f"refused: {refusal}"])
         return _refuse(refusal or "not allowed by this support grant")
