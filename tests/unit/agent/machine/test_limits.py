@@ -22,7 +22,7 @@ SFTP = "/usr/lib/openssh/sftp-server"
 
 def test_limits_reach_the_recorder_as_options_it_reads_back() -> None:
     limits = Limits(
-        allow_shell=False, files=FileTransfer.DOWNLOAD, sudo=False, max_session=timedelta(hours=1)
+        shell=False, files=FileTransfer.DOWNLOAD, sudo=False, max_session=timedelta(hours=1)
     )
     options = parse_args(["--dir", "/r", *limits.recorder_args()])
     assert (options.shell, options.files, options.sudo, options.max_time) == (
@@ -46,7 +46,7 @@ def test_limits_survive_the_state_file_and_damage_fails_closed() -> None:
 
 def test_a_grant_allowing_nothing_is_refused() -> None:
     with pytest.raises(BadInput, match="allow nothing"):
-        Limits(allow_shell=False, files=FileTransfer.OFF)
+        Limits(shell=False, files=FileTransfer.OFF)
     with pytest.raises(BadInput, match="max-session"):
         Limits(max_session=timedelta(0))
 
