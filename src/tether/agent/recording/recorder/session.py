@@ -19,6 +19,11 @@ in the file named by ``SSH_USER_AUTH``. The recorder:
    ``--max-bytes``, as asciicast v2 flushed every second;
 4. exits with the session's exit status (128+N when a signal N ended it).
 
+A grant with limits adds ``--no-shell``, ``--files``, ``--max-time`` (and ``--no-sudo``,
+only to tell the engineer): the recorder refuses what the grant does not allow with
+the reason on stderr (:func:`~tether.agent.recording.recorder.context.apply_limits`)
+and ends a session whose time is up (SIGHUP, then SIGKILL after :data:`KILL_GRACE`).
+
 It holds an exclusive ``flock`` on its ``.cast.gz`` for its whole life: the agent
 daemon knows a session is over when that lock is free, even if the recorder was
 killed. This file runs under whatever Python sshd finds (often the system's): it uses
@@ -54,10 +59,6 @@ from tether.agent.recording.recorder.cast import (
     open_new,
 )
 from tether.agent.recording.recorder.context import (
-    FILES_BOTH,
-    FILES_DOWNLOAD,
-    FILES_OFF,
-    FILES_UPLOAD,
     ScpLog,
     SessionPlan,
     apply_limits,
@@ -65,14 +66,11 @@ from tether.agent.recording.recorder.context import (
     plan_session,
     read_engineer,
 )
+from tether.agent.recording.recorder.options import REFUSED, USAGE, parse_args
 
 if TYPE_CHECKING:
     from tether.agent.recording.recorder.sftp_log import SftpLog
 
-#: Output recorded per session before the recording stops (the session goes on).
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-#: Exit status of a session the recorder refused or could not start.
-REFUSED = 255
 #: Seconds a session whose time is up has to end after SIGHUP before it is killed.
 KILL_GRACE = 2.0
 _CHUNK = 65536
@@ -531,97 +529,6 @@ def _check(directory: Path) -> int:
         print(f"cannot record in {directory}: {exc.strerror or exc}", file=sys.stderr)
         return REFUSED
     return 0
-
-
-class Options:
-    """The recorder's command line (written by the agent into sshd's ForceCommand)."""
-
-    def __init__(self) -> None:
-        self.dir: Path | None = None
-        self.serial = ""
-        self.fail = "closed"
-        self.max_bytes = DEFAULT_MAX_BYTES
-        self.sftp_server: str | None = None
-        self.check = False
-        #: The grant's limits (see :mod:`tether.agent.machine.limits`).
-        self.shell = True
-        self.files = FILES_BOTH
-        self.sudo = True
-        self.max_time = 0
-
-    def limits(self) -> list[str]:
-        """The grant's limits in words (empty when nothing is limited)."""
-        words = [] if self.shell else ["no shell (file transfer only)"]
-        if self.files != FILES_BOTH:
-            words.append({FILES_OFF: "no file transfer"}.get(self.files, f"{self.files} only"))
-        if not self.sudo:
-            words.append("no sudo")
-        if self.max_time:
-            words.append(f"sessions end after {self.max_time} s")
-        return words
-
-
-USAGE = (
-    "usage: python -m tether.agent.recording.recorder --dir DIR [--serial S] [--fail closed|open]\n"
-    "       [--max-bytes N] [--sftp-server PATH] [--check]\n"
-    "       [--no-shell] [--files both|off|download|upload] [--no-sudo] [--max-time SECONDS]\n"
-    "Records a support session; sshd runs it as the support account's ForceCommand."
-)
-
-
-def parse_args(argv: list[str]) -> Options:
-    """Read the recorder's options (no argparse: every session pays for its import).
-
-    Raises:
-        ValueError: an unknown option or a bad value (the message says which).
-    """
-    options = Options()
-    words = list(argv)
-    while words:
-        word = words.pop(0)
-        if word in ("--check", "--no-shell", "--no-sudo"):
-            options.check |= word == "--check"
-            options.shell &= word != "--no-shell"
-            options.sudo &= word != "--no-sudo"
-            continue
-        if word not in (
-            "--dir",
-            "--serial",
-            "--fail",
-            "--max-bytes",
-            "--sftp-server",
-            "--files",
-            "--max-time",
-        ):
-            raise ValueError(f"unknown option {word!r}")
-        if not words:
-            raise ValueError(f"{word} needs a value")
-        value = words.pop(0)
-        if word == "--dir":
-            options.dir = Path(value)
-        elif word == "--serial":
-            options.serial = value
-        elif word == "--fail":
-            if value not in ("closed", "open"):
-                raise ValueError("--fail is closed or open")
-            options.fail = value
-        elif word == "--max-bytes":
-            if not value.isdigit():
-                raise ValueError("--max-bytes is a number of bytes")
-            options.max_bytes = int(value)
-        elif word == "--files":
-            if value not in (FILES_BOTH, FILES_OFF, FILES_DOWNLOAD, FILES_UPLOAD):
-                raise ValueError("--files is both, off, download or upload")
-            options.files = value
-        elif word == "--max-time":
-            if not value.isdigit():
-                raise ValueError("--max-time is a number of seconds")
-            options.max_time = int(value)
-        else:
-            options.sftp_server = value
-    if options.dir is None:
-        raise ValueError("--dir is required")
-    return options
 
 
 def main(argv: list[str] | None = None) -> int:
