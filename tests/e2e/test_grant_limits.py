@@ -56,6 +56,8 @@ async def test_file_transfer_off_no_sudo_and_max_session(
         "files": "off",
         "sudo": False,
         "max_session_seconds": 3,
+        "consent": "none",
+        "consent_timeout_seconds": 300,
     }
     said = (await asyncio.to_thread(system.access, "status")).stdout
     assert "no file transfer (sftp/scp); no administrator rights (sudo); sessions end after 3s" in (

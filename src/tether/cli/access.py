@@ -118,6 +118,17 @@ def access() -> None:
 )
 @click.option("--no-sudo", is_flag=True, help="No administrator rights (no sudo).")
 @click.option("--max-session", help="End each session after this long, e.g. 30m, 1h.")
+@click.option(
+    "--consent",
+    type=click.Choice(["none", "ask"]),
+    default="none",
+    show_default=True,
+    help="ask: each login waits until you admit it (tether access admit / refuse).",
+)
+@click.option(
+    "--consent-timeout",
+    help="With --consent ask: refuse a login nobody admitted within this long (default 5m).",
+)
 @json_option
 @handle_errors
 def enable(
@@ -134,6 +145,8 @@ def enable(
     files: str,
     no_sudo: bool,
     max_session: str | None,
+    consent: str,
+    consent_timeout: str | None,
     as_json: bool,
 ) -> None:
     """Open support access: with a tether key the vendor sent you, or --direct.
@@ -165,7 +178,11 @@ def enable(
         files=FileTransfer(files),
         sudo=not no_sudo,
         max_session=parse_duration(max_session) if max_session else None,
+        consent=consent == "ask",
+        **({"consent_timeout": parse_duration(consent_timeout)} if consent_timeout else {}),
     )
+    if consent_timeout and consent != "ask":
+        raise BadInput("--consent-timeout applies only with --consent ask")
     config = AgentConfig.load(config_path)
     manager = AccessManager(config)
     span = parse_duration(duration) if duration else None
@@ -401,6 +418,14 @@ def status(config_path: Path, as_json: bool) -> None:
             out.print(f"Note:     {escape(note)}")
     if state.is_open:
         out.print(f"Limits:   {escape(state.limits.summary())}")
+        if state.limits.consent:
+            from tether.agent.consent import waiting_logins
+
+            for info in waiting_logins(config):
+                out.print(
+                    f"Waiting:  {info.id} ({escape(info.engineer)}, {info.kind}): "
+                    "tether access admit / refuse"
+                )
     if state.is_open and state.mode == AccessMode.TETHER:
         out.print(f"Tether:   {describe_tunnel(running, tunnel, SYSTEM_CLOCK.now())}")
     elif state.is_open:
@@ -451,9 +476,12 @@ def _ask_vendor(config: AgentConfig, description: str) -> str:
 
 
 # `check` and `log` live in their own module to keep this one small.
+from tether.cli.access_consent import admit, refuse  # noqa: E402
 from tether.cli.access_info import check, log_command  # noqa: E402
 
 access.add_command(check)
 access.add_command(log_command)
 access.add_command(recordings)
 access.add_command(play)
+access.add_command(admit)
+access.add_command(refuse)

@@ -58,6 +58,11 @@ class MachinePaths:
     def archive_dir(self) -> Path:
         return self.state_dir / "archive"
 
+    @property
+    def consent_dir(self) -> Path:
+        """The customer's admit/refuse decisions: root's, readable by the recorder."""
+        return self.state_dir / "consent"
+
 
 @dataclass(frozen=True)
 class RecorderSpec:

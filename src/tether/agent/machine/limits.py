@@ -9,9 +9,13 @@ enforces them, never the engineer's client:
   only ``sftp`` and ``scp``, each run directly (never through a shell);
 - **file transfer**: the recorder refuses SFTP and legacy ``scp`` sessions, or runs
   ``sftp-server`` read-only (download only) or with reads refused (upload only);
-- **session length**: the recorder ends a session when its time is up.
+- **session length**: the recorder ends a session when its time is up;
+- **consent**: the recorder holds each login until the customer admits it
+  (``tether access admit``) and refuses it when the customer refuses or does not
+  answer within ``consent_timeout``. The decision is a file only root may write
+  (:mod:`tether.agent.consent`).
 
-The recorder does the last three, so they need recording on. With a shell allowed,
+The recorder does the last four, so they need recording on. With a shell allowed,
 limiting file transfer stops the transfer *protocols*; what a shell prints can still
 be copied from the terminal (and is recorded).
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from tether.durations import format_duration
@@ -28,6 +33,8 @@ from tether.errors import BadInput
 
 #: The longest session a grant may set (the recorder's argument is whole seconds).
 LONGEST_SESSION = timedelta(days=366)
+#: How long a login waits for the customer's decision unless the grant says otherwise.
+DEFAULT_CONSENT_TIMEOUT = timedelta(minutes=5)
 
 
 class FileTransfer(Enum):
@@ -47,12 +54,16 @@ class Limits:
     :param files: file transfer with ``sftp`` / ``scp``.
     :param sudo: administrator rights through ``sudo``.
     :param max_session: each session ends after this long (None: no limit).
+    :param consent: each login waits for the customer to admit it.
+    :param consent_timeout: a login nobody admitted by then is refused.
     """
 
     shell: bool = True
     files: FileTransfer = FileTransfer.BOTH
     sudo: bool = True
     max_session: timedelta | None = None
+    consent: bool = False
+    consent_timeout: timedelta = DEFAULT_CONSENT_TIMEOUT
 
     def __post_init__(self) -> None:
         if not self.shell and self.files == FileTransfer.OFF:
@@ -64,6 +75,8 @@ class Limits:
             timedelta(seconds=1) <= self.max_session <= LONGEST_SESSION
         ):
             raise BadInput("--max-session must be between 1s and 366d")
+        if not timedelta(seconds=1) <= self.consent_timeout <= timedelta(days=1):
+            raise BadInput("--consent-timeout must be between 1s and 1d")
 
     @property
     def restricted(self) -> bool:
@@ -73,11 +86,22 @@ class Limits:
     @property
     def needs_recorder(self) -> bool:
         """Whether a limit is enforced by the session recorder (not sshd or sudoers alone)."""
-        return not self.shell or self.files != FileTransfer.BOTH or self.max_session is not None
+        return (
+            not self.shell
+            or self.files != FileTransfer.BOTH
+            or self.max_session is not None
+            or self.consent
+        )
 
-    def recorder_args(self) -> list[str]:
-        """The recorder's options for these limits (appended to sshd's ForceCommand)."""
+    def recorder_args(self, consent_dir: Path | None = None) -> list[str]:
+        """The recorder's options for these limits (appended to sshd's ForceCommand).
+
+        :param consent_dir: where the customer's decisions appear (with ``consent``).
+        """
         args: list[str] = []
+        if self.consent and consent_dir is not None:
+            args += ["--consent-dir", str(consent_dir)]
+            args += ["--consent-timeout", str(int(self.consent_timeout.total_seconds()))]
         if not self.shell:
             args.append("--no-shell")
         if self.files != FileTransfer.BOTH:
@@ -103,6 +127,11 @@ class Limits:
             words.append("no administrator rights (sudo)")
         if self.max_session is not None:
             words.append(f"sessions end after {format_duration(self.max_session)}")
+        if self.consent:
+            words.append(
+                "each login waits for the customer to admit it "
+                f"(refused after {format_duration(self.consent_timeout)})"
+            )
         return words
 
     def summary(self) -> str:
@@ -123,6 +152,8 @@ class Limits:
             "max_session_seconds": None
             if self.max_session is None
             else int(self.max_session.total_seconds()),
+            "consent": "ask" if self.consent else "none",
+            "consent_timeout_seconds": int(self.consent_timeout.total_seconds()),
         }
 
     @classmethod
@@ -131,9 +162,14 @@ class Limits:
         if not isinstance(body, dict):
             return cls()
         seconds = body.get("max_session_seconds")
+        wait = body.get("consent_timeout_seconds")
         return cls(
             shell=body.get("shell", True) is True,
             files=FileTransfer(body.get("files", FileTransfer.BOTH.value)),
             sudo=body.get("sudo", True) is True,
             max_session=timedelta(seconds=int(seconds)) if seconds is not None else None,
+            consent=body.get("consent", "none") != "none",
+            consent_timeout=timedelta(seconds=int(wait))
+            if wait is not None
+            else DEFAULT_CONSENT_TIMEOUT,
         )

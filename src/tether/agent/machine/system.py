@@ -29,10 +29,12 @@ state; helpers live in :mod:`~tether.agent.machine.account`,
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
 import pwd
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -171,12 +173,12 @@ class SystemMachine:
             banner=self.banner_file if limits.restricted else None,
         )
 
-    @staticmethod
-    def force_command(checked: CheckedGrant) -> str | None:
+    def force_command(self, checked: CheckedGrant) -> str | None:
         """sshd's ForceCommand: the recorder, told the grant's limits (None: no recorder)."""
         if checked.recorder is None:
             return None
-        return " ".join([checked.recorder.command, *checked.limits.recorder_args()])
+        args = checked.limits.recorder_args(self.paths.consent_dir)
+        return " ".join([checked.recorder.command, *args])
 
     def _limit_settings(self, limits: Limits) -> dict[str, str]:
         """The effective sshd settings (``sshd -T``) that enforce or show ``limits``."""
@@ -333,6 +335,8 @@ class SystemMachine:
         for path, text in ((self.ca_file, checked.ca_line), (self.principals_file, account)):
             journal.save_file(path)
             write_atomic(path, f"{text}\n".encode(), 0o644, owner=(0, 0))
+        if checked.limits.consent:
+            self._prepare_consent_dir(journal)
         journal.save_file(self.banner_file)
         if checked.limits.restricted:
             write_atomic(self.banner_file, checked.limits.banner().encode(), 0o644, owner=(0, 0))
@@ -358,6 +362,26 @@ class SystemMachine:
             remove_file(self.paths.drop_in)
             self._write_sshd_config(with_block(strip_blocks(config), render_block(body)), journal)
             log.event(logger, "machine.sshd.block_written", path=self.paths.sshd_config)
+
+    def _prepare_consent_dir(self, journal: Journal) -> None:
+        """Make the decisions directory: root's, mode 0755, reachable by the recorder.
+
+        The support account may read a decision but never write one: that is what
+        makes the customer's consent hold.
+        """
+        directory = self.paths.consent_dir
+        if directory.is_symlink():
+            raise MachineError(f"{directory} is a symlink; refusing it")
+        if make_dir(directory, 0o755):
+            journal.add(f"remove {directory}", lambda: remove_dir_if_empty(directory))
+        os.chown(directory, 0, 0)
+        os.chmod(directory, 0o755)  # noqa: S103 - the recorder reads decisions; only root writes
+        for parent in directory.parents:
+            if parent == self.paths.state_dir or self.paths.state_dir in parent.parents:
+                mode = stat.S_IMODE(parent.stat().st_mode)
+                if not mode & stat.S_IXOTH:
+                    os.chmod(parent, mode | stat.S_IXOTH)
+                    journal.add(f"restore {parent}", functools.partial(os.chmod, parent, mode))
 
     def _keep_backup(self, journal: Journal) -> None:
         """Copy ``sshd_config`` to the backup, unless a backup is already kept."""
@@ -483,6 +507,10 @@ class SystemMachine:
             if remove_file(path):
                 changed = True
                 log.event(logger, "machine.file.removed", path=path)
+        if self.paths.consent_dir.is_dir() and not self.paths.consent_dir.is_symlink():
+            for decision in self.paths.consent_dir.iterdir():
+                remove_file(decision)
+            remove_dir_if_empty(self.paths.consent_dir)
         if self.paths.ssh_dir.is_dir() and not remove_dir_if_empty(self.paths.ssh_dir):
             notes.append(f"{self.paths.ssh_dir} holds files Tether did not put there; kept")
         return changed

@@ -106,6 +106,9 @@ class RecordingInfo:
     #: The session was ended from outside (access closed or expired, the page's End):
     #: its recorder died with it, and ``ended`` is the recording's last write.
     cut_off: bool = False
+    #: The customer's consent, for a grant that asks it: ``{"state": "waiting"}``, or
+    #: ``admitted`` / ``refused`` with ``by``, ``waited`` (seconds) and ``reason``.
+    consent: dict[str, Any] | None = None
 
     @property
     def duration(self) -> float | None:
@@ -209,6 +212,7 @@ def info_for(directory: Path, recording_id: str) -> RecordingInfo:
         if isinstance(transfers, list)
         else (),
         cut_off=cut_off,
+        consent=data["consent"] if isinstance(data.get("consent"), dict) else None,
     )
 
 

@@ -215,6 +215,21 @@ class RecordingWatcher:
 
     def _logout(self, info: RecordingInfo, sent: list[dict[str, Any]]) -> None:
         ended = info.ended.isoformat() if info.ended else None
+        consent = info.consent or {}
+        if consent.get("state") == "refused" and consent.get("by") in ("timeout", "gone"):
+            # Nobody decided: the recorder refused it itself (the customer's own
+            # decisions are audited by `tether access admit/refuse`).
+            self._append(
+                "support.refused",
+                by=str(consent.get("by")),
+                session=info.id,
+                engineer=info.engineer,
+                kind=info.kind,
+                waited=consent.get("waited")
+                if isinstance(consent.get("waited"), float | int)
+                else None,
+                reason=str(consent.get("reason") or "")[:300] or None,
+            )
         self._append(
             "support.logout",
             engineer=info.engineer,

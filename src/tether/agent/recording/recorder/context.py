@@ -295,3 +295,17 @@ def apply_limits(
         ),
         None,
     )
+
+
+def time_up_message(seconds: int) -> str:
+    """What the engineer reads when the grant's session length is reached."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if n]
+    return f"this support grant ends sessions after {''.join(parts)}: the session ends now"
+
+
+def scp_program() -> str:
+    """The machine's scp (run directly for a grant without a shell)."""
+    candidates = ("/usr/bin/scp", "/bin/scp", "/usr/local/bin/scp")
+    return next((p for p in candidates if os.access(p, os.X_OK)), candidates[0])

@@ -36,6 +36,9 @@ class Options:
         self.files = FILES_BOTH
         self.sudo = True
         self.max_time = 0
+        #: Where the customer's admit/refuse decisions appear (None: no consent asked).
+        self.consent_dir: Path | None = None
+        self.consent_timeout = 300
 
     def limits(self) -> list[str]:
         """The grant's limits in words (empty when nothing is limited)."""
@@ -53,6 +56,7 @@ USAGE = (
     "usage: python -m tether.agent.recording.recorder --dir DIR [--serial S] [--fail closed|open]\n"
     "       [--max-bytes N] [--sftp-server PATH] [--check]\n"
     "       [--no-shell] [--files both|off|download|upload] [--no-sudo] [--max-time SECONDS]\n"
+    "       [--consent-dir DIR [--consent-timeout SECONDS]]\n"
     "Records a support session; sshd runs it as the support account's ForceCommand."
 )
 
@@ -80,6 +84,8 @@ def parse_args(argv: list[str]) -> Options:
             "--sftp-server",
             "--files",
             "--max-time",
+            "--consent-dir",
+            "--consent-timeout",
         ):
             raise ValueError(f"unknown option {word!r}")
         if not words:
@@ -101,6 +107,12 @@ def parse_args(argv: list[str]) -> Options:
             if value not in (FILES_BOTH, FILES_OFF, FILES_DOWNLOAD, FILES_UPLOAD):
                 raise ValueError("--files is both, off, download or upload")
             options.files = value
+        elif word == "--consent-dir":
+            options.consent_dir = Path(value)
+        elif word == "--consent-timeout":
+            if not value.isdigit():
+                raise ValueError("--consent-timeout is a number of seconds")
+            options.consent_timeout = int(value)
         elif word == "--max-time":
             if not value.isdigit():
                 raise ValueError("--max-time is a number of seconds")

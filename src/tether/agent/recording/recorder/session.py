@@ -58,6 +58,7 @@ from tether.agent.recording.recorder.cast import (
     new_recording_id,
     open_new,
 )
+from tether.agent.recording.recorder.consent import wait_for_consent
 from tether.agent.recording.recorder.context import (
     ScpLog,
     SessionPlan,
@@ -65,6 +66,8 @@ from tether.agent.recording.recorder.context import (
     find_sftp_server,
     plan_session,
     read_engineer,
+    scp_program,
+    time_up_message,
 )
 from tether.agent.recording.recorder.options import REFUSED, USAGE, parse_args
 
@@ -226,7 +229,7 @@ class _Signals:
         """The grant's session length is reached: tell the engineer (on fd ``say``) and
         hang up process group ``group``; :meth:`enforce` kills it if it stays."""
         with contextlib.suppress(OSError):
-            _write_all(say, f"\r\ntether: {_time_up_message(self.max_time)}\r\n".encode())
+            _write_all(say, f"\r\ntether: {time_up_message(self.max_time)}\r\n".encode())
         with contextlib.suppress(OSError):
             os.killpg(group, signal.SIGHUP)
         self.kill_at = time.monotonic() + KILL_GRACE
@@ -246,13 +249,6 @@ class _Signals:
                 pass
         seen, self.seen = self.seen, set()
         return seen
-
-
-def _time_up_message(seconds: int) -> str:
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if n]
-    return f"this support grant ends sessions after {''.join(parts)}: the session ends now"
 
 
 def run_pty(plan: SessionPlan, sink: Sink, columns: int, rows: int, max_time: int = 0) -> int:
@@ -496,12 +492,6 @@ def _ignore(data: bytes) -> None:
     pass
 
 
-def _scp_program() -> str:
-    """The machine's scp (run directly for a grant without a shell)."""
-    candidates = ("/usr/bin/scp", "/bin/scp", "/usr/local/bin/scp")
-    return next((p for p in candidates if os.access(p, os.X_OK)), candidates[0])
-
-
 def _refuse(message: str) -> int:
     with contextlib.suppress(OSError):
         os.write(2, f"tether: session refused: {message}\r\n".encode())
@@ -588,12 +578,35 @@ def main(argv: list[str] | None = None) -> int:
         sink.finish(REFUSED, [], ["no sftp-server on this machine"])
         return _refuse("no sftp-server found for SFTP")
     limited, refusal = apply_limits(
-        plan, allow_shell=args.shell, files=args.files, scp=_scp_program()
+        plan, allow_shell=args.shell, files=args.files, scp=scp_program()
     )
     if limited is None:
         sink.finish(REFUSED, [], [f"refused: {refusal}"])
         return _refuse(refusal or "not allowed by this support grant")
     plan = limited
+    if args.consent_dir is not None:
+        if isinstance(sink, Recording):  # the customer sees the waiting session
+            sink.meta["consent"] = {"state": "waiting"}
+            with contextlib.suppress(OSError):
+                sink.write_meta()
+        decision = wait_for_consent(
+            args.consent_dir,
+            recording_id,
+            args.consent_timeout,
+            lambda text: _write_all(2, text.encode()),
+        )
+        if isinstance(sink, Recording):
+            sink.meta["consent"] = decision.to_json()
+            with contextlib.suppress(OSError):
+                sink.write_meta()
+        if not decision.admitted:
+            sink.finish(REFUSED, [], [f"refused by {decision.by}: {decision.reason}"])
+            why = decision.reason if decision.by == "timeout" else "the customer refused it"
+            if decision.reason and decision.by != "timeout":
+                why += f" ({decision.reason})"
+            return _refuse(why)
+        with contextlib.suppress(OSError):
+            _write_all(2, b"\r\ntether: the customer admitted you\r\n")
     if on_tty and plan.kind == "shell" and args.limits():
         with contextlib.suppress(OSError):
             _write_all(1, f"tether: this grant's limits: {'; '.join(args.limits())}\r\n".encode())
