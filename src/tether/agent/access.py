@@ -290,7 +290,7 @@ class AccessManager:
                 if password.generated and sealed
                 else ("own" if secret else "none"),
                 recording=self.config.recording.fail.value if recorder else "off",
-                limits=state.limits.describe(),
+                **({"limits": state.limits.describe()} if state.limits.restricted else {}),
             )
         log.event(
             logger,

@@ -118,7 +118,7 @@ class RecordingInfo:
         return max(0.0, (self.ended - self.started).total_seconds())
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "id": self.id,
             "engineer": self.engineer,
             "kind": self.kind,
@@ -136,6 +136,9 @@ class RecordingInfo:
             "transfers": list(self.transfers),
             "cut_off": self.cut_off,
         }
+        if self.consent is not None:
+            body["consent"] = dict(self.consent)
+        return body
 
 
 def _time(value: object) -> datetime | None:

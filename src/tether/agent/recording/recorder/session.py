@@ -556,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
         "client": environ.get("SSH_CONNECTION", "").split(" ")[0],
         "pid": os.getpid(),
     }
+    if args.consent_dir is not None:
+        # In the first metadata already: the agent announces a login that waits.
+        meta["consent"] = {"state": "waiting"}
     head = header(
         columns,
         rows,
@@ -585,10 +588,6 @@ def main(argv: list[str] | None = None) -> int:
         return _refuse(refusal or "not allowed by this support grant")
     plan = limited
     if args.consent_dir is not None:
-        if isinstance(sink, Recording):  # the customer sees the waiting session
-            sink.meta["consent"] = {"state": "waiting"}
-            with contextlib.suppress(OSError):
-                sink.write_meta()
         decision = wait_for_consent(
             args.consent_dir,
             recording_id,
