@@ -58,6 +58,7 @@ async def test_file_transfer_off_no_sudo_and_max_session(
         "max_session_seconds": 3,
         "consent": "none",
         "consent_timeout_seconds": 300,
+        "consent_on_timeout": "refuse",
     }
     said = (await asyncio.to_thread(system.access, "status")).stdout
     assert "no file transfer (sftp/scp); no administrator rights (sudo); sessions end after 3s" in (

@@ -129,6 +129,10 @@ def access() -> None:
     "--consent-timeout",
     help="With --consent ask: refuse a login nobody admitted within this long (default 5m).",
 )
+@click.option(
+    "--auto-admit-after",
+    help="With --consent ask: admit a login nobody refused within this long, e.g. 2m.",
+)
 @json_option
 @handle_errors
 def enable(
@@ -147,6 +151,7 @@ def enable(
     max_session: str | None,
     consent: str,
     consent_timeout: str | None,
+    auto_admit_after: str | None,
     as_json: bool,
 ) -> None:
     """Open support access: with a tether key the vendor sent you, or --direct.
@@ -173,16 +178,20 @@ def enable(
         raise BadInput(
             "--from and --no-expire apply only to --direct (a tether key always expires)"
         )
+    if (consent_timeout or auto_admit_after) and consent != "ask":
+        raise BadInput("--consent-timeout and --auto-admit-after apply only with --consent ask")
+    if consent_timeout and auto_admit_after:
+        raise BadInput("choose --consent-timeout (then refuse) or --auto-admit-after, not both")
+    wait = consent_timeout or auto_admit_after
     limits = Limits(
         shell=not no_shell,
         files=FileTransfer(files),
         sudo=not no_sudo,
         max_session=parse_duration(max_session) if max_session else None,
         consent=consent == "ask",
-        **({"consent_timeout": parse_duration(consent_timeout)} if consent_timeout else {}),
+        auto_admit=auto_admit_after is not None,
+        **({"consent_timeout": parse_duration(wait)} if wait else {}),
     )
-    if consent_timeout and consent != "ask":
-        raise BadInput("--consent-timeout applies only with --consent ask")
     config = AgentConfig.load(config_path)
     manager = AccessManager(config)
     span = parse_duration(duration) if duration else None

@@ -12,7 +12,8 @@ enforces them, never the engineer's client:
 - **session length**: the recorder ends a session when its time is up;
 - **consent**: the recorder holds each login until the customer admits it
   (``tether access admit``) and refuses it when the customer refuses or does not
-  answer within ``consent_timeout``. The decision is a file only root may write
+  answer within ``consent_timeout`` (or admits it then, with ``auto_admit``:
+  the customer has that long to refuse). The decision is a file only root may write
   (:mod:`tether.agent.consent`).
 
 The recorder does the last four, so they need recording on. With a shell allowed,
@@ -55,7 +56,8 @@ class Limits:
     :param sudo: administrator rights through ``sudo``.
     :param max_session: each session ends after this long (None: no limit).
     :param consent: each login waits for the customer to admit it.
-    :param consent_timeout: a login nobody admitted by then is refused.
+    :param consent_timeout: a login nobody decided on by then is refused ...
+    :param auto_admit: ... or admitted (``--auto-admit-after``).
     """
 
     shell: bool = True
@@ -64,6 +66,7 @@ class Limits:
     max_session: timedelta | None = None
     consent: bool = False
     consent_timeout: timedelta = DEFAULT_CONSENT_TIMEOUT
+    auto_admit: bool = False
 
     def __post_init__(self) -> None:
         if not self.shell and self.files == FileTransfer.OFF:
@@ -77,6 +80,8 @@ class Limits:
             raise BadInput("--max-session must be between 1s and 366d")
         if not timedelta(seconds=1) <= self.consent_timeout <= timedelta(days=1):
             raise BadInput("--consent-timeout must be between 1s and 1d")
+        if self.auto_admit and not self.consent:
+            raise BadInput("--auto-admit-after applies only with --consent ask")
 
     @property
     def restricted(self) -> bool:
@@ -102,6 +107,8 @@ class Limits:
         if self.consent and consent_dir is not None:
             args += ["--consent-dir", str(consent_dir)]
             args += ["--consent-timeout", str(int(self.consent_timeout.total_seconds()))]
+            if self.auto_admit:
+                args += ["--consent-on-timeout", "admit"]
         if not self.shell:
             args.append("--no-shell")
         if self.files != FileTransfer.BOTH:
@@ -130,7 +137,8 @@ class Limits:
         if self.consent:
             words.append(
                 "each login waits for the customer to admit it "
-                f"(refused after {format_duration(self.consent_timeout)})"
+                f"({'admitted' if self.auto_admit else 'refused'} after "
+                f"{format_duration(self.consent_timeout)} without an answer)"
             )
         return words
 
@@ -154,6 +162,7 @@ class Limits:
             else int(self.max_session.total_seconds()),
             "consent": "ask" if self.consent else "none",
             "consent_timeout_seconds": int(self.consent_timeout.total_seconds()),
+            "consent_on_timeout": "admit" if self.auto_admit else "refuse",
         }
 
     @classmethod
@@ -172,4 +181,5 @@ class Limits:
             consent_timeout=timedelta(seconds=int(wait))
             if wait is not None
             else DEFAULT_CONSENT_TIMEOUT,
+            auto_admit=body.get("consent_on_timeout") == "admit",
         )

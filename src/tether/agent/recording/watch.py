@@ -220,11 +220,14 @@ class RecordingWatcher:
     def _logout(self, info: RecordingInfo, sent: list[dict[str, Any]]) -> None:
         ended = info.ended.isoformat() if info.ended else None
         consent = info.consent or {}
-        if consent.get("state") == "refused" and consent.get("by") in ("timeout", "gone"):
-            # Nobody decided: the recorder refused it itself (the customer's own
-            # decisions are audited by `tether access admit/refuse`).
+        if consent.get("state") in ("admitted", "refused") and consent.get("by") in (
+            "timeout",
+            "gone",
+        ):
+            # Nobody decided: the recorder did, at the grant's timeout (the customer's
+            # own decisions are audited by `tether access admit/refuse`).
             self._append(
-                "support.refused",
+                f"support.{consent['state']}",
                 by=str(consent.get("by")),
                 session=info.id,
                 engineer=info.engineer,

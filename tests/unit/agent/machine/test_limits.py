@@ -40,6 +40,14 @@ def test_limits_survive_the_state_file_and_damage_fails_closed() -> None:
     limits = Limits(files=FileTransfer.UPLOAD, sudo=False, max_session=timedelta(minutes=5))
     assert Limits.from_json(limits.to_json()) == limits
     assert Limits.from_json(None) == Limits()  # a state file from before limits
+    asking = Limits(consent=True, consent_timeout=timedelta(minutes=2), auto_admit=True)
+    assert Limits.from_json(asking.to_json()) == asking
+    options = parse_args(["--dir", "/r", *asking.recorder_args(Path("/var/lib/tether/consent"))])
+    assert (options.consent_dir, options.consent_timeout, options.consent_on_timeout) == (
+        Path("/var/lib/tether/consent"),
+        120,
+        "admit",
+    )
     assert not Limits.from_json({"shell": "yes", "sudo": 1}).shell  # not True: no shell
     assert not Limits.from_json({"shell": "yes", "sudo": 1}).sudo
 

@@ -55,3 +55,12 @@ def test_a_decision_not_owned_by_root_is_ignored(tmp_path: Path) -> None:
     link = tmp_path / "r2"
     link.symlink_to(real)
     assert read_decision(link) is None
+
+
+def test_auto_admit_lets_the_login_in_when_nobody_refused(tmp_path: Path) -> None:
+    clock = Clock()
+    decision = wait_for_consent(
+        tmp_path, "r1", 2, lambda _: None, clock, clock.sleep, admit_on_timeout=True
+    )
+    assert (decision.admitted, decision.by) == (True, "timeout")
+    assert decision.waited >= 2

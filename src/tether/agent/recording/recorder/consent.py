@@ -70,8 +70,13 @@ def wait_for_consent(
     say: Callable[[str], None],
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    *,
+    admit_on_timeout: bool = False,
 ) -> Decision:
     """Wait for the customer's decision on ``recording_id``; tell the engineer each second.
+
+    No decision within ``timeout`` seconds refuses the login, or admits it with
+    ``admit_on_timeout`` (the grant's ``--auto-admit-after``).
 
     ``say`` raising :class:`OSError` (the engineer went away) ends the wait as refused.
     """
@@ -83,6 +88,8 @@ def wait_for_consent(
         if found is not None:
             decision, by, reason = found
             return Decision(decision == ADMIT, by, waited, reason)
+        if waited >= timeout and admit_on_timeout:
+            return Decision(True, "timeout", waited, f"no refusal within {timeout} s")
         if waited >= timeout:
             return Decision(
                 False,

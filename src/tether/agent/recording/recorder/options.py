@@ -39,6 +39,8 @@ class Options:
         #: Where the customer's admit/refuse decisions appear (None: no consent asked).
         self.consent_dir: Path | None = None
         self.consent_timeout = 300
+        #: What no answer within ``consent_timeout`` means: refuse (or admit).
+        self.consent_on_timeout = "refuse"
 
     def limits(self) -> list[str]:
         """The grant's limits in words (empty when nothing is limited)."""
@@ -56,7 +58,8 @@ USAGE = (
     "usage: python -m tether.agent.recording.recorder --dir DIR [--serial S] [--fail closed|open]\n"
     "       [--max-bytes N] [--sftp-server PATH] [--check]\n"
     "       [--no-shell] [--files both|off|download|upload] [--no-sudo] [--max-time SECONDS]\n"
-    "       [--consent-dir DIR [--consent-timeout SECONDS]]\n"
+    "       [--consent-dir DIR [--consent-timeout SECONDS]\n"
+    "        [--consent-on-timeout admit|refuse]]\n"
     "Records a support session; sshd runs it as the support account's ForceCommand."
 )
 
@@ -86,6 +89,7 @@ def parse_args(argv: list[str]) -> Options:
             "--max-time",
             "--consent-dir",
             "--consent-timeout",
+            "--consent-on-timeout",
         ):
             raise ValueError(f"unknown option {word!r}")
         if not words:
@@ -109,6 +113,10 @@ def parse_args(argv: list[str]) -> Options:
             options.files = value
         elif word == "--consent-dir":
             options.consent_dir = Path(value)
+        elif word == "--consent-on-timeout":
+            if value not in ("admit", "refuse"):
+                raise ValueError("--consent-on-timeout is admit or refuse")
+            options.consent_on_timeout = value
         elif word == "--consent-timeout":
             if not value.isdigit():
                 raise ValueError("--consent-timeout is a number of seconds")

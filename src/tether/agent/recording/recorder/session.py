@@ -593,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
             recording_id,
             args.consent_timeout,
             lambda text: _write_all(2, text.encode()),
+            admit_on_timeout=args.consent_on_timeout == "admit",
         )
         if isinstance(sink, Recording):
             sink.meta["consent"] = decision.to_json()
