@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from tether import log
 from tether.agent.locks import state_lock
 from tether.agent.machine.effects import Machine, MachineError, RecorderSpec, SupportGrant
+from tether.agent.machine.limits import Limits
 from tether.agent.machine.recorder_setup import choose_python, library_for, recorder_command
 from tether.agent.state import AccessMode, AccessState, AccessStatus, CloseReason, StateFile
 from tether.audit import FieldValue
@@ -159,10 +160,12 @@ class AccessManager:
         duration: timedelta | None = None,
         password: PasswordChoice | None = None,
         ports: tuple[int, ...] | None = None,
+        limits: Limits | None = None,
     ) -> tuple[AccessState, Offer]:
         """Open access with a pasted tether key (verified first; nothing changes if bad).
 
         :param ports: open only these of the key's ports (default: all this machine allows).
+        :param limits: what the grant allows (default: everything).
         """
         offer = self.check_key(key_text, ports)
         claims = offer.claims
@@ -181,6 +184,7 @@ class AccessManager:
             relay=claims.relay,
             ports=offer.ports,
             expires_at=expires_at,
+            limits=limits or Limits(),
         )
         return self._open(state, password or PasswordChoice(), by=by), offer
 
@@ -192,8 +196,12 @@ class AccessManager:
         allow_from: tuple[str, ...] = (),
         no_expire: bool = False,
         password: PasswordChoice | None = None,
+        limits: Limits | None = None,
     ) -> AccessState:
-        """Open direct access: sshd trusts the vendor CA for the support account."""
+        """Open direct access: sshd trusts the vendor CA for the support account.
+
+        :param limits: what the grant allows (default: everything).
+        """
         if no_expire and duration is not None:
             raise BadInput("--no-expire and --duration contradict each other: choose one")
         now = self.clock.now()
@@ -206,6 +214,7 @@ class AccessManager:
             allow_from=allow_from,
             serial=self.config.serial,
             expires_at=expires_at,
+            limits=limits or Limits(),
         )
         return self._open(state, password or PasswordChoice(), by=by)
 
@@ -223,6 +232,11 @@ class AccessManager:
                     "a previous change was interrupted; start the agent to repair it first"
                 )
             if current.is_open:
+                if current.grant_id == state.grant_id and current.limits != state.limits:
+                    raise Refused(
+                        "support access is already open with this key and other limits "
+                        f"({current.limits.summary()}); disable it first to change them"
+                    )
                 if current.grant_id == state.grant_id:
                     # The same grant again: not a new use of its key. A password of the
                     # customer's own replaces the generated one (and the vendor's copy).
@@ -248,6 +262,7 @@ class AccessManager:
                 allow_from=state.allow_from,
                 password=secret,
                 recorder=recorder,
+                limits=state.limits,
             )
             try:
                 self.machine.open(grant)
@@ -275,6 +290,7 @@ class AccessManager:
                 if password.generated and sealed
                 else ("own" if secret else "none"),
                 recording=self.config.recording.fail.value if recorder else "off",
+                **({"limits": state.limits.describe()} if state.limits.restricted else {}),
             )
         log.event(
             logger,
@@ -305,6 +321,7 @@ class AccessManager:
                 allow_from=current.allow_from,
                 password=own,
                 recorder=recorder,
+                limits=current.limits,
             )
         )
         updated = replace(current, sealed_password=None, password_withdrawn=True)

@@ -19,6 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from tether.agent.machine.limits import Limits
 from tether.errors import NotReady
 
 
@@ -79,6 +80,8 @@ class AccessState:
     closed_at: datetime | None = None
     close_reason: CloseReason | None = None
     close_detail: str | None = None
+    #: What the grant allows (shell, file transfer, sudo, session length).
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def is_open(self) -> bool:
@@ -131,6 +134,7 @@ class AccessState:
             "close_detail": self.close_detail,
             "password_withdrawn": self.password_withdrawn,
             "close_notes": list(self.close_notes),
+            "limits": self.limits.to_json(),
         }
         if with_key:
             body["key"] = self.key
@@ -166,6 +170,7 @@ class AccessState:
             password_withdrawn=body.get("password_withdrawn") is True,
             close_notes=tuple(str(n) for n in body.get("close_notes") or ()),
             unreported_key=body.get("unreported_key"),
+            limits=Limits.from_json(body.get("limits")),
         )
 
 

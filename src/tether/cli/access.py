@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from tether.agent.access import AccessManager, PasswordChoice
 from tether.agent.control import ask_daemon
+from tether.agent.machine.limits import FileTransfer, Limits
 from tether.agent.state import AccessMode, AccessState, AccessStatus, CloseReason
 from tether.agent.status import (
     TunnelState,
@@ -103,6 +104,35 @@ def access() -> None:
     is_flag=True,
     help="With --direct: never close by itself (like the console script). Not recommended.",
 )
+@click.option(
+    "--no-shell",
+    is_flag=True,
+    help="No interactive login and no commands: file transfer (sftp/scp) only.",
+)
+@click.option(
+    "--files",
+    type=click.Choice([f.value for f in FileTransfer]),
+    default=FileTransfer.BOTH.value,
+    show_default=True,
+    help="File transfer with sftp/scp: both ways, off, download only or upload only.",
+)
+@click.option("--no-sudo", is_flag=True, help="No administrator rights (no sudo).")
+@click.option("--max-session", help="End each session after this long, e.g. 30m, 1h.")
+@click.option(
+    "--consent",
+    type=click.Choice(["none", "ask"]),
+    default="none",
+    show_default=True,
+    help="ask: each login waits until you admit it (tether access admit / refuse).",
+)
+@click.option(
+    "--consent-timeout",
+    help="With --consent ask: refuse a login nobody admitted within this long (default 5m).",
+)
+@click.option(
+    "--auto-admit-after",
+    help="With --consent ask: admit a login nobody refused within this long, e.g. 2m.",
+)
 @json_option
 @handle_errors
 def enable(
@@ -115,6 +145,13 @@ def enable(
     duration: str | None,
     password_prompt: bool,
     no_expire: bool,
+    no_shell: bool,
+    files: str,
+    no_sudo: bool,
+    max_session: str | None,
+    consent: str,
+    consent_timeout: str | None,
+    auto_admit_after: str | None,
     as_json: bool,
 ) -> None:
     """Open support access: with a tether key the vendor sent you, or --direct.
@@ -126,6 +163,10 @@ def enable(
 
     Unless --password-prompt is given, the account gets a random password that only
     the vendor can read (sealed to the vendor's key).
+
+    --no-shell, --files, --no-sudo and --max-session limit what the grant allows; the
+    machine enforces them (sshd, sudoers and the session recorder) and the engineer
+    sees them before logging in.
     """
     ways = (key_text is not None) + (key_file is not None) + (request_text is not None) + direct
     if ways != 1:
@@ -137,6 +178,20 @@ def enable(
         raise BadInput(
             "--from and --no-expire apply only to --direct (a tether key always expires)"
         )
+    if (consent_timeout or auto_admit_after) and consent != "ask":
+        raise BadInput("--consent-timeout and --auto-admit-after apply only with --consent ask")
+    if consent_timeout and auto_admit_after:
+        raise BadInput("choose --consent-timeout (then refuse) or --auto-admit-after, not both")
+    wait = consent_timeout or auto_admit_after
+    limits = Limits(
+        shell=not no_shell,
+        files=FileTransfer(files),
+        sudo=not no_sudo,
+        max_session=parse_duration(max_session) if max_session else None,
+        consent=consent == "ask",
+        auto_admit=auto_admit_after is not None,
+        **({"consent_timeout": parse_duration(wait)} if wait else {}),
+    )
     config = AgentConfig.load(config_path)
     manager = AccessManager(config)
     span = parse_duration(duration) if duration else None
@@ -153,6 +208,7 @@ def enable(
             allow_from=sources,
             no_expire=no_expire,
             password=_password_choice(password_prompt),
+            limits=limits,
         )
         refused_ports: tuple[int, ...] = ()
     else:
@@ -166,7 +222,11 @@ def enable(
         if key_text is None:
             raise BadInput("no key given")
         state, offer = manager.enable_with_key(
-            key_text, by="cli", duration=span, password=_password_choice(password_prompt)
+            key_text,
+            by="cli",
+            duration=span,
+            password=_password_choice(password_prompt),
+            limits=limits,
         )
         refused_ports = offer.refused_ports
     daemon = _daemon(config, "reconcile")
@@ -241,6 +301,7 @@ def _print_enabled(
         )
         return
     out.print(describe_access(state, config.serial, now))
+    out.print(f"Limits:   {escape(state.limits.summary())}")
     if refused_ports:
         err.print(
             f"warning: not opening port(s) {', '.join(map(str, refused_ports))}: not allowed on this machine"
@@ -364,6 +425,16 @@ def status(config_path: Path, as_json: bool) -> None:
     if state.status == AccessStatus.CLOSED:
         for note in state.close_notes:
             out.print(f"Note:     {escape(note)}")
+    if state.is_open:
+        out.print(f"Limits:   {escape(state.limits.summary())}")
+        if state.limits.consent:
+            from tether.agent.consent import waiting_logins
+
+            for info in waiting_logins(config):
+                out.print(
+                    f"Waiting:  {info.id} ({escape(info.engineer)}, {info.kind}): "
+                    "tether access admit / refuse"
+                )
     if state.is_open and state.mode == AccessMode.TETHER:
         out.print(f"Tether:   {describe_tunnel(running, tunnel, SYSTEM_CLOCK.now())}")
     elif state.is_open:
@@ -414,9 +485,12 @@ def _ask_vendor(config: AgentConfig, description: str) -> str:
 
 
 # `check` and `log` live in their own module to keep this one small.
+from tether.cli.access_consent import admit, refuse  # noqa: E402
 from tether.cli.access_info import check, log_command  # noqa: E402
 
 access.add_command(check)
 access.add_command(log_command)
 access.add_command(recordings)
 access.add_command(play)
+access.add_command(admit)
+access.add_command(refuse)

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from tether.agent.machine.limits import Limits
 from tether.errors import Refused
 
 #: GECOS comment that marks an account as Tether's own; any other account of the
@@ -57,6 +58,11 @@ class MachinePaths:
     def archive_dir(self) -> Path:
         return self.state_dir / "archive"
 
+    @property
+    def consent_dir(self) -> Path:
+        """The customer's admit/refuse decisions: root's, readable by the recorder."""
+        return self.state_dir / "consent"
+
 
 @dataclass(frozen=True)
 class RecorderSpec:
@@ -92,6 +98,8 @@ class SupportGrant:
     :param password: the account's password in clear (set through stdin, never an
         argument), or None for an account without a usable password.
     :param recorder: record every session of the account (``ForceCommand``), or None.
+    :param limits: what the grant allows (:mod:`~tether.agent.machine.limits`); limits
+        other than sudo need ``recorder``.
     """
 
     account: str
@@ -100,6 +108,7 @@ class SupportGrant:
     allow_from: tuple[str, ...] = ()
     password: str | None = field(default=None, repr=False)
     recorder: RecorderSpec | None = None
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tether.agent.machine.account import conflict_message, expiry_date, is_ours, lookup
 from tether.agent.machine.effects import MachineBadInput, RecorderSpec, SupportGrant
+from tether.agent.machine.limits import Limits
 from tether.sshlib import asyncssh
 
 #: Account names Tether accepts (those of ``useradd`` without its odd corners).
@@ -41,6 +42,7 @@ class CheckedGrant:
     exists: bool
     password: str | None = field(default=None, repr=False)
     recorder: RecorderSpec | None = None
+    limits: Limits = field(default_factory=Limits)
 
 
 def check_account_name(account: str) -> None:
@@ -110,6 +112,12 @@ def check_grant(grant: SupportGrant, config_paths: Sequence[Path]) -> CheckedGra
             raise MachineBadInput(
                 f"recordings directory {grant.recorder.directory} has a blank, quote, # or \\"
             )
+    if grant.limits.needs_recorder and grant.recorder is None:
+        raise MachineBadInput(
+            "limits on shell, file transfer and session length are enforced by the session "
+            "recorder, and recording is off: turn [recording] on in agent.toml, or open "
+            "access without these limits"
+        )
     existing = lookup(grant.account)
     if existing is not None and not is_ours(existing):
         raise MachineBadInput(conflict_message(grant.account))
@@ -121,4 +129,5 @@ def check_grant(grant: SupportGrant, config_paths: Sequence[Path]) -> CheckedGra
         exists=existing is not None,
         password=password,
         recorder=grant.recorder,
+        limits=grant.limits,
     )

@@ -58,14 +58,21 @@ def render_match_config(
     principals_file: Path,
     sources: Sequence[str],
     force_command: str | None = None,
+    *,
+    tty: bool = True,
+    banner: Path | None = None,
 ) -> str:
     """Return the ``Match`` sections for ``account`` (the drop-in, or the block's body).
 
     With ``sources`` the CA is trusted only for connections from those addresses; the
     hardening (and the session recorder, ``force_command``) applies to the account
-    from anywhere.
+    from anywhere. ``tty=False`` (a grant without a shell) makes sshd refuse a
+    terminal; ``banner`` is shown before login to those the CA is trusted from (it
+    lists the grant's limits).
     """
     trust = [f"    TrustedUserCAKeys {ca_file}", f"    AuthorizedPrincipalsFile {principals_file}"]
+    if banner is not None:
+        trust.append(f"    Banner {banner}")
     lines = [
         f"# Tether support access for {account}: vendor CA certificates only, no forwarding.",
         "# Managed by tether and removed when access closes; do not edit.",
@@ -76,6 +83,8 @@ def render_match_config(
     else:
         lines += [f"Match User {account}", *trust]
     lines += [f"    {setting}" for setting in HARDENING]
+    if not tty:
+        lines += ["    PermitTTY no"]
     if force_command is not None:
         lines += [f"    ForceCommand {force_command}"]
     return "\n".join(lines) + "\n"
@@ -209,13 +218,19 @@ def parse_effective(text: str) -> dict[str, str]:
 
 
 def check_own_settings(
-    effective: str, ca_file: Path, principals_file: Path, force_command: str | None = None
+    effective: str,
+    ca_file: Path,
+    principals_file: Path,
+    force_command: str | None = None,
+    limits: dict[str, str] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Compare the support account's ``sshd -T`` output with what Tether asked for.
 
     Returns the CA-trust settings that are wrong (an earlier ``Match`` of the customer
     won; access would not work as intended) and the hardening settings that are weaker
     than asked (worth a warning, the account still only takes certificates).
+    ``limits`` are further settings (keyword in lower case -> value) that must hold:
+    they enforce the grant's limits, so one that does not hold is wrong, not weaker.
     """
     settings = parse_effective(effective)
     required = {
@@ -225,6 +240,7 @@ def check_own_settings(
     }
     if force_command is not None:
         required["forcecommand"] = force_command
+    required.update(limits or {})
     wrong = [f"{k} is {settings.get(k)!r}" for k, v in required.items() if settings.get(k) != v]
     weaker = []
     for setting in HARDENING:
@@ -306,14 +322,15 @@ class Sshd:
         ca_file: Path,
         principals_file: Path,
         force_command: str | None = None,
+        limits: dict[str, str] | None = None,
     ) -> None:
-        """Check that sshd gives the support account the CA trust and the recorder
-        (else raise) and the hardening (else warn): an earlier ``Match`` of the
-        customer's could win."""
+        """Check that sshd gives the support account the CA trust, the recorder and
+        the settings enforcing the grant's ``limits`` (else raise) and the hardening
+        (else warn): an earlier ``Match`` of the customer's could win."""
         text, error = self.effective(spec)
         if text is None:
             raise MachineError(f"sshd -T failed for {spec}: {error}")
-        wrong, weaker = check_own_settings(text, ca_file, principals_file, force_command)
+        wrong, weaker = check_own_settings(text, ca_file, principals_file, force_command, limits)
         if wrong:
             raise MachineError(
                 f"an earlier setting in sshd's configuration overrides Tether's for "

@@ -29,10 +29,12 @@ state; helpers live in :mod:`~tether.agent.machine.account`,
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
 import pwd
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,6 +71,7 @@ from tether.agent.machine.grant import (
     check_account_name,
     check_grant,
 )
+from tether.agent.machine.limits import Limits
 from tether.agent.machine.recorder_setup import check_as_account, install_library, prepare_directory
 from tether.agent.machine.service import cron_daemon
 from tether.agent.machine.sshd import (
@@ -90,6 +93,8 @@ logger = logging.getLogger("tether.agent.machine")
 #: The sudoers file's name: no dot in it, since sudo skips such names in includedir.
 SUDOERS_NAME = "tether-support"
 CA_FILE_NAME = "vendor_ca.pub"
+#: What sshd shows the engineer before login when the grant has limits.
+BANNER_NAME = "banner"
 PRINCIPALS_NAME = "principals"
 SUDOERS_TEMPLATE = (
     "# Tether support access; removed when access closes.\n{account} ALL=(ALL:ALL) NOPASSWD: ALL\n"
@@ -140,17 +145,49 @@ class SystemMachine:
         return self.paths.sudoers_d / SUDOERS_NAME
 
     @property
+    def banner_file(self) -> Path:
+        """The grant's limits in words, sshd's ``Banner`` for the support account."""
+        return self.paths.ssh_dir / BANNER_NAME
+
+    @property
     def backup_file(self) -> Path:
         """The copy of ``sshd_config`` from before the first :meth:`open`."""
         return self.paths.state_dir / "backup" / "sshd_config"
 
     def render_sshd_config(
-        self, account: str, sources: tuple[str, ...], force_command: str | None = None
+        self,
+        account: str,
+        sources: tuple[str, ...],
+        force_command: str | None = None,
+        limits: Limits | None = None,
     ) -> str:
         """Return the sshd settings for ``account`` (the drop-in, or the block's body)."""
+        limits = limits or Limits()
         return render_match_config(
-            account, self.ca_file, self.principals_file, sources, force_command
+            account,
+            self.ca_file,
+            self.principals_file,
+            sources,
+            force_command,
+            tty=limits.shell,
+            banner=self.banner_file if limits.restricted else None,
         )
+
+    def force_command(self, checked: CheckedGrant) -> str | None:
+        """sshd's ForceCommand: the recorder, told the grant's limits (None: no recorder)."""
+        if checked.recorder is None:
+            return None
+        args = checked.limits.recorder_args(self.paths.consent_dir)
+        return " ".join([checked.recorder.command, *args])
+
+    def _limit_settings(self, limits: Limits) -> dict[str, str]:
+        """The effective sshd settings (``sshd -T``) that enforce or show ``limits``."""
+        settings: dict[str, str] = {}
+        if not limits.shell:
+            settings["permittty"] = "no"
+        if limits.restricted:
+            settings["banner"] = str(self.banner_file)
+        return settings
 
     # -- open -----------------------------------------------------------------------
 
@@ -222,7 +259,8 @@ class SystemMachine:
             ConnectionSpec(checked.account, addr),
             self.ca_file,
             self.principals_file,
-            recorder.command if recorder is not None else None,
+            self.force_command(checked),
+            self._limit_settings(checked.limits),
         )
         if recorder is not None:
             problem = check_as_account(self._run, checked.account, recorder)
@@ -284,8 +322,11 @@ class SystemMachine:
                     )
 
         journal.save_file(self.sudoers_file)
-        sudoers = self.sudoers_template.format(account=account).encode()
-        write_atomic(self.sudoers_file, sudoers, 0o440, owner=(0, 0), validate=self._visudo)
+        if checked.limits.sudo:
+            sudoers = self.sudoers_template.format(account=account).encode()
+            write_atomic(self.sudoers_file, sudoers, 0o440, owner=(0, 0), validate=self._visudo)
+        elif remove_file(self.sudoers_file):  # an earlier open of the same grant allowed it
+            log.event(logger, "machine.sudoers.removed", path=self.sudoers_file)
 
         if make_dir(self.paths.ssh_dir, 0o755):
             journal.add(
@@ -294,11 +335,16 @@ class SystemMachine:
         for path, text in ((self.ca_file, checked.ca_line), (self.principals_file, account)):
             journal.save_file(path)
             write_atomic(path, f"{text}\n".encode(), 0o644, owner=(0, 0))
+        if checked.limits.consent:
+            self._prepare_consent_dir(journal)
+        journal.save_file(self.banner_file)
+        if checked.limits.restricted:
+            write_atomic(self.banner_file, checked.limits.banner().encode(), 0o644, owner=(0, 0))
+        else:
+            remove_file(self.banner_file)
 
         body = self.render_sshd_config(
-            account,
-            checked.sources,
-            checked.recorder.command if checked.recorder is not None else None,
+            account, checked.sources, self.force_command(checked), checked.limits
         )
         config = read_text(self.paths.sshd_config) or ""
         if includes_path(config, self.paths.drop_in, self.paths.sshd_config.parent):
@@ -316,6 +362,26 @@ class SystemMachine:
             remove_file(self.paths.drop_in)
             self._write_sshd_config(with_block(strip_blocks(config), render_block(body)), journal)
             log.event(logger, "machine.sshd.block_written", path=self.paths.sshd_config)
+
+    def _prepare_consent_dir(self, journal: Journal) -> None:
+        """Make the decisions directory: root's, mode 0755, reachable by the recorder.
+
+        The support account may read a decision but never write one: that is what
+        makes the customer's consent hold.
+        """
+        directory = self.paths.consent_dir
+        if directory.is_symlink():
+            raise MachineError(f"{directory} is a symlink; refusing it")
+        if make_dir(directory, 0o755):
+            journal.add(f"remove {directory}", lambda: remove_dir_if_empty(directory))
+        os.chown(directory, 0, 0)
+        os.chmod(directory, 0o755)  # noqa: S103 - the recorder reads decisions; only root writes
+        for parent in directory.parents:
+            if parent == self.paths.state_dir or self.paths.state_dir in parent.parents:
+                mode = stat.S_IMODE(parent.stat().st_mode)
+                if not mode & stat.S_IXOTH:
+                    os.chmod(parent, mode | stat.S_IXOTH)
+                    journal.add(f"restore {parent}", functools.partial(os.chmod, parent, mode))
 
     def _keep_backup(self, journal: Journal) -> None:
         """Copy ``sshd_config`` to the backup, unless a backup is already kept."""
@@ -437,10 +503,14 @@ class SystemMachine:
         if remove_file(self.sudoers_file):
             log.event(logger, "machine.sudoers.removed", path=self.sudoers_file)
         changed = False
-        for path in (self.paths.drop_in, self.ca_file, self.principals_file):
+        for path in (self.paths.drop_in, self.ca_file, self.principals_file, self.banner_file):
             if remove_file(path):
                 changed = True
                 log.event(logger, "machine.file.removed", path=path)
+        if self.paths.consent_dir.is_dir() and not self.paths.consent_dir.is_symlink():
+            for decision in self.paths.consent_dir.iterdir():
+                remove_file(decision)
+            remove_dir_if_empty(self.paths.consent_dir)
         if self.paths.ssh_dir.is_dir() and not remove_dir_if_empty(self.paths.ssh_dir):
             notes.append(f"{self.paths.ssh_dir} holds files Tether did not put there; kept")
         return changed

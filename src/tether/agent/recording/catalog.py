@@ -106,6 +106,9 @@ class RecordingInfo:
     #: The session was ended from outside (access closed or expired, the page's End):
     #: its recorder died with it, and ``ended`` is the recording's last write.
     cut_off: bool = False
+    #: The customer's consent, for a grant that asks it: ``{"state": "waiting"}``, or
+    #: ``admitted`` / ``refused`` with ``by``, ``waited`` (seconds) and ``reason``.
+    consent: dict[str, Any] | None = None
 
     @property
     def duration(self) -> float | None:
@@ -115,7 +118,7 @@ class RecordingInfo:
         return max(0.0, (self.ended - self.started).total_seconds())
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "id": self.id,
             "engineer": self.engineer,
             "kind": self.kind,
@@ -133,6 +136,9 @@ class RecordingInfo:
             "transfers": list(self.transfers),
             "cut_off": self.cut_off,
         }
+        if self.consent is not None:
+            body["consent"] = dict(self.consent)
+        return body
 
 
 def _time(value: object) -> datetime | None:
@@ -209,6 +215,7 @@ def info_for(directory: Path, recording_id: str) -> RecordingInfo:
         if isinstance(transfers, list)
         else (),
         cut_off=cut_off,
+        consent=data["consent"] if isinstance(data.get("consent"), dict) else None,
     )
 
 

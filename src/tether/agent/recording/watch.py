@@ -5,7 +5,8 @@ The recorder runs as the support account and cannot write the agent's audit log 
 session:
 
 - when it first sees the recording: ``support.login`` (engineer, session id, kind,
-  command) in the audit log and a ``support.login`` notification;
+  command) in the audit log and a ``support.login`` notification, followed by
+  ``support.login_requested`` when the login waits for the customer's consent;
 - when the recorder's ``flock`` on the recording is free (the session ended, or the
   recorder was killed): takes the files over (root, 0600), then ``support.logout``
   (exit status, duration) and ``recording.stored`` (size, SHA-256 of the file,
@@ -212,9 +213,30 @@ class RecordingWatcher:
         )
         log.event(logger, "support.login", engineer=info.engineer, session=info.id)
         self._notify("support.login", info, sent)
+        if (info.consent or {}).get("state") == "waiting":
+            # The grant asks for consent: the customer must come and decide.
+            self._notify("support.login_requested", info, sent)
 
     def _logout(self, info: RecordingInfo, sent: list[dict[str, Any]]) -> None:
         ended = info.ended.isoformat() if info.ended else None
+        consent = info.consent or {}
+        if consent.get("state") in ("admitted", "refused") and consent.get("by") in (
+            "timeout",
+            "gone",
+        ):
+            # Nobody decided: the recorder did, at the grant's timeout (the customer's
+            # own decisions are audited by `tether access admit/refuse`).
+            self._append(
+                f"support.{consent['state']}",
+                by=str(consent.get("by")),
+                session=info.id,
+                engineer=info.engineer,
+                kind=info.kind,
+                waited=consent.get("waited")
+                if isinstance(consent.get("waited"), float | int)
+                else None,
+                reason=str(consent.get("reason") or "")[:300] or None,
+            )
         self._append(
             "support.logout",
             engineer=info.engineer,

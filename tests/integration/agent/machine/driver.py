@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.agent.machine.effects import MachineError, RecorderSpec, SupportGrant
+from tether.agent.machine.limits import Limits
 from tether.agent.machine.system import SystemMachine
 
 
@@ -34,9 +35,13 @@ class BadKeywordMachine(SystemMachine):
     """Writes a directive sshd does not know (as a buggy release of Tether might)."""
 
     def render_sshd_config(
-        self, account: str, sources: tuple[str, ...], force_command: str | None = None
+        self,
+        account: str,
+        sources: tuple[str, ...],
+        force_command: str | None = None,
+        limits: Limits | None = None,
     ) -> str:
-        body = super().render_sshd_config(account, sources, force_command)
+        body = super().render_sshd_config(account, sources, force_command, limits)
         return body + "    NoSuchKeyword yes\n"
 
 
@@ -44,9 +49,14 @@ class GlobalSettingMachine(SystemMachine):
     """Writes a global directive before its Match blocks: valid, but it changes root's."""
 
     def render_sshd_config(
-        self, account: str, sources: tuple[str, ...], force_command: str | None = None
+        self,
+        account: str,
+        sources: tuple[str, ...],
+        force_command: str | None = None,
+        limits: Limits | None = None,
     ) -> str:
-        return "PermitRootLogin no\n" + super().render_sshd_config(account, sources, force_command)
+        body = super().render_sshd_config(account, sources, force_command, limits)
+        return "PermitRootLogin no\n" + body
 
 
 class BadSudoersMachine(SystemMachine):

@@ -68,11 +68,13 @@ def receiver() -> Iterator[Receiver]:
         r.server.server_close()
 
 
-def _recorder(directory: Path, command: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+def _recorder(
+    directory: Path, command: str, extra: list[str] | None = None, **kwargs: Any
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": SRC, "SSH_ORIGINAL_COMMAND": command}
     env.pop("SSH_USER_AUTH", None)
     argv = [sys.executable, "-m", "tether.agent.recording.recorder", "--dir", str(directory)]
-    return subprocess.Popen([*argv, "--serial", "S-1"], env=env, **kwargs)
+    return subprocess.Popen([*argv, "--serial", "S-1", *(extra or [])], env=env, **kwargs)
 
 
 def _events(audit: AuditLog) -> list[tuple[str, dict[str, Any]]]:
@@ -224,3 +226,43 @@ def test_metadata_the_audit_log_refuses_is_withheld_not_the_entry(tmp_path: Path
     assert "looks like a private key or a tether key" in events[0][1]["withheld"]
     assert "v4.public" not in (tmp_path / "audit.log").read_text()
     assert events[1][1]["engineer"] == "mallory"
+
+
+async def test_a_login_waiting_for_consent_is_announced_and_runs_once_admitted(
+    tmp_path: Path,
+) -> None:
+    directory, decisions = tmp_path / "recordings", tmp_path / "consent"
+    directory.mkdir()
+    decisions.mkdir()
+    config = AgentConfig(
+        path=tmp_path / "agent.toml",
+        serial="S-1",
+        vendor_keys=(),
+        state_dir=tmp_path,
+        recording=RecordingSettings(directory=directory),
+    )
+    sent: list[dict[str, Any]] = []
+    watcher = RecordingWatcher(config, AuditLog(tmp_path / "audit.log"), notify=sent.append)
+    waiting = _recorder(
+        directory,
+        "echo ran",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        extra=["--consent-dir", str(decisions), "--consent-timeout", "30"],
+    )
+    try:
+        await _until(lambda: any(r.live for r in list_recordings(directory)))
+        await asyncio.to_thread(watcher.scan)
+        assert [b["event"] for b in sent] == ["support.login", "support.login_requested"]
+        assert sent[1]["consent"] == {"state": "waiting"}
+        (info,) = list_recordings(directory)
+        (decisions / info.id).write_text(json.dumps({"decision": "admit", "by": "test"}))
+        out, err = await asyncio.to_thread(waiting.communicate, None, 20)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert out == b"ran\n", err
+    assert b"waiting for the customer to admit you" in err
+    (info,) = list_recordings(directory)
+    assert info.consent is not None
+    assert (info.consent["state"], info.consent["by"]) == ("admitted", "test")

@@ -146,7 +146,10 @@ def plan_session(shell: str, command: str | None, sftp_server: str | None) -> Se
         words = []
     first = words[0] if words else ""
     if first == "internal-sftp" or os.path.basename(first) == "sftp-server":
-        server = first if first != "internal-sftp" and os.access(first, os.X_OK) else sftp_server
+        # Only a known sftp-server: any program named so (one the engineer uploaded)
+        # would otherwise run outside the grant's limits.
+        known = (*SFTP_SERVERS, sftp_server)
+        server = first if first in known and os.access(first, os.X_OK) else sftp_server
         if server is not None:
             # internal-sftp takes sftp-server's options; keep them.
             return SessionPlan("sftp", [server, *words[1:]], server, command)
@@ -217,3 +220,92 @@ class ScpLog:
             self._skip = size + 1  # the data, then its NUL
         elif text.startswith("E") and self._dirs:
             self._dirs.pop()
+
+
+#: ``--files`` values of the recorder (the grant's file transfer limit).
+FILES_BOTH, FILES_OFF, FILES_DOWNLOAD, FILES_UPLOAD = "both", "off", "download", "upload"
+#: sftp-server options per file transfer limit: read-only, or no reading of files.
+SFTP_SERVER_OPTIONS = {FILES_DOWNLOAD: ["-R"], FILES_UPLOAD: ["-P", "read,readdir,copy-data"]}
+#: Flags of the legacy scp protocol's remote side that a grant without a shell accepts.
+_SCP_FLAGS = frozenset("tfrpdvq")
+
+
+def _scp_direct(command: str, scp: str) -> list[str] | None:
+    """``scp -t/-f`` as an argument list run without a shell, or None if it is not plain.
+
+    Plain: flags from :data:`_SCP_FLAGS` (exactly one of ``t`` / ``f``), then at most
+    one target. Anything else (``;``, ``$(...)`` ... are words here, not commands)
+    could only be the engineer trying to reach a shell.
+    """
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    if not words or words[0] != "scp":
+        return None
+    count = next((i for i, w in enumerate(words[1:]) if not w.startswith("-")), len(words) - 1)
+    flags, rest = words[1 : 1 + count], words[1 + count :]
+    letters = "".join(f[1:] for f in flags)
+    if any(not f[1:] or set(f[1:]) - _SCP_FLAGS for f in flags) or len(rest) > 1:
+        return None
+    if ("t" in letters) == ("f" in letters):
+        return None
+    return [scp, *words[1:]]
+
+
+def apply_limits(
+    plan: SessionPlan, *, allow_shell: bool, files: str, scp: str = "/usr/bin/scp"
+) -> tuple[SessionPlan | None, str | None]:
+    """Fit ``plan`` to the grant's limits: (the plan to run, None) or (None, why not).
+
+    Without a shell, login shells and commands are refused and legacy scp runs
+    directly (:func:`_scp_direct`), never through the account's shell. File transfer
+    off refuses SFTP and scp; download only runs sftp-server read-only and refuses
+    ``scp -t``; upload only refuses reading files over SFTP and ``scp -f``. A legacy
+    scp that names both or neither direction is refused whenever a limit applies.
+    """
+    if plan.kind in ("shell", "command"):
+        if not allow_shell:
+            return None, "this support grant allows no shell or commands, only file transfer"
+        return plan, None
+    if files == FILES_OFF:
+        return None, "file transfer (sftp, scp) is off for this support grant"
+    if plan.kind == "sftp":
+        options = SFTP_SERVER_OPTIONS.get(files, [])
+        limited = SessionPlan("sftp", [*plan.argv, *options], plan.argv0, plan.command)
+        return limited, None
+    # Legacy scp: its direction must be certain before any limit can be applied.
+    direct = _scp_direct(plan.command or "", scp)
+    if direct is None and (not allow_shell or files != FILES_BOTH):
+        return None, "this scp command is not a plain upload or download (scp -t / scp -f)"
+    if files == FILES_DOWNLOAD and plan.scp_mode == "t":
+        return None, "this support grant allows downloads only: uploads are refused"
+    if files == FILES_UPLOAD and plan.scp_mode == "f":
+        return None, "this support grant allows uploads only: downloads are refused"
+    if allow_shell or direct is None:
+        return plan, None
+    return (
+        SessionPlan(
+            "scp",
+            direct,
+            direct[0],
+            plan.command,
+            scp_mode=plan.scp_mode,
+            scp_target=plan.scp_target,
+        ),
+        None,
+    )
+
+
+def time_up_message(seconds: int) -> str:
+    """What the engineer reads when the grant's session length is reached."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if n]
+    return f"this support grant ends sessions after {''.join(parts)}: the session ends now"
+
+
+def scp_program() -> str:
+    """The machine's scp (run directly for a grant without a shell)."""
+    candidates = ("/usr/bin/scp", "/bin/scp", "/usr/local/bin/scp")
+    return next((p for p in candidates if os.access(p, os.X_OK)), candidates[0])

@@ -19,6 +19,11 @@ in the file named by ``SSH_USER_AUTH``. The recorder:
    ``--max-bytes``, as asciicast v2 flushed every second;
 4. exits with the session's exit status (128+N when a signal N ended it).
 
+A grant with limits adds ``--no-shell``, ``--files``, ``--max-time`` (and ``--no-sudo``,
+only to tell the engineer): the recorder refuses what the grant does not allow with
+the reason on stderr (:func:`~tether.agent.recording.recorder.context.apply_limits`)
+and ends a session whose time is up (SIGHUP, then SIGKILL after :data:`KILL_GRACE`).
+
 It holds an exclusive ``flock`` on its ``.cast.gz`` for its whole life: the agent
 daemon knows a session is over when that lock is free, even if the recorder was
 killed. This file runs under whatever Python sshd finds (often the system's): it uses
@@ -53,21 +58,24 @@ from tether.agent.recording.recorder.cast import (
     new_recording_id,
     open_new,
 )
+from tether.agent.recording.recorder.consent import wait_for_consent
 from tether.agent.recording.recorder.context import (
     ScpLog,
     SessionPlan,
+    apply_limits,
     find_sftp_server,
     plan_session,
     read_engineer,
+    scp_program,
+    time_up_message,
 )
+from tether.agent.recording.recorder.options import REFUSED, USAGE, parse_args
 
 if TYPE_CHECKING:
     from tether.agent.recording.recorder.sftp_log import SftpLog
 
-#: Output recorded per session before the recording stops (the session goes on).
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-#: Exit status of a session the recorder refused or could not start.
-REFUSED = 255
+#: Seconds a session whose time is up has to end after SIGHUP before it is killed.
+KILL_GRACE = 2.0
 _CHUNK = 65536
 
 
@@ -200,14 +208,37 @@ def _default_signals() -> None:
 
 
 class _Signals:
-    """Wakes the copy loop on SIGWINCH / SIGHUP / SIGTERM / SIGCHLD (self-pipe)."""
+    """Wakes the copy loop on SIGWINCH / SIGHUP / SIGTERM / SIGCHLD / SIGALRM (self-pipe).
 
-    def __init__(self) -> None:
+    ``max_time`` (seconds, 0 for none) arms SIGALRM: the grant's longest session.
+    """
+
+    def __init__(self, max_time: int = 0) -> None:
         self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.seen: set[int] = set()
         signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
-        for sig in (signal.SIGWINCH, signal.SIGHUP, signal.SIGTERM, signal.SIGCHLD):
+        for sig in (signal.SIGWINCH, signal.SIGHUP, signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM):
             signal.signal(sig, self._note)
+        self.max_time = max_time
+        #: When the session, told to end (time is up), is killed if still there.
+        self.kill_at: float | None = None
+        if max_time > 0:
+            signal.alarm(max_time)
+
+    def time_up(self, say: int, group: int) -> None:
+        """The grant's session length is reached: tell the engineer (on fd ``say``) and
+        hang up process group ``group``; :meth:`enforce` kills it if it stays."""
+        with contextlib.suppress(OSError):
+            _write_all(say, f"\r\ntether: {time_up_message(self.max_time)}\r\n".encode())
+        with contextlib.suppress(OSError):
+            os.killpg(group, signal.SIGHUP)
+        self.kill_at = time.monotonic() + KILL_GRACE
+
+    def enforce(self, group: int) -> None:
+        """Kill process group ``group`` once the grace after :meth:`time_up` is over."""
+        if self.kill_at is not None and time.monotonic() > self.kill_at:
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGKILL)
 
     def _note(self, signum: int, frame: object) -> None:
         self.seen.add(signum)
@@ -220,13 +251,16 @@ class _Signals:
         return seen
 
 
-def run_pty(plan: SessionPlan, sink: Sink, columns: int, rows: int) -> int:
-    """Run ``plan`` on a new pty sized like ours, copying both ways; return its status."""
+def run_pty(plan: SessionPlan, sink: Sink, columns: int, rows: int, max_time: int = 0) -> int:
+    """Run ``plan`` on a new pty sized like ours, copying both ways; return its status.
+
+    ``max_time`` (seconds, 0 for none) ends the session when it has run that long.
+    """
     saved = termios.tcgetattr(0)
     master, slave = os.openpty()
     termios.tcsetattr(slave, termios.TCSANOW, saved)
     _set_winsize(slave, columns, rows)
-    signals = _Signals()
+    signals = _Signals(max_time)
     pid = os.fork()
     if pid == 0:  # the session's process: new session, the new pty as its terminal
         try:
@@ -279,6 +313,9 @@ def _pty_loop(pid: int, master: int, signals: _Signals, sink: Sink) -> int:
             elif sig in (signal.SIGHUP, signal.SIGTERM):
                 with contextlib.suppress(OSError):
                     os.killpg(pid, signal.SIGHUP)
+            elif sig == signal.SIGALRM:
+                signals.time_up(1, pid)
+        signals.enforce(pid)
         if master in readable:
             try:
                 data = os.read(master, _CHUNK)
@@ -355,6 +392,9 @@ def _copy_loop(
             if sig in (signal.SIGHUP, signal.SIGTERM):
                 with contextlib.suppress(OSError):
                     proc.send_signal(sig)
+            elif sig == signal.SIGALRM:
+                signals.time_up(2, proc.pid)
+        signals.enforce(proc.pid)
         for fd in readable:
             if fd == 0 and stdin_to is not None:
                 try:
@@ -393,15 +433,21 @@ def _copy_loop(
 
 
 def run_pipes(
-    plan: SessionPlan, sink: Sink, sftp: SftpLog | None = None, scp: ScpLog | None = None
+    plan: SessionPlan,
+    sink: Sink,
+    sftp: SftpLog | None = None,
+    scp: ScpLog | None = None,
+    max_time: int = 0,
 ) -> int:
     """Run ``plan`` without a terminal; return its exit status.
 
     A command's stdin is its own (never read by the recorder); its stdout and stderr
     are copied through and recorded. sftp and scp sessions have their stdin proxied
-    too, so the transfer can be followed; their data is not recorded.
+    too, so the transfer can be followed; their data is not recorded. The program
+    leads its own process group, so that ``max_time`` (seconds, 0 for none) ends all
+    of it.
     """
-    signals = _Signals()
+    signals = _Signals(max_time)
     proxy_stdin = sftp is not None or scp is not None
     proc = subprocess.Popen(
         [plan.argv0, *plan.argv[1:]],
@@ -409,6 +455,7 @@ def run_pipes(
         stdin=subprocess.PIPE if proxy_stdin else None,
         stdout=subprocess.PIPE,
         stderr=None if proxy_stdin else subprocess.PIPE,
+        process_group=0,
     )
     if proc.stdout is None:  # pragma: no cover - stdout=PIPE always sets it
         raise OSError("no pipe from the session's program")
@@ -474,62 +521,6 @@ def _check(directory: Path) -> int:
     return 0
 
 
-class Options:
-    """The recorder's command line (written by the agent into sshd's ForceCommand)."""
-
-    def __init__(self) -> None:
-        self.dir: Path | None = None
-        self.serial = ""
-        self.fail = "closed"
-        self.max_bytes = DEFAULT_MAX_BYTES
-        self.sftp_server: str | None = None
-        self.check = False
-
-
-USAGE = (
-    "usage: python -m tether.agent.recording.recorder --dir DIR [--serial S] [--fail closed|open]\n"
-    "       [--max-bytes N] [--sftp-server PATH] [--check]\n"
-    "Records a support session; sshd runs it as the support account's ForceCommand."
-)
-
-
-def parse_args(argv: list[str]) -> Options:
-    """Read the recorder's options (no argparse: every session pays for its import).
-
-    Raises:
-        ValueError: an unknown option or a bad value (the message says which).
-    """
-    options = Options()
-    words = list(argv)
-    while words:
-        word = words.pop(0)
-        if word == "--check":
-            options.check = True
-            continue
-        if word not in ("--dir", "--serial", "--fail", "--max-bytes", "--sftp-server"):
-            raise ValueError(f"unknown option {word!r}")
-        if not words:
-            raise ValueError(f"{word} needs a value")
-        value = words.pop(0)
-        if word == "--dir":
-            options.dir = Path(value)
-        elif word == "--serial":
-            options.serial = value
-        elif word == "--fail":
-            if value not in ("closed", "open"):
-                raise ValueError("--fail is closed or open")
-            options.fail = value
-        elif word == "--max-bytes":
-            if not value.isdigit():
-                raise ValueError("--max-bytes is a number of bytes")
-            options.max_bytes = int(value)
-        else:
-            options.sftp_server = value
-    if options.dir is None:
-        raise ValueError("--dir is required")
-    return options
-
-
 def main(argv: list[str] | None = None) -> int:
     """Record one session as described in the module docstring; return its exit status."""
     try:
@@ -565,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
         "client": environ.get("SSH_CONNECTION", "").split(" ")[0],
         "pid": os.getpid(),
     }
+    if args.consent_dir is not None:
+        # In the first metadata already: the agent announces a login that waits.
+        meta["consent"] = {"state": "waiting"}
     head = header(
         columns,
         rows,
@@ -586,6 +580,36 @@ def main(argv: list[str] | None = None) -> int:
     if plan.kind == "sftp" and sftp_server is None:
         sink.finish(REFUSED, [], ["no sftp-server on this machine"])
         return _refuse("no sftp-server found for SFTP")
+    limited, refusal = apply_limits(
+        plan, allow_shell=args.shell, files=args.files, scp=scp_program()
+    )
+    if limited is None:
+        sink.finish(REFUSED, [], [f"refused: {refusal}"])
+        return _refuse(refusal or "not allowed by this support grant")
+    plan = limited
+    if args.consent_dir is not None:
+        decision = wait_for_consent(
+            args.consent_dir,
+            recording_id,
+            args.consent_timeout,
+            lambda text: _write_all(2, text.encode()),
+            admit_on_timeout=args.consent_on_timeout == "admit",
+        )
+        if isinstance(sink, Recording):
+            sink.meta["consent"] = decision.to_json()
+            with contextlib.suppress(OSError):
+                sink.write_meta()
+        if not decision.admitted:
+            sink.finish(REFUSED, [], [f"refused by {decision.by}: {decision.reason}"])
+            why = decision.reason if decision.by == "timeout" else "the customer refused it"
+            if decision.reason and decision.by != "timeout":
+                why += f" ({decision.reason})"
+            return _refuse(why)
+        with contextlib.suppress(OSError):
+            _write_all(2, b"\r\ntether: the customer admitted you\r\n")
+    if on_tty and plan.kind == "shell" and args.limits():
+        with contextlib.suppress(OSError):
+            _write_all(1, f"tether: this grant's limits: {'; '.join(args.limits())}\r\n".encode())
     transfers: list[dict[str, Any]] = []
     notes: list[str] = []
     status = REFUSED
@@ -596,20 +620,20 @@ def main(argv: list[str] | None = None) -> int:
             )
 
             sftp = SftpLog()
-            status = run_pipes(plan, sink, sftp=sftp)
+            status = run_pipes(plan, sink, sftp=sftp, max_time=args.max_time)
             transfers = [t.to_json() for t in sftp.transfers]
             if sftp.dropped:
                 notes.append(f"{sftp.dropped} more transfers not listed")
         elif plan.kind == "scp":
             scp = ScpLog("upload" if plan.scp_mode == "t" else "download")
-            status = run_pipes(plan, sink, scp=scp)
+            status = run_pipes(plan, sink, scp=scp, max_time=args.max_time)
             transfers = list(scp.files)
             if scp.dropped:
                 notes.append(f"{scp.dropped} more files not listed")
         elif on_tty:
-            status = run_pty(plan, sink, columns, rows)
+            status = run_pty(plan, sink, columns, rows, args.max_time)
         else:
-            status = run_pipes(plan, sink)
+            status = run_pipes(plan, sink, max_time=args.max_time)
     except OSError as exc:
         notes.append(f"session failed: {exc}")
         with contextlib.suppress(OSError):
