@@ -117,7 +117,7 @@ class Fleet:
                 f"127.0.0.1:{port}",
                 f"127.0.0.1:{free_port()}",
                 trusted_proxies=("127.0.0.1/32",) if behind_proxy else (),
-                health_listen=f"127.0.0.1:{health}",
+                metrics_listen=f"127.0.0.1:{health}",
             )
             made = await provision_relay(
                 authority.config, self.world.store, plan, authority.clock.now()
