@@ -29,6 +29,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,8 @@ class Side:
     flood_seconds: float = 0.0
     log_lines: int = 0
     log_bytes: int = 0
+    #: Of :attr:`log_lines`, the relay's summaries of refused connections.
+    refusal_lines: int = 0
     flood: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -143,9 +146,15 @@ def tree_cpu(root: int) -> float:
     return ticks / TICKS_PER_SECOND
 
 
-def _lines(path: Path) -> tuple[int, int]:
-    data = path.read_bytes() if path.exists() else b""
-    return data.count(b"\n"), len(data)
+def _log_size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _grown(path: Path, since: int) -> bytes:
+    """What ``path`` was appended since it was ``since`` bytes long."""
+    with path.open("rb") as f:
+        f.seek(since)
+        return f.read()
 
 
 # --- the legitimate clients -----------------------------------------------------------
@@ -239,7 +248,7 @@ async def measure(
                 raise RuntimeError(f"{side.name}: an idle agent failed: {tether.error}")
             side.idle_agents.append(tether.seconds)
     side.rss_before_kib, side.pss_before_kib = tree_rss_kib(pid), tree_pss_kib(pid)
-    lines_before, bytes_before = _lines(log)
+    log_before = _log_size(log)
     cpu_before = tree_cpu(pid)
     started = time.perf_counter()
     flood = await asyncio.create_subprocess_exec(
@@ -284,8 +293,9 @@ async def measure(
             await flood.wait()
     side.flood_seconds = time.perf_counter() - started
     side.cpu_seconds = tree_cpu(pid) - cpu_before
-    lines_after, bytes_after = _lines(log)
-    side.log_lines, side.log_bytes = lines_after - lines_before, bytes_after - bytes_before
+    grown = _grown(log, log_before)
+    side.log_lines, side.log_bytes = grown.count(b"\n"), len(grown)
+    side.refusal_lines = grown.count(b"relay.refused")
     side.flood = {k: int(v) for k, v in json.loads(out).items()}
     await asyncio.gather(*pending)
     side.engineers = [t.result() for t in engineers]
@@ -382,6 +392,12 @@ def _pct(logins: list[Login]) -> float:
     return 100.0 * sum(x.ok for x in logins) / len(logins) if logins else 0.0
 
 
+def _failures(logins: list[Login]) -> str:
+    """The commonest reasons logins failed, for the row's detail."""
+    reasons = Counter(x.error[-120:] for x in logins if not x.ok)
+    return "; ".join(f"{n} x {reason!r}" for reason, n in reasons.most_common(3))
+
+
 def _ok_median(logins: list[Login]) -> float:
     times = [x.seconds for x in logins if x.ok]
     return median(times) if times else float("nan")
@@ -403,7 +419,13 @@ def rows(tether: Side, stock: Side, conns: int) -> list[Row]:
             baseline_name="% stock sshd",
             detail=f"Tether: engineers {_share(tether.engineers)}, agents "
             f"{_share(tether.agents)} (on the first dial); stock sshd (MaxStartups "
-            f"10:30:100): engineers {_share(stock.engineers)}; {flood}",
+            f"10:30:100): engineers {_share(stock.engineers)}; {flood}"
+            + "".join(
+                f"; {who} failed: {_failures(logins)}"
+                for who, logins in (("Tether", tether.logins), ("sshd", stock.engineers))
+                if not all(x.ok for x in logins)
+            ),
+            samples=[x.seconds for x in tether.engineers],
         )
     )
     for name, idle, under, theirs_idle, theirs in (
@@ -438,6 +460,7 @@ def rows(tether: Side, stock: Side, conns: int) -> list[Row]:
                 "≤ 2x",
                 slow <= 2.0 and any(x.ok for x in under),
                 detail=detail,
+                samples=[x.seconds for x in under if x.ok],
             )
         )
     mib = tether.rss_peak_kib / 1024
@@ -479,7 +502,8 @@ def rows(tether: Side, stock: Side, conns: int) -> list[Row]:
             None,
             baseline=stock.log_lines,
             baseline_name="stock sshd (LogLevel INFO)",
-            detail=f"{tether.log_bytes / 1024:.0f} KiB, the legitimate logins' lines included; "
+            detail=f"{tether.log_bytes / 1024:.0f} KiB: {tether.refusal_lines} summaries of refused "
+            "connections, the rest the legitimate logins' own; "
             f"stock sshd {stock.log_bytes / 1024:.0f} KiB; flood against Tether: "
             f"{tether.flood.get('connects', 0):,} connections, against sshd "
             f"{stock.flood.get('connects', 0):,}",
