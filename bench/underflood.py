@@ -82,6 +82,8 @@ class Side:
     #: Of :attr:`log_lines`, the relay's summaries of refused connections.
     refusal_lines: int = 0
     flood: dict[str, int] = field(default_factory=dict)
+    #: CPU seconds the flood generator used (last sample before it exited).
+    flood_cpu_seconds: float = 0.0
 
     @property
     def logins(self) -> list[Login]:
@@ -277,6 +279,8 @@ async def measure(
             door.check_alive()
             side.rss_peak_kib = max(side.rss_peak_kib, tree_rss_kib(pid))
             side.pss_peak_kib = max(side.pss_peak_kib, tree_pss_kib(pid))
+            with contextlib.suppress(OSError):
+                side.flood_cpu_seconds = tree_cpu(flood.pid)
             if now >= next_login:
                 next_login += 1.0
                 task = loop.create_task(login(_source(next(count))))
@@ -488,9 +492,9 @@ def rows(tether: Side, stock: Side, conns: int) -> list[Row]:
             None,
             baseline=100 * stock.cpu_seconds / stock.flood_seconds,
             baseline_name="% stock sshd",
-            detail=f"{tether.cpu_seconds:.1f} CPU-s in {tether.flood_seconds:.0f} s (the flood "
-            f"generator and the logins share the 2 cores); stock sshd and its children "
-            f"{stock.cpu_seconds:.1f} CPU-s",
+            detail=f"{tether.cpu_seconds:.1f} CPU-s in {tether.flood_seconds:.0f} s; stock sshd "
+            f"and its children {stock.cpu_seconds:.1f} CPU-s; the flood generator, on the "
+            f"same cores, {tether.flood_cpu_seconds:.1f} and {stock.flood_cpu_seconds:.1f} CPU-s",
         )
     )
     out.append(
