@@ -19,11 +19,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import ending, fleet, tethers, throughput
+from bench import ending, fleet, tethers, throughput, underflood
 from bench.parts import World, free_port, machine_description, raise_fd_limit
 from bench.report import Row, median, percentile, print_table, write
 
-GROUPS = ("throughput", "connect", "tethers", "restart", "ending", "agent", "fleet")
+GROUPS = ("throughput", "connect", "tethers", "restart", "ending", "agent", "fleet", "flood")
 
 #: The relay's limits on unauthenticated connections are per source address; the
 #: swarm is one source, so a benchmark relay lets it dial as a fleet would.
@@ -61,6 +61,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=1000,
         help="tethers on three relays behind HAProxy when one is SIGKILLed (fleet group)",
     )
+    p.add_argument(
+        "--flood-seconds",
+        type=float,
+        default=60.0,
+        help="seconds of pre-auth flood against the relay, then against stock sshd (flood group)",
+    )
+    p.add_argument(
+        "--flood-conns",
+        type=int,
+        default=500,
+        help="stalled connections, and as many slow-handshake ones, the flood holds open",
+    )
     p.add_argument("--tries", type=int, default=50, help="tries of each disable / revoke timing")
     p.add_argument(
         "--out",
@@ -75,6 +87,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.smoke:
         args.runs, args.size_mib, args.tethers, args.restart, args.tries = 1, 8, "5,10", 10, 2
         args.failover = 10
+        args.flood_seconds, args.flood_conns = 3.0, 50
     return args
 
 
@@ -434,6 +447,7 @@ def count_steps(args: argparse.Namespace, groups: set[str]) -> int:
         "ending": lambda: 2 * args.tries + 2,
         "agent": lambda: 1,
         "fleet": lambda: 2 + args.runs + args.tries + 1,
+        "flood": lambda: 1,
     }
     return sum(counts[g]() for g in groups)
 
@@ -466,6 +480,16 @@ async def main(argv: list[str]) -> int:
                 rows += await fleet_rows(args, steps, work, fd_limit)
             else:
                 console.print(f"fleet group skipped: {reason}")
+        if "flood" in groups:
+            steps.say(f"flood: {args.flood_seconds:g} s against the relay, then stock sshd")
+            tether, stock = await underflood.run(
+                work,
+                seconds=args.flood_seconds,
+                conns=args.flood_conns,
+                idle_runs=1 if args.smoke else 5,
+            )
+            rows += underflood.rows(tether, stock, args.flood_conns)
+            steps.done()
     machine = machine_description()
     print_table(rows, machine, Console())
     stamp = time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if args.smoke else "")

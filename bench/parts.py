@@ -256,8 +256,16 @@ class World:
             raise RuntimeError(f"agent said {line!r}; see {proc.log}")
         return proc
 
-    def start_sshd(self, name: str, *, extra: Sequence[str] = ()) -> tuple[Process, int]:
-        """A stock sshd on a free 127.0.0.1 port, in a private mount namespace (own /run)."""
+    def start_sshd(
+        self, name: str, *, extra: Sequence[str] = (), defaults: bool = False
+    ) -> tuple[Process, int]:
+        """A stock sshd on a free 127.0.0.1 port, in a private mount namespace (own /run).
+
+        ``defaults``: leave ``MaxStartups`` (10:30:100) and ``LogLevel`` (INFO) at
+        OpenSSH's defaults, as an sshd facing the internet would run, instead of the
+        roomier limits and quieter log the throughput paths use.
+        """
+        tuned = () if defaults else ("MaxStartups 100:30:200", "LogLevel ERROR")
         root = self.dir / name
         root.mkdir()
         host_key = keygen(root / "host_key")
@@ -279,8 +287,7 @@ class World:
                     "GatewayPorts no",
                     "X11Forwarding no",
                     "PrintMotd no",
-                    "MaxStartups 100:30:200",
-                    "LogLevel ERROR",
+                    *tuned,
                     *extra,
                     "",
                 ]

@@ -35,6 +35,13 @@ FIGURES = [
     "expiry → access closed, agent dead",
     "agent idle memory (tether up)",
     "agent start-up",
+    # The flood group: the relay, then stock sshd, under the same pre-auth flood.
+    "flood: legitimate logins that succeed",
+    "flood: engineer connect under the flood vs idle",
+    "flood: agent connect under the flood vs idle",
+    "flood: relay RSS, peak during the flood",
+    "flood: relay CPU during the flood",
+    "flood: log lines written during the flood",
 ]
 #: The fleet group's rows (PostgreSQL and HAProxy of this machine; skipped without them).
 FLEET_FIGURES = [
