@@ -106,6 +106,16 @@ class RecordingInfo:
     #: The session was ended from outside (access closed or expired, the page's End):
     #: its recorder died with it, and ``ended`` is the recording's last write.
     cut_off: bool = False
+    #: Why the session failed to start or run (the recorder could not run what was
+    #: asked, or found no sftp-server); None if it ran.
+    error: str | None = None
+    #: Output could not be written to the recording (a full disk): it is incomplete.
+    write_error: bool = False
+
+    @property
+    def failed(self) -> bool:
+        """The session or its recording failed: what monitoring counts as a failure."""
+        return self.error is not None or self.write_error
 
     @property
     def duration(self) -> float | None:
@@ -132,6 +142,8 @@ class RecordingInfo:
             "recorded_bytes": self.recorded_bytes,
             "transfers": list(self.transfers),
             "cut_off": self.cut_off,
+            "error": self.error,
+            "write_error": self.write_error,
         }
 
 
@@ -182,6 +194,7 @@ def info_for(directory: Path, recording_id: str) -> RecordingInfo:
     status = data.get("exit_status")
     transfers = data.get("transfers")
     command = data.get("command")
+    error = data.get("error")
     live, ended, cut_off = data.get("status") == "live", _time(data.get("ended")), False
     if live and not is_live(cast_path(directory, recording_id)):
         # The recorder never wrote its end: it was killed with its session (access
@@ -209,6 +222,8 @@ def info_for(directory: Path, recording_id: str) -> RecordingInfo:
         if isinstance(transfers, list)
         else (),
         cut_off=cut_off,
+        error=error[:500] if isinstance(error, str) else None,
+        write_error=data.get("write_error") is True,
     )
 
 

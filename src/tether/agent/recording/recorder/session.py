@@ -445,6 +445,12 @@ def _ignore(data: bytes) -> None:
     pass
 
 
+def _failed(sink: Sink, error: str) -> None:
+    """Note in the recording's metadata that its session failed (the agent counts these)."""
+    if isinstance(sink, Recording):
+        sink.meta["error"] = error[:500]
+
+
 def _refuse(message: str) -> int:
     with contextlib.suppress(OSError):
         os.write(2, f"tether: session refused: {message}\r\n".encode())
@@ -584,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         _trace_unrecorded(reason, engineer)
         sink = _Unrecorded()
     if plan.kind == "sftp" and sftp_server is None:
+        _failed(sink, "no sftp-server on this machine")
         sink.finish(REFUSED, [], ["no sftp-server on this machine"])
         return _refuse("no sftp-server found for SFTP")
     transfers: list[dict[str, Any]] = []
@@ -611,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             status = run_pipes(plan, sink)
     except OSError as exc:
+        _failed(sink, f"session failed: {exc}")
         notes.append(f"session failed: {exc}")
         with contextlib.suppress(OSError):
             os.write(2, f"tether: cannot run the session: {exc}\r\n".encode())
