@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.parts import rss_kib
+from bench.relay_metrics import HistogramReading, scrape_histogram
 from tether.agent.machine.service import cron_command
 from tether.demo import DemoSystem
 
@@ -40,7 +41,8 @@ AGENT_ARGV = [
 async def access(system: DemoSystem, *args: str) -> subprocess.CompletedProcess[str]:
     result = await asyncio.to_thread(system.access, *args)
     if result.returncode != 0 and args[0] != "status":
-        raise RuntimeError(f"tether access {args[0]} failed: {result.stderr.strip()}")
+        said = (result.stderr.strip() or result.stdout.strip())[-500:]
+        raise RuntimeError(f"tether access {args[0]} failed ({result.returncode}): {said}")
     return result
 
 
@@ -124,6 +126,22 @@ async def revoke(system: DemoSystem) -> None:
     assert system.authority is not None
     assert system.key_id is not None
     await system.authority.revoke_key(system.key_id, reason="benchmark", by="bench")
+
+
+#: The relay's own timing of a key revocation cutting a live tether.
+REVOCATION_CUT = "tether_relay_revocation_cut_seconds"
+
+
+def relay_metrics_url(system: DemoSystem) -> str:
+    """The demo relay's ``/metrics`` address."""
+    if system.relay is None or system.relay.metrics_server is None:
+        raise RuntimeError("the demo relay serves no metrics endpoint")
+    return f"http://{system.relay.metrics_server.address}/metrics"
+
+
+async def relay_revocations(system: DemoSystem) -> HistogramReading:
+    """The relay's key revocation histogram now (scraped over HTTP, as Prometheus would)."""
+    return await scrape_histogram(relay_metrics_url(system), REVOCATION_CUT, kind="key")
 
 
 async def disable(system: DemoSystem) -> None:

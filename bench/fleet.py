@@ -117,14 +117,23 @@ class Fleet:
                 f"127.0.0.1:{port}",
                 f"127.0.0.1:{free_port()}",
                 trusted_proxies=("127.0.0.1/32",) if behind_proxy else (),
-                metrics_listen=f"127.0.0.1:{health}",
+                metrics_listen=f"127.0.0.1:{health}",  # /readyz for HAProxy, /metrics
             )
             made = await provision_relay(
                 authority.config, self.world.store, plan, authority.clock.now()
             )
-            with made.config_path.open("a") as toml:
-                for option, value in self.relay_options.items():
-                    toml.write(f"{option} = {value!r}\n".replace("'", '"'))
+            # Top-level settings go before the first table ([metrics]), or TOML reads
+            # them as that table's.
+            options = [
+                f"{option} = {value!r}".replace("'", '"')
+                for option, value in self.relay_options.items()
+            ]
+            lines = made.config_path.read_text().splitlines()
+            first_table = next(
+                (i for i, line in enumerate(lines) if line.startswith("[")), len(lines)
+            )
+            lines[first_table:first_table] = options
+            made.config_path.write_text("\n".join(lines) + "\n")
             argv = [sys.executable, "-m", "tether", "relay", "serve", "--config"]
             proc = self.world.spawn(f"relay-{name}", [*argv, str(made.config_path)])
             added.append(FleetRelay(name, port, health, made.config_path, proc))

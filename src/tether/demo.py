@@ -188,9 +188,16 @@ class DemoSystem:
         if self.fleet is not None:
             await self.fleet.start_relays(self.authority, self.store)
         else:
-            self.relay = Relay(RelayConfig.load(data / "relay.toml"), self.store)
+            # Its Prometheus endpoint on loopback, as a vendor's would be on an internal
+            # address (the bench reads its revocation histogram there).
+            relay_config = replace(
+                RelayConfig.load(data / "relay.toml"), metrics_listen=("127.0.0.1", 0)
+            )
+            self.relay = Relay(relay_config, self.store)
             await self.relay.start()
             self._say(f"relay: listening on {relay}")
+            if self.relay.metrics_server is not None:
+                self._say(f"relay metrics: http://{self.relay.metrics_server.address}/metrics")
         self.vendor_service = VendorService(config, self.store, listen=("127.0.0.1", 0))
         self._serving = asyncio.ensure_future(self.vendor_service.serve())
         await self.vendor_service.wait_ready()

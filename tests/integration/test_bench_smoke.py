@@ -30,6 +30,7 @@ FIGURES = [
     "tether handshakes per relay CPU-second",
     "10 tethers back after a relay restart",
     "revoke → live session and tether gone (p99)",
+    "revoke: relay histogram vs client side (mean)",
     "disable → live session and tether gone (p99)",
     "expiry → access closed, agent up",
     "expiry → access closed, agent dead",

@@ -63,7 +63,7 @@ def test_the_shipped_prometheus_config_and_alert_rules_are_valid() -> None:
 def test_the_agents_textfile_passes_promtool_check_metrics(tmp_path: Path) -> None:
     _needs(PROMTOOL)
     path = tmp_path / "tether.prom"
-    for facts in (AgentFacts(True, 3600.0, True, 2), AgentFacts(False, None, False, None)):
+    for facts in (AgentFacts(True, 3600.0, True, 2, 1), AgentFacts(False, None, False, None)):
         write_textfile(path, facts)
         result = subprocess.run(
             [PROMTOOL, "check", "metrics"],

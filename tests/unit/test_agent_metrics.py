@@ -41,6 +41,7 @@ def test_closed_access_has_no_expiry_and_no_tether() -> None:
         "expires_in_seconds": None,
         "tether_connected": False,
         "live_sessions": 0,
+        "recording_failures": None,
     }
     shown = values(render(facts))
     assert "tether_agent_access_expires_in_seconds" not in shown  # absent, never a fake 0
@@ -52,6 +53,14 @@ def test_unknown_sessions_are_left_out_not_reported_as_zero() -> None:
     shown = values(render(facts_of(state, tether_connected=False, live_sessions=None, now=NOW)))
     assert "tether_agent_support_sessions" not in shown
     assert "tether_agent_access_expires_in_seconds" not in shown  # open without expiry
+    assert "tether_agent_recording_failures" not in shown  # not read: unknown
+
+
+def test_recording_failures_are_shown_closed_or_open() -> None:
+    facts = facts_of(AccessState(), tether_connected=False, live_sessions=0, now=NOW,
+                     recording_failures=2)  # fmt: skip
+    assert facts.to_json()["recording_failures"] == 2
+    assert values(render(facts))["tether_agent_recording_failures"] == 2.0
 
 
 def test_the_textfile_is_replaced_whole(tmp_path: Path) -> None:

@@ -34,12 +34,17 @@ class AgentFacts:
         without expiry).
     :param tether_connected: the tether to the relay is up.
     :param live_sessions: support sessions logged in now (``None``: could not be read).
+    :param recording_failures: recordings kept on this machine whose session failed to
+        start or run, or whose output could not all be written (``None``: could not be
+        read). Sessions refused because no recording could be created leave no
+        recording, so they are not counted here (the recorder says so on stderr).
     """
 
     access_open: bool
     expires_in: float | None
     tether_connected: bool
     live_sessions: int | None
+    recording_failures: int | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -47,11 +52,17 @@ class AgentFacts:
             "expires_in_seconds": self.expires_in,
             "tether_connected": self.tether_connected,
             "live_sessions": self.live_sessions,
+            "recording_failures": self.recording_failures,
         }
 
 
 def facts_of(
-    state: AccessState, *, tether_connected: bool, live_sessions: int | None, now: datetime
+    state: AccessState,
+    *,
+    tether_connected: bool,
+    live_sessions: int | None,
+    now: datetime,
+    recording_failures: int | None = None,
 ) -> AgentFacts:
     """The facts for ``state`` at ``now`` (a pure function: the caller reads the rest)."""
     expires_in = None
@@ -62,6 +73,7 @@ def facts_of(
         expires_in=expires_in,
         tether_connected=state.is_open and tether_connected,
         live_sessions=live_sessions,
+        recording_failures=recording_failures,
     )
 
 
@@ -79,7 +91,27 @@ def read_facts(
             live = None
     else:
         live = 0
-    return facts_of(state, tether_connected=tether_connected, live_sessions=live, now=now)
+    return facts_of(
+        state,
+        tether_connected=tether_connected,
+        live_sessions=live,
+        now=now,
+        recording_failures=count_recording_failures(config.recordings_dir),
+    )
+
+
+def count_recording_failures(directory: Path) -> int | None:
+    """Recordings in ``directory`` that failed (``None``: the directory is unreadable).
+
+    Kept recordings only: retention removing a failed one lowers the count, so this is
+    a gauge. Metadata this process may not read counts as no failure.
+    """
+    from tether.agent.recording.catalog import list_recordings
+
+    try:
+        return sum(1 for info in list_recordings(directory) if info.failed)
+    except OSError:
+        return None
 
 
 def registry_of(facts: AgentFacts) -> CollectorRegistry:
@@ -105,6 +137,12 @@ def registry_of(facts: AgentFacts) -> CollectorRegistry:
         "tether_agent_support_sessions",
         "Support sessions logged in on this machine now.",
         None if facts.live_sessions is None else float(facts.live_sessions),
+    )
+    gauge(
+        "tether_agent_recording_failures",
+        "Recordings kept on this machine whose session failed to start or run, or whose "
+        "output could not all be written.",
+        None if facts.recording_failures is None else float(facts.recording_failures),
     )
     return registry
 

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
@@ -70,6 +71,13 @@ class AuditWriter:
         self._closing = False
         self._tasks = TaskSet()
         self._task: asyncio.Task[None] | None = None
+        #: Called with the seconds each append to the database took (failed ones too).
+        self.observe: Callable[[float], None] = lambda seconds: None
+
+    @property
+    def backlog(self) -> int:
+        """Events handed over but not yet written: queued, plus the batch in flight."""
+        return self._queue.qsize() + len(self._inflight or ())
 
     @property
     def chain(self) -> str:
@@ -140,9 +148,11 @@ class AuditWriter:
             await self._append(rest[start : start + BATCH])
 
     async def _append(self, batch: list[PendingEvent]) -> bool:
+        started = time.monotonic()
         try:
             await self._store.audit.append_many(self._chain, batch)
         except StoreError as exc:
+            self.observe(time.monotonic() - started)
             log.event(
                 logger,
                 "audit.failed",
@@ -152,6 +162,7 @@ class AuditWriter:
                 error=str(exc),
             )
             return False
+        self.observe(time.monotonic() - started)
         return True
 
 

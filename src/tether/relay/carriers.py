@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -152,12 +153,22 @@ class FrontDoor:
         self._draining = draining
         self._carriers = None if tls is None else Carriers(tls, self.new_ssh, refuse, timeout)
 
-    def hand_off(self, transport: asyncio.Transport, client: tuple[str, int], rest: bytes) -> None:
-        """Run SSH (or, with TLS, what the first bytes announce) for ``client``."""
+    def hand_off(
+        self,
+        transport: asyncio.Transport,
+        client: tuple[str, int],
+        rest: bytes,
+        accepted: float | None = None,
+    ) -> None:
+        """Run SSH (or, with TLS, what the first bytes announce) for ``client``.
+
+        ``accepted``: when the TCP connection was accepted (``time.monotonic()``), the
+        start of the handshake-duration metric; ``None``: now.
+        """
         if self._carriers is not None:
             self._carriers.accept(transport, client, rest)
             return
-        conn = self.new_ssh(client, "ssh")
+        conn = self.new_ssh(client, "ssh", accepted)
         if conn is None:
             transport.abort()
             return
@@ -166,7 +177,9 @@ class FrontDoor:
         if rest:
             conn.data_received(rest)
 
-    def new_ssh(self, client: tuple[str, int], carrier: str) -> asyncio.Protocol | None:
+    def new_ssh(
+        self, client: tuple[str, int], carrier: str, accepted: float | None = None
+    ) -> asyncio.Protocol | None:
         """An SSH server connection for ``client`` (``None`` while draining).
 
         ``carrier`` names the layers it came through (``ssh``, ``tls+ssh``,
@@ -177,14 +190,20 @@ class FrontDoor:
         conn = asyncssh.SSHServerConnection(asyncio.get_running_loop(), self._options)
         # RelayConnection (limits, logs, audit) takes the client from "peername"; the
         # transport's own peername is the balancer's, or the client's again.
-        conn.set_extra_info(peername=client, carrier=carrier)
+        conn.set_extra_info(
+            peername=client,
+            carrier=carrier,
+            accepted=time.monotonic() if accepted is None else accepted,
+        )
         return conn
 
 
 class AcceptFront(asyncio.Protocol):
     """The listening socket's protocol without PROXY headers: hand each connection on."""
 
-    def __init__(self, hand_off: Callable[[asyncio.Transport, tuple[str, int], bytes], None]):
+    def __init__(
+        self, hand_off: Callable[[asyncio.Transport, tuple[str, int], bytes, float], None]
+    ) -> None:
         self._hand_off = hand_off
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -192,7 +211,7 @@ class AcceptFront(asyncio.Protocol):
             transport.close()
             return
         peer = transport.get_extra_info("peername") or ("?", 0)
-        self._hand_off(transport, (str(peer[0]), int(peer[1])), b"")
+        self._hand_off(transport, (str(peer[0]), int(peer[1])), b"", time.monotonic())
 
 
 __all__ = ["AcceptFront", "Carriers", "FrontDoor", "server_context"]

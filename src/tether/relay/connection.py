@@ -14,6 +14,7 @@ later hook is handed to that role, or refused with a reason the client's ``ssh``
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
@@ -56,11 +57,17 @@ class RelayConnection(asyncssh.SSHServer):
         self.closing = False
         self.certificate_valid_before: float | None = None
         self.certificate_key_id: str | None = None
+        #: When the TCP connection was accepted (``time.monotonic()``): the start of the
+        #: handshake a tether's admission completes.
+        self.accepted = time.monotonic()
 
     # --- connection lifecycle --------------------------------------------------------
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        # Behind HAProxy the TCP accept came before the PROXY header (relay._hand_off).
+        accepted = conn.get_extra_info("accepted")
+        self.accepted = accepted if isinstance(accepted, float) else time.monotonic()
         coalesce_writes(conn)
         quick_acks(conn)
         self.relay.connections.add(self)

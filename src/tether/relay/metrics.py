@@ -10,7 +10,9 @@ refusal reason, a direction, never a serial, an engineer or an address.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -18,10 +20,17 @@ from tether.metrics_http import DATABASE_UNAVAILABLE
 from tether.protocol import RefusalReason
 from tether.relay.gate import Drop
 
+ItemsT = TypeVar("ItemsT")
+ResultT = TypeVar("ResultT")
+
 #: Admission results: ``admitted`` or one of these refusal reasons.
 ADMITTED = "admitted"
 #: The agent logged in but presented no tether key in time.
 REGISTER_TIMEOUT = "register-timeout"
+
+#: The relay's writes to the shared store (the ``operation`` label of store latency):
+#: admission batches, unregistration batches, audit chain appends.
+STORE_OPERATIONS = ("admit", "unregister", "audit-append")
 
 #: Engineer channel refusals (the ``reason`` label of refused channels).
 CHANNEL_REASONS = (
@@ -37,6 +46,11 @@ CHANNEL_REASONS = (
 
 # Revocation to cut: the ≤ 1 s invariant needs resolution around 1 s.
 _REVOKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
+# TCP accept to admission: key exchange, login and one store transaction; seconds when
+# the store is slow or a reconnect storm queues admissions.
+_HANDSHAKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# One transaction on the shared store: milliseconds, seconds when it struggles.
+_STORE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Engineer sessions last from seconds to a working day.
 _SESSION_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0)
 
@@ -47,6 +61,7 @@ class RelayMetrics:
     :param tethers: counts live tethers (read at each scrape, never kept in step).
     :param unauthenticated: counts connections not yet logged in (read at each scrape).
     :param peer_links: counts links up to the fleet's other relays (read at each scrape).
+    :param audit_backlog: counts audit events not yet written (read at each scrape).
     """
 
     def __init__(
@@ -55,6 +70,7 @@ class RelayMetrics:
         tethers: Callable[[], float],
         unauthenticated: Callable[[], float],
         peer_links: Callable[[], float],
+        audit_backlog: Callable[[], float] = lambda: 0,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -112,6 +128,32 @@ class RelayMetrics:
             buckets=_REVOKE_BUCKETS,
             registry=r,
         )
+        self.handshake_duration = Histogram(
+            "tether_relay_tether_handshake_duration_seconds",
+            "From the relay accepting an agent's TCP connection to admitting its tether.",
+            buckets=_HANDSHAKE_BUCKETS,
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "tether_relay_tether_reconnects",
+            "Admissions of a tether whose key was used before (by this machine, on any "
+            "relay of the fleet): a machine coming back, not a new access.",
+            registry=r,
+        )
+        self.store_latency = Histogram(
+            "tether_relay_store_latency_seconds",
+            "How long the relay waited for its writes to the shared store, by operation "
+            "(failed writes included).",
+            ["operation"],
+            buckets=_STORE_BUCKETS,
+            registry=r,
+        )
+        self.audit_backlog = Gauge(
+            "tether_relay_audit_backlog",
+            "Events this relay's audit writer holds that are not yet in the database.",
+            registry=r,
+        )
+        self.audit_backlog.set_function(audit_backlog)
         self.unauthenticated = Gauge(
             "tether_relay_unauthenticated_connections",
             "Connections to this relay that have not logged in yet.",
@@ -164,6 +206,29 @@ class RelayMetrics:
             self.cross_relay_channels.labels(direction)
         for kind in ("key", "engineer", "machine"):
             self.revocation_cut.labels(kind)
+        for operation in STORE_OPERATIONS:
+            self.store_latency.labels(operation)
+
+    def timed_store(
+        self, operation: str, write: Callable[[ItemsT], Awaitable[ResultT]]
+    ) -> Callable[[ItemsT], Awaitable[ResultT]]:
+        """``write``, observed in the store latency histogram under ``operation``.
+
+        :raises ValueError: ``operation`` is not one of :data:`STORE_OPERATIONS` (the
+            label set stays fixed).
+        """
+        if operation not in STORE_OPERATIONS:
+            raise ValueError(f"unknown store operation {operation!r}")
+        histogram = self.store_latency.labels(operation)
+
+        async def timed(items: ItemsT) -> ResultT:
+            started = time.monotonic()
+            try:
+                return await write(items)
+            finally:
+                histogram.observe(time.monotonic() - started)
+
+        return timed
 
     def readiness(self, reason: str | None) -> None:
         """Record the relay's readiness check (``None``: ready) for this scrape."""

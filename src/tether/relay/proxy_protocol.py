@@ -21,6 +21,7 @@ import asyncio
 import ipaddress
 import logging
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -151,7 +152,7 @@ class ProxyFront(asyncio.Protocol):
     def __init__(
         self,
         trusted: Sequence[Network],
-        hand_off: Callable[[asyncio.Transport, tuple[str, int], bytes], None],
+        hand_off: Callable[[asyncio.Transport, tuple[str, int], bytes, float], None],
         timeout: float,
     ) -> None:
         self._trusted = trusted
@@ -161,12 +162,14 @@ class ProxyFront(asyncio.Protocol):
         self._buffer = b""
         self._peer: tuple[str, int] = ("?", 0)
         self._timer: asyncio.TimerHandle | None = None
+        self._accepted = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not isinstance(transport, asyncio.Transport):  # pragma: no cover
             transport.close()
             return
         self._transport = transport
+        self._accepted = time.monotonic()
         peer = transport.get_extra_info("peername") or ("?", 0)
         self._peer = (str(peer[0]), int(peer[1]))
         if not is_trusted(self._peer[0], self._trusted):
@@ -191,7 +194,7 @@ class ProxyFront(asyncio.Protocol):
         transport, self._transport = self._transport, None
         rest = self._buffer[header.length :]
         self._buffer = b""
-        self._hand_off(transport, header.source or self._peer, rest)
+        self._hand_off(transport, header.source or self._peer, rest, self._accepted)
 
     def eof_received(self) -> bool | None:
         self._refuse("proxy-header", "connection closed before a complete PROXY v2 header")

@@ -102,13 +102,25 @@ class Relay:
         self.refusals = RefusalSummary(config.refused_log_interval, time.monotonic)
         self.requests_by_source = RateLimiter(config.requests_per_source_per_hour, 3600.0)
         self.tasks = TaskSet()
+        #: This relay's metrics, in a registry of its own (never the global one); the
+        #: callables are read at each scrape, when every part named here exists.
+        self.metrics = RelayMetrics(
+            tethers=lambda: len(self.registry),
+            unauthenticated=lambda: self.unauthenticated,
+            peer_links=lambda: 0 if self.peers is None else len(self.peers),
+            audit_backlog=lambda: self.audit.backlog,
+        )
         #: Admissions and unregistrations are batched: a relay restart or a network
         #: failure moves thousands of tethers at once (bench/README.md).
         self.admissions: Batcher[Admission, TetherRecord] = Batcher(
-            store.tethers.admit_many, self.tasks, "relay.admissions"
+            self.metrics.timed_store("admit", store.tethers.admit_many),
+            self.tasks,
+            "relay.admissions",
         )
         self.departures: Batcher[tuple[str, str], None] = Batcher(
-            store.tethers.unregister_many, self.tasks, "relay.departures"
+            self.metrics.timed_store("unregister", store.tethers.unregister_many),
+            self.tasks,
+            "relay.departures",
         )
         self._server: asyncssh.SSHAcceptor | asyncio.Server | None = None
         self._door: FrontDoor | None = None
@@ -127,6 +139,7 @@ class Relay:
         self._closed = asyncio.Event()
         #: The relay's hash-chained audit log (``relay:<relay id>`` in the database).
         self.audit = AuditWriter(store, relay_chain(config.relay_id), clock.now)
+        self.audit.observe = self.metrics.store_latency.labels("audit-append").observe
         #: Seconds between two checks of one machine's reported audit chain heads.
         self.head_interval = HEAD_INTERVAL
         self.head_checks = HeadChecks()
@@ -144,12 +157,6 @@ class Relay:
         #: Links to the fleet's other relays (None: no ``peer_key``, a relay on its own).
         self.peers = PeerLinks.configured(self)
         self._peer_server: asyncssh.SSHAcceptor | None = None
-        #: This relay's metrics, in a registry of its own (never the global one).
-        self.metrics = RelayMetrics(
-            tethers=lambda: len(self.registry),
-            unauthenticated=lambda: self.unauthenticated,
-            peer_links=lambda: 0 if self.peers is None else len(self.peers),
-        )
 
     @property
     def port(self) -> int:

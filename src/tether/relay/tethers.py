@@ -416,6 +416,12 @@ class TetherLink:
             Registered(claims.serial, claims.expires_at.isoformat(), claims.ports, audit_heads=True)
         )
         relay.metrics.admissions.labels(ADMITTED).inc()
+        relay.metrics.handshake_duration.observe(time.monotonic() - self.connection.accepted)
+        if not first_use:
+            # The key was bound before: this machine tethered with it already, to this
+            # relay or another one of the fleet (the binding is in the shared store, so
+            # a relay restart does not make every returning machine look new).
+            relay.metrics.reconnects.inc()
         log.event(
             logger,
             "tether.up",

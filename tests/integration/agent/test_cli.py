@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.agent.recording.test_failures import run_session
 from tests.integration.harness import Vendor, vendor_setup
 from tether.agent.control import ask_daemon
 from tether.audit_log import AuditLog
@@ -314,6 +315,7 @@ async def test_status_facts_and_the_node_exporter_textfile_follow_the_tether(
         assert facts["access_open"] is True
         assert facts["tether_connected"] is True
         assert facts["live_sessions"] == 0
+        assert facts["recording_failures"] == 0
         assert 7000 < facts["expires_in_seconds"] <= 7200
         # The daemon rewrites the file as soon as the tether comes up.
         for _ in range(100):
@@ -323,6 +325,19 @@ async def test_status_facts_and_the_node_exporter_textfile_follow_the_tether(
         text = textfile.read_text()
         assert "tether_agent_tether_connected 1.0" in text, text
         assert "tether_agent_access_open 1.0" in text
+        # A support session whose sftp-server could not run: a recording failure.
+        recordings = machine.state_dir / "recordings"
+        recordings.mkdir(exist_ok=True)
+        sftp = await asyncio.to_thread(
+            run_session, recordings, "internal-sftp", "--sftp-server", "/no/sftp-server"
+        )
+        assert sftp.returncode == 127, sftp.stderr
+        assert (await machine.status())["facts"]["recording_failures"] == 1
+        for _ in range(300):  # the daemon rewrites the file every 10 s
+            if "tether_agent_recording_failures 1.0" in textfile.read_text():
+                break
+            await asyncio.sleep(0.05)
+        assert "tether_agent_recording_failures 1.0" in textfile.read_text()
         disabled = await machine.tether("access", "disable")
         assert disabled.returncode == 0, disabled.stderr
         closed = await machine.status()
@@ -331,6 +346,7 @@ async def test_status_facts_and_the_node_exporter_textfile_follow_the_tether(
             "expires_in_seconds": None,
             "tether_connected": False,
             "live_sessions": 0,
+            "recording_failures": 1,  # kept after access closed, as the recording is
         }
         for _ in range(100):
             if "tether_agent_tether_connected 0.0" in textfile.read_text():

@@ -22,6 +22,7 @@ import pytest
 
 from tests.fixtures.postgres import postgres_directory, start_postgres
 from tests.integration.harness import Agent, EchoServer, vendor_setup
+from tests.integration.relay.test_metrics import eventually, value
 from tether.agent.status import TunnelState
 from tether.protocol import RefusalReason
 from tether.sandbox.postgres import LocalPostgres
@@ -140,3 +141,35 @@ async def test_database_outage_keeps_live_tethers_and_sessions_and_defers_new_ag
                 await session.wait()
             for agent in live:
                 await agent.__aexit__(None, None, None)
+
+
+async def test_the_audit_backlog_shows_events_held_while_the_database_is_away(
+    tmp_path: Path, private_postgres: LocalPostgres
+) -> None:
+    url = await asyncio.to_thread(private_postgres.create_database, "tether")
+    async with (
+        vendor_setup(tmp_path, database=url, metrics_listen=("127.0.0.1", 0)) as vendor,
+        EchoServer() as service,
+    ):
+        relay = vendor.relay
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            up = await eventually(relay, lambda s: value(s, "tether_relay_audit_backlog") == 0)
+            await asyncio.to_thread(private_postgres.stop)
+        appends = "tether_relay_store_latency_seconds_count"
+        written = value(up, appends, operation="audit-append")
+        # The tether went down during the outage: its audit event waits in the relay, and
+        # the failed attempts to write it are timed as store writes too.
+        held = await eventually(
+            relay,
+            lambda s: (
+                value(s, "tether_relay_audit_backlog") >= 1
+                and value(s, appends, operation="audit-append") > written
+            ),
+        )
+        assert value(held, "tether_relay_database_up") == 0
+        await asyncio.to_thread(private_postgres.restart)
+        await eventually(relay, lambda s: value(s, "tether_relay_audit_backlog") == 0)
+        report = await vendor.store.audit.read(relay.audit.chain)
+        assert [entry.event for entry in report.entries][-1] == "tether.down"

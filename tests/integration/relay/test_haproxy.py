@@ -106,6 +106,10 @@ async def test_through_haproxy_an_agent_tethers_and_engineer_ssh_reaches_the_mac
             alice = await vendor.engineer("alice", tmp_path, port=proxy.port)
             async with await issue(vendor, "M-1", service.port, proxy) as agent:
                 await agent.wait_for(TunnelState.CONNECTED)
+                # The handshake is timed from the accept before the PROXY header.
+                registry = vendor.relay.metrics.registry
+                handshakes = "tether_relay_tether_handshake_duration_seconds_count"
+                assert registry.get_sample_value(handshakes) == 1
                 result = await run_ssh(
                     alice.ssh_args(
                         proxy.port,

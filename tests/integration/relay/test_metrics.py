@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.harness import Agent, EchoServer, run_ssh, vendor_setup
 from tether.agent.tunnel import TunnelState
 from tether.relay.server import Relay
+from tether.sshlib import asyncssh
 from tether.vendor_service.authority import init_data_dir
 
 INTERNAL = {"metrics_listen": ("127.0.0.1", 0)}
@@ -230,3 +231,62 @@ async def test_relay_serve_logs_json_lines_and_serves_metrics_from_relay_toml(
         assert await relay.wait() == 0
     for raw in rest.splitlines():
         assert "event" in json.loads(raw) or "message" in json.loads(raw)
+
+
+async def test_handshakes_reconnects_and_store_writes_are_measured(tmp_path: Path) -> None:
+    async with vendor_setup(tmp_path, **INTERNAL) as vendor, EchoServer() as service:
+        relay = vendor.relay
+        handshake = "tether_relay_tether_handshake_duration_seconds"
+        store = "tether_relay_store_latency_seconds"
+        before = await scrape(relay)
+        assert value(before, f"{handshake}_count") == 0
+        assert value(before, "tether_relay_tether_reconnects_total") == 0
+        for operation in ("admit", "unregister", "audit-append"):
+            assert value(before, f"{store}_count", operation=operation) == 0
+        assert value(before, "tether_relay_audit_backlog") == 0
+
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        machine = asyncssh.generate_private_key("ssh-ed25519")
+        async with Agent(key, claims, [service.port], machine_key=machine) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+        first = await eventually(
+            relay, lambda s: value(s, f"{store}_count", operation="unregister") == 1
+        )
+        # A first tether: one handshake, timed from TCP accept (key exchange, login and a
+        # store transaction take some time; a test relay needs well under 10 s).
+        assert value(first, f"{handshake}_count") == 1
+        assert 0 < value(first, f"{handshake}_sum") < 10
+        assert value(first, f"{handshake}_bucket", le="10.0") == 1
+        assert value(first, "tether_relay_tether_reconnects_total") == 0
+        assert value(first, f"{store}_count", operation="admit") == 1
+        assert value(first, f"{store}_sum", operation="admit") > 0
+
+        # The same machine comes back with its key: a reconnect, not a new access.
+        async with Agent(key, claims, [service.port], machine_key=machine) as again:
+            await again.wait_for(TunnelState.CONNECTED)
+            back = await scrape(relay)
+            assert value(back, "tether_relay_tether_admissions_total", result="admitted") == 2
+            assert value(back, "tether_relay_tether_reconnects_total") == 1
+            assert value(back, f"{handshake}_count") == 2
+
+        # A second machine with a key of its own is new, not a reconnect.
+        other_key, other_claims = await vendor.issue("M-2", ports=[service.port])
+        async with Agent(other_key, other_claims, [service.port]) as other:
+            await other.wait_for(TunnelState.CONNECTED)
+            new = await scrape(relay)
+            assert value(new, "tether_relay_tether_admissions_total", result="admitted") == 3
+            assert value(new, "tether_relay_tether_reconnects_total") == 1
+
+        # tether.up / key.used / tether.down went to the relay's audit chain, all written.
+        written = await eventually(
+            relay,
+            lambda s: (
+                value(s, f"{store}_count", operation="audit-append") >= 1
+                and value(s, "tether_relay_audit_backlog") == 0
+                and value(s, f"{store}_count", operation="unregister") == 3
+            ),
+        )
+        assert value(written, f"{store}_count", operation="admit") == 3
+        # Bounded labels: operations are a fixed set, never a serial.
+        operations = {dict(pairs).get("operation") for (name, pairs) in written if store in name}
+        assert operations == {"admit", "unregister", "audit-append"}

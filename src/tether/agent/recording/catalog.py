@@ -109,6 +109,16 @@ class RecordingInfo:
     #: The customer's consent, for a grant that asks it: ``{"state": "waiting"}``, or
     #: ``admitted`` / ``refused`` with ``by``, ``waited`` (seconds) and ``reason``.
     consent: dict[str, Any] | None = None
+    #: Why the session failed to start or run (the recorder could not run what was
+    #: asked, or found no sftp-server); None if it ran.
+    error: str | None = None
+    #: Output could not be written to the recording (a full disk): it is incomplete.
+    write_error: bool = False
+
+    @property
+    def failed(self) -> bool:
+        """The session or its recording failed: what monitoring counts as a failure."""
+        return self.error is not None or self.write_error
 
     @property
     def duration(self) -> float | None:
@@ -135,6 +145,8 @@ class RecordingInfo:
             "recorded_bytes": self.recorded_bytes,
             "transfers": list(self.transfers),
             "cut_off": self.cut_off,
+            "error": self.error,
+            "write_error": self.write_error,
         }
         if self.consent is not None:
             body["consent"] = dict(self.consent)
@@ -188,6 +200,7 @@ def info_for(directory: Path, recording_id: str) -> RecordingInfo:
     status = data.get("exit_status")
     transfers = data.get("transfers")
     command = data.get("command")
+    error = data.get("error")
     live, ended, cut_off = data.get("status") == "live", _time(data.get("ended")), False
     if live and not is_live(cast_path(directory, recording_id)):
         # The recorder never wrote its end: it was killed with its session (access
@@ -216,6 +229,8 @@ def info_for(directory: Path, recording_id: str) -> RecordingInfo:
         else (),
         cut_off=cut_off,
         consent=data["consent"] if isinstance(data.get("consent"), dict) else None,
+        error=error[:500] if isinstance(error, str) else None,
+        write_error=data.get("write_error") is True,
     )
 
 

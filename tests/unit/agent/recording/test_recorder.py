@@ -16,6 +16,7 @@ from tether.agent.recording.catalog import (
     RecordingInfo,
     RecordingNotFound,
     check_id,
+    list_recordings,
     new_recording_id,
     read_cast,
     select_for_removal,
@@ -303,3 +304,20 @@ def test_a_recording_whose_recorder_died_is_ended_not_live(tmp_path: Path) -> No
     body = notification("support.logout", info)
     assert body["live"] is False
     assert body["duration"] == 90.0
+
+
+def test_a_recording_with_an_error_or_lost_output_counts_as_failed(tmp_path: Path) -> None:
+    started = datetime(2026, 11, 25, 3, 15, 2, tzinfo=UTC)
+    ids = [new_recording_id(started) for _ in range(3)]
+    metas: list[dict[str, object]] = [
+        {"status": "done", "exit_status": 1},  # the engineer's command failed: not ours
+        {"status": "done", "exit_status": 0, "write_error": True},  # disk full mid-session
+        {"status": "done", "exit_status": 127, "error": "session failed: no shell"},
+    ]
+    for recording_id, meta in zip(ids, metas, strict=True):
+        (tmp_path / f"{recording_id}.cast.gz").write_bytes(gzip.compress(b"{}\n"))
+        (tmp_path / f"{recording_id}.json").write_text(json.dumps(meta))
+    found = {info.id: info for info in list_recordings(tmp_path)}
+    assert [found[i].failed for i in ids] == [False, True, True]
+    assert found[ids[2]].to_json()["error"] == "session failed: no shell"
+    assert found[ids[1]].to_json()["write_error"] is True

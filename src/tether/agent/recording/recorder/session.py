@@ -40,7 +40,6 @@ import os
 import pwd
 import select
 import signal
-import struct
 import subprocess
 import sys
 import termios
@@ -70,6 +69,13 @@ from tether.agent.recording.recorder.context import (
     time_up_message,
 )
 from tether.agent.recording.recorder.options import REFUSED, USAGE, parse_args
+from tether.agent.recording.recorder.terminal import (
+    default_signals,
+    exit_status,
+    set_winsize,
+    winsize,
+    write_all,
+)
 
 if TYPE_CHECKING:
     from tether.agent.recording.recorder.sftp_log import SftpLog
@@ -175,38 +181,6 @@ def _describe(transfer: dict[str, Any]) -> str:
     return text
 
 
-def _winsize(fd: int) -> tuple[int, int]:
-    """Return (columns, rows) of the terminal on ``fd``."""
-    rows, columns, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
-    return columns or 80, rows or 24
-
-
-def _set_winsize(fd: int, columns: int, rows: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except BlockingIOError:
-            select.select([], [fd], [], 1.0)
-            continue
-        view = view[written:]
-
-
-def _exit_status(status: int) -> int:
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
-
-
-def _default_signals() -> None:
-    """Undo what Python did to signal dispositions, for the session's programs."""
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
-
-
 class _Signals:
     """Wakes the copy loop on SIGWINCH / SIGHUP / SIGTERM / SIGCHLD / SIGALRM (self-pipe).
 
@@ -229,7 +203,7 @@ class _Signals:
         """The grant's session length is reached: tell the engineer (on fd ``say``) and
         hang up process group ``group``; :meth:`enforce` kills it if it stays."""
         with contextlib.suppress(OSError):
-            _write_all(say, f"\r\ntether: {time_up_message(self.max_time)}\r\n".encode())
+            write_all(say, f"\r\ntether: {time_up_message(self.max_time)}\r\n".encode())
         with contextlib.suppress(OSError):
             os.killpg(group, signal.SIGHUP)
         self.kill_at = time.monotonic() + KILL_GRACE
@@ -259,7 +233,7 @@ def run_pty(plan: SessionPlan, sink: Sink, columns: int, rows: int, max_time: in
     saved = termios.tcgetattr(0)
     master, slave = os.openpty()
     termios.tcsetattr(slave, termios.TCSANOW, saved)
-    _set_winsize(slave, columns, rows)
+    set_winsize(slave, columns, rows)
     signals = _Signals(max_time)
     pid = os.fork()
     if pid == 0:  # the session's process: new session, the new pty as its terminal
@@ -272,7 +246,7 @@ def run_pty(plan: SessionPlan, sink: Sink, columns: int, rows: int, max_time: in
             if slave > 2:
                 os.close(slave)
             signal.set_wakeup_fd(-1)
-            _default_signals()
+            default_signals()
             signal.signal(signal.SIGWINCH, signal.SIG_DFL)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.execv(plan.argv[0], [plan.argv0, *plan.argv[1:]])  # noqa: S606 - as sshd would
@@ -307,8 +281,8 @@ def _pty_loop(pid: int, master: int, signals: _Signals, sink: Sink) -> int:
         for sig in signals.take():
             if sig == signal.SIGWINCH:
                 with contextlib.suppress(OSError):
-                    columns, rows = _winsize(0)
-                    _set_winsize(master, columns, rows)
+                    columns, rows = winsize(0)
+                    set_winsize(master, columns, rows)
                     sink.resize(columns, rows)
             elif sig in (signal.SIGHUP, signal.SIGTERM):
                 with contextlib.suppress(OSError):
@@ -325,7 +299,7 @@ def _pty_loop(pid: int, master: int, signals: _Signals, sink: Sink) -> int:
                 break
             if data:
                 try:
-                    _write_all(1, data)
+                    write_all(1, data)
                 except OSError:  # our terminal is gone: hang the session up
                     reading_stdin = False
                     with contextlib.suppress(OSError):
@@ -363,7 +337,7 @@ def _pty_loop(pid: int, master: int, signals: _Signals, sink: Sink) -> int:
             break
     if status is None:
         _, status = os.waitpid(pid, 0)
-    return _exit_status(status)
+    return exit_status(status)
 
 
 def _copy_loop(
@@ -404,7 +378,7 @@ def _copy_loop(
                 if data:
                     on_input(data)
                     try:
-                        _write_all(stdin_to, data)
+                        write_all(stdin_to, data)
                     except OSError:
                         data = b""
                 if not data:
@@ -420,7 +394,7 @@ def _copy_loop(
                 if data:
                     callback(data)
                     try:
-                        _write_all(ours, data)
+                        write_all(ours, data)
                     except OSError:  # our side is gone: let the program see a broken pipe
                         data = b""
                 if not data:
@@ -492,6 +466,12 @@ def _ignore(data: bytes) -> None:
     pass
 
 
+def _failed(sink: Sink, error: str) -> None:
+    """Note in the recording's metadata that its session failed (the agent counts these)."""
+    if isinstance(sink, Recording):
+        sink.meta["error"] = error[:500]
+
+
 def _refuse(message: str) -> int:
     with contextlib.suppress(OSError):
         os.write(2, f"tether: session refused: {message}\r\n".encode())
@@ -539,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_session(account.pw_shell, command, sftp_server)
     engineer = read_engineer(environ)
     on_tty = os.isatty(0) and plan.kind in ("shell", "command")
-    columns, rows = _winsize(0) if on_tty else (80, 24)
+    columns, rows = winsize(0) if on_tty else (80, 24)
     now = datetime.now(UTC)
     recording_id = new_recording_id(now)
     meta: dict[str, Any] = {
@@ -578,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         _trace_unrecorded(reason, engineer)
         sink = _Unrecorded()
     if plan.kind == "sftp" and sftp_server is None:
+        _failed(sink, "no sftp-server on this machine")
         sink.finish(REFUSED, [], ["no sftp-server on this machine"])
         return _refuse("no sftp-server found for SFTP")
     limited, refusal = apply_limits(
@@ -592,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
             args.consent_dir,
             recording_id,
             args.consent_timeout,
-            lambda text: _write_all(2, text.encode()),
+            lambda text: write_all(2, text.encode()),
             admit_on_timeout=args.consent_on_timeout == "admit",
         )
         if isinstance(sink, Recording):
@@ -606,10 +587,10 @@ def main(argv: list[str] | None = None) -> int:
                 why += f" ({decision.reason})"
             return _refuse(why)
         with contextlib.suppress(OSError):
-            _write_all(2, b"\r\ntether: the customer admitted you\r\n")
+            write_all(2, b"\r\ntether: the customer admitted you\r\n")
     if on_tty and plan.kind == "shell" and args.limits():
         with contextlib.suppress(OSError):
-            _write_all(1, f"tether: this grant's limits: {'; '.join(args.limits())}\r\n".encode())
+            write_all(1, f"tether: this grant's limits: {'; '.join(args.limits())}\r\n".encode())
     transfers: list[dict[str, Any]] = []
     notes: list[str] = []
     status = REFUSED
@@ -635,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             status = run_pipes(plan, sink, max_time=args.max_time)
     except OSError as exc:
+        _failed(sink, f"session failed: {exc}")
         notes.append(f"session failed: {exc}")
         with contextlib.suppress(OSError):
             os.write(2, f"tether: cannot run the session: {exc}\r\n".encode())
