@@ -37,7 +37,7 @@ class TetherSettings:
     #: After a drop nobody announced (a relay killed, a network cut), the first return
     #: waits a random time within this many seconds, so that a dead relay's agents do
     #: not all meet the others in the same second. An announced drop names its own.
-    reconnect_spread: float = 5.0
+    reconnect_spread: float = 10.0
     #: How the relay is reached (``[network]``: transports, proxy, its credentials).
     network: NetworkSettings = field(default_factory=NetworkSettings)
 
@@ -269,7 +269,7 @@ class AgentConfig:
             backoff_initial=initial,
             backoff_cap=t.number("backoff_cap", 60.0, low=initial, high=3600.0),
             connect_timeout=t.number("connect_timeout", 20.0),
-            reconnect_spread=t.number("reconnect_spread", 5.0, low=0.0, high=600.0),
+            reconnect_spread=t.number("reconnect_spread", 10.0, low=0.0, high=600.0),
             network=_network(r),
         )
         t.finish()
