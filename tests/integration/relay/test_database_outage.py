@@ -22,6 +22,7 @@ import pytest
 
 from tests.fixtures.postgres import postgres_directory, start_postgres
 from tests.integration.harness import Agent, EchoServer, vendor_setup
+from tests.integration.relay.test_haproxy import http_get
 from tests.integration.relay.test_metrics import eventually, value
 from tether.agent.status import TunnelState
 from tether.protocol import RefusalReason
@@ -68,7 +69,13 @@ async def test_database_outage_keeps_live_tethers_and_sessions_and_defers_new_ag
 ) -> None:
     url = await asyncio.to_thread(private_postgres.create_database, "tether")
     async with (
-        vendor_setup(tmp_path, database=url, poll=POLL, listen_poll=LISTEN_POLL) as vendor,
+        vendor_setup(
+            tmp_path,
+            database=url,
+            poll=POLL,
+            listen_poll=LISTEN_POLL,
+            metrics_listen=("127.0.0.1", 0),
+        ) as vendor,
         EchoServer() as service,
     ):
         relay = vendor.relay
@@ -97,9 +104,16 @@ async def test_database_outage_keeps_live_tethers_and_sessions_and_defers_new_ag
                 b"hello from the machine\n"
             )
 
+            assert await http_get(relay, "/readyz") == (200, "ready")
             # --- the outage --------------------------------------------------------------
             await asyncio.to_thread(private_postgres.stop)
             await _until(lambda: not feed.listening, "seen the database go")
+            # HAProxy's check: not ready while the database is stopped, alive all the same.
+            assert await http_get(relay, "/readyz") == (
+                503,
+                "not ready: vendor database unavailable",
+            )
+            assert (await http_get(relay, "/healthz"))[0] == 200
             async with late:
                 # Refused for now, with the reason, and retried after a backoff: never
                 # refused for good, never admitted without its key being checked.
@@ -135,6 +149,7 @@ async def test_database_outage_keeps_live_tethers_and_sessions_and_defers_new_ag
                 assert live[0].tunnel.status.state == TunnelState.CONNECTED
                 assert live[2].tunnel.status.state == TunnelState.CONNECTED
                 await _until(lambda: feed.listening, "listening again")
+                assert await http_get(relay, "/readyz") == (200, "ready")
         finally:
             if session is not None and session.returncode is None:
                 session.kill()
