@@ -229,3 +229,16 @@ async def run_ssh(
     )
     out, err = await asyncio.wait_for(proc.communicate(input), timeout)
     return subprocess.CompletedProcess(args, proc.returncode or 0, out, err)
+
+
+async def open_session(alice: Engineer, relay_port: int, target: str) -> asyncio.subprocess.Process:
+    """A live ``ssh -W TARGET`` through the relay, past the echo service's greeting."""
+    proc = await asyncio.create_subprocess_exec(
+        *alice.ssh_args(relay_port, "-W", target, "alice@127.0.0.1"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"hello from the machine\n"
+    return proc

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import FAST, Agent, EchoServer, run_ssh, vendor_setup
+from tests.integration.harness import FAST, Agent, EchoServer, open_session, run_ssh, vendor_setup
 from tether.agent.tunnel import TunnelState
 from tether.protocol import RefusalReason
 from tether.sshlib import asyncssh
@@ -63,14 +63,7 @@ async def test_revoked_key_drops_tether_and_live_session_within_a_second(tmp_pat
         alice = await vendor.engineer("alice", tmp_path)
         async with Agent(key, claims, [service.port]) as agent:
             await agent.wait_for(TunnelState.CONNECTED)
-            proc = await asyncio.create_subprocess_exec(
-                *alice.ssh_args(vendor.relay_port, "-W", f"M-1:{service.port}", "alice@127.0.0.1"),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            assert proc.stdout is not None
-            assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"hello from the machine\n"
+            proc = await open_session(alice, vendor.relay_port, f"M-1:{service.port}")
             started = time.monotonic()
             await vendor.authority.revoke_key(claims.key_id, reason="test")
             await asyncio.wait_for(proc.wait(), 1.0)

@@ -17,7 +17,7 @@ from pathlib import Path
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import Agent, EchoServer, run_ssh, vendor_setup
+from tests.integration.harness import Agent, EchoServer, open_session, run_ssh, vendor_setup
 from tether.agent.tunnel import TunnelState
 from tether.relay.server import Relay
 from tether.sshlib import asyncssh
@@ -114,14 +114,7 @@ async def test_relay_metrics_count_tethers_sessions_refusals_and_revocation(
             ) == len(b"hello from the machine\nping\n")
 
             # A live session, then the vendor revokes the key.
-            proc = await asyncio.create_subprocess_exec(
-                *alice.ssh_args(vendor.relay_port, "-W", f"M-1:{service.port}", "alice@127.0.0.1"),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            assert proc.stdout is not None
-            assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"hello from the machine\n"
+            proc = await open_session(alice, vendor.relay_port, f"M-1:{service.port}")
             live = await scrape(relay)
             assert value(live, "tether_relay_engineer_sessions") == 1
             await vendor.authority.revoke_key(claims.key_id, reason="test")
@@ -154,14 +147,7 @@ async def test_an_engineer_revocation_is_timed_when_it_cuts_a_live_connection(
         alice = await vendor.engineer("alice", tmp_path)
         async with Agent(key, claims, [service.port]) as agent:
             await agent.wait_for(TunnelState.CONNECTED)
-            proc = await asyncio.create_subprocess_exec(
-                *alice.ssh_args(vendor.relay_port, "-W", f"M-1:{service.port}", "alice@127.0.0.1"),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            assert proc.stdout is not None
-            assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"hello from the machine\n"
+            proc = await open_session(alice, vendor.relay_port, f"M-1:{service.port}")
             await vendor.store.engineers.disable(
                 "alice", reason="left the company", now=vendor.authority.clock.now()
             )

@@ -27,6 +27,7 @@ from tests.integration.harness import (
     EchoServer,
     Engineer,
     Vendor,
+    open_session,
     run_ssh,
     vendor_setup,
 )
@@ -133,18 +134,6 @@ async def tethered(fleet: Fleet, service: EchoServer, tmp: Path) -> tuple[Agent,
     alice = await fleet.vendor.engineer("alice", tmp)
     fleet.trust(alice, fleet.front.port)
     return Agent(key, claims, [service.port]), alice
-
-
-async def open_session(alice: Engineer, relay_port: int, target: str) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        *alice.ssh_args(relay_port, "-W", target, "alice@127.0.0.1"),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"hello from the machine\n"
-    return proc
 
 
 async def end(proc: asyncio.subprocess.Process) -> None:
