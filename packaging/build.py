@@ -140,10 +140,6 @@ def make_venv(stage: Path, wheel: Path, lock_text: str) -> None:
     pip(venv, *common, str(wheel))
     lock_file.unlink()
     # pip wrote the staging path into scripts and records; the package runs at PREFIX.
-    # The bytecode is compiled by postinst and removed by prerm (not shipped).
-    for path in venv.rglob("*"):
-        if path.is_dir() and path.name == "__pycache__":
-            shutil.rmtree(path)
     for path in venv.rglob("*"):
         if path.is_file() and not path.is_symlink():
             data = path.read_bytes()
@@ -157,6 +153,11 @@ def make_venv(stage: Path, wheel: Path, lock_text: str) -> None:
         )
     for name in ("Activate.ps1", "activate.csh", "activate.fish"):
         (venv / "bin" / name).unlink(missing_ok=True)
+    # Bytecode made here by the python3 the package depends on (its minor version is
+    # pinned in Depends), naming PREFIX: start-up without compiling (the agent must be
+    # up within 2 s) and no file left behind that dpkg does not know.
+    compile_all = [str(SYSTEM_PYTHON), "-m", "compileall", "-q", "-j", "0"]
+    subprocess.run([*compile_all, "-d", str(PREFIX / "lib"), str(venv / "lib")], check=True)
     # direct_url.json names the wheel's path on the build machine: meaningless once installed.
     for record in venv.glob("lib/python3*/site-packages/tether-*.dist-info/direct_url.json"):
         record.unlink()

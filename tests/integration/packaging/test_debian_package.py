@@ -23,7 +23,7 @@ import pytest
 from tests.integration.packaging.conftest import Built
 from tests.integration.packaging.overlay import OverlayMachine, unavailable_reason
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(480)]
 
 SERIAL = "ACME-0001"
 VENDOR_DIR = "/etc/tether/vendor"
@@ -142,7 +142,7 @@ def tunnel_state(machine: OverlayMachine) -> str | None:
 
 def set_up_vendor(machine: OverlayMachine, logs: Path) -> None:
     """The vendor side from the package: data directory, relay relay-1 and the vendor
-    service, run as the package's ``tether`` user the way their units run them."""
+    service (not waited for), run as the package's ``tether`` user as their units run them."""
     as_tether = ["runuser", "-u", "tether", "--", "tether", "vendor"]
     database = "sqlite+aiosqlite:////var/lib/tether/vendor/tether.db"
     ok(
@@ -181,11 +181,6 @@ def set_up_vendor(machine: OverlayMachine, logs: Path) -> None:
         machine, "relay", unit_command(machine, "tether-relay@.service", **{"%i": "relay-1"}), logs
     )
     start(machine, "vendor", unit_command(machine, "tether-vendor.service"), logs)
-    probe = "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/openapi.json', timeout=2)"
-    wait_until(
-        "the vendor service answers",
-        lambda: machine.run(["python3", "-c", probe]).returncode == 0,
-    )
     # An engineer with a certificate from the vendor's CA, and stock ssh configured.
     ok(machine.run([*as_tether, "engineer", "add", "alice", "--data-dir", VENDOR_DIR]))
     ok(
@@ -297,6 +292,12 @@ def test_install_open_access_upgrade_and_remove(
     ok(machine.run(["tether", "access", "enable", "--key", issued["key"]], timeout=60))
     result = engineer_ssh(machine, "id -un; sudo -n true && echo sudo-ok")
     assert result.stdout.split() == ["tether-support", "sudo-ok"], result.stderr
+    # The vendor service from the package serves its API (started with the relay).
+    probe = "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/openapi.json', timeout=2)"
+    wait_until(
+        "the vendor service answers",
+        lambda: machine.run(["python3", "-c", probe]).returncode == 0,
+    )
 
     # Upgrade while access is open; a setting changed in the conffile survives it.
     ok(machine.sh("echo TETHER_TEST_MARK=kept >> /etc/tether/tether.env"))
