@@ -15,7 +15,7 @@ import shlex
 import subprocess
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -119,8 +119,7 @@ def without_user(text: str, name: str) -> str:
     return "".join(line for line in text.splitlines(True) if not line.startswith(f"{name}:"))
 
 
-def wait_until(what: str, check: object, timeout: float = 30) -> None:
-    assert callable(check)
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
