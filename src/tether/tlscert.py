@@ -8,6 +8,7 @@ refuse unknown issuers then accept.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from datetime import UTC, datetime, timedelta
@@ -58,3 +59,20 @@ def issuer_of(der: bytes | None) -> str:
         return x509.load_der_x509_certificate(der).issuer.rfc4514_string()
     except ValueError:
         return ""
+
+
+def fingerprint_of(der: bytes | None) -> str:
+    """The SHA-256 of a DER certificate, in hex (``""`` if none)."""
+    return hashlib.sha256(der).hexdigest() if der else ""
+
+
+def identity_of(certificate: Path) -> tuple[str, str]:
+    """``(SHA-256 hex, issuer)`` of the first certificate in a PEM file.
+
+    The relay tells agents these inside the pinned SSH login, so that an agent can tell
+    a TLS-inspecting proxy's certificate from the relay's own. Raises ``OSError`` or
+    ``ValueError`` when the file cannot be read as PEM.
+    """
+    cert = x509.load_pem_x509_certificate(certificate.read_bytes())
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return fingerprint_of(der), cert.issuer.rfc4514_string()
