@@ -33,6 +33,7 @@ from pathlib import Path
 from bench.fetch import fetch
 from bench.parts import Process, World
 from bench.report import Row, median
+from bench.tethers import cpu_seconds
 from bench.throughput import forward
 from tether.agent.network import (
     Carrier,
@@ -108,7 +109,7 @@ class Setup:
     serials: dict[str, str] = field(default_factory=dict)
     proxy: str = ""
     squid: Squid | None = None
-    agents: list[Process] = field(default_factory=list)
+    agents: dict[str, Process] = field(default_factory=dict)
 
     @property
     def transports(self) -> list[str]:
@@ -145,16 +146,27 @@ async def build(world: World, relay_options: dict[str, object]) -> Setup:
         serial = world.next_serial()
         tether_key = await world.issue(serial, [setup.web_port])
         env = {**os.environ, TRANSPORT_ENV: transport, PROXY_ENV: setup.proxy}
-        setup.agents.append(
-            world.start_agent(tether_key, [setup.web_port], name=f"agent-{transport}", env=env)
+        setup.agents[transport] = world.start_agent(
+            tether_key, [setup.web_port], name=f"agent-{transport}", env=env
         )
         setup.serials[transport] = serial
     return setup
 
 
-async def download(setup: Setup, transport: str, size: int) -> float:
-    """MB/s of one download through the engineer's ``ssh -L`` and ``transport``'s tether."""
+@dataclass
+class Download:
+    """One download: MB/s, and the CPU seconds per GiB of the relay and of the agent."""
+
+    mbs: float
+    relay_cpu: float
+    agent_cpu: float
+
+
+async def download(setup: Setup, transport: str, size: int) -> Download:
+    """One download through the engineer's ``ssh -L`` and ``transport``'s tether."""
     world = setup.world
+    assert world.relay_proc is not None
+    pids = (world.relay_proc.pid, setup.agents[transport].pid)
     target = [
         f"{setup.serials[transport]}:{setup.web_port}",
         "-p",
@@ -164,11 +176,14 @@ async def download(setup: Setup, transport: str, size: int) -> float:
     proc, local = forward(world, target)
     try:
         fetch(local, 1 << 20)  # warm up: the channel's windows open up
+        before = [cpu_seconds(pid) for pid in pids]
         got, seconds = await asyncio.to_thread(fetch, local, size)
+        after = [cpu_seconds(pid) for pid in pids]
     finally:
         proc.stop()
         world.processes.remove(proc)
-    return got / seconds / 1e6
+    per_gib = [(b - a) * (1 << 30) / got for a, b in zip(before, after, strict=True)]
+    return Download(got / seconds / 1e6, per_gib[0], per_gib[1])
 
 
 async def connect_once(setup: Setup, transport: str, machine_key: asyncssh.SSHKey) -> float:
@@ -190,16 +205,23 @@ async def connect_once(setup: Setup, transport: str, machine_key: asyncssh.SSHKe
     return seconds
 
 
+def _cpu(runs: list[Download]) -> str:
+    relay = median([d.relay_cpu for d in runs])
+    agent = median([d.agent_cpu for d in runs])
+    return f"relay {relay:.1f} + agent {agent:.1f} CPU-s/GiB"
+
+
 def rows(
-    throughput: dict[str, list[float]], connect: dict[str, list[float]], size_mib: int
+    throughput: dict[str, list[Download]], connect: dict[str, list[float]], size_mib: int
 ) -> list[Row]:
     """One throughput row and one connect row per transport other than raw SSH."""
     out = []
-    raw_mbs, raw_ms = median(throughput[RAW]), median(connect[RAW]) * 1000
-    for transport in throughput:
+    raw_mbs, raw_ms = median([d.mbs for d in throughput[RAW]]), median(connect[RAW]) * 1000
+    for transport, runs in throughput.items():
         if transport == RAW:
             continue
-        ratio = median(throughput[transport]) / raw_mbs
+        mbs = median([d.mbs for d in runs])
+        ratio = mbs / raw_mbs
         out.append(
             Row(
                 f"transports: throughput over {transport} vs raw SSH (ssh -L, relay-bound)",
@@ -207,8 +229,9 @@ def rows(
                 "x raw SSH",
                 f"≥ {MIN_RATIO}x",
                 ratio >= MIN_RATIO,
-                detail=f"{median(throughput[transport]):.0f} vs {raw_mbs:.0f} MB/s, {size_mib} MiB",
-                samples=throughput[transport],
+                detail=f"{mbs:.0f} vs {raw_mbs:.0f} MB/s, {size_mib} MiB; {_cpu(runs)} "
+                f"vs {_cpu(throughput[RAW])}",
+                samples=[d.mbs for d in runs],
             )
         )
     for transport in connect:
@@ -245,7 +268,7 @@ async def run(
     try:
         say("transports: relay with TLS, Squid, one tether per transport")
         setup = await build(world, relay_options)
-        throughput: dict[str, list[float]] = {t: [] for t in setup.transports}
+        throughput: dict[str, list[Download]] = {t: [] for t in setup.transports}
         connect: dict[str, list[float]] = {t: [] for t in setup.transports}
         for n in range(runs):
             for transport in setup.transports:
