@@ -51,14 +51,25 @@ def write_self_signed(name: str, certificate: Path, key: Path, *, days: int = 82
     certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
+#: The longest issuer shown; a certificate's names are the presenter's to choose.
+ISSUER_MAX = 200
+
+
 def issuer_of(der: bytes | None) -> str:
-    """The issuer of a DER certificate in RFC 4514 form (``""`` if none or unreadable)."""
+    """The issuer of a DER certificate in RFC 4514 form (``""`` if none or unreadable).
+
+    Whoever presents the certificate (a proxy, anyone on the path) writes its names, and
+    the issuer is printed to a terminal: control characters become ``?`` and it is cut
+    at :data:`ISSUER_MAX` characters.
+    """
     if not der:
         return ""
     try:
-        return x509.load_der_x509_certificate(der).issuer.rfc4514_string()
+        text = x509.load_der_x509_certificate(der).issuer.rfc4514_string()
     except ValueError:
         return ""
+    shown = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return shown if len(shown) <= ISSUER_MAX else shown[: ISSUER_MAX - 1] + "…"
 
 
 def fingerprint_of(der: bytes | None) -> str:
