@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tether.wire import RELAY_TLS_BANNER
+
 
 def write_self_signed(name: str, certificate: Path, key: Path, *, days: int = 825) -> None:
     """Write a new EC P-256 key (mode 0600) and a certificate for ``name`` (a host or IP)."""
@@ -86,4 +88,19 @@ def identity_of(certificate: Path) -> tuple[str, str]:
     """
     cert = x509.load_pem_x509_certificate(certificate.read_bytes())
     der = cert.public_bytes(serialization.Encoding.DER)
-    return fingerprint_of(der), cert.issuer.rfc4514_string()
+    return fingerprint_of(der), issuer_of(der)
+
+
+def relay_tls_banner(certificate: Path | None) -> str | None:
+    """The SSH auth banner by which a relay names its TLS certificate to agents.
+
+    ``None`` without a certificate, or when it cannot be read (the relay's start then
+    says why, when it loads the certificate for TLS).
+    """
+    if certificate is None:
+        return None
+    try:
+        fingerprint, issuer = identity_of(certificate)
+    except (OSError, ValueError):
+        return None
+    return f"{RELAY_TLS_BANNER}{fingerprint} {issuer}\n"

@@ -41,12 +41,11 @@ from tether.store.admission import Admission
 from tether.store.changes import ChangeFeed
 from tether.store.records import TetherRecord
 from tether.tasks import TaskSet
-from tether.tlscert import identity_of
+from tether.tlscert import relay_tls_banner
 from tether.wire import (
     CHANNEL_MAX_PACKET,
     CHANNEL_WINDOW,
     RELAY_SERVER_VERSION,
-    RELAY_TLS_BANNER,
     TRANSPORT_CIPHERS,
 )
 
@@ -135,7 +134,7 @@ class Relay:
         self.host_key_fingerprint = self._host_key.get_fingerprint("sha256")
         self.host_public_key = self._host_key.convert_to_public()
         #: The auth banner telling agents this relay's TLS certificate (``None``: no TLS).
-        self.tls_banner: str | None = None
+        self.tls_banner = relay_tls_banner(config.tls_certificate)
         #: Applies the fleet's revocations (relay/revocations.py).
         self.revocations = RevocationWatch(self)
         #: Wake-ups from the store's NOTIFY (PostgreSQL); ``None`` until started, or on SQLite.
@@ -210,9 +209,6 @@ class Relay:
             if self.config.tls_certificate is None or self.config.tls_key is None
             else server_context(self.config.tls_certificate, self.config.tls_key)
         )
-        if self.config.tls_certificate is not None:
-            fingerprint, issuer = identity_of(self.config.tls_certificate)
-            self.tls_banner = f"{RELAY_TLS_BANNER}{fingerprint} {issuer}\n"
         # Our own accept path (relay/carriers.py) behind HAProxy (its PROXY v2 header
         # first) or with TLS (one port for SSH, SSH in TLS, SSH over WebSocket).
         door = self._door = FrontDoor(
