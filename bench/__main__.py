@@ -20,12 +20,22 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import ending, fleet, tethers, throughput, underflood
+from bench import ending, fleet, tethers, throughput, transports, underflood
 from bench.parts import World, free_port, machine_description, raise_fd_limit
 from bench.relay_metrics import HistogramReading
 from bench.report import Row, median, percentile, print_table, write
 
-GROUPS = ("throughput", "connect", "tethers", "restart", "ending", "agent", "fleet", "flood")
+GROUPS = (
+    "throughput",
+    "connect",
+    "tethers",
+    "restart",
+    "ending",
+    "agent",
+    "fleet",
+    "flood",
+    "transports",
+)
 
 #: The relay's limits on unauthenticated connections are per source address; the
 #: swarm is one source, so a benchmark relay lets it dial as a fleet would.
@@ -492,6 +502,7 @@ def count_steps(args: argparse.Namespace, groups: set[str]) -> int:
         "agent": lambda: 1,
         "fleet": lambda: 2 + args.runs + args.tries + 1,
         "flood": lambda: 1,
+        "transports": lambda: 1,
     }
     return sum(counts[g]() for g in groups)
 
@@ -533,6 +544,16 @@ async def main(argv: list[str]) -> int:
                 idle_runs=1 if args.smoke else 5,
             )
             rows += underflood.rows(tether, stock, args.flood_conns)
+            steps.done()
+        if "transports" in groups:
+            rows += await transports.run(
+                work,
+                BENCH_RELAY,
+                size_mib=args.size_mib,
+                runs=args.runs,
+                connects=max(args.runs, 10) if not args.smoke else 2,
+                say=steps.say,
+            )
             steps.done()
     machine = machine_description()
     print_table(rows, machine, Console())

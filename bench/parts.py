@@ -237,8 +237,18 @@ class World:
 
     # --- the machine side ---------------------------------------------------------------
 
-    def start_agent(self, key: str, ports: Sequence[int], *, name: str = "agent") -> Process:
-        """An agent's tunnel for ``key`` offering ``ports``; returns once it is connected."""
+    def start_agent(
+        self,
+        key: str,
+        ports: Sequence[int],
+        *,
+        name: str = "agent",
+        env: dict[str, str] | None = None,
+    ) -> Process:
+        """An agent's tunnel for ``key`` offering ``ports``; returns once it is connected.
+
+        ``env``: the agent process's environment (``None``: this one's).
+        """
         key_file = self.dir / f"{name}.key"
         key_file.write_text(key)
         argv = [
@@ -248,7 +258,7 @@ class World:
             str(key_file),
             ",".join(str(p) for p in ports),
         ]
-        proc = self.spawn(name, argv, stdout=subprocess.PIPE)
+        proc = self.spawn(name, argv, stdout=subprocess.PIPE, env=env)
         assert proc.popen.stdout is not None
         line = proc.popen.stdout.readline().decode().strip()
         if line != "connected":

@@ -165,6 +165,9 @@ class RelayConnection(asyncssh.SSHServer):
                 self.conn.send_auth_banner(
                     f"{RELAY_TIME_BANNER}{self.relay.clock.now().isoformat()}\n"
                 )
+                if self.relay.tls_banner is not None:
+                    # Which TLS certificate is ours: the agent tells inspection apart.
+                    self.conn.send_auth_banner(self.relay.tls_banner)
         elif username not in RESERVED_NAMES:
             engineer = await self.relay.store.engineers.get(username)
             if engineer is not None and engineer.active:

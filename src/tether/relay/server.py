@@ -41,6 +41,7 @@ from tether.store.admission import Admission
 from tether.store.changes import ChangeFeed
 from tether.store.records import TetherRecord
 from tether.tasks import TaskSet
+from tether.tlscert import relay_tls_banner
 from tether.wire import (
     CHANNEL_MAX_PACKET,
     CHANNEL_WINDOW,
@@ -132,6 +133,8 @@ class Relay:
         self.engineer_ca = asyncssh.read_public_key(config.engineer_ca)
         self.host_key_fingerprint = self._host_key.get_fingerprint("sha256")
         self.host_public_key = self._host_key.convert_to_public()
+        #: The auth banner telling agents this relay's TLS certificate (``None``: no TLS).
+        self.tls_banner = relay_tls_banner(config.tls_certificate)
         #: Applies the fleet's revocations (relay/revocations.py).
         self.revocations = RevocationWatch(self)
         #: Wake-ups from the store's NOTIFY (PostgreSQL); ``None`` until started, or on SQLite.
