@@ -359,13 +359,18 @@ async def fleet_rows(
             )
         )
         size = args.size_mib << 20
-        mb_own, mb_peer = [], []
+        pids = {name: relays.relays[name].proc.pid for name in ("a", "b")}
+        runs_own, runs_peer = [], []
         for run in range(args.runs):
             steps.say(f"fleet: throughput through a peer relay, run {run + 1}/{args.runs}")
-            mb_own.append(await fleet.download(world, own, m, size))
-            mb_peer.append(await fleet.download(world, peer, m, size))
+            runs_own.append(await fleet.download(world, own, m, size, pids))
+            runs_peer.append(await fleet.download(world, peer, m, size, pids))
             steps.done()
+        mb_own = [r.mb_per_s for r in runs_own]
+        mb_peer = [r.mb_per_s for r in runs_peer]
         ratio = median(mb_peer) / median(mb_own)
+        cost_own = fleet.cpu_per_gib(runs_own, size)
+        cost_peer = fleet.cpu_per_gib(runs_peer, size)
         rows.append(
             Row(
                 "fleet: throughput through a peer relay vs the machine's own relay (ssh -L)",
@@ -373,7 +378,8 @@ async def fleet_rows(
                 "x own relay",
                 "≥ 0.8x",
                 ratio >= 0.8,
-                detail=f"{median(mb_peer):.0f} vs {median(mb_own):.0f} MB/s, {args.size_mib} MiB",
+                detail=f"{median(mb_peer):.0f} vs {median(mb_own):.0f} MB/s, {args.size_mib} MiB; "
+                f"{fleet.cost_summary(cost_own, cost_peer, runs_own, runs_peer)}",
                 samples=mb_peer,
             )
         )
