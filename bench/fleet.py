@@ -112,9 +112,17 @@ class Fleet:
         self.world.relay_port = home_port
 
     async def add_relays(
-        self, names: list[str], *, behind_proxy: bool, ports: dict[str, int] | None = None
+        self,
+        names: list[str],
+        *,
+        behind_proxy: bool,
+        ports: dict[str, int] | None = None,
+        options: Mapping[str, object] | None = None,
     ) -> list[FleetRelay]:
-        """Provision and start relays (in parallel); return once each accepts connections."""
+        """Provision and start relays (in parallel); return once each accepts connections.
+
+        ``options`` are ``relay.toml`` settings for these relays, over the fleet's own.
+        """
         authority = self.world.authority
         assert authority is not None
         assert self.world.store is not None
@@ -134,15 +142,15 @@ class Fleet:
             )
             # Top-level settings go before the first table ([metrics]), or TOML reads
             # them as that table's.
-            options = [
+            settings = [
                 f"{option} = {value!r}".replace("'", '"')
-                for option, value in self.relay_options.items()
+                for option, value in {**self.relay_options, **(options or {})}.items()
             ]
             lines = made.config_path.read_text().splitlines()
             first_table = next(
                 (i for i, line in enumerate(lines) if line.startswith("[")), len(lines)
             )
-            lines[first_table:first_table] = options
+            lines[first_table:first_table] = settings
             made.config_path.write_text("\n".join(lines) + "\n")
             argv = [sys.executable, "-m", "tether", "relay", "serve", "--config"]
             proc = self.world.spawn(f"relay-{name}", [*argv, str(made.config_path)])
