@@ -25,7 +25,7 @@ from tether.clock import SYSTEM_CLOCK
 from tether.config import RelayConfig, TetherSettings
 from tether.keys import parse_key
 from tether.sshlib import asyncssh
-from tether.tuning import tune_allocator
+from tether.tuning import lazy_packet_logs, tune_allocator
 
 SETTINGS = TetherSettings(keepalive_interval=15, backoff_initial=1.0, backoff_cap=60.0)
 
@@ -79,6 +79,7 @@ async def main(key_file: Path, ports: tuple[int, ...], relay_toml: Path) -> None
 
 if __name__ == "__main__":
     tune_allocator()
+    lazy_packet_logs()
     key_path = Path(sys.argv[1])
     relay_config = (
         Path(sys.argv[3]) if len(sys.argv) > 3 else key_path.parent / "vendor" / "relay.toml"

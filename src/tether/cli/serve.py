@@ -20,7 +20,7 @@ from tether.cli.common import (
 )
 from tether.config import AgentConfig, RelayConfig
 from tether.errors import Refused
-from tether.tuning import tune_allocator
+from tether.tuning import lazy_packet_logs, tune_allocator
 
 
 @click.group()
@@ -52,6 +52,7 @@ def relay_serve(config_path: Path, listen: str | None, verbose: bool, log_format
 
     log.setup(logging.DEBUG if verbose else logging.INFO, fmt=log_format)
     tune_allocator()
+    lazy_packet_logs()
     config = RelayConfig.load(config_path)
     if listen:
         config = replace(config, listen=parse_address(listen, what="listen address", any_port=True))
@@ -97,6 +98,7 @@ def agent_serve(config_path: Path, verbose: bool, log_format: str) -> None:
 
     log.setup(logging.DEBUG if verbose else logging.INFO, fmt=log_format)
     tune_allocator()
+    lazy_packet_logs()
     config = AgentConfig.load(config_path)
     run(AgentDaemon(config).serve())
 

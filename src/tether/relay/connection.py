@@ -26,7 +26,7 @@ from tether.relay.gate import Outcome
 from tether.relay.peering import PeerSession
 from tether.relay.tethers import ControlSession, TetherLink
 from tether.sshlib import asyncssh
-from tether.tuning import coalesce_writes, quick_acks
+from tether.tuning import coalesce_writes, quick_acks, skip_ignore_packets
 from tether.wire import AGENT_USERNAME, PEER_USERNAME, RELAY_TIME_BANNER
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ class RelayConnection(asyncssh.SSHServer):
         self.accepted = accepted if isinstance(accepted, float) else time.monotonic()
         coalesce_writes(conn)
         quick_acks(conn)
+        skip_ignore_packets(conn)
         self.relay.connections.add(self)
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"

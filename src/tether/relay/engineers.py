@@ -200,8 +200,10 @@ class EngineerLink:
         if relay.peers is None or self._valid_before is None:
             raise self._refused(refusal, dest_host, dest_port)
         try:
-            holder = await relay.store.tethers.get(refusal.serial)
-            relays = await relay.store.relays.list() if holder is not None else []
+            # Both at once: one database round trip on the engineer's connect, not two.
+            holder, relays = await asyncio.gather(
+                relay.store.tethers.get(refusal.serial), relay.store.relays.list()
+            )
         except StoreError as exc:
             log.event(logger, "channel.store_error", level=logging.WARNING, error=str(exc))
             relay.metrics.channels_refused.labels("store-unavailable").inc()
