@@ -27,6 +27,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.parts import Process, World, free_port, rss_kib, run_cmd, ssh_error, wait_port
+from bench.relay_metrics import HistogramReading, scrape_histogram
 from bench.report import Row, median
 from bench.tethers import issue_many
 from tether.agent.status import TunnelState, TunnelStatus
@@ -84,6 +86,16 @@ class Side:
     flood: dict[str, int] = field(default_factory=dict)
     #: CPU seconds the flood generator used (last sample before it exited).
     flood_cpu_seconds: float = 0.0
+    #: The relay's own timings of each engineer login (``engineer.login``): milliseconds
+    #: from accept to the end of the key exchange, and to the login; idle, then flooded.
+    idle_phases: list[tuple[int, int]] = field(default_factory=list)
+    phases: list[tuple[int, int]] = field(default_factory=list)
+    #: The relay's event-loop lag and agents' accept-to-tether time (its histograms),
+    #: during the idle logins and during the flood.
+    idle_lag: HistogramReading | None = None
+    lag: HistogramReading | None = None
+    idle_handshake: HistogramReading | None = None
+    handshake: HistogramReading | None = None
 
     @property
     def logins(self) -> list[Login]:
@@ -157,6 +169,25 @@ def _grown(path: Path, since: int) -> bytes:
     with path.open("rb") as f:
         f.seek(since)
         return f.read()
+
+
+_PHASES = re.compile(rb"engineer\.login .*?kex_ms=(\d+) login_ms=(\d+)")
+
+
+def _phases(log: bytes) -> list[tuple[int, int]]:
+    """(kex_ms, login_ms) of each ``engineer.login`` line in ``log``."""
+    return [(int(a), int(b)) for a, b in _PHASES.findall(log)]
+
+
+LAG = "tether_relay_event_loop_lag_seconds"
+HANDSHAKE = "tether_relay_tether_handshake_duration_seconds"
+
+
+async def _histograms(url: str | None) -> tuple[HistogramReading | None, HistogramReading | None]:
+    """The relay's loop-lag and tether-handshake histograms now (``None``: no metrics)."""
+    if url is None:
+        return None, None
+    return await scrape_histogram(url, LAG), await scrape_histogram(url, HANDSHAKE)
 
 
 # --- the legitimate clients -----------------------------------------------------------
@@ -236,9 +267,15 @@ async def measure(
     conns: int,
     idle_runs: int,
     pid: int,
+    metrics: str | None = None,
 ) -> None:
-    """Idle logins, then the flood with a login (and an agent) every second."""
+    """Idle logins, then the flood with a login (and an agent) every second.
+
+    ``metrics``: the relay's ``/metrics`` URL, for its own timings (Tether side only).
+    """
     count = iter(range(10**6))
+    log_idle = _log_size(log)
+    lag0, hs0 = await _histograms(metrics)
     for _ in range(idle_runs):
         result = await login(_source(next(count)))
         if not result.ok:
@@ -249,6 +286,10 @@ async def measure(
             if not tether.ok:
                 raise RuntimeError(f"{side.name}: an idle agent failed: {tether.error}")
             side.idle_agents.append(tether.seconds)
+    side.idle_phases = _phases(_grown(log, log_idle))
+    lag1, hs1 = await _histograms(metrics)
+    if lag0 and lag1 and hs0 and hs1:
+        side.idle_lag, side.idle_handshake = lag1.since(lag0), hs1.since(hs0)
     side.rss_before_kib, side.pss_before_kib = tree_rss_kib(pid), tree_pss_kib(pid)
     log_before = _log_size(log)
     cpu_before = tree_cpu(pid)
@@ -302,6 +343,10 @@ async def measure(
     side.refusal_lines = grown.count(b"relay.refused")
     side.flood = {k: int(v) for k, v in json.loads(out).items()}
     await asyncio.gather(*pending)
+    lag2, hs2 = await _histograms(metrics)
+    if lag1 and lag2 and hs1 and hs2:
+        side.lag, side.handshake = lag2.since(lag1), hs2.since(hs1)
+    side.phases = _phases(_grown(log, log_before))
     side.engineers = [t.result() for t in engineers]
     side.agents = [t.result() for t in tethers]
 
@@ -311,7 +356,9 @@ async def run(work: Path, *, seconds: float, conns: int, idle_runs: int) -> tupl
     world = World(work / "flood")
     world.dir.mkdir(parents=True)
     try:
-        await world.start_vendor()  # the product's default limits
+        # The product's default limits; metrics only to read the relay's own timings.
+        metrics_port = free_port()
+        await world.start_vendor(metrics_listen=f"127.0.0.1:{metrics_port}")
         await world.engineer()
         _, machine_sshd = world.start_sshd("machine_sshd")
         serial = world.next_serial()
@@ -342,6 +389,7 @@ async def run(work: Path, *, seconds: float, conns: int, idle_runs: int) -> tupl
             conns=conns,
             idle_runs=idle_runs,
             pid=relay.pid,
+            metrics=f"http://127.0.0.1:{metrics_port}/metrics",
         )
         relay.stop()  # the stock sshd's side runs on cores the relay no longer uses
 
@@ -407,6 +455,35 @@ def _ok_median(logins: list[Login]) -> float:
     return median(times) if times else float("nan")
 
 
+def _ms(values: list[int]) -> str:
+    return f"{median([float(v) for v in values]):.0f}" if values else "?"
+
+
+def _quantiles(h: HistogramReading | None) -> str:
+    if h is None or not h.count:
+        return "not measured"
+    return f"p50 {h.quantile(0.5) * 1000:.0f} ms, p99 {h.quantile(0.99) * 1000:.0f} ms"
+
+
+def _wait_row(tether: Side) -> Row:
+    """Where a legitimate login waits: the relay's own phases, its loop's lag."""
+    lag = tether.lag.quantile(0.99) if tether.lag and tether.lag.count else math.nan
+    return Row(
+        "flood: relay event-loop lag (p99)",
+        lag * 1000,
+        "ms",
+        "",
+        None,
+        detail=f"under the flood {_quantiles(tether.lag)}; idle {_quantiles(tether.idle_lag)}. "
+        "Engineers, accept to key exchange done / to logged in, median (relay's clock): "
+        f"{_ms([k for k, _ in tether.phases])} / {_ms([x for _, x in tether.phases])} ms "
+        f"under the flood, {_ms([k for k, _ in tether.idle_phases])} / "
+        f"{_ms([x for _, x in tether.idle_phases])} ms idle; agents, accept to tether "
+        f"admitted: {_quantiles(tether.handshake)} under the flood, "
+        f"{_quantiles(tether.idle_handshake)} idle",
+    )
+
+
 def rows(tether: Side, stock: Side, conns: int) -> list[Row]:
     """The flood group's rows: Tether's figures, stock sshd's beside them."""
     flood = f"{conns} stalled + {conns} slow-handshake from 1,000 addresses, {tether.flood_seconds:.0f} s"
@@ -467,6 +544,7 @@ def rows(tether: Side, stock: Side, conns: int) -> list[Row]:
                 samples=[x.seconds for x in under if x.ok],
             )
         )
+    out.append(_wait_row(tether))
     mib = tether.rss_peak_kib / 1024
     out.append(
         Row(

@@ -50,6 +50,7 @@ _REVOKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 
 # the store is slow or a reconnect storm queues admissions.
 _HANDSHAKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # One transaction on the shared store: milliseconds, seconds when it struggles.
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _STORE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Engineer sessions last from seconds to a working day.
 _SESSION_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0)
@@ -132,6 +133,13 @@ class RelayMetrics:
             "tether_relay_tether_handshake_duration_seconds",
             "From the relay accepting an agent's TCP connection to admitting its tether.",
             buckets=_HANDSHAKE_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "tether_relay_event_loop_lag_seconds",
+            "How late the relay's event loop ran a timer (sampled every "
+            "0.1 s): time every connection's handshake and traffic waited for the loop.",
+            buckets=_LAG_BUCKETS,
             registry=r,
         )
         self.reconnects = Counter(
