@@ -456,7 +456,8 @@ def _ok_median(logins: list[Login]) -> float:
 
 
 def _ms(values: list[int]) -> str:
-    return f"{median([float(v) for v in values]):.0f}" if values else "?"
+    """Median and (in brackets) the largest of ``values``."""
+    return f"{median([float(v) for v in values]):.0f} ({max(values)})" if values else "?"
 
 
 def _quantiles(h: HistogramReading | None) -> str:
@@ -475,7 +476,7 @@ def _wait_row(tether: Side) -> Row:
         "",
         None,
         detail=f"under the flood {_quantiles(tether.lag)}; idle {_quantiles(tether.idle_lag)}. "
-        "Engineers, accept to key exchange done / to logged in, median (relay's clock): "
+        "Engineers, accept to key exchange done / to logged in, median (max) (relay's clock): "
         f"{_ms([k for k, _ in tether.phases])} / {_ms([x for _, x in tether.phases])} ms "
         f"under the flood, {_ms([k for k, _ in tether.idle_phases])} / "
         f"{_ms([x for _, x in tether.idle_phases])} ms idle; agents, accept to tether "

@@ -12,6 +12,9 @@ the bytes say why: an SSH version line, then an unencrypted ``SSH_MSG_DISCONNECT
 (RFC 4253 §11.1; before the key exchange packets travel unencrypted, §6), which OpenSSH
 prints as ``Received disconnect from HOST port PORT:12: too many connections waiting to
 log in; retry``. (A line before the version, RFC 4253 §4.2, is shown only with ``-v``.)
+The relay then shuts its sending side and discards what the client sends for up to
+:data:`REFUSAL_LINGER` seconds, so that the refusal reaches the client before the
+connection is torn down.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ from tether.relay.gate import Drop, Gate, Outcome, RefusalSummary
 
 #: What a refused client is told (its ``ssh`` prints it).
 REFUSED_MESSAGE = "too many connections waiting to log in; retry"
+#: Seconds a refused connection stays open, reading and discarding, after the refusal
+#: was sent and its sending side shut: closing at once, with the client's own version
+#: line unread, makes the kernel answer with a reset that can destroy the refusal before
+#: the client's ssh reads it ("Broken pipe" instead of the reason).
+REFUSAL_LINGER = 1.0
+#: Refused connections lingering at most; beyond, the next refused one is closed at once.
+MAX_LINGERING = 512
 #: RFC 4253 §11.1 reason code SSH_DISCONNECT_TOO_MANY_CONNECTIONS.
 DISCONNECT_TOO_MANY_CONNECTIONS = 12
 _MSG_DISCONNECT = 1
@@ -100,6 +110,25 @@ class Slot:
         self._gate.withdraw(self)
 
 
+class _Refused(asyncio.Protocol):
+    """A refused connection after its refusal was sent: discard, close on EOF or timer."""
+
+    def __init__(self, transport: asyncio.Transport, done: Callable[[], None]) -> None:
+        self._transport = transport
+        self._done = done
+        self._timer = asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # the client's version line and key exchange: nothing to answer
+
+    def eof_received(self) -> bool | None:
+        return False  # close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
+        self._done()
+
+
 class Door:
     """Admits or refuses each accepted connection (see the module's docstring).
 
@@ -122,6 +151,7 @@ class Door:
         self._refusal = disconnect_bytes(
             server_version, DISCONNECT_TOO_MANY_CONNECTIONS, REFUSED_MESSAGE
         )
+        self._lingering = 0
 
     def admit(self, transport: asyncio.Transport, address: str) -> Slot | None:
         """The connection's slot, or ``None``: refused (told why, and closed)."""
@@ -134,8 +164,16 @@ class Door:
         self._refusals.count(decision.block, decision.drop.value)
         self._dropped(decision.drop)
         transport.write(self._refusal)
-        transport.close()
+        if self._lingering >= MAX_LINGERING or not transport.can_write_eof():
+            transport.close()
+            return None
+        transport.write_eof()
+        self._lingering += 1
+        transport.set_protocol(_Refused(transport, self._unlinger))
         return None
+
+    def _unlinger(self) -> None:
+        self._lingering -= 1
 
 
 __all__ = [
