@@ -29,6 +29,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -96,6 +97,8 @@ class Side:
     lag: HistogramReading | None = None
     idle_handshake: HistogramReading | None = None
     handshake: HistogramReading | None = None
+    #: The relay's full (generation 2) garbage collections during the flood.
+    gc2: HistogramReading | None = None
 
     @property
     def logins(self) -> list[Login]:
@@ -127,19 +130,19 @@ def tree_pids(root: int) -> list[int]:
     return sorted(tree)
 
 
-def tree_rss_kib(root: int) -> int:
+def tree_rss_kib(root: int, pids: list[int] | None = None) -> int:
     total = 0
-    for pid in tree_pids(root):
+    for pid in tree_pids(root) if pids is None else pids:
         with contextlib.suppress(OSError, RuntimeError):
             total += rss_kib(pid)
     return total
 
 
-def tree_pss_kib(root: int) -> int:
+def tree_pss_kib(root: int, pids: list[int] | None = None) -> int:
     """Proportional set size of the tree: shared pages split between the processes
     sharing them (a sum of RSS counts sshd's code once per forked child)."""
     total = 0
-    for pid in tree_pids(root):
+    for pid in tree_pids(root) if pids is None else pids:
         with contextlib.suppress(OSError, ValueError):
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
@@ -148,10 +151,10 @@ def tree_pss_kib(root: int) -> int:
     return total
 
 
-def tree_cpu(root: int) -> float:
+def tree_cpu(root: int, pids: list[int] | None = None) -> float:
     """CPU seconds of the tree's live processes plus those of the children it reaped."""
     ticks = 0
-    for pid in tree_pids(root):
+    for pid in tree_pids(root) if pids is None else pids:
         with contextlib.suppress(OSError):
             f = _stat(pid)
             ticks += int(f[11]) + int(f[12])
@@ -183,11 +186,19 @@ LAG = "tether_relay_event_loop_lag_seconds"
 HANDSHAKE = "tether_relay_tether_handshake_duration_seconds"
 
 
-async def _histograms(url: str | None) -> tuple[HistogramReading | None, HistogramReading | None]:
-    """The relay's loop-lag and tether-handshake histograms now (``None``: no metrics)."""
+GC = "tether_relay_gc_pause_seconds"
+
+
+async def _histograms(url: str | None) -> tuple[HistogramReading | None, ...]:
+    """The relay's loop-lag, tether-handshake and full-GC-pause histograms now (``None``:
+    no metrics)."""
     if url is None:
-        return None, None
-    return await scrape_histogram(url, LAG), await scrape_histogram(url, HANDSHAKE)
+        return None, None, None
+    return (
+        await scrape_histogram(url, LAG),
+        await scrape_histogram(url, HANDSHAKE),
+        await scrape_histogram(url, GC, generation="2"),
+    )
 
 
 # --- the legitimate clients -----------------------------------------------------------
@@ -209,6 +220,29 @@ async def engineer_login(world: World, jump_argv: list[str], machine_sshd: int) 
         return Login(False, time.perf_counter() - start, error="timed out")
     seconds = time.perf_counter() - start
     return Login(code == 0, seconds, error="" if code == 0 else ssh_error(err))
+
+
+class Sampler(threading.Thread):
+    """Samples the front door's RSS and PSS peaks and the flood generator's CPU, in a
+    thread of its own: a scan of /proc takes 100+ ms on a loaded machine, and in the
+    event loop that runs the agents' tunnels and times every login it delayed each of
+    them (the first flood runs measured the bench, not the relay)."""
+
+    def __init__(self, side: Side, door: int, flood: int) -> None:
+        super().__init__(name="flood-sampler", daemon=True)
+        self.side, self.door, self.flood = side, door, flood
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        pids, scanned = tree_pids(self.door), time.monotonic()
+        while not self.stop.wait(0.25):
+            if time.monotonic() - scanned > 1.0:  # sshd forks a child per connection
+                pids, scanned = tree_pids(self.door), time.monotonic()
+            side = self.side
+            side.rss_peak_kib = max(side.rss_peak_kib, tree_rss_kib(self.door, pids))
+            side.pss_peak_kib = max(side.pss_peak_kib, tree_pss_kib(self.door, pids))
+            with contextlib.suppress(OSError):
+                side.flood_cpu_seconds = tree_cpu(self.flood, [self.flood])
 
 
 class Agents:
@@ -275,7 +309,7 @@ async def measure(
     """
     count = iter(range(10**6))
     log_idle = _log_size(log)
-    lag0, hs0 = await _histograms(metrics)
+    lag0, hs0, _ = await _histograms(metrics)
     for _ in range(idle_runs):
         result = await login(_source(next(count)))
         if not result.ok:
@@ -287,7 +321,7 @@ async def measure(
                 raise RuntimeError(f"{side.name}: an idle agent failed: {tether.error}")
             side.idle_agents.append(tether.seconds)
     side.idle_phases = _phases(_grown(log, log_idle))
-    lag1, hs1 = await _histograms(metrics)
+    lag1, hs1, gc1 = await _histograms(metrics)
     if lag0 and lag1 and hs0 and hs1:
         side.idle_lag, side.idle_handshake = lag1.since(lag0), hs1.since(hs0)
     side.rss_before_kib, side.pss_before_kib = tree_rss_kib(pid), tree_pss_kib(pid)
@@ -314,14 +348,12 @@ async def measure(
     engineers: list[asyncio.Task[Login]] = []
     tethers: list[asyncio.Task[Login]] = []
     loop = asyncio.get_running_loop()
+    sampler = Sampler(side, pid, flood.pid)
+    sampler.start()
     try:
         next_login = started + min(RAMP, seconds / 3)
         while (now := time.perf_counter()) < started + seconds - 0.5:
             door.check_alive()
-            side.rss_peak_kib = max(side.rss_peak_kib, tree_rss_kib(pid))
-            side.pss_peak_kib = max(side.pss_peak_kib, tree_pss_kib(pid))
-            with contextlib.suppress(OSError):
-                side.flood_cpu_seconds = tree_cpu(flood.pid)
             if now >= next_login:
                 next_login += 1.0
                 task = loop.create_task(login(_source(next(count))))
@@ -330,9 +362,11 @@ async def measure(
                 if agents is not None:
                     tethers.append(loop.create_task(agents.login()))
                     pending.append(tethers[-1])
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(max(0.0, min(0.25, next_login - time.perf_counter())))
         out, _ = await asyncio.wait_for(flood.communicate(), seconds + 30)
     finally:
+        sampler.stop.set()
+        await asyncio.to_thread(sampler.join)
         if flood.returncode is None:
             flood.kill()
             await flood.wait()
@@ -343,9 +377,9 @@ async def measure(
     side.refusal_lines = grown.count(b"relay.refused")
     side.flood = {k: int(v) for k, v in json.loads(out).items()}
     await asyncio.gather(*pending)
-    lag2, hs2 = await _histograms(metrics)
-    if lag1 and lag2 and hs1 and hs2:
-        side.lag, side.handshake = lag2.since(lag1), hs2.since(hs1)
+    lag2, hs2, gc2 = await _histograms(metrics)
+    if lag1 and lag2 and hs1 and hs2 and gc1 and gc2:
+        side.lag, side.handshake, side.gc2 = lag2.since(lag1), hs2.since(hs1), gc2.since(gc1)
     side.phases = _phases(_grown(log, log_before))
     side.engineers = [t.result() for t in engineers]
     side.agents = [t.result() for t in tethers]
@@ -481,7 +515,12 @@ def _wait_row(tether: Side) -> Row:
         f"under the flood, {_ms([k for k, _ in tether.idle_phases])} / "
         f"{_ms([x for _, x in tether.idle_phases])} ms idle; agents, accept to tether "
         f"admitted: {_quantiles(tether.handshake)} under the flood, "
-        f"{_quantiles(tether.idle_handshake)} idle",
+        f"{_quantiles(tether.idle_handshake)} idle; full garbage collections during the "
+        + (
+            f"flood: {tether.gc2.count:.0f}, {tether.gc2.sum * 1000:.0f} ms in all"
+            if tether.gc2
+            else "flood: not measured"
+        ),
     )
 
 

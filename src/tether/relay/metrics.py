@@ -142,6 +142,13 @@ class RelayMetrics:
             buckets=_LAG_BUCKETS,
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "tether_relay_gc_pause_seconds",
+            "How long each of Python's garbage collections stopped the relay, by generation.",
+            ["generation"],
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
         self.reconnects = Counter(
             "tether_relay_tether_reconnects",
             "Admissions of a tether whose key was used before (by this machine, on any "
@@ -216,6 +223,8 @@ class RelayMetrics:
             self.revocation_cut.labels(kind)
         for operation in STORE_OPERATIONS:
             self.store_latency.labels(operation)
+        for generation in ("0", "1", "2"):
+            self.gc_pause.labels(generation)
 
     def timed_store(
         self, operation: str, write: Callable[[ItemsT], Awaitable[ResultT]]

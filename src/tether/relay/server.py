@@ -12,6 +12,7 @@ listens on a socket per tether.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections import Counter
@@ -320,12 +321,26 @@ class Relay:
             self.summarise_refusals()
 
     async def _watch_loop_lag(self) -> None:
-        """Observe how late the event loop wakes a timer (the wait every client shares)."""
+        """Observe how late the event loop wakes a timer (the wait every client shares),
+        and how long each garbage collection stops it (one cause of that lateness)."""
         loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + LAG_SAMPLE
-            await asyncio.sleep(LAG_SAMPLE)
-            self.metrics.loop_lag.observe(max(0.0, loop.time() - due))
+        started = [0.0]
+        pauses = [self.metrics.gc_pause.labels(str(g)) for g in range(3)]
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            elif 0 <= info.get("generation", -1) <= 2:
+                pauses[info["generation"]].observe(time.perf_counter() - started[0])
+
+        gc.callbacks.append(on_gc)
+        try:
+            while True:
+                due = loop.time() + LAG_SAMPLE
+                await asyncio.sleep(LAG_SAMPLE)
+                self.metrics.loop_lag.observe(max(0.0, loop.time() - due))
+        finally:
+            gc.callbacks.remove(on_gc)
 
     def summarise_refusals(self) -> None:
         """One line per network block with refusals in the last interval, if one passed."""
