@@ -8,13 +8,15 @@ One side at a time, on the same cores:
   ``LoginGraceTime 120``, ``LogLevel INFO``) used as the relay, the machine holding
   ``ssh -N -R`` to it, as in the throughput rows' OpenSSH path.
 
-For each side: a few logins against the idle front door first (the connect time the
-flood is compared with), then :mod:`bench.flood` in a process of its own (``--conns``
+For each side: a few logins against the idle front door first and again after the
+flood (the connect time the flood is compared with), then :mod:`bench.flood` in a process of its own (``--conns``
 stalled plus ``--conns`` slow-handshake connections from 1,000 loopback addresses, one
 per /24, refilled as they drop) for ``seconds``, while once a second a stock ``ssh``
 engineer logs in to the machine through the front door (``ssh -o ProxyCommand='ssh -W
-…' … true``, each from a fresh 127.250.x.y address: a new engineer, not one the relay
-has seen log in) and, on the Tether side, a real agent tethers with a fresh key (the
+…' … true``, each from a fresh address 127.250.0.x: a new engineer, not one the relay
+has seen log in; all of them in one /24 that the flood never uses, like the engineers
+of one office: their block holds one engineer still logging in when the next arrives,
+but nothing that stalls) and, on the Tether side, a real agent tethers with a fresh key (the
 product's :class:`~tether.agent.tunnel.Tunnel`, in this process; agents dial from
 127.0.0.1, which the machine's own agent already logged in from). Meanwhile the front
 door's RSS and CPU are sampled and the lines its log grew by are counted.
@@ -53,6 +55,8 @@ LOGIN_TIMEOUT = 30.0
 #: Seconds the flood runs before the first legitimate login (it fills the door first).
 RAMP = 2.0
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+#: Seconds after the flood before the idle logins again (its connections are closed).
+AFTER = 3.0
 
 
 @dataclass
@@ -303,23 +307,29 @@ async def measure(
     pid: int,
     metrics: str | None = None,
 ) -> None:
-    """Idle logins, then the flood with a login (and an agent) every second.
+    """Idle logins, the flood with a login (and an agent) every second, idle logins again.
 
+    The idle figures are taken before and after the flood: other work on the machine
+    comes and goes, and the ratio should not depend on which side of the flood it fell.
     ``metrics``: the relay's ``/metrics`` URL, for its own timings (Tether side only).
     """
     count = iter(range(10**6))
+
+    async def idle_logins() -> None:
+        for _ in range(idle_runs):
+            result = await login(_source(next(count)))
+            if not result.ok:
+                raise RuntimeError(f"{side.name}: an idle login failed: {result.error}")
+            side.idle_engineers.append(result.seconds)
+            if agents is not None:
+                tether = await agents.login()
+                if not tether.ok:
+                    raise RuntimeError(f"{side.name}: an idle agent failed: {tether.error}")
+                side.idle_agents.append(tether.seconds)
+
     log_idle = _log_size(log)
     lag0, hs0, _ = await _histograms(metrics)
-    for _ in range(idle_runs):
-        result = await login(_source(next(count)))
-        if not result.ok:
-            raise RuntimeError(f"{side.name}: an idle login failed: {result.error}")
-        side.idle_engineers.append(result.seconds)
-        if agents is not None:
-            tether = await agents.login()
-            if not tether.ok:
-                raise RuntimeError(f"{side.name}: an idle agent failed: {tether.error}")
-            side.idle_agents.append(tether.seconds)
+    await idle_logins()
     side.idle_phases = _phases(_grown(log, log_idle))
     lag1, hs1, gc1 = await _histograms(metrics)
     if lag0 and lag1 and hs0 and hs1:
@@ -383,6 +393,8 @@ async def measure(
     side.phases = _phases(_grown(log, log_before))
     side.engineers = [t.result() for t in engineers]
     side.agents = [t.result() for t in tethers]
+    await asyncio.sleep(AFTER)
+    await idle_logins()
 
 
 async def run(work: Path, *, seconds: float, conns: int, idle_runs: int) -> tuple[Side, Side]:
@@ -398,7 +410,7 @@ async def run(work: Path, *, seconds: float, conns: int, idle_runs: int) -> tupl
         serial = world.next_serial()
         world.start_agent(await world.issue(serial, [machine_sshd]), [machine_sshd])
         keys = world.dir / "agents.keys"
-        await issue_many(world, idle_runs + int(seconds) + 5, keys)
+        await issue_many(world, 2 * idle_runs + int(seconds) + 5, keys)
         agents = Agents(keys.read_text().split(), world.dir / "vendor" / "relay.toml")
         assert world.relay_proc is not None
         relay = world.relay_proc
@@ -562,7 +574,8 @@ def rows(tether: Side, stock: Side, conns: int) -> list[Row]:
         slow = _ok_median(under) / median(idle)
         detail = (
             f"median {_ok_median(under) * 1000:.0f} ms of the logins that succeeded, "
-            f"{median(idle) * 1000:.0f} ms idle (median of {len(idle)} just before)"
+            f"{median(idle) * 1000:.0f} ms idle (median of {len(idle)}: half just before "
+            "the flood, half just after)"
         )
         if not math.isfinite(slow):  # none succeeded: count each as the login timeout
             slow, detail = LOGIN_TIMEOUT / median(idle), "no login succeeded"
