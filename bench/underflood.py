@@ -103,6 +103,10 @@ class Side:
     handshake: HistogramReading | None = None
     #: The relay's full (generation 2) garbage collections during the flood.
     gc2: HistogramReading | None = None
+    #: Share of the time some task on the machine waited for a CPU (Linux PSI
+    #: ``/proc/pressure/cpu``, "some"), during the idle logins and during the flood.
+    idle_pressure: list[float] = field(default_factory=list)
+    pressure: float = math.nan
 
     @property
     def logins(self) -> list[Login]:
@@ -191,6 +195,20 @@ HANDSHAKE = "tether_relay_tether_handshake_duration_seconds"
 
 
 GC = "tether_relay_gc_pause_seconds"
+
+
+def _cpu_pressure() -> tuple[float, float]:
+    """(monotonic seconds, seconds some task waited for a CPU since boot); nan: no PSI."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return time.monotonic(), math.nan
+    return time.monotonic(), int(line.rsplit("total=", 1)[1]) / 1e6
+
+
+def _pressure_since(since: tuple[float, float]) -> float:
+    now = _cpu_pressure()
+    return (now[1] - since[1]) / max(1e-9, now[0] - since[0])
 
 
 async def _histograms(url: str | None) -> tuple[HistogramReading | None, ...]:
@@ -329,7 +347,9 @@ async def measure(
 
     log_idle = _log_size(log)
     lag0, hs0, _ = await _histograms(metrics)
+    pressure = _cpu_pressure()
     await idle_logins()
+    side.idle_pressure.append(_pressure_since(pressure))
     side.idle_phases = _phases(_grown(log, log_idle))
     lag1, hs1, gc1 = await _histograms(metrics)
     if lag0 and lag1 and hs0 and hs1:
@@ -360,6 +380,7 @@ async def measure(
     loop = asyncio.get_running_loop()
     sampler = Sampler(side, pid, flood.pid)
     sampler.start()
+    pressure = _cpu_pressure()
     try:
         next_login = started + min(RAMP, seconds / 3)
         while (now := time.perf_counter()) < started + seconds - 0.5:
@@ -381,6 +402,7 @@ async def measure(
             flood.kill()
             await flood.wait()
     side.flood_seconds = time.perf_counter() - started
+    side.pressure = _pressure_since(pressure)
     side.cpu_seconds = tree_cpu(pid) - cpu_before
     grown = _grown(log, log_before)
     side.log_lines, side.log_bytes = grown.count(b"\n"), len(grown)
@@ -394,7 +416,9 @@ async def measure(
     side.engineers = [t.result() for t in engineers]
     side.agents = [t.result() for t in tethers]
     await asyncio.sleep(AFTER)
+    pressure = _cpu_pressure()
     await idle_logins()
+    side.idle_pressure.append(_pressure_since(pressure))
 
 
 async def run(work: Path, *, seconds: float, conns: int, idle_runs: int) -> tuple[Side, Side]:
@@ -527,7 +551,11 @@ def _wait_row(tether: Side) -> Row:
         f"under the flood, {_ms([k for k, _ in tether.idle_phases])} / "
         f"{_ms([x for _, x in tether.idle_phases])} ms idle; agents, accept to tether "
         f"admitted: {_quantiles(tether.handshake)} under the flood, "
-        f"{_quantiles(tether.idle_handshake)} idle; full garbage collections during the "
+        f"{_quantiles(tether.idle_handshake)} idle; the machine's CPU pressure (share of "
+        f"the time some task waited for a CPU): {100 * tether.pressure:.0f} % during the "
+        "flood, "
+        + " and ".join(f"{100 * p:.0f} %" for p in tether.idle_pressure)
+        + " during the idle logins before and after; full garbage collections during the "
         + (
             f"flood: {tether.gc2.count:.0f}, {tether.gc2.sum * 1000:.0f} ms in all"
             if tether.gc2
