@@ -171,7 +171,8 @@ class RelayMetrics:
         self.audit_backlog.set_function(audit_backlog)
         self.unauthenticated = Gauge(
             "tether_relay_unauthenticated_connections",
-            "Connections to this relay that have not logged in yet.",
+            "Connections to this relay that have not logged in yet (from accept, inside TLS "
+            "or a WebSocket handshake too).",
             registry=r,
         )
         self.unauthenticated.set_function(unauthenticated)

@@ -111,7 +111,7 @@ class Relay:
         #: callables are read at each scrape, when every part named here exists.
         self.metrics = RelayMetrics(
             tethers=lambda: len(self.registry),
-            unauthenticated=lambda: self.unauthenticated,
+            unauthenticated=lambda: len(self.gate),  # from accept: TLS and WebSocket too
             peer_links=lambda: 0 if self.peers is None else len(self.peers),
             audit_backlog=lambda: self.audit.backlog,
         )
