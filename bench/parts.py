@@ -176,8 +176,11 @@ class World:
 
     # --- the vendor side ----------------------------------------------------------------
 
-    async def start_vendor(self, *, relay_options: dict[str, object] | None = None) -> None:
-        """Vendor data + SQLite, then a relay process on a free port."""
+    async def start_vendor(
+        self, *, relay_options: dict[str, object] | None = None, metrics_listen: str = ""
+    ) -> None:
+        """Vendor data + SQLite, then a relay process on a free port (with ``metrics_listen``,
+        its ``/metrics`` there)."""
         data = self.dir / "vendor"
         self.relay_port = free_port()
         await init_data_dir(
@@ -190,6 +193,9 @@ class World:
             with (data / "relay.toml").open("a") as f:
                 for name, value in relay_options.items():
                     f.write(f"{name} = {value!r}\n".replace("'", '"'))
+        if metrics_listen:
+            with (data / "relay.toml").open("a") as f:
+                f.write(f'\n[metrics]\nlisten = "{metrics_listen}"\n')
         config = load_vendor_config(data)
         self.store = await Store.open(config.database)
         self.authority = Authority(config, self.store)

@@ -20,7 +20,7 @@ from tether.cli.common import (
 )
 from tether.config import AgentConfig, RelayConfig
 from tether.errors import Refused
-from tether.tuning import lazy_packet_logs, tune_allocator
+from tether.tuning import freeze_startup_heap, lazy_packet_logs, tune_allocator
 
 
 @click.group()
@@ -66,6 +66,7 @@ def relay_serve(config_path: Path, listen: str | None, verbose: bool, log_format
             loop.add_signal_handler(sig, stop.set)
         try:
             await server.start()
+            freeze_startup_heap()
             if log_format == "text":  # JSON logs: stderr holds nothing but JSON lines
                 click.echo(f"relay listening on {config.listen[0]}:{server.port}", err=True)
             stopping = asyncio.ensure_future(stop.wait())

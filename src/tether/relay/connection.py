@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 from tether import log
 from tether.certs import RESERVED_NAMES
+from tether.relay.door import Slot
 from tether.relay.engineers import EngineerLink
 from tether.relay.forwarding import NullListener
-from tether.relay.gate import Outcome
 from tether.relay.peering import PeerSession
 from tether.relay.tethers import ControlSession, TetherLink
 from tether.sshlib import asyncssh
@@ -60,6 +60,10 @@ class RelayConnection(asyncssh.SSHServer):
         #: When the TCP connection was accepted (``time.monotonic()``): the start of the
         #: handshake a tether's admission completes.
         self.accepted = time.monotonic()
+        #: Its slot in the pre-auth gate, taken at accept (relay/door.py).
+        self.admission: Slot | None = None
+        #: When the client finished its key exchange and named its user (``begin_auth``).
+        self.kex_done: float | None = None
 
     # --- connection lifecycle --------------------------------------------------------
 
@@ -77,18 +81,15 @@ class RelayConnection(asyncssh.SSHServer):
         self.source = str(peer[0])
         self.relay.unauthenticated += 1
         self._capture_certificate(conn)
-        # The gate (relay/gate.py) decides; a refusal is counted and summarised per
-        # network block (Relay.summarise_refusals), never logged one line each.
-        decision = self.relay.gate.admit(self, self.source)
-        if decision.evict is not None:
-            decision.evict.gate_closed("evicted: too slow to log in while the relay is busy")
-        if decision.drop is not None:
-            self.relay.refusals.count(decision.block, decision.drop.value)
-            self.relay.metrics.unauthenticated_dropped.labels(decision.drop.value).inc()
+        # The gate admitted this connection at accept (before TLS or SSH cost anything);
+        # from here on it ends it through gate_closed.
+        admission = conn.get_extra_info("admission")
+        if not isinstance(admission, Slot):  # every listener goes through FrontDoor
             self.closing = True
-            conn.disconnect(
-                asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections waiting to log in; retry"
-            )
+            conn.abort()
+            return
+        self.admission = admission
+        admission.attach(self)
 
     def gate_closed(self, why: str) -> None:
         """The gate ended this pending connection (login time over, or evicted)."""
@@ -138,7 +139,8 @@ class RelayConnection(asyncssh.SSHServer):
         self.relay.connections.discard(self)
         if not self.authenticated:
             self.relay.unauthenticated -= 1
-            self.relay.gate.closed(self, Outcome.NOAUTH)  # no-op if the gate ended it
+            if self.admission is not None:
+                self.admission.lost()  # no-op if the gate ended it
         if isinstance(self.link, EngineerLink | PeerSession):
             self.link.lost()
         elif isinstance(self.link, TetherLink):
@@ -153,7 +155,9 @@ class RelayConnection(asyncssh.SSHServer):
 
     async def begin_auth(self, username: str) -> bool:
         self.username = username
-        self.relay.gate.progressed(self)  # key exchange done: no longer stalled
+        self.kex_done = time.monotonic()
+        if self.admission is not None:
+            self.admission.progressed()  # key exchange done: no longer stalled
         if self.peers_only or username == PEER_USERNAME:
             # With a relay-to-relay port, peers log in there only, and only peers do.
             on_peer_port = self.peers_only or self.relay.config.peer_listen is None
@@ -205,7 +209,8 @@ class RelayConnection(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         self.authenticated = True
         self.relay.unauthenticated -= 1
-        self.relay.gate.authenticated(self)
+        if self.admission is not None:
+            self.admission.authenticated()
         if isinstance(self.link, EngineerLink):
             self.link.authenticated(self.certificate_valid_before)
         elif isinstance(self.link, TetherLink | PeerSession):

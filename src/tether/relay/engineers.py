@@ -60,7 +60,17 @@ class EngineerLink:
         self.relay.engineer_connected(self.name, self)
         self._since = time.monotonic()
         self.relay.metrics.engineer_sessions.inc()
-        log.event(logger, "engineer.login", engineer=self.name, peer=self.connection.peer)
+        conn = self.connection
+        kex = None if conn.kex_done is None else round((conn.kex_done - conn.accepted) * 1000)
+        log.event(
+            logger,
+            "engineer.login",
+            engineer=self.name,
+            peer=conn.peer,
+            # Milliseconds from accept to the end of the key exchange, and to this login.
+            kex_ms=kex,
+            login_ms=round((self._since - conn.accepted) * 1000),
+        )
         if certificate_valid_before is None:
             self.close()  # engineers only ever authenticate with a certificate
             return
