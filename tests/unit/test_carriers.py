@@ -188,3 +188,13 @@ def test_a_close_from_the_agent_is_answered_and_ends_the_stream() -> None:
     client.receive(answer)
     assert client.closed
     assert client.send(b"late") == b""
+
+
+def test_a_ping_from_the_relay_is_answered_with_a_masked_pong() -> None:
+    client, _ = _upgraded()
+    pong, inner = client.receive(b"\x89\x04ping")  # FIN + ping, unmasked, 4 bytes
+    assert inner == b""
+    opcode, key, payload = _frame(pong)
+    assert opcode == 0xA
+    assert key is not None
+    assert bytes(b ^ key[i % 4] for i, b in enumerate(payload)) == b"ping"
