@@ -198,3 +198,14 @@ def test_a_ping_from_the_relay_is_answered_with_a_masked_pong() -> None:
     assert opcode == 0xA
     assert key is not None
     assert bytes(b ^ key[i % 4] for i, b in enumerate(payload)) == b"ping"
+
+
+def test_the_relay_keeps_a_frame_sent_in_the_same_read_as_the_upgrade_request() -> None:
+    client = WebSocketCodec(host="relay:443")
+    server = WebSocketCodec()
+    request = client.start()
+    accept, _ = WebSocketCodec().receive(request)  # a twin relay: the client's 101
+    client.receive(accept)
+    accept, inner = server.receive(request + client.send(b"SSH-2.0-agent\r\n"))
+    assert accept.startswith(b"HTTP/1.1 101 ")
+    assert inner == b"SSH-2.0-agent\r\n"
