@@ -24,7 +24,8 @@ import struct
 from collections.abc import Callable
 from typing import Protocol
 
-from tether.relay.gate import Drop, Gate, Outcome, RefusalSummary
+from tether.config import RelayConfig
+from tether.relay.gate import Drop, Gate, GateLimits, Outcome, RefusalSummary
 
 #: What a refused client is told (its ``ssh`` prints it).
 REFUSED_MESSAGE = "too many connections waiting to log in; retry"
@@ -182,3 +183,42 @@ __all__ = [
     "Slot",
     "disconnect_bytes",
 ]
+
+
+def gate_limits(config: RelayConfig) -> GateLimits:
+    """The pre-auth gate's thresholds from ``relay.toml``."""
+    return GateLimits(
+        start=min(config.early_drop_start, config.max_unauthenticated),
+        rate=config.early_drop_rate / 100.0,
+        full=config.max_unauthenticated,
+        per_address=config.max_unauthenticated_per_source,
+        per_netblock=config.max_unauthenticated_per_netblock,
+        ipv4_prefix=config.netblock_ipv4,
+        ipv6_prefix=config.netblock_ipv6,
+        login_timeout=config.login_timeout,
+        busy_login_timeout=min(config.login_timeout_busy, config.login_timeout),
+        penalty_stall=config.penalty_stall,
+        penalty_noauth=config.penalty_noauth,
+        penalty_min=min(config.penalty_min, config.penalty_max),
+        penalty_max=config.penalty_max,
+        stall_after=config.stall_after,
+    )
+
+
+def describe_limits(limits: GateLimits, config: RelayConfig) -> dict[str, str | int]:
+    """The relay's limits as the fields of the ``relay.limits`` line it logs at start."""
+    return {
+        "max_unauthenticated": limits.full,
+        "early_drop": f"{limits.start}:{round(limits.rate * 100)}:{limits.full}",
+        "stall_after": f"{limits.stall_after:g}s",
+        "per_source": limits.per_address,
+        "per_netblock": limits.per_netblock,
+        "netblock": f"/{limits.ipv4_prefix},/{limits.ipv6_prefix}",
+        "login_timeout": f"{limits.login_timeout:g}s..{limits.busy_login_timeout:g}s",
+        "penalties": f"stall:{limits.penalty_stall:g} noauth:{limits.penalty_noauth:g} "
+        f"min:{limits.penalty_min:g} max:{limits.penalty_max:g}",
+        "channels": f"{config.max_channels_per_connection}/connection,"
+        f"{config.max_channels_per_engineer}/engineer",
+        "request_timeout": f"{config.request_timeout:g}s",
+        "refused_log_interval": f"{config.refused_log_interval:g}s",
+    }

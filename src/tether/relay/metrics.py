@@ -10,6 +10,8 @@ refusal reason, a direction, never a serial, an engineer or an address.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -253,3 +255,31 @@ class RelayMetrics:
         self.ready.set(1 if reason is None else 0)
         if reason is None or reason == DATABASE_UNAVAILABLE:
             self.database_up.set(1 if reason is None else 0)
+
+
+#: Seconds between two samples of the event loop's lag.
+LAG_SAMPLE = 0.1
+
+
+async def watch_loop_lag(metrics: RelayMetrics) -> None:
+    """Observe, until cancelled, how late the event loop wakes a timer (the wait every
+    client shares), and how long each garbage collection stops it (one cause of that
+    lateness)."""
+    loop = asyncio.get_running_loop()
+    started = [0.0]
+    pauses = [metrics.gc_pause.labels(str(g)) for g in range(3)]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        elif 0 <= info.get("generation", -1) <= 2:
+            pauses[info["generation"]].observe(time.perf_counter() - started[0])
+
+    gc.callbacks.append(on_gc)
+    try:
+        while True:
+            due = loop.time() + LAG_SAMPLE
+            await asyncio.sleep(LAG_SAMPLE)
+            metrics.loop_lag.observe(max(0.0, loop.time() - due))
+    finally:
+        gc.callbacks.remove(on_gc)

@@ -12,7 +12,6 @@ listens on a socket per tether.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections import Counter
@@ -26,12 +25,12 @@ from tether.relay.audit import HEAD_INTERVAL, AuditWriter, HeadChecks
 from tether.relay.batching import Batcher
 from tether.relay.carriers import AcceptFront, FrontDoor, server_context
 from tether.relay.connection import RelayConnection
-from tether.relay.door import Door, Slot
+from tether.relay.door import Door, Slot, describe_limits, gate_limits
 from tether.relay.engineers import Cuttable
 from tether.relay.fleet import Membership
-from tether.relay.gate import Gate, GateLimits, RefusalSummary
+from tether.relay.gate import Gate, RefusalSummary
 from tether.relay.limits import RateLimiter
-from tether.relay.metrics import RelayMetrics
+from tether.relay.metrics import RelayMetrics, watch_loop_lag
 from tether.relay.peering import PeerLinks
 from tether.relay.proxy_protocol import ProxyFront, parse_networks
 from tether.relay.revocations import RevocationWatch
@@ -57,28 +56,6 @@ logger = logging.getLogger("tether.relay")
 READINESS_TIMEOUT = 2.0
 #: Seconds between two sweeps of connections past their (pressure-dependent) login time.
 GATE_SWEEP = 0.25
-#: Seconds between two samples of the event loop's lag.
-LAG_SAMPLE = 0.1
-
-
-def gate_limits(config: RelayConfig) -> GateLimits:
-    """The pre-auth gate's thresholds from ``relay.toml``."""
-    return GateLimits(
-        start=min(config.early_drop_start, config.max_unauthenticated),
-        rate=config.early_drop_rate / 100.0,
-        full=config.max_unauthenticated,
-        per_address=config.max_unauthenticated_per_source,
-        per_netblock=config.max_unauthenticated_per_netblock,
-        ipv4_prefix=config.netblock_ipv4,
-        ipv6_prefix=config.netblock_ipv6,
-        login_timeout=config.login_timeout,
-        busy_login_timeout=min(config.login_timeout_busy, config.login_timeout),
-        penalty_stall=config.penalty_stall,
-        penalty_noauth=config.penalty_noauth,
-        penalty_min=min(config.penalty_min, config.penalty_max),
-        penalty_max=config.penalty_max,
-        stall_after=config.stall_after,
-    )
 
 
 class Relay:
@@ -244,10 +221,6 @@ class Relay:
                 port,
                 backlog=1024,
             )
-        elif tls is not None:
-            self._server = await asyncio.get_running_loop().create_server(
-                lambda: AcceptFront(door.hand_off), host, port, backlog=1024
-            )
         else:
             self._server = await asyncio.get_running_loop().create_server(
                 lambda: AcceptFront(door.hand_off), host, port, backlog=1024
@@ -284,7 +257,7 @@ class Relay:
         await self.membership.beat()  # the fleet learns the real port now, not in 5 s
         self.tasks.spawn(self.revocations.serve(), "relay.watch")
         self.tasks.spawn(self._sweep_gate(), "relay.gate")
-        self.tasks.spawn(self._watch_loop_lag(), "relay.loop_lag")
+        self.tasks.spawn(watch_loop_lag(self.metrics), "relay.loop_lag")
         self.tasks.spawn(self.membership.serve(), "relay.membership")
         log.event(
             logger,
@@ -296,24 +269,7 @@ class Relay:
             tls=tls is not None,
             metrics="" if self.metrics_server is None else self.metrics_server.address,
         )
-        limits = self.gate.limits
-        log.event(
-            logger,
-            "relay.limits",
-            max_unauthenticated=limits.full,
-            early_drop=f"{limits.start}:{round(limits.rate * 100)}:{limits.full}",
-            stall_after=f"{limits.stall_after:g}s",
-            per_source=limits.per_address,
-            per_netblock=limits.per_netblock,
-            netblock=f"/{limits.ipv4_prefix},/{limits.ipv6_prefix}",
-            login_timeout=f"{limits.login_timeout:g}s..{limits.busy_login_timeout:g}s",
-            penalties=f"stall:{limits.penalty_stall:g} noauth:{limits.penalty_noauth:g} "
-            f"min:{limits.penalty_min:g} max:{limits.penalty_max:g}",
-            channels=f"{self.config.max_channels_per_connection}/connection,"
-            f"{self.config.max_channels_per_engineer}/engineer",
-            request_timeout=f"{self.config.request_timeout:g}s",
-            refused_log_interval=f"{self.config.refused_log_interval:g}s",
-        )
+        log.event_fields(logger, "relay.limits", describe_limits(self.gate.limits, self.config))
 
     async def _sweep_gate(self) -> None:
         """Close connections past their login time; write the refusal summaries."""
@@ -322,28 +278,6 @@ class Relay:
             for slot in self.gate.expired():
                 slot.gate_closed("took too long to log in")
             self.summarise_refusals()
-
-    async def _watch_loop_lag(self) -> None:
-        """Observe how late the event loop wakes a timer (the wait every client shares),
-        and how long each garbage collection stops it (one cause of that lateness)."""
-        loop = asyncio.get_running_loop()
-        started = [0.0]
-        pauses = [self.metrics.gc_pause.labels(str(g)) for g in range(3)]
-
-        def on_gc(phase: str, info: dict[str, int]) -> None:
-            if phase == "start":
-                started[0] = time.perf_counter()
-            elif 0 <= info.get("generation", -1) <= 2:
-                pauses[info["generation"]].observe(time.perf_counter() - started[0])
-
-        gc.callbacks.append(on_gc)
-        try:
-            while True:
-                due = loop.time() + LAG_SAMPLE
-                await asyncio.sleep(LAG_SAMPLE)
-                self.metrics.loop_lag.observe(max(0.0, loop.time() - due))
-        finally:
-            gc.callbacks.remove(on_gc)
 
     def summarise_refusals(self) -> None:
         """One line per network block with refusals in the last interval, if one passed."""
