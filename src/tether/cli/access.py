@@ -487,6 +487,7 @@ def _ask_vendor(config: AgentConfig, description: str) -> str:
 # `check` and `log` live in their own module to keep this one small.
 from tether.cli.access_consent import admit, refuse  # noqa: E402
 from tether.cli.access_info import check, log_command  # noqa: E402
+from tether.cli.access_watch import watch  # noqa: E402
 
 access.add_command(check)
 access.add_command(log_command)
@@ -494,3 +495,4 @@ access.add_command(recordings)
 access.add_command(play)
 access.add_command(admit)
 access.add_command(refuse)
+access.add_command(watch)
