@@ -183,3 +183,69 @@ async def test_vendor_issues_a_key_and_sees_the_tether_appear_and_disappear(
     else:
         pytest.fail("the machine did not close access after the key was revoked")
     await context.close()
+
+
+async def test_customer_watches_the_engineer_live_and_ends_the_session(
+    system: DemoSystem, browser: Any
+) -> None:
+    """Issue 17: the live view shows what the engineer types within a second; End ends it."""
+    import time
+
+    from playwright.async_api import expect
+
+    from tests.e2e.test_session_recording import Terminal
+
+    assert system.page_url is not None
+    assert system.engineer is not None
+    context = await browser.new_context(viewport=DESKTOP)
+    page = await context.new_page()
+    await page.goto(system.page_url)
+    await page.keyboard.type(system.page_password)
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#access-state")).to_contain_text("connected to relay", timeout=SLOW)
+
+    term = Terminal(system.engineer.ssh("-tt", system.serial), columns=90, rows=24)
+    try:
+        await term.expect(r"[$#] $", within=SLOW / 1000)
+        term.type("echo ready-$((6*7))\r")
+        await term.expect(r"\rready-42\r\n")
+        watch = page.get_by_role("link", name=f"Watch the session of {system.engineer_name}")
+        await expect(watch).to_be_visible(timeout=SLOW)
+        await watch.click()
+        screen = page.locator("#player .ap-term, #player .ap-terminal").first
+        await expect(screen).to_contain_text("ready-42", timeout=SLOW)  # the screen so far
+        await shoot(page, "customer-live")
+
+        term.type("echo marker-$((5*5))\r")
+        typed = time.monotonic()
+        await expect(screen).to_contain_text("marker-25", timeout=SLOW)
+        shown = time.monotonic() - typed
+        assert shown <= 1.0, f"the marker took {shown:.2f} s to reach the live view"
+        await term.expect(r"\rmarker-25\r\n")
+        await fits_phone(page, "customer-live")
+
+        # Nothing can be sent into the stream: it takes no POST (or anything but GET).
+        stream = await page.locator("#player").get_attribute("data-live")
+        status = await page.evaluate(
+            "async (url) => (await fetch(url, {method: 'POST', body: 'echo injected-9\\r'}))"
+            ".status",
+            stream,
+        )
+        assert status == 405
+        # And only a logged-in admin can read it.
+        stranger = await browser.new_context()
+        refused = await stranger.request.get(system.page_url + (stream or "").lstrip("/"))
+        assert refused.status == 401
+        await stranger.close()
+        term.type("echo after-$((3*3))\r")
+        await expect(screen).to_contain_text("after-9")
+
+        await page.get_by_role("button", name=f"End the session of {system.engineer_name}").click()
+        await expect(page.locator(".flash")).to_have_text(
+            f"Ended the session of {system.engineer_name}."
+        )
+        assert await term.wait() != 0  # the engineer's ssh is thrown out
+        assert "injected" not in term.output.decode(errors="replace")
+    finally:
+        term.close()
+    await context.close()

@@ -18,10 +18,10 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tether.agent.recording.catalog import (
     RecordingInfo,
@@ -239,11 +239,27 @@ def follow(conn: socket.socket) -> Iterator[Message]:
                 yield message
 
 
-async def follow_async(directory: Path, recording_id: str) -> AsyncIterator[Message]:
-    """Connect to ``recording_id``'s stream and yield its messages until it ends."""
+class Closers(Protocol):
+    """Where an open stream registers how to end it (the page ends them all on stop)."""
+
+    def add(self, closer: Callable[[], None]) -> None: ...
+
+    def discard(self, closer: Callable[[], None]) -> None: ...
+
+
+async def follow_async(
+    directory: Path, recording_id: str, closers: Closers | None = None
+) -> AsyncGenerator[Message, None]:
+    """Connect to ``recording_id``'s stream and yield its messages until it ends.
+
+    With ``closers``, the connection is registered there while open: calling its
+    closer ends the stream as if the session had stopped talking.
+    """
     conn = await asyncio.to_thread(connect, directory, recording_id)
     conn.setblocking(False)
     reader, writer = await asyncio.open_unix_connection(sock=conn, limit=MAX_LINE)
+    if closers is not None:
+        closers.add(writer.close)
     try:
         while True:
             try:
@@ -256,6 +272,8 @@ async def follow_async(directory: Path, recording_id: str) -> AsyncIterator[Mess
             if message is not None:
                 yield message
     finally:
+        if closers is not None:
+            closers.discard(writer.close)
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()

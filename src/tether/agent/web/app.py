@@ -35,6 +35,7 @@ from tether.agent.machine.sessions import end_session, list_sessions
 from tether.agent.state import AccessMode, CloseReason
 from tether.agent.web.auth import AdminPassword, DeviceCookies, Session, Sessions, Throttle
 from tether.agent.web.host import AgentHost
+from tether.agent.web.live import LiveStreams, add_live_routes, watchable
 from tether.agent.web.oneclick import AccessOptions, OneClick
 from tether.agent.web.recordings import add_recording_routes, recordings_view
 from tether.agent.web.views import audit_view, status_view
@@ -83,6 +84,7 @@ class AgentPage:
         self.devices = DeviceCookies(self.password)
         self.secret = secrets.token_bytes(32)
         self.one_click = OneClick(host.access, tasks, host.reconcile)
+        self.live_streams = LiveStreams()
 
     def csrf(self, session: Session | None) -> str:
         return csrf_token(self.secret, session.sid) if session else ""
@@ -292,16 +294,31 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
         return session
 
     add_recording_routes(app, page.config, admin_or_login, page.render)
+    add_live_routes(
+        app,
+        page.config,
+        admin_or_login,
+        page.render,
+        lambda: list_sessions(page.config),
+        page.live_streams,
+    )
 
     async def status_context() -> dict[str, Any]:
         return await asyncio.to_thread(status_view, host, page.one_click)
 
+    def sessions_now() -> dict[str, Any]:
+        live = list_sessions(page.config)
+        try:
+            watch = watchable(page.config, live)
+        except OSError:
+            watch = {}  # listed all the same, without a live view
+        return {"sessions": live, "watch": watch, "sessions_error": None}
+
     async def sessions_context() -> dict[str, Any]:
         try:
-            live = await asyncio.to_thread(list_sessions, page.config)
-            return {"sessions": live, "sessions_error": None}
+            return await asyncio.to_thread(sessions_now)
         except (OSError, TetherError) as exc:
-            return {"sessions": [], "sessions_error": f"cannot list sessions: {exc}"}
+            return {"sessions": [], "watch": {}, "sessions_error": f"cannot list sessions: {exc}"}
 
     async def index_page(
         request: Request, session: Session, status_code: int = 200, **extra: Any
