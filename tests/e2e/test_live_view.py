@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -205,3 +206,95 @@ async def test_access_watch_follows_a_live_session_read_only(system: DemoSystem)
             watcher.close()
     finally:
         term.close()
+
+
+#: Run on the machine as root: connect to a live session's stream, never read, report.
+STALL = """
+import socket, sys, time
+from pathlib import Path
+from tether.config import AgentConfig
+from tether.agent.recording.recorder.live import live_path, socket_address
+directory = AgentConfig.load(Path(sys.argv[1])).recordings_dir
+address, _ = socket_address(live_path(directory, sys.argv[2]))
+conn = socket.socket(socket.AF_UNIX)
+conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+conn.connect(address)
+print("attached", flush=True)
+sys.stdin.readline()  # the test says when to look: until then, nothing is read
+got = 0
+while chunk := conn.recv(1 << 20):
+    got += len(chunk)
+print("closed after", got, flush=True)
+"""
+
+
+async def test_a_stalled_watcher_never_holds_the_session_back(system: DemoSystem) -> None:
+    """A watcher that reads nothing is let go; the engineer's output never waits for it."""
+    assert system.engineer is not None
+    assert system.machine is not None
+    term = Terminal(system.engineer.ssh("-tt", system.serial), columns=100, rows=30)
+    stalled = None
+    try:
+        await term.expect(r"[$#] $")
+        (session,) = await live_ids(system, 1)
+        stalled = system.machine.popen(
+            [sys.executable, "-c", STALL, AGENT_CONFIG, session],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert stalled.stdout is not None
+        assert stalled.stdin is not None
+        assert await asyncio.to_thread(stalled.stdout.readline) == b"attached\n"
+        # Far more output than a watcher's socket buffer holds (512 KiB).
+        term.type("head -c 3000000 /dev/zero | base64 -w 100; echo done-$((5*5))\r")
+        await term.expect(r"\ndone-25\r\n", within=60)
+        stalled.stdin.write(b"look\n")
+        stalled.stdin.flush()
+        said = await asyncio.to_thread(stalled.stdout.readline)
+        assert said.startswith(b"closed after"), said
+        # It was cut off long before the end of the 4 MB the session printed.
+        assert int(said.split()[-1]) < 2_500_000, said
+        term.type("echo still-$((6*6))\r")
+        await term.expect(r"\rstill-36\r\n")
+    finally:
+        if stalled is not None:
+            stalled.kill()
+            stalled.communicate()
+        term.close()
+
+
+async def test_access_watch_shows_a_file_transfer_in_progress(
+    system: DemoSystem, tmp_path: Path
+) -> None:
+    assert system.engineer is not None
+    payload = tmp_path / "live-up.bin"
+    payload.write_bytes(os.urandom(3_000_000))
+    config = ["-F", str(system.engineer.ssh_config)]
+    # 8 Mbit/s: a few seconds, long enough to watch it move.
+    upload = await asyncio.create_subprocess_exec(
+        "scp",
+        "-l",
+        "8000",
+        *config,
+        str(payload),
+        f"{system.serial}:live-up.bin",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    watcher = None
+    try:
+        (session,) = await live_ids(system, 1)
+        watcher = Watcher(system, session)
+        _, err = await asyncio.wait_for(upload.communicate(), 60)
+        assert upload.returncode == 0, err
+        code, said = await watcher.finish()
+        assert code == 0, said
+        assert re.search(r"transferring: upload \S*live-up\.bin \(\d+ bytes\)", said), said
+        assert "The session ended (exit status 0)." in said
+    finally:
+        if watcher is not None:
+            watcher.close()
+        if upload.returncode is None:
+            upload.kill()
+            await upload.wait()

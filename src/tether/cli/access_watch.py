@@ -76,7 +76,7 @@ def _watch(directory: Path, recording_id: str) -> int | None:
             elif isinstance(message, Transfers):
                 sys.stdout.flush()
                 for line in message.describe():
-                    err.print(f"[transfer in progress] {escape(line)}")
+                    err.print(f"transferring: {escape(line)}")
             elif isinstance(message, End):
                 return message.status
             sys.stdout.flush()
