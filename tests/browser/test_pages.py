@@ -249,3 +249,63 @@ async def test_customer_watches_the_engineer_live_and_ends_the_session(
     finally:
         term.close()
     await context.close()
+
+
+async def test_customer_opens_access_with_limits_and_consent_and_admits_a_login(
+    system: DemoSystem, browser: Any
+) -> None:
+    """Issue 17: limits and consent chosen in the page's form; the login waits for Admit."""
+    from playwright.async_api import expect
+
+    from tests.integration.harness import run_ssh
+
+    assert system.page_url is not None
+    assert system.engineer is not None
+    assert (await asyncio.to_thread(system.access, "disable")).returncode == 0
+    key = await system.issue_key()
+    context = await browser.new_context(viewport=DESKTOP)
+    page = await context.new_page()
+    await page.goto(system.page_url)
+    await page.keyboard.type(system.page_password)
+    await page.keyboard.press("Enter")
+    form = page.locator("form", has=page.get_by_label("Tether key"))
+    await form.get_by_label("Tether key").fill(key)
+    await form.get_by_label("No administrator rights (sudo)").check()
+    await form.get_by_label("Each login").select_option("ask")
+    await form.get_by_label("If I do not answer within (default 5m)").fill("2m")
+    await form.get_by_role("button", name="Open access with this key").click()
+    state = page.locator("#access-state")
+    await expect(state).to_contain_text("connected to relay", timeout=SLOW)
+    limits = page.locator("#limits-line")
+    await expect(limits).to_contain_text("no administrator rights (sudo)")
+    await expect(limits).to_contain_text("each login waits for the customer to admit it")
+    status = await access_status(system)
+    assert status["access"]["limits"]["consent"] == "ask", status["access"]
+    assert status["access"]["limits"]["sudo"] is False
+
+    login = asyncio.ensure_future(
+        run_ssh(
+            system.engineer.ssh(system.serial, "echo in-$((2*3)); sudo -n true; echo sudo=$?"),
+            timeout=60,
+        )
+    )
+    try:
+        admit = page.get_by_role("button", name=f"Admit the login of {system.engineer_name}")
+        await expect(admit).to_be_visible(timeout=SLOW)
+        await shoot(page, "customer-consent")
+        assert not login.done()  # it waits for the customer
+        await admit.click()
+        await expect(page.locator(".flash")).to_contain_text(
+            f"Admitted the login of {system.engineer_name}"
+        )
+        result = await asyncio.wait_for(login, 30)
+    finally:
+        if not login.done():
+            login.cancel()
+    assert result.returncode == 0, result.stderr
+    assert b"in-6\n" in result.stdout
+    assert b"sudo=1\n" in result.stdout  # no administrator rights
+    assert b"waiting for the customer to admit you" in result.stderr
+    await page.goto(system.page_url)
+    await expect(page.locator("#audit")).to_contain_text("support admitted")
+    await context.close()

@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,13 @@ from starlette.datastructures import FormData
 
 from tether import log
 from tether.agent.access import PasswordChoice
+from tether.agent.consent import waiting_logins
+from tether.agent.machine.limits import FileTransfer, Limits
 from tether.agent.machine.sessions import end_session, list_sessions
 from tether.agent.state import AccessMode, CloseReason
 from tether.agent.web.auth import AdminPassword, DeviceCookies, Session, Sessions, Throttle
 from tether.agent.web.host import AgentHost
-from tether.agent.web.live import LiveStreams, add_live_routes, watchable
+from tether.agent.web.live import LiveStreams, add_consent_routes, add_live_routes, watchable
 from tether.agent.web.oneclick import AccessOptions, OneClick
 from tether.agent.web.recordings import add_recording_routes, recordings_view
 from tether.agent.web.views import audit_view, status_view
@@ -302,6 +305,7 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
         lambda: list_sessions(page.config),
         page.live_streams,
     )
+    add_consent_routes(app, page.config, guard)
 
     async def status_context() -> dict[str, Any]:
         return await asyncio.to_thread(status_view, host, page.one_click)
@@ -312,13 +316,23 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
             watch = watchable(page.config, live)
         except OSError:
             watch = {}  # listed all the same, without a live view
-        return {"sessions": live, "watch": watch, "sessions_error": None}
+        return {
+            "sessions": live,
+            "watch": watch,
+            "waiting": waiting_logins(page.config),
+            "sessions_error": None,
+        }
 
     async def sessions_context() -> dict[str, Any]:
         try:
             return await asyncio.to_thread(sessions_now)
         except (OSError, TetherError) as exc:
-            return {"sessions": [], "watch": {}, "sessions_error": f"cannot list sessions: {exc}"}
+            return {
+                "sessions": [],
+                "watch": {},
+                "waiting": [],
+                "sessions_error": f"cannot list sessions: {exc}",
+            }
 
     async def index_page(
         request: Request, session: Session, status_code: int = 200, **extra: Any
@@ -384,6 +398,7 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
                     duration=options.duration,
                     password=options.password,
                     ports=options.ports,
+                    limits=options.limits,
                 )
             elif mode == "direct":
                 await asyncio.to_thread(
@@ -392,6 +407,7 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
                     duration=options.duration,
                     allow_from=allow_from,
                     password=options.password,
+                    limits=options.limits,
                 )
             else:
                 page.one_click.start(_text(form, "description").strip(), options)
@@ -505,7 +521,51 @@ def _options(
         elif own != confirm:
             errors["password"] = "the two passwords differ; type the same password twice"  # noqa: S105
         password = PasswordChoice(own=own)
-    return None if errors else AccessOptions(duration, password, ports)
+    limits = _limits(form, errors)
+    return None if errors or limits is None else AccessOptions(duration, password, ports, limits)
+
+
+def _limits(form: FormData, errors: dict[str, str]) -> Limits | None:
+    """The grant's limits and consent as the form chose them (None, with errors, if bad)."""
+    durations: dict[str, timedelta | None] = {}
+    for name in ("max_session", "consent_timeout"):
+        durations[name] = None
+        if text := _text(form, name).strip():
+            try:
+                durations[name] = parse_duration(text)
+            except BadInput as exc:
+                errors[name] = str(exc)
+    try:
+        files = FileTransfer(_text(form, "files") or FileTransfer.BOTH.value)
+    except ValueError:
+        errors["limits"] = "choose how files may be transferred"
+        return None
+    ask = _text(form, "consent") == "ask"
+    wait = durations["consent_timeout"]
+    if _text(form, "no_shell") and files == FileTransfer.OFF:
+        errors["limits"] = (
+            "no shell and no file transfer would allow nothing: allow a shell or a way "
+            "to transfer files"
+        )
+    if errors:
+        return None
+    try:
+        return Limits(
+            shell=not _text(form, "no_shell"),
+            files=files,
+            sudo=not _text(form, "no_sudo"),
+            max_session=durations["max_session"],
+            consent=ask,
+            auto_admit=ask and _text(form, "consent_on_timeout") == "admit",
+            **({"consent_timeout": wait} if ask and wait is not None else {}),
+        )
+    except BadInput as exc:
+        errors["limits"] = (
+            str(exc)
+            .replace("--max-session", "a session's length")
+            .replace("--consent-timeout", "the time to answer")
+        )
+        return None
 
 
 def _allow_from(form: FormData, errors: dict[str, str]) -> tuple[str, ...]:

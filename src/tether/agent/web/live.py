@@ -20,19 +20,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    StreamingResponse,
+)
 
+from tether.agent.consent import decide
 from tether.agent.machine.sessions import SupportSession, monitor_of
 from tether.agent.recording.catalog import RecordingInfo, RecordingNotFound, check_id, info_for
 from tether.agent.recording.follow import End, Output, Start, Transfers, follow_async, live_sessions
 from tether.agent.web.auth import Session
 from tether.agent.web.recordings import PLAYER_POLICY
 from tether.config import AgentConfig
-from tether.errors import NotReady
+from tether.errors import NotReady, TetherError
 
 #: Milliseconds the browser waits before reconnecting a stream that stopped.
 RETRY_MS = 500
@@ -163,3 +169,44 @@ def add_live_routes(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
+
+
+def add_consent_routes(
+    app: FastAPI,
+    config: AgentConfig,
+    guard: Callable[[Request], Awaitable[Session | Response]],
+) -> None:
+    """Add ``POST /logins/ID/admit`` and ``/logins/ID/refuse`` (grants with consent).
+
+    The same decision ``tether access admit / refuse`` writes, audited ``by web``.
+    """
+
+    async def decide_from_page(request: Request, recording_id: str, admit: bool) -> Response:
+        guarded = await guard(request)
+        if isinstance(guarded, Response):
+            return guarded
+        form = await request.form()
+        reason = form.get("reason")
+        try:
+            info, waited = await asyncio.to_thread(
+                decide,
+                config,
+                recording_id,
+                admit=admit,
+                by="web",
+                reason=reason.strip() if isinstance(reason, str) else "",
+            )
+        except (TetherError, RecordingNotFound) as exc:
+            guarded.flash = (str(exc), True)
+            return RedirectResponse("/#sessions", status_code=303)
+        verb = "Admitted" if admit else "Refused"
+        guarded.flash = (f"{verb} the login of {info.engineer} (waited {waited:.0f} s).", False)
+        return RedirectResponse("/#sessions", status_code=303)
+
+    @app.post("/logins/{recording_id}/admit")
+    async def admit(request: Request, recording_id: str) -> Response:
+        return await decide_from_page(request, recording_id, True)
+
+    @app.post("/logins/{recording_id}/refuse")
+    async def refuse(request: Request, recording_id: str) -> Response:
+        return await decide_from_page(request, recording_id, False)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from tether.agent.access import AccessManager, PasswordChoice
 from tether.agent.identity import load_or_create_machine_key
+from tether.agent.machine.limits import Limits
 from tether.agent.request import request_key
 from tether.errors import TetherError
 from tether.protocol import CaseUpdate
@@ -29,6 +30,8 @@ class AccessOptions:
     duration: timedelta | None
     password: PasswordChoice
     ports: tuple[int, ...] | None
+    #: What the grant allows, and whether each login waits for the customer.
+    limits: Limits = field(default_factory=Limits)
 
 
 class OneClick:
@@ -90,6 +93,7 @@ class OneClick:
                 duration=options.duration,
                 password=options.password,
                 ports=options.ports,
+                limits=options.limits,
             )
             await self._reconcile()
         except TetherError as exc:
