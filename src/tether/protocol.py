@@ -86,6 +86,8 @@ class Registered:
     #: The relay checks audit heads: the agent reports them only then, so a relay that
     #: predates them never sees an operation it would refuse.
     audit_heads: bool = False
+    #: The relay keeps the grant's limits for the vendor console (``grant-limits``).
+    grant_limits: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,23 @@ class AccessClosed:
 
     key_id: str
     reason: str
+
+
+#: Most limits one ``grant-limits`` message may list, and the longest of them.
+MAX_LIMITS, MAX_LIMIT_TEXT = 10, 300
+
+
+@dataclass(frozen=True)
+class GrantLimits:
+    """Agent → relay: what the customer's grant for ``key_id`` allows, in words.
+
+    For the vendor console, so the engineer knows before connecting (whether each
+    login waits for the customer, no sudo, ...). Empty: nothing is limited. The
+    machine enforces the limits itself; this is only what it says about them.
+    """
+
+    key_id: str
+    limits: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -191,6 +210,7 @@ Message = (
     | SealedPassword
     | PasswordWithdrawn
     | AccessClosed
+    | GrantLimits
     | Request
     | Cancel
     | CaseUpdate
@@ -215,6 +235,8 @@ def encode(message: Message) -> bytes:
             }
             if audit_heads:
                 body["audit_heads"] = True
+            if message.grant_limits:
+                body["grant_limits"] = True
         case Refused(reason, text):
             body = {"op": "refused", "reason": reason.value, "message": text}
         case Closing(reason, text, retry_within):
@@ -227,6 +249,8 @@ def encode(message: Message) -> bytes:
             body = {"op": "password-withdrawn", "key_id": key_id}
         case AccessClosed(key_id, reason):
             body = {"op": "access-closed", "key_id": key_id, "reason": reason}
+        case GrantLimits(key_id, limits):
+            body = {"op": "grant-limits", "key_id": key_id, "limits": list(limits)}
         case Request(serial, description, version):
             body = {
                 "op": "request",
@@ -313,6 +337,7 @@ def decode(line: bytes) -> Message:
                 _text(body, "expires_at"),
                 tuple(ports),
                 body.get("audit_heads") is True,
+                body.get("grant_limits") is True,
             )
         if op == "request":
             return Request(_text(body, "serial"), _text(body, "description"), _int(body, "version"))
@@ -339,6 +364,18 @@ def decode(line: bytes) -> Message:
             return PasswordWithdrawn(_text(body, "key_id"))
         if op == "access-closed":
             return AccessClosed(_text(body, "key_id"), _text(body, "reason"))
+        if op == "grant-limits":
+            limits = body["limits"]
+            if (
+                not isinstance(limits, list)
+                or len(limits) > MAX_LIMITS
+                or not all(
+                    isinstance(t, str) and 0 < len(t) <= MAX_LIMIT_TEXT and t.isprintable()
+                    for t in limits
+                )
+            ):
+                raise TypeError("limits must be a short list of short lines of text")
+            return GrantLimits(_text(body, "key_id"), tuple(limits))
         if op in ("refused", "closing"):
             reason = RefusalReason(_text(body, "reason"))
             text = _text(body, "message")

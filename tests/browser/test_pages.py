@@ -283,6 +283,21 @@ async def test_customer_opens_access_with_limits_and_consent_and_admits_a_login(
     assert status["access"]["limits"]["consent"] == "ask", status["access"]
     assert status["access"]["limits"]["sudo"] is False
 
+    # The engineer sees them in the vendor console before connecting.
+    console = await context.new_page()
+    await console.goto(system.console_url)
+    await console.get_by_label("Engineer name").fill("admin")
+    await console.get_by_label("Password").fill(system.admin_password)
+    await console.get_by_role("button", name="Log in").click()
+    row = console.locator("#tethers-table tbody tr")
+    await expect(row).to_contain_text(system.serial, timeout=SLOW)
+    await expect(row.locator("td.limits")).to_contain_text(
+        "no administrator rights (sudo)", timeout=SLOW
+    )
+    await expect(row.locator("td.limits")).to_contain_text("each login waits for the customer")
+    await shoot(console, "console-tether-limits")
+    await console.close()
+
     login = asyncio.ensure_future(
         run_ssh(
             system.engineer.ssh(system.serial, "echo in-$((2*3)); sudo -n true; echo sudo=$?"),

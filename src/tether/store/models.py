@@ -160,6 +160,9 @@ class TetherRow(Base):
     machine_key: Mapped[str] = mapped_column(String(255))
     connected_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: The grant's limits as the machine reported them (JSON list of lines); NULL: none
+    #: reported (an older agent, or not yet).
+    limits: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class RelayRow(Base):

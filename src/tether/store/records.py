@@ -5,6 +5,7 @@ Every datetime in a record is timezone-aware UTC.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -183,6 +184,9 @@ class TetherRecord:
     machine_key: str
     connected_at: datetime
     last_seen_at: datetime
+    #: The grant's limits as the machine reported them (JSON list of lines; None: not
+    #: reported). Kept as the column's text so a registry write stays a plain copy.
+    limits: str | None = None
 
     @classmethod
     def from_row(cls, row: TetherRow) -> TetherRecord:
@@ -195,7 +199,18 @@ class TetherRecord:
             machine_key=row.machine_key,
             connected_at=row.connected_at,
             last_seen_at=row.last_seen_at,
+            limits=row.limits,
         )
+
+    def limit_lines(self) -> list[str] | None:
+        """The reported limits, one line each ([] : nothing limited; None: not reported)."""
+        if self.limits is None:
+            return None
+        try:
+            lines = json.loads(self.limits)
+        except ValueError:
+            return None
+        return [str(x) for x in lines] if isinstance(lines, list) else None
 
 
 @dataclass(frozen=True)

@@ -237,6 +237,7 @@ async def list_tethers(caller: Caller, ctx: Ctx) -> list[Tether]:
                 expires_at=key.expires_at,
                 description=key.description,
                 engineers=sorted(engineers.get(tether.serial.lower(), ())),
+                limits=tether.limit_lines(),
             )
         )
     return out
