@@ -246,6 +246,14 @@ async def test_customer_watches_the_engineer_live_and_ends_the_session(
         )
         assert await term.wait() != 0  # the engineer's ssh is thrown out
         assert "injected" not in term.output.decode(errors="replace")
+        # Its recorder died with it; the agent clears the live view's socket it left.
+        assert system.machine is not None
+        recordings = system.machine.host_path("/var/lib/tether/recordings")
+        for _ in range(100):
+            if not list(recordings.glob("*.live")):
+                break
+            await asyncio.sleep(0.1)
+        assert not list(recordings.glob("*.live"))
     finally:
         term.close()
     await context.close()
