@@ -152,11 +152,16 @@ class GrantLimits:
 
 @dataclass(frozen=True)
 class Request:
-    """Agent → relay: one-click support request (no key yet): ask the vendor for one."""
+    """Agent → relay: one-click support request (no key yet): ask the vendor for one.
+
+    ``limits``: what the customer's grant will allow, in words, shown with the case
+    (a relay that predates them ignores the field).
+    """
 
     serial: str
     description: str
     version: int
+    limits: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -251,13 +256,15 @@ def encode(message: Message) -> bytes:
             body = {"op": "access-closed", "key_id": key_id, "reason": reason}
         case GrantLimits(key_id, limits):
             body = {"op": "grant-limits", "key_id": key_id, "limits": list(limits)}
-        case Request(serial, description, version):
+        case Request(serial, description, version, limits):
             body = {
                 "op": "request",
                 "serial": serial,
                 "description": description,
                 "version": version,
             }
+            if limits:
+                body["limits"] = list(limits)
         case Cancel(case_id):
             body = {"op": "cancel", "case_id": case_id}
         case CaseUpdate(case_id, status, text, key):
@@ -311,6 +318,18 @@ def _digest(body: dict[str, Any]) -> str:
     return value
 
 
+def _limit_lines(limits: object) -> tuple[str, ...]:
+    if (
+        not isinstance(limits, list)
+        or len(limits) > MAX_LIMITS
+        or not all(
+            isinstance(t, str) and 0 < len(t) <= MAX_LIMIT_TEXT and t.isprintable() for t in limits
+        )
+    ):
+        raise TypeError("limits must be a short list of short lines of text")
+    return tuple(limits)
+
+
 def decode(line: bytes) -> Message:
     """Parse one JSON line; raise :class:`ProtocolError` for anything unexpected.
 
@@ -340,7 +359,12 @@ def decode(line: bytes) -> Message:
                 body.get("grant_limits") is True,
             )
         if op == "request":
-            return Request(_text(body, "serial"), _text(body, "description"), _int(body, "version"))
+            return Request(
+                _text(body, "serial"),
+                _text(body, "description"),
+                _int(body, "version"),
+                _limit_lines(body.get("limits", [])),
+            )
         if op == "cancel":
             return Cancel(_int(body, "case_id"))
         if op == "case":
@@ -365,17 +389,7 @@ def decode(line: bytes) -> Message:
         if op == "access-closed":
             return AccessClosed(_text(body, "key_id"), _text(body, "reason"))
         if op == "grant-limits":
-            limits = body["limits"]
-            if (
-                not isinstance(limits, list)
-                or len(limits) > MAX_LIMITS
-                or not all(
-                    isinstance(t, str) and 0 < len(t) <= MAX_LIMIT_TEXT and t.isprintable()
-                    for t in limits
-                )
-            ):
-                raise TypeError("limits must be a short list of short lines of text")
-            return GrantLimits(_text(body, "key_id"), tuple(limits))
+            return GrantLimits(_text(body, "key_id"), _limit_lines(body["limits"]))
         if op in ("refused", "closing"):
             reason = RefusalReason(_text(body, "reason"))
             text = _text(body, "message")

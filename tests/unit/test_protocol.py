@@ -24,6 +24,7 @@ from tether.protocol import (
     Refused,
     Register,
     Registered,
+    Request,
     decode,
     encode,
 )
@@ -35,6 +36,7 @@ MESSAGES: list[Message] = [
     Registered("SN-1001", "2030-06-15T12:00:00Z", (22,), audit_heads=True),
     Registered("SN-1001", "2030-06-15T12:00:00Z", (22,), audit_heads=True, grant_limits=True),
     GrantLimits("k1", ()),
+    Request("SN-1001", "disk full", 1, ("no administrator rights (sudo)",)),
     GrantLimits("k1", ("no administrator rights (sudo)", "file transfer: download only")),
     *(Refused(reason, f"refused: {reason.value} — ünïcode") for reason in RefusalReason),
     *(Closing(reason, "closing\nwith a line break") for reason in RefusalReason),

@@ -250,6 +250,8 @@ class CaseRow(Base):
     #: The issued tether key, handed to the waiting machine (a tether key holds no secret).
     key_text: Mapped[str | None] = mapped_column(Text)
     deny_reason: Mapped[str | None] = mapped_column(Text)
+    #: What the customer's grant will allow (JSON list of lines); NULL: not said.
+    limits: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class LiveChannelRow(Base):

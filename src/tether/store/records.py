@@ -173,6 +173,17 @@ class EngineerCredentials:
         )
 
 
+def _lines(text: str | None) -> tuple[str, ...] | None:
+    """A JSON list of lines from a column (None: absent or unreadable)."""
+    if text is None:
+        return None
+    try:
+        lines = json.loads(text)
+    except ValueError:
+        return None
+    return tuple(str(x) for x in lines) if isinstance(lines, list) else None
+
+
 @dataclass(frozen=True)
 class TetherRecord:
     """A live tether: the relay currently holding the machine with ``serial``."""
@@ -204,13 +215,8 @@ class TetherRecord:
 
     def limit_lines(self) -> list[str] | None:
         """The reported limits, one line each ([] : nothing limited; None: not reported)."""
-        if self.limits is None:
-            return None
-        try:
-            lines = json.loads(self.limits)
-        except ValueError:
-            return None
-        return [str(x) for x in lines] if isinstance(lines, list) else None
+        lines = _lines(self.limits)
+        return None if lines is None else list(lines)
 
 
 @dataclass(frozen=True)
@@ -325,6 +331,8 @@ class CaseRecord:
     key_id: str | None
     key_text: str | None
     deny_reason: str | None
+    #: What the customer's grant will allow, in words (None: not said).
+    limits: tuple[str, ...] | None = None
 
     @classmethod
     def from_row(cls, row: CaseRow) -> CaseRecord:
@@ -341,6 +349,7 @@ class CaseRecord:
             key_id=row.key_id,
             key_text=row.key_text,
             deny_reason=row.deny_reason,
+            limits=_lines(row.limits),
         )
 
 

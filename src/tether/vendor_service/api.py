@@ -261,6 +261,7 @@ def case_model(case: CaseRecord, bound: MachineRecord | None) -> Case:
         decided_by=case.decided_by,
         decided_at=case.decided_at,
         key_id=case.key_id,
+        limits=None if case.limits is None else list(case.limits),
     )
 
 

@@ -131,6 +131,9 @@ class Case(Strict):
     decided_by: str | None
     decided_at: datetime | None
     key_id: str | None
+    limits: list[str] | None = Field(
+        default=None, description="what the customer's grant will allow (null: not said)"
+    )
 
 
 class DenyRequest(Strict):

@@ -84,7 +84,13 @@ class OneClick:
             machine_key = await asyncio.to_thread(
                 load_or_create_machine_key, config.machine_key_path
             )
-            key = await request_key(config, machine_key, description, on_update=self._on_update)
+            key = await request_key(
+                config,
+                machine_key,
+                description,
+                on_update=self._on_update,
+                limits=tuple(options.limits.describe()),
+            )
             self.status = "the vendor issued a key; opening access"
             await asyncio.to_thread(
                 self._access.enable_with_key,

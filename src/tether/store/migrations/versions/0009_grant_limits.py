@@ -3,7 +3,8 @@
 The agent tells its relay the customer's limits (consent, no sudo, file transfer, ...)
 after registering; the relay keeps them on the tether's registry row (a JSON list of
 lines, NULL when the machine did not report any), so the engineer sees them before
-connecting.
+connecting. A one-click request says them too, kept on its case (``cases.limits``),
+so the vendor sees them before approving.
 
 Revision ID: 0009
 Revises: 0008
@@ -24,10 +25,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("tethers") as batch:
-        batch.add_column(sa.Column("limits", sa.Text(), nullable=True))
+    for table in ("tethers", "cases"):
+        with op.batch_alter_table(table) as batch:
+            batch.add_column(sa.Column("limits", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("tethers") as batch:
-        batch.drop_column("limits")
+    for table in ("cases", "tethers"):
+        with op.batch_alter_table(table) as batch:
+            batch.drop_column("limits")
