@@ -193,17 +193,27 @@ async def test_access_watch_follows_a_live_session_read_only(system: DemoSystem)
             other.kill()
             other.wait()
 
-        # Named, it follows that one to its end and says how it ended.
+        # Named, it follows that one to its end and says how it ended; --json gives
+        # a script the stream itself.
         watcher = Watcher(system, session)
+        scripted = Watcher(system, session, "--json")
         try:
             await watcher.expect(f"still-{token}".encode())
+            await scripted.expect(f"still-{token}".encode())
             term.type("exit 4\r")
             assert await term.wait() == 4
             code, said = await watcher.finish()
             assert code == 0, said
             assert "The session ended (exit status 4)." in said
+            code, said = await scripted.finish()
+            assert code == 0, said
+            lines = [json.loads(line) for line in scripted.output.decode().splitlines()]
+            assert (lines[0]["cols"], lines[0]["rows"]) == (100, 30)
+            assert f"still-{token}" in lines[0]["init"]
+            assert lines[-1] == {"end": {"status": 4}}
         finally:
             watcher.close()
+            scripted.close()
     finally:
         term.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import time
@@ -20,7 +21,7 @@ from tether.agent.recording.follow import (
     follow,
     pick_live,
 )
-from tether.cli.common import agent_config_option, err, handle_errors
+from tether.cli.common import agent_config_option, err, handle_errors, json_option
 from tether.config import AgentConfig
 from tether.errors import NotReady
 
@@ -31,18 +32,30 @@ RECONNECT_FOR = 3.0
 @click.command("watch")
 @agent_config_option
 @click.argument("session", required=False)
+@json_option
 @handle_errors
-def watch(config_path: Path, session: str | None) -> None:
+def watch(config_path: Path, session: str | None, as_json: bool) -> None:
     """Follow a running support session's output here, read-only, as it happens.
 
     \b
     SESSION is its id (tether access recordings lists them); needed only when
     several sessions run. What you type here never reaches the session. Ctrl-C
     stops watching; the session goes on (end it on the page, or close access).
-    File transfers in progress are shown with their name and size.
+    File transfers in progress are shown with their name and size. With --json, the
+    stream itself: one JSON value per line, as the recorder sends it (the screen so
+    far, then [seconds, "o", output] / [seconds, "r", "COLSxROWS"], {"transfer": [...]},
+    and {"end": {"status": N}}).
     """
     config = AgentConfig.load(config_path)
     info = pick_live(config.recordings_dir, session)
+    if as_json:
+        try:
+            for message in follow(connect(config.recordings_dir, info.id)):
+                sys.stdout.write(json.dumps(_as_json(message)) + "\n")
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+        return
     what = escape(info.command or ("interactive shell" if info.kind == "shell" else info.kind))
     err.print(
         f"Watching {escape(info.engineer)}'s session {info.id} ({what}), read-only. "
@@ -57,6 +70,14 @@ def watch(config_path: Path, session: str | None) -> None:
     sys.stdout.flush()
     ended = "" if status is None else f" (exit status {status})"
     err.print(f"\nThe session ended{ended}.")
+
+
+def _as_json(message: Start | Output | Transfers | End) -> object:
+    if isinstance(message, Start | Output):
+        return message.to_json()
+    if isinstance(message, Transfers):
+        return {"transfer": list(message.files)}
+    return {"end": {"status": message.status}}
 
 
 def _watch(directory: Path, recording_id: str) -> int | None:
