@@ -32,9 +32,10 @@ from starlette.datastructures import FormData
 
 from tether import log
 from tether.agent.access import PasswordChoice
-from tether.agent.consent import waiting_logins
 from tether.agent.machine.limits import FileTransfer, Limits
 from tether.agent.machine.sessions import end_session, list_sessions
+from tether.agent.recording.catalog import RecordingInfo
+from tether.agent.recording.follow import live_sessions
 from tether.agent.state import AccessMode, CloseReason
 from tether.agent.web.auth import AdminPassword, DeviceCookies, Session, Sessions, Throttle
 from tether.agent.web.host import AgentHost
@@ -312,16 +313,16 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
 
     def sessions_now() -> dict[str, Any]:
         live = list_sessions(page.config)
-        try:
-            watch = watchable(page.config, live)
-        except OSError:
-            watch = {}  # listed all the same, without a live view
-        return {
-            "sessions": live,
-            "watch": watch,
-            "waiting": waiting_logins(page.config),
-            "sessions_error": None,
-        }
+        watch: dict[int, str] = {}
+        waiting: list[RecordingInfo] = []
+        if live:  # (the recordings are read only while someone is logged in)
+            try:
+                running = live_sessions(page.config.recordings_dir)
+                watch = watchable(running, live)
+                waiting = [i for i in running if (i.consent or {}).get("state") == "waiting"]
+            except OSError:
+                pass  # listed all the same, without a live view or decisions
+        return {"sessions": live, "watch": watch, "waiting": waiting, "sessions_error": None}
 
     async def sessions_context() -> dict[str, Any]:
         try:

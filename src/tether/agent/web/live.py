@@ -34,7 +34,7 @@ from fastapi.responses import (
 from tether.agent.consent import decide
 from tether.agent.machine.sessions import SupportSession, monitor_of
 from tether.agent.recording.catalog import RecordingInfo, RecordingNotFound, check_id, info_for
-from tether.agent.recording.follow import End, Output, Start, Transfers, follow_async, live_sessions
+from tether.agent.recording.follow import End, Output, Start, Transfers, follow_async
 from tether.agent.web.auth import Session
 from tether.agent.web.recordings import PLAYER_POLICY
 from tether.config import AgentConfig
@@ -64,13 +64,13 @@ class LiveStreams:
         self._closers.clear()
 
 
-def watchable(config: AgentConfig, sessions: list[SupportSession]) -> dict[int, str]:
-    """Which live recording each listed session (by sshd monitor pid) can be watched as."""
+def watchable(running: list[RecordingInfo], sessions: list[SupportSession]) -> dict[int, str]:
+    """Which running recording each listed session (by sshd monitor pid) can be watched as."""
     monitors = {s.pid for s in sessions}
     found: dict[int, str] = {}
     if not monitors:
         return found
-    for info in live_sessions(config.recordings_dir):
+    for info in running:
         monitor = monitor_of(info.pid, monitors) if info.pid else None
         if monitor is not None:
             found.setdefault(monitor, info.id)
