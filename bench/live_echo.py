@@ -106,17 +106,17 @@ class _Watcher:
             self.bytes += len(chunk)
             self.attached.set()
 
-    def close(self) -> None:
+    def close(self) -> bytes:
+        """Stop watching; return what the watcher said on stderr (why it failed, if it did)."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
         self._thread.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def close_stderr(self) -> None:
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        said = self.proc.stderr.read() if self.proc.stderr is not None else b""
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        return said
 
 
 def _measure(system: DemoSystem, keys: int) -> EchoResult:
@@ -135,12 +135,9 @@ def _measure(system: DemoSystem, keys: int) -> EchoResult:
                 if watching:
                     watcher = _Watcher(system)
                     if not watcher.attached.wait(20):
-                        watcher.close()
-                        said = watcher.proc.stderr.read() if watcher.proc.stderr else b""
-                        listed = system.access("recordings", "--json").stdout
-                        raise RuntimeError(
-                            f"tether access watch did not attach: {said!r}; {listed[-1500:]}"
-                        )
+                        said = watcher.close()
+                        watcher = None
+                        raise RuntimeError(f"tether access watch did not attach: {said!r}")
                 for _ in range(BLOCK):
                     key = b"abcdefghijklmnopqrstuvwxyz"[typed % 26 : typed % 26 + 1]
                     (result.watched if watching else result.alone).append(term.echo_time(key))
