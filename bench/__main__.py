@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import ending, fleet, live_echo, tethers, throughput, underflood
+from bench import ending, fleet, live_echo, tethers, throughput, transports, underflood
 from bench.parts import World, free_port, machine_description, raise_fd_limit
 from bench.relay_metrics import HistogramReading
 from bench.report import Row, median, percentile, print_table, write
@@ -35,6 +35,7 @@ GROUPS = (
     "live",
     "fleet",
     "flood",
+    "transports",
 )
 
 #: The relay's limits on unauthenticated connections are per source address; the
@@ -72,6 +73,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=1000,
         help="tethers on three relays behind HAProxy when one is SIGKILLed (fleet group)",
+    )
+    p.add_argument(
+        "--fleet-dead-after",
+        type=float,
+        default=15.0,
+        help="dead_after of fleet relays a, b, c (the failover relays keep the default 15 s)",
     )
     p.add_argument(
         "--flood-seconds",
@@ -344,7 +351,15 @@ async def fleet_rows(
         steps.say("fleet: PostgreSQL and relays a, b, c")
         home = free_port()
         await relays.start(home)
-        await relays.add_relays(["a", "b", "c"], behind_proxy=False, ports={"a": home})
+        # Relays a, b, c also carry the idle swarms: on 2 shared cores, thousands of
+        # handshakes at once delayed their heartbeats past the default 15 s, and they
+        # declared each other dead mid ramp-up. The idle row measures memory, not that.
+        await relays.add_relays(
+            ["a", "b", "c"],
+            behind_proxy=False,
+            ports={"a": home},
+            options={"dead_after": args.fleet_dead_after},
+        )
         await world.engineer()
         m = await fleet.machine(world)
         own, peer = relays.relays["a"].port, relays.relays["b"].port
@@ -371,13 +386,18 @@ async def fleet_rows(
             )
         )
         size = args.size_mib << 20
-        mb_own, mb_peer = [], []
+        pids = {name: relays.relays[name].proc.pid for name in ("a", "b")}
+        runs_own, runs_peer = [], []
         for run in range(args.runs):
             steps.say(f"fleet: throughput through a peer relay, run {run + 1}/{args.runs}")
-            mb_own.append(await fleet.download(world, own, m, size))
-            mb_peer.append(await fleet.download(world, peer, m, size))
+            runs_own.append(await fleet.download(world, own, m, size, pids))
+            runs_peer.append(await fleet.download(world, peer, m, size, pids))
             steps.done()
+        mb_own = [r.mb_per_s for r in runs_own]
+        mb_peer = [r.mb_per_s for r in runs_peer]
         ratio = median(mb_peer) / median(mb_own)
+        cost_own = fleet.cpu_per_gib(runs_own, size)
+        cost_peer = fleet.cpu_per_gib(runs_peer, size)
         rows.append(
             Row(
                 "fleet: throughput through a peer relay vs the machine's own relay (ssh -L)",
@@ -385,7 +405,8 @@ async def fleet_rows(
                 "x own relay",
                 "≥ 0.8x",
                 ratio >= 0.8,
-                detail=f"{median(mb_peer):.0f} vs {median(mb_own):.0f} MB/s, {args.size_mib} MiB",
+                detail=f"{median(mb_peer):.0f} vs {median(mb_own):.0f} MB/s, {args.size_mib} MiB; "
+                f"{fleet.cost_summary(cost_own, cost_peer, runs_own, runs_peer)}",
                 samples=mb_peer,
             )
         )
@@ -529,6 +550,7 @@ def count_steps(args: argparse.Namespace, groups: set[str]) -> int:
         "live": lambda: 1,
         "fleet": lambda: 2 + args.runs + args.tries + 1,
         "flood": lambda: 1,
+        "transports": lambda: 1,
     }
     return sum(counts[g]() for g in groups)
 
@@ -570,6 +592,16 @@ async def main(argv: list[str]) -> int:
                 idle_runs=1 if args.smoke else 5,
             )
             rows += underflood.rows(tether, stock, args.flood_conns)
+            steps.done()
+        if "transports" in groups:
+            rows += await transports.run(
+                work,
+                BENCH_RELAY,
+                size_mib=args.size_mib,
+                runs=args.runs,
+                connects=max(args.runs, 10) if not args.smoke else 2,
+                say=steps.say,
+            )
             steps.done()
     machine = machine_description()
     print_table(rows, machine, Console())

@@ -4,24 +4,51 @@ Holds the tether exactly as ``tether agent serve`` does (:class:`tether.agent.tu
 without touching the machine's sshd or accounts: the benchmark's machine services are
 stand-ins on loopback ports the key allows. Prints ``connected`` once the relay has
 registered the key, then runs until SIGTERM.
+
+``BENCH_TRANSPORT`` in its environment picks the one way to the relay (a ``[network]``
+transport, or ``websocket-tls``: see ``bench/transports.py``), ``BENCH_PROXY`` the proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from tether.agent.network import NetworkSettings, TransportKind
 from tether.agent.status import TunnelState
 from tether.agent.tunnel import Tunnel
 from tether.clock import SYSTEM_CLOCK
 from tether.config import RelayConfig, TetherSettings
 from tether.keys import parse_key
 from tether.sshlib import asyncssh
-from tether.tuning import tune_allocator
+from tether.tuning import lazy_packet_logs, tune_allocator
 
 SETTINGS = TetherSettings(keepalive_interval=15, backoff_initial=1.0, backoff_cap=60.0)
+
+
+def settings_from_environment() -> TetherSettings:
+    """SETTINGS, with the one transport ``BENCH_TRANSPORT`` names (default: as shipped)."""
+    transport = os.environ.get("BENCH_TRANSPORT", "")
+    if not transport:
+        return SETTINGS
+    if transport == "websocket-tls":
+        # Not a [network] transport (the agent's WebSockets go through a proxy): the
+        # bench's own carrier, built from the product's codecs, takes the tunnel's dial.
+        from bench.transports import WebSocketTlsCarrier
+        from tether.agent import reach
+
+        reach.carriers_for = lambda *args, **kwargs: [WebSocketTlsCarrier()]
+        return SETTINGS
+    network = NetworkSettings(
+        transports=(TransportKind(transport),),
+        proxy=os.environ.get("BENCH_PROXY") or None,
+        environ={},
+    )
+    return replace(SETTINGS, network=network)
 
 
 async def main(key_file: Path, ports: tuple[int, ...], relay_toml: Path) -> None:
@@ -40,7 +67,7 @@ async def main(key_file: Path, ports: tuple[int, ...], relay_toml: Path) -> None
         claims,
         asyncssh.generate_private_key("ssh-ed25519"),
         ports,
-        SETTINGS,
+        settings_from_environment(),
         on_change=on_change,
     )
     loop = asyncio.get_running_loop()
@@ -52,6 +79,7 @@ async def main(key_file: Path, ports: tuple[int, ...], relay_toml: Path) -> None
 
 if __name__ == "__main__":
     tune_allocator()
+    lazy_packet_logs()
     key_path = Path(sys.argv[1])
     relay_config = (
         Path(sys.argv[3]) if len(sys.argv) > 3 else key_path.parent / "vendor" / "relay.toml"

@@ -31,7 +31,15 @@ from pathlib import Path
 
 from bench.fetch import fetch
 from bench.parts import Process, World, free_port, rss_kib, run_cmd, ssh_error, wait_port
-from bench.tethers import PER_SWARM, SwarmHandle, _peak, add_across, issue_many, start_swarm
+from bench.tethers import (
+    PER_SWARM,
+    SwarmHandle,
+    _peak,
+    add_across,
+    cpu_seconds,
+    issue_many,
+    start_swarm,
+)
 from bench.throughput import forward
 from tether.keys import KeyKind
 from tether.sandbox.haproxy import Backend, HAProxy, haproxy_unavailable_reason
@@ -72,6 +80,8 @@ class Machine:
     serial: str
     web_port: int
     sshd_port: int
+    #: Its processes whose CPU time the throughput rows report: agent, web server.
+    pids: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,9 +112,17 @@ class Fleet:
         self.world.relay_port = home_port
 
     async def add_relays(
-        self, names: list[str], *, behind_proxy: bool, ports: dict[str, int] | None = None
+        self,
+        names: list[str],
+        *,
+        behind_proxy: bool,
+        ports: dict[str, int] | None = None,
+        options: Mapping[str, object] | None = None,
     ) -> list[FleetRelay]:
-        """Provision and start relays (in parallel); return once each accepts connections."""
+        """Provision and start relays (in parallel); return once each accepts connections.
+
+        ``options`` are ``relay.toml`` settings for these relays, over the fleet's own.
+        """
         authority = self.world.authority
         assert authority is not None
         assert self.world.store is not None
@@ -124,15 +142,15 @@ class Fleet:
             )
             # Top-level settings go before the first table ([metrics]), or TOML reads
             # them as that table's.
-            options = [
+            settings = [
                 f"{option} = {value!r}".replace("'", '"')
-                for option, value in self.relay_options.items()
+                for option, value in {**self.relay_options, **(options or {})}.items()
             ]
             lines = made.config_path.read_text().splitlines()
             first_table = next(
                 (i for i, line in enumerate(lines) if line.startswith("[")), len(lines)
             )
-            lines[first_table:first_table] = options
+            lines[first_table:first_table] = settings
             made.config_path.write_text("\n".join(lines) + "\n")
             argv = [sys.executable, "-m", "tether", "relay", "serve", "--config"]
             proc = self.world.spawn(f"relay-{name}", [*argv, str(made.config_path)])
@@ -182,7 +200,7 @@ def jump(world: World, relay_port: int, serial: str, port: int) -> str:
 async def machine(world: World) -> Machine:
     """The web server, a stock sshd and an agent's tunnel tethered to the home relay."""
     port_file = world.dir / "sink.port"
-    world.spawn("sink", [sys.executable, "-m", "bench.sink", str(port_file)])
+    sink = world.spawn("sink", [sys.executable, "-m", "bench.sink", str(port_file)])
     deadline = time.monotonic() + 10
     while not port_file.exists() or not port_file.read_text():
         if time.monotonic() > deadline:
@@ -192,8 +210,8 @@ async def machine(world: World) -> Machine:
     _, sshd = world.start_sshd("machine_sshd")
     serial = world.next_serial()
     key = await world.issue(serial, [web, sshd])  # names the vendor's relay: relay a
-    await asyncio.to_thread(world.start_agent, key, [web, sshd])
-    return Machine(serial, web, sshd)
+    agent = await asyncio.to_thread(world.start_agent, key, [web, sshd])
+    return Machine(serial, web, sshd, {"agent": agent.pid, "web server": sink.pid})
 
 
 async def connect_once(world: World, relay_port: int, m: Machine) -> float:
@@ -214,17 +232,73 @@ async def connect_once(world: World, relay_port: int, m: Machine) -> float:
     return seconds
 
 
-async def download(world: World, relay_port: int, m: Machine, size: int) -> float:
-    """MB/s of one download of ``size`` bytes from the web server, ``ssh -L`` via a relay."""
+@dataclass
+class Download:
+    """One download through a relay: its speed and what it cost each process."""
+
+    mb_per_s: float
+    #: CPU seconds each process used during the download: the relays (by name), the
+    #: agent, the web server and the engineer's ``ssh``.
+    cpu: dict[str, float]
+    seconds: float
+
+
+async def download(
+    world: World, relay_port: int, m: Machine, size: int, relays: Mapping[str, int]
+) -> Download:
+    """One download of ``size`` bytes from the web server, ``ssh -L`` via a relay, with
+    the CPU time of ``relays`` (name -> pid), the machine's processes and the ``ssh``."""
     target = [f"{m.serial}:{m.web_port}", "-p", str(relay_port), "bench@127.0.0.1"]
     proc, local = forward(world, target)
     try:
         await asyncio.to_thread(fetch, local, 1 << 20)  # warm up: the windows open up
+        pids = {**{f"relay {n}": pid for n, pid in relays.items()}, **m.pids, "ssh": proc.pid}
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         got, seconds = await asyncio.to_thread(fetch, local, size)
+        cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
     finally:
         proc.stop()
         world.processes.remove(proc)
-    return got / seconds / 1e6
+    return Download(got / seconds / 1e6, cpu, seconds)
+
+
+def cpu_per_gib(runs: list[Download], size: int) -> dict[str, float]:
+    """CPU seconds per GiB moved, per process, over ``runs`` of ``size`` bytes each."""
+    gib = len(runs) * size / (1 << 30)
+    names = runs[0].cpu
+    return {name: sum(r.cpu[name] for r in runs) / gib for name in names}
+
+
+def cost_summary(
+    own: Mapping[str, float],
+    peer: Mapping[str, float],
+    runs_own: list[Download],
+    runs_peer: list[Download],
+) -> str:
+    """The throughput row's explanation: CPU per GiB of each process on each path.
+
+    When both paths keep every core busy, the ratio of speeds is about the inverse
+    ratio of total CPU per GiB; with a core for each process, the busiest process
+    would set each path's pace instead.
+    """
+
+    def parts(cost: Mapping[str, float]) -> str:
+        return ", ".join(f"{name} {cost[name]:.2f}" for name in cost if cost[name] >= 0.05)
+
+    own_total = sum(own.values())
+    peer_total = sum(peer.values())
+    return (
+        f"CPU s per GiB via own relay: {parts(own)} (total {own_total:.2f}, "
+        f"{cores_busy(runs_own):.2f} cores busy); via peer: {parts(peer)} (total "
+        f"{peer_total:.2f}, {cores_busy(runs_peer):.2f} cores busy); expected ratio "
+        f"with all cores busy {own_total / peer_total:.2f}x, with a core per process "
+        f"{max(own.values()) / max(peer.values()):.2f}x"
+    )
+
+
+def cores_busy(runs: list[Download]) -> float:
+    """CPU seconds of the measured processes per second of the downloads (cores kept busy)."""
+    return sum(sum(r.cpu.values()) for r in runs) / sum(r.seconds for r in runs)
 
 
 async def _session(

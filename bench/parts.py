@@ -176,8 +176,11 @@ class World:
 
     # --- the vendor side ----------------------------------------------------------------
 
-    async def start_vendor(self, *, relay_options: dict[str, object] | None = None) -> None:
-        """Vendor data + SQLite, then a relay process on a free port."""
+    async def start_vendor(
+        self, *, relay_options: dict[str, object] | None = None, metrics_listen: str = ""
+    ) -> None:
+        """Vendor data + SQLite, then a relay process on a free port (with ``metrics_listen``,
+        its ``/metrics`` there)."""
         data = self.dir / "vendor"
         self.relay_port = free_port()
         await init_data_dir(
@@ -190,6 +193,9 @@ class World:
             with (data / "relay.toml").open("a") as f:
                 for name, value in relay_options.items():
                     f.write(f"{name} = {value!r}\n".replace("'", '"'))
+        if metrics_listen:
+            with (data / "relay.toml").open("a") as f:
+                f.write(f'\n[metrics]\nlisten = "{metrics_listen}"\n')
         config = load_vendor_config(data)
         self.store = await Store.open(config.database)
         self.authority = Authority(config, self.store)
@@ -237,8 +243,18 @@ class World:
 
     # --- the machine side ---------------------------------------------------------------
 
-    def start_agent(self, key: str, ports: Sequence[int], *, name: str = "agent") -> Process:
-        """An agent's tunnel for ``key`` offering ``ports``; returns once it is connected."""
+    def start_agent(
+        self,
+        key: str,
+        ports: Sequence[int],
+        *,
+        name: str = "agent",
+        env: dict[str, str] | None = None,
+    ) -> Process:
+        """An agent's tunnel for ``key`` offering ``ports``; returns once it is connected.
+
+        ``env``: the agent process's environment (``None``: this one's).
+        """
         key_file = self.dir / f"{name}.key"
         key_file.write_text(key)
         argv = [
@@ -248,7 +264,7 @@ class World:
             str(key_file),
             ",".join(str(p) for p in ports),
         ]
-        proc = self.spawn(name, argv, stdout=subprocess.PIPE)
+        proc = self.spawn(name, argv, stdout=subprocess.PIPE, env=env)
         assert proc.popen.stdout is not None
         line = proc.popen.stdout.readline().decode().strip()
         if line != "connected":

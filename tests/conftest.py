@@ -2,7 +2,7 @@
 
 Tests that need real parts (root + namespaces + OpenSSH for ``sandbox``, the
 PostgreSQL server binaries for ``postgres``, Debian chromium for ``browser``, Debian
-haproxy for ``haproxy``, Debian prometheus for ``prometheus``, Debian squid for
+haproxy for ``haproxy``, Debian prometheus for ``prometheus``, Debian squid-openssl for
 ``squid``) skip with a reason on a developer
 machine that lacks them. In CI (``CI=true``) such a skip is turned into a failure,
 so a green CI run always means the real-component tests ran.

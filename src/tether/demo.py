@@ -27,7 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from tether.config import RelayConfig, toml_string
-from tether.demo_fleet import DemoFleet
+from tether.demo_fleet import RELAY_TLS_CERT, RELAY_TLS_KEY, DemoFleet, add_to_relay_toml
 from tether.errors import NotReady
 from tether.relay.server import Relay
 from tether.sandbox import Sandbox, layout
@@ -35,6 +35,7 @@ from tether.sandbox.machine import _read_line as read_line
 from tether.seal import generate_password
 from tether.sshlib import asyncssh
 from tether.store import Store
+from tether.tlscert import write_self_signed
 from tether.vendor_service.api_credentials import hash_password
 from tether.vendor_service.authority import Authority, init_data_dir, load_vendor_config
 from tether.vendor_service.service import VendorService
@@ -182,6 +183,10 @@ class DemoSystem:
         await init_data_dir(
             data, vendor="Demo Vendor", relay=relay, relay_listen=relay, database=database
         )
+        # A self-signed TLS certificate: the relay's one port then also carries SSH in
+        # TLS and SSH over WebSocket, as a vendor's relay on 443 would.
+        write_self_signed("127.0.0.1", data / RELAY_TLS_CERT, data / RELAY_TLS_KEY)
+        add_to_relay_toml(data / "relay.toml", data / RELAY_TLS_CERT, data / RELAY_TLS_KEY)
         config = load_vendor_config(data)
         self.store = await Store.open(config.database)
         self.authority = Authority(config, self.store)

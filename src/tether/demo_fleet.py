@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from tether.config import RelayConfig
+from tether.config import RelayConfig, toml_string
 from tether.relay.server import Relay
 from tether.sandbox.haproxy import Backend, HAProxy, free_port, haproxy_unavailable_reason
 from tether.sandbox.postgres import LocalPostgres
@@ -24,6 +25,28 @@ from tether.vendor_service.authority import Authority
 from tether.vendor_service.fleet import RelayPlan, provision_relay
 
 logger = logging.getLogger("tether.demo")
+
+#: The demo relays' self-signed TLS certificate and key, in the vendor data directory
+#: (made by the demo, see :func:`tether.tlscert.write_self_signed`).
+RELAY_TLS_CERT, RELAY_TLS_KEY = "relay_tls.crt", "relay_tls.key"
+
+
+def add_to_relay_toml(config: Path, certificate: Path, key: Path) -> None:
+    """Name ``certificate`` and ``key`` in a relay.toml (``tls_certificate`` and
+    ``tls_key``, as paths relative to it), before its first table.
+
+    The demo's relays serve SSH, SSH in TLS and SSH over WebSocket on one port this way.
+    """
+    lines = config.read_text().splitlines()
+    first_table = next((i for i, line in enumerate(lines) if line.startswith("[")), len(lines))
+    while first_table > 0 and not lines[first_table - 1].strip():
+        first_table -= 1  # with the top-level keys, before the blank line
+    entries = [
+        f"tls_certificate = {toml_string(os.path.relpath(certificate, config.parent))}",
+        f"tls_key = {toml_string(os.path.relpath(key, config.parent))}",
+    ]
+    lines[first_table:first_table] = entries
+    config.write_text("\n".join(lines) + "\n")
 
 
 class DemoFleet:
@@ -67,6 +90,8 @@ class DemoFleet:
                 metrics_listen=f"127.0.0.1:{health}",
             )
             made = await provision_relay(authority.config, store, plan, authority.clock.now())
+            data = authority.config.data_dir
+            add_to_relay_toml(made.config_path, data / RELAY_TLS_CERT, data / RELAY_TLS_KEY)
             relay = Relay(RelayConfig.load(made.config_path), store)
             await relay.start()
             self.relays.append(relay)

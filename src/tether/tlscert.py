@@ -8,6 +8,7 @@ refuse unknown issuers then accept.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from tether.wire import RELAY_TLS_BANNER
 
 
 def write_self_signed(name: str, certificate: Path, key: Path, *, days: int = 825) -> None:
@@ -50,11 +53,54 @@ def write_self_signed(name: str, certificate: Path, key: Path, *, days: int = 82
     certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
+#: The longest issuer shown; a certificate's names are the presenter's to choose.
+ISSUER_MAX = 200
+
+
 def issuer_of(der: bytes | None) -> str:
-    """The issuer of a DER certificate in RFC 4514 form (``""`` if none or unreadable)."""
+    """The issuer of a DER certificate in RFC 4514 form (``""`` if none or unreadable).
+
+    Whoever presents the certificate (a proxy, anyone on the path) writes its names, and
+    the issuer is printed to a terminal: control characters become ``?`` and it is cut
+    at :data:`ISSUER_MAX` characters.
+    """
     if not der:
         return ""
     try:
-        return x509.load_der_x509_certificate(der).issuer.rfc4514_string()
+        text = x509.load_der_x509_certificate(der).issuer.rfc4514_string()
     except ValueError:
         return ""
+    shown = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return shown if len(shown) <= ISSUER_MAX else shown[: ISSUER_MAX - 1] + "…"
+
+
+def fingerprint_of(der: bytes | None) -> str:
+    """The SHA-256 of a DER certificate, in hex (``""`` if none)."""
+    return hashlib.sha256(der).hexdigest() if der else ""
+
+
+def identity_of(certificate: Path) -> tuple[str, str]:
+    """``(SHA-256 hex, issuer)`` of the first certificate in a PEM file.
+
+    The relay tells agents these inside the pinned SSH login, so that an agent can tell
+    a TLS-inspecting proxy's certificate from the relay's own. Raises ``OSError`` or
+    ``ValueError`` when the file cannot be read as PEM.
+    """
+    cert = x509.load_pem_x509_certificate(certificate.read_bytes())
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return fingerprint_of(der), issuer_of(der)
+
+
+def relay_tls_banner(certificate: Path | None) -> str | None:
+    """The SSH auth banner by which a relay names its TLS certificate to agents.
+
+    ``None`` without a certificate, or when it cannot be read (the relay's start then
+    says why, when it loads the certificate for TLS).
+    """
+    if certificate is None:
+        return None
+    try:
+        fingerprint, issuer = identity_of(certificate)
+    except (OSError, ValueError):
+        return None
+    return f"{RELAY_TLS_BANNER}{fingerprint} {issuer}\n"

@@ -14,13 +14,15 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from tether import log
 from tether.sshlib import asyncssh
+from tether.wire import TRANSPORT_CIPHERS
 
 logger = logging.getLogger("tether.tuning")
 
@@ -141,6 +143,31 @@ class CoalescingTransport(asyncio.Transport):
         return self._inner.get_extra_info(name, default)
 
 
+#: Allocations between two young-generation collections (Python's default: 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def freeze_startup_heap() -> int:
+    """Take every object alive now out of the garbage collector's full collections, and
+    collect the young generation less often.
+
+    A long-running server's heap is mostly what it built at start (modules, the
+    store's metadata, asyncssh's tables); each full collection walks all of it again.
+    Under a pre-auth flood, whose connections leave cyclic garbage, the relay ran five
+    full collections a minute of about 0.8 s each on a loaded 2-core machine, every
+    client waiting for each (bench/README.md); frozen, twelve a minute of 0.15 s. Every
+    young collection promotes the connections it finds alive towards the next full one:
+    with a larger young threshold fewer are (the cycles a closed connection leaves are
+    freed as surely, a few thousand allocations later). Frozen objects are never
+    collected; call this once, after start-up. Returns how many objects were frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+    return gc.get_freeze_count()
+
+
 def coalesce_writes(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
     """Make ``conn`` send through a :class:`CoalescingTransport`.
 
@@ -176,3 +203,79 @@ def quick_acks(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection
 
     # An instance attribute shadows the method asyncio calls for this connection.
     setattr(conn, "data_received", data_received)  # noqa: B010
+
+
+#: Ciphers whose every packet has a fresh nonce and its own tag (AEAD): RFC 4251's
+#: SSH_MSG_IGNORE countermeasure for CBC mode protects nothing with them.
+AEAD_CIPHERS = frozenset(
+    {"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"}
+)
+#: SSH_MSG_IGNORE (RFC 4253) and the empty string asyncssh sends in it.
+_MSG_IGNORE = 2
+_EMPTY_IGNORE = (b"\x00\x00\x00\x00",)
+
+
+def skip_ignore_packets(
+    conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection,
+    ciphers: Iterable[str] = TRANSPORT_CIPHERS,
+) -> bool:
+    """Stop ``conn`` sending an empty ``SSH_MSG_IGNORE`` before each packet; return
+    whether it was done.
+
+    Once keys are in use, asyncssh sends an empty ``SSH_MSG_IGNORE`` ahead of every
+    packet: RFC 4251 section 9.3.1's countermeasure against the predictable IVs of CBC
+    mode. ``ciphers`` are the only ones ``conn`` may negotiate (Tether's connections
+    allow :data:`tether.wire.TRANSPORT_CIPHERS`, AES-GCM); when all are AEAD ciphers,
+    whose nonce is fresh per packet, the extra packet protects nothing, yet costs a
+    second encryption and packet build per data packet (measured in bench/README.md).
+    With any other cipher allowed this does nothing. OpenSSH sends no such packets.
+
+    Call from ``connection_made``. Only asyncssh's own empty ignore packet is dropped;
+    every other packet leaves unchanged and in order.
+    """
+    if not set(ciphers) <= AEAD_CIPHERS:
+        return False
+    send: Callable[..., None] = conn.send_packet
+
+    def send_packet(pkttype: int, *args: bytes, handler: Any = None) -> None:
+        if pkttype == _MSG_IGNORE and args == _EMPTY_IGNORE:
+            return
+        send(pkttype, *args, handler=handler)
+
+    # asyncssh sends the ignore packet by calling self.send_packet, which finds this
+    # instance attribute first.
+    setattr(conn, "send_packet", send_packet)  # noqa: B010
+    return True
+
+
+def lazy_packet_logs() -> None:
+    """Format asyncssh's per-packet debug lines only when they will be logged.
+
+    asyncssh names every packet it sends or receives and counts its bytes for a debug
+    line, then drops the line unless its debug level is 3 (``asyncssh.set_debug_level``,
+    which Tether never raises): several per cent of a relay's CPU in a bulk transfer.
+    After this, that work is done only at level 3, where the lines are still logged.
+    Process-wide and idempotent.
+    """
+    from asyncssh.logging import SSHLogger
+    from asyncssh.packet import SSHPacketLogger
+
+    for name in ("log_sent_packet", "log_received_packet"):
+        original = getattr(SSHPacketLogger, name)
+        if getattr(original, "_tether_lazy", False):
+            continue
+
+        def logged(
+            self: SSHPacketLogger,
+            pkttype: int,
+            pktid: int | None,
+            packet: Any,
+            note: str = "",
+            _original: Callable[..., None] = original,
+        ) -> None:
+            # A class attribute asyncssh.set_debug_level sets; missing, log as before.
+            if getattr(SSHLogger, "_debug_level", 3) >= 3:
+                _original(self, pkttype, pktid, packet, note)
+
+        logged._tether_lazy = True  # type: ignore[attr-defined]
+        setattr(SSHPacketLogger, name, logged)

@@ -39,6 +39,11 @@ RELAY_SERVER_VERSION = "Tether_relay"
 #: The relay greets agents with its clock in the SSH auth banner: "<this><ISO time>".
 RELAY_TIME_BANNER = "tether-relay-time "
 
+#: A relay with TLS also tells agents its TLS certificate in the SSH auth banner (which the
+#: pinned host key authenticates): "<this><SHA-256 hex of the DER certificate> <issuer>".
+#: An agent that saw another certificate knows something on the way inspects TLS.
+RELAY_TLS_BANNER = "tether-relay-tls "
+
 #: Ciphers the relay and agents offer, fastest first. Only AES-GCM: it is one AEAD call per
 #: packet (AES-NI) where chacha20-poly1305 costs three, and stock OpenSSH picks the first of
 #: its own list that the server offers, so offering chacha20 would make every engineer use it.

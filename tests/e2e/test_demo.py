@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.harness import run_ssh
+from tether.agent.network import ReadyProtocol, stack_layer
+from tether.carriers import TlsCodec, WebSocketCodec
 from tether.demo import AGENT_CONFIG, DemoSystem
 from tether.store import CaseStatus
 
@@ -134,3 +139,47 @@ async def test_machine_commands_answer_scripts_in_json(system: DemoSystem) -> No
     assert nothing.returncode == 1
     assert "no tether is open" in nothing.stderr
     assert nothing.stdout == ""
+
+
+async def test_the_demo_relay_serves_ssh_in_tls_and_over_websocket_on_its_port(
+    system: DemoSystem,
+) -> None:
+    """The demo makes the relay a TLS certificate: all three carriers answer on its port."""
+    assert system.engineer is not None
+    openssl = shutil.which("openssl")
+    assert openssl is not None
+    port = system.relay_port
+    # Stock ssh inside stock openssl's TLS reaches the machine's sshd through the relay.
+    wrap = f"ProxyCommand={openssl} s_client -quiet -connect 127.0.0.1:{port}"
+    argv = system.engineer.ssh("-o", wrap, "-W", f"{system.serial}:22", "tether-relay")
+    banner = await run_ssh(argv, timeout=30)
+    assert banner.stdout.startswith(b"SSH-2.0-OpenSSH"), banner.stderr
+    # And a WebSocket upgrade inside TLS reaches the relay's SSH.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    raw, _ = await asyncio.get_running_loop().create_connection(ReadyProtocol, "127.0.0.1", port)
+    tls = await stack_layer(raw, TlsCodec(context, server_side=False), b"")
+    assert tls.get_extra_info("tls_version") in ("TLSv1.2", "TLSv1.3")
+    ws = await stack_layer(tls, WebSocketCodec(host=f"127.0.0.1:{port}"), b"")
+    reader = _FirstLine()
+    ws.set_protocol(reader)
+    ws.write(b"SSH-2.0-demo_test\r\n")
+    try:
+        line = await asyncio.wait_for(reader.line, 10)
+    finally:
+        ws.close()
+    assert line.startswith(b"SSH-2.0-Tether_relay"), line
+
+
+class _FirstLine(asyncio.Protocol):
+    """Keeps what arrives until its first line is complete."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.line: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\r\n" in self.buffer and not self.line.done():
+            self.line.set_result(self.buffer)

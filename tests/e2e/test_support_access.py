@@ -361,6 +361,10 @@ async def test_check_reports_prerequisites(system: DemoSystem) -> None:
         "clock",
     ):
         assert names[name]["ok"], names[name]
+    # The demo's relay serves TLS too: the certificate seen is the one it names as its own.
+    over_tls = str(names["relay over tls"]["detail"])
+    assert over_tls.startswith("works (tls); TLS certificate issued by CN=127.0.0.1"), over_tls
+    assert "inspects" not in over_tls
     # The sandbox has neither systemd nor a cron daemon: check says so and how to fix it.
     assert result.returncode in (0, 1)
 

@@ -104,3 +104,108 @@ def test_a_refused_upgrade_keeps_the_status_for_the_words() -> None:
     with pytest.raises(LayerError, match="HTTP 407"):
         client.receive(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
     assert client.status == 407
+
+
+def _upgraded() -> tuple[WebSocketCodec, WebSocketCodec]:
+    client = WebSocketCodec(host="relay:443")
+    server = WebSocketCodec()
+    accept, _ = server.receive(client.start())
+    client.receive(accept)
+    assert client.ready
+    assert server.ready
+    return client, server
+
+
+def _frame(wire: bytes) -> tuple[int, bytes | None, bytes]:
+    """One frame's ``(opcode, masking key or None, payload as sent)``, by RFC 6455 5.2."""
+    opcode, masked, length = wire[0] & 0x0F, bool(wire[1] & 0x80), wire[1] & 0x7F
+    at = 2
+    if length == 126:
+        length, at = int.from_bytes(wire[2:4], "big"), 4
+    elif length == 127:
+        length, at = int.from_bytes(wire[2:10], "big"), 10
+    key = wire[at : at + 4] if masked else None
+    at += 4 if masked else 0
+    assert len(wire) == at + length, "one frame per send"
+    return opcode, key, wire[at:]
+
+
+def test_the_agent_masks_each_frame_with_a_fresh_key_and_the_relay_unmasks_it() -> None:
+    client, server = _upgraded()
+    data = b"SSH-2.0-x\r\n" + bytes(range(256)) * 512
+    wires = [client.send(data) for _ in range(8)]
+    keys = set()
+    for wire in wires:
+        opcode, key, payload = _frame(wire)
+        assert opcode == 0x2  # binary
+        assert key is not None, "a client frame must be masked (RFC 6455 5.3)"
+        assert payload != data
+        keys.add(key)
+        _, got = server.receive(wire)
+        assert got == data
+    assert len(keys) == len(wires), "every frame has a key of its own"
+    # The relay's frames go unmasked, and round-trip too.
+    wire = server.send(data)
+    assert _frame(wire)[1] is None
+    assert client.receive(wire) == (b"", data)
+
+
+def test_masking_round_trips_across_split_reads_and_large_writes() -> None:
+    client, server = _upgraded()
+    big = bytes(range(251)) * 20_000  # ~5 MB: several frames of at most 1 MiB
+    wire = client.send(big)
+    got = b"".join(server.receive(wire[at : at + 7_777])[1] for at in range(0, len(wire), 7_777))
+    assert got == big
+
+
+@pytest.mark.parametrize("client_side", [False, True], ids=["relay", "agent"])
+def test_a_frame_masked_the_wrong_way_is_refused(client_side: bool) -> None:
+    client, server = _upgraded()
+    unmasked, masked = server.send(b"hello"), client.send(b"hello")
+    receiver, wrong = (client, masked) if client_side else (server, unmasked)
+    with pytest.raises(LayerError, match="incorrect masking"):
+        receiver.receive(wrong)
+
+
+def test_frames_in_the_same_read_as_the_upgrade_are_not_lost() -> None:
+    """The relay's SSH banner may arrive in the same read as its ``101``."""
+    client = WebSocketCodec(host="relay:443")
+    server = WebSocketCodec()
+    accept, _ = server.receive(client.start())
+    both = accept + server.send(b"SSH-2.0-relay\r\n")
+    cut = both.index(b"\r\n\r\n") + 2  # the blank line split across two reads
+    assert client.receive(both[:cut]) == (b"", b"")
+    assert not client.ready
+    assert client.receive(both[cut:]) == (b"", b"SSH-2.0-relay\r\n")
+    assert client.ready
+
+
+def test_a_close_from_the_agent_is_answered_and_ends_the_stream() -> None:
+    client, server = _upgraded()
+    answer, _ = server.receive(client.closing())
+    assert server.closed
+    assert _frame(answer)[0] == 0x8  # close
+    client.receive(answer)
+    assert client.closed
+    assert client.send(b"late") == b""
+
+
+def test_a_ping_from_the_relay_is_answered_with_a_masked_pong() -> None:
+    client, _ = _upgraded()
+    pong, inner = client.receive(b"\x89\x04ping")  # FIN + ping, unmasked, 4 bytes
+    assert inner == b""
+    opcode, key, payload = _frame(pong)
+    assert opcode == 0xA
+    assert key is not None
+    assert bytes(b ^ key[i % 4] for i, b in enumerate(payload)) == b"ping"
+
+
+def test_the_relay_keeps_a_frame_sent_in_the_same_read_as_the_upgrade_request() -> None:
+    client = WebSocketCodec(host="relay:443")
+    server = WebSocketCodec()
+    request = client.start()
+    accept, _ = WebSocketCodec().receive(request)  # a twin relay: the client's 101
+    client.receive(accept)
+    accept, inner = server.receive(request + client.send(b"SSH-2.0-agent\r\n"))
+    assert accept.startswith(b"HTTP/1.1 101 ")
+    assert inner == b"SSH-2.0-agent\r\n"

@@ -39,7 +39,7 @@ import h11
 
 from tether.carriers import CodecLayer, LayerError, TlsCodec, WebSocketCodec
 from tether.errors import ConfigError
-from tether.tlscert import issuer_of
+from tether.tlscert import fingerprint_of, issuer_of
 
 
 class TransportKind(StrEnum):
@@ -292,6 +292,7 @@ class Carrier:
     """One way to the relay, as asyncssh's ``tunnel``: it opens the byte stream for SSH.
 
     :ivar tls_issuer: the issuer of the TLS certificate seen (``""``: no TLS yet).
+    :ivar tls_fingerprint: that certificate's SHA-256 in hex (``""``: no TLS yet).
     """
 
     def __init__(self, kind: TransportKind, proxy: Proxy | None) -> None:
@@ -302,6 +303,7 @@ class Carrier:
         self.kind = kind
         self.proxy = proxy
         self.tls_issuer = ""
+        self.tls_fingerprint = ""
 
     def describe(self) -> str:
         """``tls-proxy via proxy:3128`` (never the credentials)."""
@@ -352,7 +354,9 @@ class Carrier:
                     leftover,
                 )
                 leftover = b""
-                self.tls_issuer = issuer_of(transport.get_extra_info("tls_peer_certificate"))
+                seen = transport.get_extra_info("tls_peer_certificate")
+                self.tls_issuer = issuer_of(seen)
+                self.tls_fingerprint = fingerprint_of(seen)
             if self.kind == TransportKind.WEBSOCKET_PROXY:
                 headers: list[tuple[bytes, bytes]] = []
                 if self.proxy is not None and self.proxy.authorization is not None:

@@ -18,16 +18,21 @@ from tether.agent.reach import PinnedClient, cannot_reach, connect_as_agent
 from tether.errors import ConfigError
 from tether.keys import parse_address
 from tether.sshlib import asyncssh
-from tether.wire import RELAY_TIME_BANNER
+from tether.wire import RELAY_TIME_BANNER, RELAY_TLS_BANNER
 
 
 class _BannerClient(PinnedClient):
     def __init__(self, fingerprint: str) -> None:
         super().__init__(fingerprint)
         self.relay_time: datetime | None = None
+        #: (SHA-256 hex, issuer) of the TLS certificate the relay says is its own.
+        self.relay_tls: tuple[str, str] | None = None
 
     def auth_banner_received(self, msg: str, lang: str) -> None:
-        if msg.startswith(RELAY_TIME_BANNER):
+        if msg.startswith(RELAY_TLS_BANNER):
+            fingerprint, _, issuer = msg[len(RELAY_TLS_BANNER) :].strip().partition(" ")
+            self.relay_tls = (fingerprint.lower(), issuer)
+        elif msg.startswith(RELAY_TIME_BANNER):
             try:
                 self.relay_time = datetime.fromisoformat(msg[len(RELAY_TIME_BANNER) :].strip())
             except ValueError:
@@ -41,6 +46,9 @@ class TransportProbe:
     :ivar transport: the way, in words (``tls-proxy via proxy:3128``).
     :ivar error: why it failed, in plain words with what to do; ``None``: it worked.
     :ivar tls_issuer: the issuer of the TLS certificate presented (``""``: no TLS).
+    :ivar tls_fingerprint: that certificate's SHA-256 in hex (``""``: no TLS).
+    :ivar relay_tls: (SHA-256 hex, issuer) of the certificate the relay itself serves,
+        as it said inside the pinned SSH login (``None``: it did not say, or no login).
     """
 
     transport: str
@@ -51,6 +59,17 @@ class TransportProbe:
     seen_host_key: str | None = None
     tls_issuer: str = ""
     relay_time: datetime | None = None
+    tls_fingerprint: str = ""
+    relay_tls: tuple[str, str] | None = None
+
+    @property
+    def tls_inspected(self) -> bool:
+        """The TLS certificate presented is not the one the relay serves: TLS is inspected."""
+        return (
+            self.relay_tls is not None
+            and bool(self.tls_fingerprint)
+            and self.tls_fingerprint != self.relay_tls[0]
+        )
 
 
 def failure_words(exc: BaseException, relay: str) -> str:
@@ -108,7 +127,14 @@ async def probe_transport(
     conn.close()
     await conn.wait_closed()
     return TransportProbe(
-        name, carrier.kind, True, True, tls_issuer=carrier.tls_issuer, relay_time=client.relay_time
+        name,
+        carrier.kind,
+        True,
+        True,
+        tls_issuer=carrier.tls_issuer,
+        relay_time=client.relay_time,
+        tls_fingerprint=carrier.tls_fingerprint,
+        relay_tls=client.relay_tls,
     )
 
 

@@ -17,7 +17,7 @@ from tether.agent.network import Carrier, NetworkError, TransportKind, resolve_p
 from tether.config import TetherSettings
 from tether.keys import parse_address
 from tether.sshlib import asyncssh
-from tether.tuning import coalesce_writes
+from tether.tuning import coalesce_writes, skip_ignore_packets
 from tether.wire import AGENT_USERNAME, CHANNEL_MAX_PACKET, CHANNEL_WINDOW, TRANSPORT_CIPHERS
 
 
@@ -30,6 +30,7 @@ class PinnedClient(asyncssh.SSHClient):
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         coalesce_writes(conn)
+        skip_ignore_packets(conn)
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey

@@ -219,12 +219,23 @@ def transport_checks(probes: list[TransportProbe]) -> list[Check]:
             detail = f"works ({p.transport})"
             if p.tls_issuer:
                 detail += f"; TLS certificate issued by {p.tls_issuer}"
-                if p.kind.via_proxy and direct_issuer and p.tls_issuer != direct_issuer:
+                # The relay names its own certificate inside the pinned login; without
+                # that (an older relay), compare with what direct TLS showed.
+                relay_issuer = p.relay_tls[1] if p.relay_tls is not None else direct_issuer
+                inspected = p.tls_inspected or (
+                    p.relay_tls is None
+                    and p.kind.via_proxy
+                    and bool(direct_issuer)
+                    and p.tls_issuer != direct_issuer
+                )
+                if inspected:
+                    who = "The proxy" if p.kind.via_proxy else "Something on the way"
                     detail += (
-                        f". The proxy inspects TLS: the relay's certificate is issued by "
-                        f"{direct_issuer}, the proxy presents its own. The tether still works: "
-                        "the SSH inside is pinned to the relay's host key, which the proxy "
-                        "can neither read nor fake"
+                        f". {who} inspects TLS: it presents a certificate of its own, issued "
+                        f"by {p.tls_issuer}, where the relay's is issued by "
+                        f"{relay_issuer or 'another issuer'}. The tether still works: "
+                        "the SSH inside is pinned to the relay's host key, which the "
+                        "inspection can neither read nor fake"
                     )
             checks.append(Check(name, True, detail))
             continue

@@ -20,7 +20,7 @@ from tether.cli.common import (
 )
 from tether.config import AgentConfig, RelayConfig
 from tether.errors import Refused
-from tether.tuning import tune_allocator
+from tether.tuning import freeze_startup_heap, lazy_packet_logs, tune_allocator
 
 
 @click.group()
@@ -52,6 +52,7 @@ def relay_serve(config_path: Path, listen: str | None, verbose: bool, log_format
 
     log.setup(logging.DEBUG if verbose else logging.INFO, fmt=log_format)
     tune_allocator()
+    lazy_packet_logs()
     config = RelayConfig.load(config_path)
     if listen:
         config = replace(config, listen=parse_address(listen, what="listen address", any_port=True))
@@ -65,6 +66,7 @@ def relay_serve(config_path: Path, listen: str | None, verbose: bool, log_format
             loop.add_signal_handler(sig, stop.set)
         try:
             await server.start()
+            freeze_startup_heap()
             if log_format == "text":  # JSON logs: stderr holds nothing but JSON lines
                 click.echo(f"relay listening on {config.listen[0]}:{server.port}", err=True)
             stopping = asyncio.ensure_future(stop.wait())
@@ -97,6 +99,7 @@ def agent_serve(config_path: Path, verbose: bool, log_format: str) -> None:
 
     log.setup(logging.DEBUG if verbose else logging.INFO, fmt=log_format)
     tune_allocator()
+    lazy_packet_logs()
     config = AgentConfig.load(config_path)
     run(AgentDaemon(config).serve())
 

@@ -331,6 +331,35 @@ def engineer_remove(data_dir: Path, name: str, as_json: bool) -> None:
 
 @vendor.command()
 @data_dir_option
+@json_option
+@handle_errors
+def migrate(data_dir: Path, as_json: bool) -> None:
+    """Bring the vendor database's schema up to this version of Tether (idempotent).
+
+    The Debian package runs it on upgrade, before the vendor service and relays restart;
+    relays refuse a database whose schema is older than their own.
+    """
+    config = load_vendor_config(data_dir)
+
+    async def go() -> tuple[str, str | None, str]:
+        async with await Store.open(config.database, migrate=False) as store:
+            before = await store.schema_revision()
+            await store.upgrade()
+            return store.url_for_display, before, await store.schema_revision() or "none"
+
+    # The display form of the URL: a PostgreSQL password in it is never printed.
+    database, before, after = run(go())
+    if as_json:
+        print_json({"database": database, "from": before, "to": after})
+        return
+    if before == after:
+        out.print(f"Database schema already current ({after}).")
+    else:
+        out.print(f"Database schema upgraded from {before or 'none'} to {after}.")
+
+
+@vendor.command()
+@data_dir_option
 @click.option(
     "--listen",
     default="127.0.0.1:8080",

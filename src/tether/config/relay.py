@@ -56,6 +56,10 @@ class RelayConfig:
     #: ... with this probability in percent at ``early_drop_start``, rising linearly to
     #: 100 at ``max_unauthenticated`` (``MaxStartups`` *rate*).
     early_drop_rate: int = 30
+    #: Seconds after which a connection that has not finished its key exchange counts as
+    #: stalling; only a block holding a stalling connection is dropped at random (a block
+    #: whose clients all get through their key exchange is never).
+    stall_after: float = 2.0
     #: Unauthenticated connections one source address may hold at once.
     max_unauthenticated_per_source: int = 20
     #: Unauthenticated connections one network block (below) may hold at once.
@@ -167,6 +171,7 @@ class RelayConfig:
             max_unauthenticated=full,
             early_drop_start=r.integer("early_drop_start", max(1, full // 4), low=1, high=100_000),
             early_drop_rate=r.integer("early_drop_rate", 30, low=0, high=100),
+            stall_after=r.number("stall_after", 2.0, low=0.0, high=600.0),
             max_unauthenticated_per_source=r.integer(
                 "max_unauthenticated_per_source", 20, low=1, high=100_000
             ),

@@ -8,9 +8,12 @@ inside must then be SSH, handed to the same asyncssh server as a raw connection.
 inside is unchanged: the relay's host key, pinned by every tether key, is the trust;
 TLS only lets the stream through networks that pass nothing but HTTPS.
 
-A connection has ``login_timeout`` seconds to get through its layers to SSH (the
-asyncssh login timer and the pre-auth gate take over from there). Refusals are counted
-per network block in the relay's refusal summary, never logged one line each.
+Every connection holds a slot in the pre-auth gate from accept (:mod:`tether.relay.door`),
+whatever its carrier: a connection stalled inside TLS or a WebSocket handshake counts
+against its address and block, is evicted and timed out, and earns penalties, as one
+stalled inside the SSH key exchange does. It also has at most ``login_timeout`` seconds
+to get through its layers to SSH. Refusals are counted per network block in the relay's
+refusal summary, never logged one line each.
 """
 
 from __future__ import annotations
@@ -23,12 +26,16 @@ from pathlib import Path
 
 from tether.carriers import CodecLayer, Kind, LayerError, Sniff, TlsCodec, WebSocketCodec
 from tether.errors import ConfigError
+from tether.relay.door import Slot
 from tether.sshlib import asyncssh
 
-#: Builds the SSH server connection for a client (``None``: the relay is draining).
-SshFactory = Callable[[tuple[str, int], str], asyncio.BaseProtocol | None]
+#: Builds the SSH server connection for a client, its carrier and its gate slot
+#: (``None``: the relay is draining).
+SshFactory = Callable[[tuple[str, int], str, Slot], asyncio.BaseProtocol | None]
 #: Counts a refusal: (client address, reason).
 Refuse = Callable[[str, str], None]
+#: The gate at accept: a slot for (transport, client address), or ``None`` (refused, closed).
+Admit = Callable[[asyncio.Transport, str], Slot | None]
 
 
 def server_context(certificate: Path, key: Path) -> ssl.SSLContext:
@@ -51,9 +58,12 @@ def server_context(certificate: Path, key: Path) -> ssl.SSLContext:
 class _Pending:
     """One connection on its way to SSH: its layers so far and its deadline."""
 
-    def __init__(self, client: tuple[str, int], transport: asyncio.Transport) -> None:
+    def __init__(
+        self, client: tuple[str, int], transport: asyncio.Transport, admission: Slot
+    ) -> None:
         self.client = client
         self.transport = transport
+        self.admission = admission
         self.layers: tuple[str, ...] = ()
         self.started = False
         self.timer: asyncio.TimerHandle | None = None
@@ -61,6 +71,27 @@ class _Pending:
     def give_up(self) -> None:
         if not self.started:
             self.transport.abort()
+
+    def lost(self) -> None:
+        """Closed before reaching SSH: its gate slot is free (SSH's own loss is SSH's)."""
+        if not self.started:
+            self.admission.lost()
+
+
+class _Sniff(Sniff):
+    """A :class:`Sniff` that reports a connection lost before its layer was chosen."""
+
+    def __init__(
+        self,
+        choose: Callable[[str, asyncio.Transport], asyncio.BaseProtocol | None],
+        lost: Callable[[], None],
+    ) -> None:
+        super().__init__(choose)
+        self._lost = lost
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._lost()
 
 
 class Carriers:
@@ -81,9 +112,16 @@ class Carriers:
         self._refuse = refuse
         self._timeout = timeout
 
-    def accept(self, transport: asyncio.Transport, client: tuple[str, int], rest: bytes) -> None:
-        """Run on ``transport`` (from ``client``) what its first bytes announce."""
-        pending = _Pending(client, transport)
+    def accept(
+        self,
+        transport: asyncio.Transport,
+        client: tuple[str, int],
+        rest: bytes,
+        admission: Slot,
+    ) -> None:
+        """Run on ``transport`` (from ``client``, holding ``admission``) what its first
+        bytes announce."""
+        pending = _Pending(client, transport, admission)
         pending.timer = asyncio.get_running_loop().call_later(self._timeout, pending.give_up)
         sniff = self._sniff(pending)
         transport.set_protocol(sniff)
@@ -92,17 +130,18 @@ class Carriers:
             sniff.data_received(rest)
 
     def _sniff(self, pending: _Pending) -> Sniff:
-        return Sniff(lambda kind, transport: self._choose(pending, kind, transport))
+        return _Sniff(lambda kind, transport: self._choose(pending, kind, transport), pending.lost)
 
     def _choose(
         self, pending: _Pending, kind: str, transport: asyncio.Transport
     ) -> asyncio.BaseProtocol | None:
         if kind == Kind.SSH:
-            conn = self._ssh(pending.client, "+".join((*pending.layers, "ssh")))
+            conn = self._ssh(pending.client, "+".join((*pending.layers, "ssh")), pending.admission)
+            pending.started = True
             if conn is None:
+                pending.admission.withdraw()
                 transport.abort()
                 return None
-            pending.started = True
             if pending.timer is not None:
                 pending.timer.cancel()
             return conn
@@ -128,6 +167,7 @@ class Carriers:
     def _failed(self, pending: _Pending, exc: LayerError) -> None:
         if not pending.started:
             self._refuse(pending.client[0], f"bad-{pending.layers[-1]}")
+            pending.lost()
 
 
 class FrontDoor:
@@ -135,6 +175,7 @@ class FrontDoor:
 
     :param options: the relay's SSH server options.
     :param tls: the TLS context; ``None``: raw SSH only (as ``asyncssh.listen`` would).
+    :param admit: the pre-auth gate, asked first about every connection.
     :param draining: whether the relay takes no new connections now.
     :param refuse: counts a connection that never reached SSH (address, reason).
     :param timeout: seconds a connection may take through its layers to SSH.
@@ -145,11 +186,13 @@ class FrontDoor:
         options: asyncssh.SSHServerConnectionOptions,
         tls: ssl.SSLContext | None,
         *,
+        admit: Admit,
         draining: Callable[[], bool],
         refuse: Refuse,
         timeout: float,
     ) -> None:
         self._options = options
+        self._admit = admit
         self._draining = draining
         self._carriers = None if tls is None else Carriers(tls, self.new_ssh, refuse, timeout)
 
@@ -165,11 +208,18 @@ class FrontDoor:
         ``accepted``: when the TCP connection was accepted (``time.monotonic()``), the
         start of the handshake-duration metric; ``None``: now.
         """
-        if self._carriers is not None:
-            self._carriers.accept(transport, client, rest)
+        if self._draining():
+            transport.abort()
             return
-        conn = self.new_ssh(client, "ssh", accepted)
+        admission = self._admit(transport, client[0])
+        if admission is None:
+            return
+        if self._carriers is not None:
+            self._carriers.accept(transport, client, rest, admission)
+            return
+        conn = self.new_ssh(client, "ssh", admission, accepted)
         if conn is None:
+            admission.withdraw()
             transport.abort()
             return
         transport.set_protocol(conn)
@@ -178,12 +228,16 @@ class FrontDoor:
             conn.data_received(rest)
 
     def new_ssh(
-        self, client: tuple[str, int], carrier: str, accepted: float | None = None
+        self,
+        client: tuple[str, int],
+        carrier: str,
+        admission: Slot,
+        accepted: float | None = None,
     ) -> asyncio.Protocol | None:
         """An SSH server connection for ``client`` (``None`` while draining).
 
         ``carrier`` names the layers it came through (``ssh``, ``tls+ssh``,
-        ``tls+websocket+ssh``).
+        ``tls+websocket+ssh``); ``admission`` is its gate slot, taken at accept.
         """
         if self._draining():
             return None
@@ -193,6 +247,7 @@ class FrontDoor:
         conn.set_extra_info(
             peername=client,
             carrier=carrier,
+            admission=admission,
             accepted=time.monotonic() if accepted is None else accepted,
         )
         return conn

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING
 
 from tether import log
 from tether.certs import RESERVED_NAMES
+from tether.relay.door import Slot
 from tether.relay.engineers import EngineerLink
 from tether.relay.forwarding import NullListener
-from tether.relay.gate import Outcome
 from tether.relay.peering import PeerSession
 from tether.relay.tethers import ControlSession, TetherLink
 from tether.sshlib import asyncssh
-from tether.tuning import coalesce_writes, quick_acks
+from tether.tuning import coalesce_writes, quick_acks, skip_ignore_packets
 from tether.wire import AGENT_USERNAME, PEER_USERNAME, RELAY_TIME_BANNER
 
 if TYPE_CHECKING:
@@ -60,6 +60,10 @@ class RelayConnection(asyncssh.SSHServer):
         #: When the TCP connection was accepted (``time.monotonic()``): the start of the
         #: handshake a tether's admission completes.
         self.accepted = time.monotonic()
+        #: Its slot in the pre-auth gate, taken at accept (relay/door.py).
+        self.admission: Slot | None = None
+        #: When the client finished its key exchange and named its user (``begin_auth``).
+        self.kex_done: float | None = None
 
     # --- connection lifecycle --------------------------------------------------------
 
@@ -70,24 +74,22 @@ class RelayConnection(asyncssh.SSHServer):
         self.accepted = accepted if isinstance(accepted, float) else time.monotonic()
         coalesce_writes(conn)
         quick_acks(conn)
+        skip_ignore_packets(conn)
         self.relay.connections.add(self)
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"
         self.source = str(peer[0])
         self.relay.unauthenticated += 1
         self._capture_certificate(conn)
-        # The gate (relay/gate.py) decides; a refusal is counted and summarised per
-        # network block (Relay.summarise_refusals), never logged one line each.
-        decision = self.relay.gate.admit(self, self.source)
-        if decision.evict is not None:
-            decision.evict.gate_closed("evicted: too slow to log in while the relay is busy")
-        if decision.drop is not None:
-            self.relay.refusals.count(decision.block, decision.drop.value)
-            self.relay.metrics.unauthenticated_dropped.labels(decision.drop.value).inc()
+        # The gate admitted this connection at accept (before TLS or SSH cost anything);
+        # from here on it ends it through gate_closed.
+        admission = conn.get_extra_info("admission")
+        if not isinstance(admission, Slot):  # every listener goes through FrontDoor
             self.closing = True
-            conn.disconnect(
-                asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections waiting to log in; retry"
-            )
+            conn.abort()
+            return
+        self.admission = admission
+        admission.attach(self)
 
     def gate_closed(self, why: str) -> None:
         """The gate ended this pending connection (login time over, or evicted)."""
@@ -137,7 +139,8 @@ class RelayConnection(asyncssh.SSHServer):
         self.relay.connections.discard(self)
         if not self.authenticated:
             self.relay.unauthenticated -= 1
-            self.relay.gate.closed(self, Outcome.NOAUTH)  # no-op if the gate ended it
+            if self.admission is not None:
+                self.admission.lost()  # no-op if the gate ended it
         if isinstance(self.link, EngineerLink | PeerSession):
             self.link.lost()
         elif isinstance(self.link, TetherLink):
@@ -152,7 +155,9 @@ class RelayConnection(asyncssh.SSHServer):
 
     async def begin_auth(self, username: str) -> bool:
         self.username = username
-        self.relay.gate.progressed(self)  # key exchange done: no longer stalled
+        self.kex_done = time.monotonic()
+        if self.admission is not None:
+            self.admission.progressed()  # key exchange done: no longer stalled
         if self.peers_only or username == PEER_USERNAME:
             # With a relay-to-relay port, peers log in there only, and only peers do.
             on_peer_port = self.peers_only or self.relay.config.peer_listen is None
@@ -165,6 +170,9 @@ class RelayConnection(asyncssh.SSHServer):
                 self.conn.send_auth_banner(
                     f"{RELAY_TIME_BANNER}{self.relay.clock.now().isoformat()}\n"
                 )
+                if self.relay.tls_banner is not None:
+                    # Which TLS certificate is ours: the agent tells inspection apart.
+                    self.conn.send_auth_banner(self.relay.tls_banner)
         elif username not in RESERVED_NAMES:
             engineer = await self.relay.store.engineers.get(username)
             if engineer is not None and engineer.active:
@@ -201,7 +209,8 @@ class RelayConnection(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         self.authenticated = True
         self.relay.unauthenticated -= 1
-        self.relay.gate.authenticated(self)
+        if self.admission is not None:
+            self.admission.authenticated()
         if isinstance(self.link, EngineerLink):
             self.link.authenticated(self.certificate_valid_before)
         elif isinstance(self.link, TetherLink | PeerSession):

@@ -60,7 +60,17 @@ class EngineerLink:
         self.relay.engineer_connected(self.name, self)
         self._since = time.monotonic()
         self.relay.metrics.engineer_sessions.inc()
-        log.event(logger, "engineer.login", engineer=self.name, peer=self.connection.peer)
+        conn = self.connection
+        kex = None if conn.kex_done is None else round((conn.kex_done - conn.accepted) * 1000)
+        log.event(
+            logger,
+            "engineer.login",
+            engineer=self.name,
+            peer=conn.peer,
+            # Milliseconds from accept to the end of the key exchange, and to this login.
+            kex_ms=kex,
+            login_ms=round((self._since - conn.accepted) * 1000),
+        )
         if certificate_valid_before is None:
             self.close()  # engineers only ever authenticate with a certificate
             return
@@ -200,8 +210,10 @@ class EngineerLink:
         if relay.peers is None or self._valid_before is None:
             raise self._refused(refusal, dest_host, dest_port)
         try:
-            holder = await relay.store.tethers.get(refusal.serial)
-            relays = await relay.store.relays.list() if holder is not None else []
+            # Both at once: one database round trip on the engineer's connect, not two.
+            holder, relays = await asyncio.gather(
+                relay.store.tethers.get(refusal.serial), relay.store.relays.list()
+            )
         except StoreError as exc:
             log.event(logger, "channel.store_error", level=logging.WARNING, error=str(exc))
             relay.metrics.channels_refused.labels("store-unavailable").inc()

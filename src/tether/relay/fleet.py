@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable
 
 from tether import log
@@ -76,8 +77,13 @@ class Membership:
 
     async def serve(self) -> None:
         """Heartbeat and sweep until cancelled; a database hiccup only delays a beat."""
+        interval = self.config.heartbeat_interval
+        due = time.monotonic() + interval
         while True:
-            await asyncio.sleep(self.config.heartbeat_interval)
+            # Beats keep their cadence: a beat that took long (a busy database) does not
+            # push every later one back by as much, which would eat into dead_after.
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            due = max(due + interval, time.monotonic())
             try:
                 await self.beat()
             except Exception as exc:  # the relay keeps its tethers through an outage

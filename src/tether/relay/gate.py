@@ -14,10 +14,13 @@ one :meth:`Gate.admit` decides, in this order:
    blocks are /24 (IPv4) and /64 (IPv6) by default, so one IPv6 customer, who has
    2^64 addresses, counts as one source;
 3. from :attr:`GateLimits.start` pending connections on, a newcomer from a block that
-   already holds a pending connection is dropped with a probability rising linearly from
-   :attr:`GateLimits.rate` at ``start`` to 1 at ``full`` (``early``). A block with
-   nothing pending is never dropped at random: a flood fills blocks, an engineer's
-   single login does not;
+   holds a *stalling* connection (one admitted at least :attr:`GateLimits.stall_after`
+   seconds ago that has still not finished its key exchange) is dropped with a
+   probability rising linearly from :attr:`GateLimits.rate` at ``start`` to 1 at
+   ``full`` (``early``). Drops follow stalls, not counts: a block whose pending
+   connections are all progressing (engineers of one office logging in one after the
+   other, each through its key exchange in milliseconds) is never dropped at random,
+   while a flood's block, whose connections sit on their slots, is;
 4. at :attr:`GateLimits.full` the oldest *stalled* connection (one that has not yet
    finished its key exchange and asked to log in) is evicted to make room; only if none
    is stalled is the newcomer refused (``full``). A prompt client leaves the stalled set
@@ -104,6 +107,9 @@ class GateLimits:
     penalty_max: float = 600.0
     #: Seconds an address that logged in stays exempt from penalties and random drops.
     trust_for: float = 3600.0
+    #: Seconds without finishing the key exchange after which a connection is stalling:
+    #: its block is subject to random early drop.
+    stall_after: float = 2.0
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent threshold."""
@@ -117,6 +123,8 @@ class GateLimits:
             raise ValueError("login_timeout_busy must be > 0 and at most login_timeout")
         if not 0 <= self.penalty_min <= self.penalty_max:
             raise ValueError("penalty_min must be at most penalty_max")
+        if not self.stall_after >= 0:
+            raise ValueError("stall_after must be at least 0")
 
 
 @dataclass
@@ -182,6 +190,8 @@ class Gate(Generic[H]):
         self._pending: OrderedDict[H, _Pending] = OrderedDict()
         #: Those that have not yet asked to log in, oldest first (eviction candidates).
         self._stalled: OrderedDict[H, None] = OrderedDict()
+        #: The same by block, with when each was admitted (oldest first): stalling blocks.
+        self._stalled_in: dict[str, OrderedDict[H, float]] = {}
         self._per_address: Counter[str] = Counter()
         self._per_block: Counter[str] = Counter()
         #: block -> (seconds owed, as of time, enforced).
@@ -248,7 +258,7 @@ class Gate(Generic[H]):
         elif (
             not trusted
             and len(self._pending) >= lim.start
-            and self._per_block[block] > 0
+            and self._stalling(block, now)
             and self._rng() < self._early_drop_probability()
         ):
             drop = Drop.EARLY
@@ -265,6 +275,7 @@ class Gate(Generic[H]):
             return Decision(drop, block)
         self._pending[handle] = _Pending(address, block, now)
         self._stalled[handle] = None
+        self._stalled_in.setdefault(block, OrderedDict())[handle] = now
         self._per_address[address] += 1
         self._per_block[block] += 1
         self.admitted += 1
@@ -272,7 +283,16 @@ class Gate(Generic[H]):
 
     def progressed(self, handle: H) -> None:
         """The connection finished its key exchange and asked to log in: not stalled."""
-        self._stalled.pop(handle, None)
+        pending = self._pending.get(handle)
+        if pending is not None:
+            self._unstall(handle, pending.block)
+
+    def withdraw(self, handle: H) -> None:
+        """The relay let a pending connection go for its own reasons (it is draining):
+        it leaves the gate without a penalty (no-op if it had left already)."""
+        pending = self._pending.get(handle)
+        if pending is not None:
+            self._forget(handle, pending)
 
     def authenticated(self, handle: H) -> None:
         """The connection logged in: it leaves the gate, and its address is trusted."""
@@ -317,6 +337,21 @@ class Gate(Generic[H]):
         share = (len(self._pending) - lim.start) / (lim.full - lim.start)
         return min(1.0, lim.rate + (1.0 - lim.rate) * share)
 
+    def _stalling(self, block: str, now: float) -> bool:
+        """Whether ``block`` holds a connection stalled for ``stall_after`` seconds."""
+        stalled = self._stalled_in.get(block)
+        if not stalled:
+            return False
+        return now - next(iter(stalled.values())) >= self.limits.stall_after
+
+    def _unstall(self, handle: H, block: str) -> None:
+        self._stalled.pop(handle, None)
+        stalled = self._stalled_in.get(block)
+        if stalled is not None:
+            stalled.pop(handle, None)
+            if not stalled:
+                del self._stalled_in[block]
+
     def _victim(self, now: float) -> H | None:
         """The oldest stalled connection, preferring one from an address not trusted."""
         for i, handle in enumerate(self._stalled):
@@ -339,7 +374,7 @@ class Gate(Generic[H]):
 
     def _forget(self, handle: H, pending: _Pending) -> None:
         del self._pending[handle]
-        self._stalled.pop(handle, None)
+        self._unstall(handle, pending.block)
         for counter, key in (
             (self._per_address, pending.address),
             (self._per_block, pending.block),

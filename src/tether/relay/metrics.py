@@ -50,6 +50,7 @@ _REVOKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 
 # the store is slow or a reconnect storm queues admissions.
 _HANDSHAKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # One transaction on the shared store: milliseconds, seconds when it struggles.
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _STORE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Engineer sessions last from seconds to a working day.
 _SESSION_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0)
@@ -134,6 +135,20 @@ class RelayMetrics:
             buckets=_HANDSHAKE_BUCKETS,
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "tether_relay_event_loop_lag_seconds",
+            "How late the relay's event loop ran a timer (sampled every "
+            "0.1 s): time every connection's handshake and traffic waited for the loop.",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.gc_pause = Histogram(
+            "tether_relay_gc_pause_seconds",
+            "How long each of Python's garbage collections stopped the relay, by generation.",
+            ["generation"],
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
         self.reconnects = Counter(
             "tether_relay_tether_reconnects",
             "Admissions of a tether whose key was used before (by this machine, on any "
@@ -156,7 +171,8 @@ class RelayMetrics:
         self.audit_backlog.set_function(audit_backlog)
         self.unauthenticated = Gauge(
             "tether_relay_unauthenticated_connections",
-            "Connections to this relay that have not logged in yet.",
+            "Connections to this relay that have not logged in yet (from accept, inside TLS "
+            "or a WebSocket handshake too).",
             registry=r,
         )
         self.unauthenticated.set_function(unauthenticated)
@@ -208,6 +224,8 @@ class RelayMetrics:
             self.revocation_cut.labels(kind)
         for operation in STORE_OPERATIONS:
             self.store_latency.labels(operation)
+        for generation in ("0", "1", "2"):
+            self.gc_pause.labels(generation)
 
     def timed_store(
         self, operation: str, write: Callable[[ItemsT], Awaitable[ResultT]]

@@ -34,7 +34,7 @@ from tether.errors import BadInput, ConfigError
 from tether.relay.forwarding import ChannelStats, CountingForwarder, open_to_machine, pipe_channel
 from tether.relay.routing import PeerRoute, RouteRefused
 from tether.sshlib import asyncssh
-from tether.tuning import coalesce_writes, quick_acks
+from tether.tuning import coalesce_writes, quick_acks, skip_ignore_packets
 from tether.wire import (
     CHANNEL_MAX_PACKET,
     CHANNEL_WINDOW,
@@ -268,6 +268,7 @@ class PeerLinks:
             raise _refuse(asyncssh.OPEN_CONNECT_FAILED, _unreachable(route)) from None
         coalesce_writes(conn)
         quick_acks(conn)
+        skip_ignore_packets(conn)
         log.event(logger, "peer.link_up", relay=route.relay_id, address=f"{host}:{port}")
         return conn
 

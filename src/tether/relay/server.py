@@ -12,6 +12,7 @@ listens on a socket per tether.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from tether.relay.audit import HEAD_INTERVAL, AuditWriter, HeadChecks
 from tether.relay.batching import Batcher
 from tether.relay.carriers import AcceptFront, FrontDoor, server_context
 from tether.relay.connection import RelayConnection
+from tether.relay.door import Door, Slot
 from tether.relay.engineers import Cuttable
 from tether.relay.fleet import Membership
 from tether.relay.gate import Gate, GateLimits, RefusalSummary
@@ -41,6 +43,7 @@ from tether.store.admission import Admission
 from tether.store.changes import ChangeFeed
 from tether.store.records import TetherRecord
 from tether.tasks import TaskSet
+from tether.tlscert import relay_tls_banner
 from tether.wire import (
     CHANNEL_MAX_PACKET,
     CHANNEL_WINDOW,
@@ -54,6 +57,8 @@ logger = logging.getLogger("tether.relay")
 READINESS_TIMEOUT = 2.0
 #: Seconds between two sweeps of connections past their (pressure-dependent) login time.
 GATE_SWEEP = 0.25
+#: Seconds between two samples of the event loop's lag.
+LAG_SAMPLE = 0.1
 
 
 def gate_limits(config: RelayConfig) -> GateLimits:
@@ -72,6 +77,7 @@ def gate_limits(config: RelayConfig) -> GateLimits:
         penalty_noauth=config.penalty_noauth,
         penalty_min=min(config.penalty_min, config.penalty_max),
         penalty_max=config.penalty_max,
+        stall_after=config.stall_after,
     )
 
 
@@ -97,7 +103,7 @@ class Relay:
         self.revoked_keys: set[str] = set()
         #: Admission before login (caps, early drop, eviction, penalties); its counters
         #: (``drops`` by reason, ``evictions``, ``expirations``) are for metrics.
-        self.gate: Gate[RelayConnection] = Gate(gate_limits(config), time.monotonic)
+        self.gate: Gate[Slot] = Gate(gate_limits(config), time.monotonic)
         #: Refused connections, written as one summary line per network block per interval.
         self.refusals = RefusalSummary(config.refused_log_interval, time.monotonic)
         self.requests_by_source = RateLimiter(config.requests_per_source_per_hour, 3600.0)
@@ -106,7 +112,7 @@ class Relay:
         #: callables are read at each scrape, when every part named here exists.
         self.metrics = RelayMetrics(
             tethers=lambda: len(self.registry),
-            unauthenticated=lambda: self.unauthenticated,
+            unauthenticated=lambda: len(self.gate),  # from accept: TLS and WebSocket too
             peer_links=lambda: 0 if self.peers is None else len(self.peers),
             audit_backlog=lambda: self.audit.backlog,
         )
@@ -122,7 +128,7 @@ class Relay:
             self.tasks,
             "relay.departures",
         )
-        self._server: asyncssh.SSHAcceptor | asyncio.Server | None = None
+        self._server: asyncio.Server | None = None
         self._door: FrontDoor | None = None
         #: Set when the relay stops or drains: ``/readyz`` answers 503 from then on.
         self.draining = False
@@ -132,6 +138,8 @@ class Relay:
         self.engineer_ca = asyncssh.read_public_key(config.engineer_ca)
         self.host_key_fingerprint = self._host_key.get_fingerprint("sha256")
         self.host_public_key = self._host_key.convert_to_public()
+        #: The auth banner telling agents this relay's TLS certificate (``None``: no TLS).
+        self.tls_banner = relay_tls_banner(config.tls_certificate)
         #: Applies the fleet's revocations (relay/revocations.py).
         self.revocations = RevocationWatch(self)
         #: Wake-ups from the store's NOTIFY (PostgreSQL); ``None`` until started, or on SQLite.
@@ -156,7 +164,7 @@ class Relay:
         self.fatal_reason = ""
         #: Links to the fleet's other relays (None: no ``peer_key``, a relay on its own).
         self.peers = PeerLinks.configured(self)
-        self._peer_server: asyncssh.SSHAcceptor | None = None
+        self._peer_server: asyncio.Server | None = None
 
     @property
     def port(self) -> int:
@@ -206,13 +214,26 @@ class Relay:
             if self.config.tls_certificate is None or self.config.tls_key is None
             else server_context(self.config.tls_certificate, self.config.tls_key)
         )
-        # Our own accept path (relay/carriers.py) behind HAProxy (its PROXY v2 header
-        # first) or with TLS (one port for SSH, SSH in TLS, SSH over WebSocket).
+        # Our own accept path (relay/carriers.py), whatever the carrier: the gate decides
+        # at accept (relay/door.py), before TLS or SSH costs anything; behind
+        # HAProxy after its PROXY v2 header; with TLS one port for SSH, SSH in TLS, SSH
+        # over WebSocket.
+        gate_door = Door(
+            self.gate,
+            self.refusals,
+            lambda drop: self.metrics.unauthenticated_dropped.labels(drop.value).inc(),
+            f"SSH-2.0-{RELAY_SERVER_VERSION}",
+        )
+
+        def refuse(address: str, why: str) -> None:
+            self.refusals.count(self.gate.block_of(address), why)
+
         door = self._door = FrontDoor(
             options,
             tls,
+            admit=gate_door.admit,
             draining=lambda: self.draining,
-            refuse=lambda address, why: self.refusals.count(self.gate.block_of(address), why),
+            refuse=refuse,
             timeout=self.config.login_timeout,
         )
         if self.config.proxy_protocol:
@@ -228,17 +249,28 @@ class Relay:
                 lambda: AcceptFront(door.hand_off), host, port, backlog=1024
             )
         else:
-            self._server = await asyncssh.listen(host, port, options=options)
+            self._server = await asyncio.get_running_loop().create_server(
+                lambda: AcceptFront(door.hand_off), host, port, backlog=1024
+            )
         address = f"{host}:{self.port}"
         if self.config.peer_listen is not None:
             # Other relays' links: plain SSH (no PROXY header), peer logins only.
             peer_options = await asyncssh.SSHServerConnectionOptions.construct(
                 options=options, server_factory=lambda: RelayConnection(self, peers_only=True)
             )
-            self._peer_server = await asyncssh.listen(
-                *self.config.peer_listen, options=peer_options
+            peer_door = FrontDoor(
+                peer_options,
+                None,
+                admit=gate_door.admit,
+                draining=lambda: False,  # a draining relay still carries its peers' channels
+                refuse=refuse,
+                timeout=self.config.login_timeout,
             )
-            address = f"{self.config.peer_listen[0]}:{self._peer_server.get_port()}"
+            self._peer_server = await asyncio.get_running_loop().create_server(
+                lambda: AcceptFront(peer_door.hand_off), *self.config.peer_listen, backlog=1024
+            )
+            peer_port = self._peer_server.sockets[0].getsockname()[1]
+            address = f"{self.config.peer_listen[0]}:{peer_port}"
         if self.config.metrics_listen is not None:
             self.metrics_server = MetricsServer(
                 *self.config.metrics_listen,
@@ -252,6 +284,7 @@ class Relay:
         await self.membership.beat()  # the fleet learns the real port now, not in 5 s
         self.tasks.spawn(self.revocations.serve(), "relay.watch")
         self.tasks.spawn(self._sweep_gate(), "relay.gate")
+        self.tasks.spawn(self._watch_loop_lag(), "relay.loop_lag")
         self.tasks.spawn(self.membership.serve(), "relay.membership")
         log.event(
             logger,
@@ -269,6 +302,7 @@ class Relay:
             "relay.limits",
             max_unauthenticated=limits.full,
             early_drop=f"{limits.start}:{round(limits.rate * 100)}:{limits.full}",
+            stall_after=f"{limits.stall_after:g}s",
             per_source=limits.per_address,
             per_netblock=limits.per_netblock,
             netblock=f"/{limits.ipv4_prefix},/{limits.ipv6_prefix}",
@@ -285,9 +319,31 @@ class Relay:
         """Close connections past their login time; write the refusal summaries."""
         while True:
             await asyncio.sleep(GATE_SWEEP)
-            for conn in self.gate.expired():
-                conn.gate_closed("took too long to log in")
+            for slot in self.gate.expired():
+                slot.gate_closed("took too long to log in")
             self.summarise_refusals()
+
+    async def _watch_loop_lag(self) -> None:
+        """Observe how late the event loop wakes a timer (the wait every client shares),
+        and how long each garbage collection stops it (one cause of that lateness)."""
+        loop = asyncio.get_running_loop()
+        started = [0.0]
+        pauses = [self.metrics.gc_pause.labels(str(g)) for g in range(3)]
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            elif 0 <= info.get("generation", -1) <= 2:
+                pauses[info["generation"]].observe(time.perf_counter() - started[0])
+
+        gc.callbacks.append(on_gc)
+        try:
+            while True:
+                due = loop.time() + LAG_SAMPLE
+                await asyncio.sleep(LAG_SAMPLE)
+                self.metrics.loop_lag.observe(max(0.0, loop.time() - due))
+        finally:
+            gc.callbacks.remove(on_gc)
 
     def summarise_refusals(self) -> None:
         """One line per network block with refusals in the last interval, if one passed."""

@@ -5,6 +5,11 @@ allowed only to the ports given, optional Basic authentication against a htpassw
 file checked by Squid's own ``basic_ncsa_auth``) and runs ``squid -N`` in the foreground
 with everything (cache, logs, pid) in a directory the caller gives. Its access log is
 kept, so a test can read what the proxy saw.
+
+With ``inspect_tls`` (Debian's ``squid-openssl`` build) it is a TLS-inspecting proxy as
+offices run them: every ``CONNECT`` is bumped (``ssl_bump peek`` then ``bump``), the
+client sees a certificate for the target made on the fly and signed by the proxy's own CA,
+and what is inside TLS but not HTTP is tunnelled on (``on_unsupported_protocol tunnel``).
 """
 
 from __future__ import annotations
@@ -25,15 +30,25 @@ SQUID = "/usr/sbin/squid"
 #: The user Debian's Squid drops to (its ``cache_effective_user``).
 SQUID_USER = "proxy"
 _NCSA = ("/usr/lib/squid/basic_ncsa_auth", "/usr/lib/squid3/basic_ncsa_auth")
+#: Makes the certificates of a bumping Squid (in squid-openssl only).
+CERTGEN = "/usr/lib/squid/security_file_certgen"
 
 
 def squid_unavailable_reason() -> str | None:
     """Why Squid cannot run here (``None``: it can)."""
     if not Path(SQUID).exists() and shutil.which("squid") is None:
-        return "Squid is not installed (Debian package squid; scripts/setup installs it)"
+        return "Squid is not installed (Debian package squid-openssl; scripts/setup installs it)"
     if os.geteuid() != 0:
         return "Squid's test instance runs as root here (it drops to its own user)"
     return None
+
+
+def ssl_bump_unavailable_reason() -> str | None:
+    """Why a TLS-inspecting Squid cannot run here (``None``: it can)."""
+    reason = squid_unavailable_reason()
+    if reason is None and not Path(CERTGEN).exists():
+        reason = "this Squid cannot inspect TLS (Debian squid-openssl has ssl-bump; squid not)"
+    return reason
 
 
 def _free_port() -> int:
@@ -65,6 +80,8 @@ class Squid:
     :param users: ``{user: password}`` for Basic authentication; empty: none asked.
     :param allow_connect: ``False``: refuse every ``CONNECT`` (only plain HTTP and
         upgrades pass).
+    :param inspect_tls: ``(CA certificate, CA key)`` PEM files: break open the TLS inside
+        every ``CONNECT`` with certificates this CA signs; ``None``: tunnel it untouched.
     """
 
     def __init__(
@@ -73,19 +90,27 @@ class Squid:
         *,
         users: dict[str, str] | None = None,
         allow_connect: bool = True,
+        inspect_tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.workdir = Path()
         self.connect_ports = tuple(connect_ports)
         self.users = dict(users or {})
         self.allow_connect = allow_connect
+        self.inspect_tls = inspect_tls
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
 
     def render(self) -> str:
         w = self.workdir
         ports = " ".join(str(p) for p in self.connect_ports)
+        listen = f"http_port 127.0.0.1:{self.port}"
+        if self.inspect_tls is not None:
+            listen += (
+                f" ssl-bump tls-cert={w / 'ca.pem'} tls-key={w / 'ca.key'}"
+                " generate-host-certificates=on dynamic_cert_mem_cache_size=4MB"
+            )
         lines = [
-            f"http_port 127.0.0.1:{self.port}",
+            listen,
             f"pid_filename {w / 'squid.pid'}",
             f"access_log stdio:{w / 'access.log'}",
             f"cache_log {w / 'cache.log'}",
@@ -99,6 +124,21 @@ class Squid:
             # Browsers (and wsproto) send "Upgrade: websocket"; Squid matches names as written.
             "http_upgrade_request_protocols websocket allow all",
         ]
+        if self.inspect_tls is not None:
+            lines += [
+                f"sslcrtd_program {CERTGEN} -s {w / 'ssl_db'} -M 4MB",
+                "sslcrtd_children 2 startup=1 idle=1",
+                "acl step1 at_step SslBump1",
+                "ssl_bump peek step1",
+                "ssl_bump bump all",
+                # The relay's own certificate is self-signed: the proxy takes it anyway
+                # (the agent does too: the SSH inside is what it trusts).
+                "tls_outgoing_options flags=DONT_VERIFY_PEER",
+                "sslproxy_cert_error allow all",
+                # SSH inside the bumped TLS is not HTTP: pass it on, as offices do for
+                # the protocols they do not understand.
+                "on_unsupported_protocol tunnel all",
+            ]
         if self.users:
             helper = next((h for h in _NCSA if Path(h).exists()), _NCSA[0])
             lines += [
@@ -124,6 +164,8 @@ class Squid:
             (self.workdir / "passwords").write_text(text)
             shutil.chown(self.workdir / "passwords", SQUID_USER, SQUID_USER)
             os.chmod(self.workdir / "passwords", 0o600)
+        if self.inspect_tls is not None:
+            self._prepare_inspection(*self.inspect_tls)
         conf = self.workdir / "squid.conf"
         conf.write_text(self.render())
         log = open(self.workdir / "squid.out", "ab")  # noqa: SIM115
@@ -142,6 +184,20 @@ class Squid:
                 time.sleep(0.05)
         self.stop()
         raise NotReady(f"squid did not listen within {timeout:g} s: {self.log_tail()}")
+
+    def _prepare_inspection(self, ca_cert: Path, ca_key: Path) -> None:
+        """Copy the CA where Squid's user reads it, and make the certificate store."""
+        for source, name in ((ca_cert, "ca.pem"), (ca_key, "ca.key")):
+            target = self.workdir / name
+            shutil.copyfile(source, target)
+            os.chmod(target, 0o600)
+            shutil.chown(target, SQUID_USER, SQUID_USER)
+        store = self.workdir / "ssl_db"
+        subprocess.run(
+            [CERTGEN, "-c", "-s", str(store), "-M", "4MB"], capture_output=True, check=True
+        )
+        for path in (store, *store.rglob("*")):
+            shutil.chown(path, SQUID_USER, SQUID_USER)
 
     def log_tail(self) -> str:
         texts = []
@@ -172,4 +228,4 @@ class Squid:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-__all__ = ["SQUID", "Squid", "squid_unavailable_reason"]
+__all__ = ["SQUID", "Squid", "squid_unavailable_reason", "ssl_bump_unavailable_reason"]

@@ -92,6 +92,14 @@ def create_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_pre_ping=True, connect_args={"timeout": CONNECT_TIMEOUT})
 
 
+def _create_reserved_engine(url: str) -> AsyncEngine:
+    # One connection of its own, outside the shared pool (see Database.write's ``reserved``).
+    return create_async_engine(
+        url, pool_size=1, max_overflow=0, pool_pre_ping=True,
+        connect_args={"timeout": CONNECT_TIMEOUT},
+    )  # fmt: skip
+
+
 class Database:
     """An engine plus the session factory; hands out short read/write transactions."""
 
@@ -107,6 +115,14 @@ class Database:
             else engine
         )
         self._sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        # A saturated relay (a reconnect storm of thousands of tethers registering) queues
+        # its transactions for the shared pool for up to its 30 s timeout; a heartbeat in
+        # that queue arrives late and the fleet sweeps a relay that is alive. Work that
+        # proves liveness gets a connection of its own on PostgreSQL. (SQLite has one
+        # writer at a time whatever the pool: its writers queue in order below.)
+        self.reserved_engine = (
+            _create_reserved_engine(url) if self.is_postgresql else self.write_engine
+        )
         # SQLite has one writer at a time. Writers of this process queue here, in order,
         # instead of all holding a pooled connection in SQLite's busy-wait: under a burst
         # (a relay restart) that wait ran out ("database is locked"). Other processes on
@@ -125,8 +141,10 @@ class Database:
         return cls(f"database error at {self.url_for_display} while {doing}: {reason}")
 
     @asynccontextmanager
-    async def _transaction(self, doing: str, *, write: bool) -> AsyncIterator[AsyncSession]:
-        bind = self.write_engine if write else self.engine
+    async def _transaction(
+        self, doing: str, *, write: bool, reserved: bool = False
+    ) -> AsyncIterator[AsyncSession]:
+        bind = self.reserved_engine if reserved else self.write_engine if write else self.engine
         queue = self._writer_queue() if write else None
         try:
             async with (
@@ -153,10 +171,22 @@ class Database:
         """``async with db.read("listing keys") as session:`` a read-only transaction."""
         return self._transaction(doing, write=False)
 
-    def write(self, doing: str) -> AbstractAsyncContextManager[AsyncSession]:
+    def write(
+        self, doing: str, *, reserved: bool = False
+    ) -> AbstractAsyncContextManager[AsyncSession]:
         """``async with db.write("revoking key") as session:`` a write transaction.
 
         On SQLite it starts with ``BEGIN IMMEDIATE``. Database failures leave as
         :class:`StoreError` (:class:`StoreConflict` for constraint violations).
+
+        :param reserved: run on the connection reserved for the relay's liveness
+            (heartbeats, sweeps) on PostgreSQL, so that it never waits behind a
+            saturated pool; at most one such transaction runs at a time.
         """
-        return self._transaction(doing, write=True)
+        return self._transaction(doing, write=True, reserved=reserved)
+
+    async def dispose(self) -> None:
+        """Close every connection, the reserved one too."""
+        await self.engine.dispose()
+        if self.is_postgresql:
+            await self.reserved_engine.dispose()

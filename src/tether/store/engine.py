@@ -145,7 +145,7 @@ class Store:
 
     async def aclose(self) -> None:
         """Close every connection of this store."""
-        await self._db.engine.dispose()
+        await self._db.dispose()
 
     async def __aenter__(self) -> Store:
         """``async with await Store.open(url) as store:`` closes it on exit."""

@@ -84,7 +84,9 @@ class RelayRepo:
             .where(RelayRow.relay_id == relay_id, RelayRow.instance == instance)
             .values(last_seen_at=require_aware(now, "now"), address=address, tethers=tethers)
         )
-        async with self._db.write(f"recording heartbeat of relay {relay_id}") as session:
+        async with self._db.write(
+            f"recording heartbeat of relay {relay_id}", reserved=True
+        ) as session:
             return bool((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
 
     async def sweep(self, now: datetime, dead_after: float) -> list[str]:
@@ -93,7 +95,7 @@ class RelayRepo:
         :returns: the ids of the relays removed (for the log and the audit).
         """
         cutoff = require_aware(now, "now") - timedelta(seconds=dead_after)
-        async with self._db.write("removing dead relays") as session:
+        async with self._db.write("removing dead relays", reserved=True) as session:
             dead = list(
                 (
                     await session.scalars(

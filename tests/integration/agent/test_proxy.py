@@ -3,7 +3,9 @@
 The machine is a sandbox whose one uplink is the proxy's port; the relay (TLS on, in
 this process) is on a host port the machine cannot reach directly, so direct ``ssh``
 and ``tls`` fail and the agent must use ``tls-proxy``: CONNECT through Squid, which
-allows CONNECT only to the relay's port (the office's "443 only").
+allows CONNECT only to the relay's port (the office's "443 only"). A TLS-inspecting
+Squid (ssl-bump, with a CA of the test's own) breaks TLS open and still carries the
+tether, because the SSH inside is pinned, not the TLS.
 """
 
 from __future__ import annotations
@@ -11,25 +13,80 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from tests.integration.agent.test_cli import Machine, stop
 from tests.integration.harness import FAST, Agent, EchoServer, Vendor, run_ssh, vendor_setup
-from tether.agent.network import NetworkSettings, TransportKind
+from tether.agent.network import Carrier, NetworkSettings, TransportKind, resolve_proxy
+from tether.agent.probe import probe_transport
 from tether.agent.status import TunnelState
 from tether.keys import KeyKind
 from tether.relay.server import Relay
 from tether.sandbox import Sandbox
-from tether.sandbox.squid import Squid, squid_unavailable_reason
+from tether.sandbox.squid import Squid, squid_unavailable_reason, ssl_bump_unavailable_reason
 from tether.sshlib import asyncssh
 from tether.tlscert import write_self_signed
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.squid]
 
 PASSWORD = "s3cret-Proxy-pw-7731"
+#: The issuer a TLS-inspecting office proxy signs its certificates with (RFC 4514).
+PROXY_CA = "CN=Office Inspection CA,O=Example Office Firewall"
+
+
+def _write_proxy_ca(directory: Path) -> tuple[Path, Path]:
+    """A CA of the office's own, as a TLS-inspecting proxy has (RSA: Squid signs with it)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example Office Firewall"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "Office Inspection CA"),
+        ]
+    )
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "proxy-ca.pem", directory / "proxy-ca.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
 
 
 @pytest.fixture
@@ -252,7 +309,9 @@ async def test_check_names_the_way_that_works_and_the_tls_issuer(
     assert f"answers over tls-proxy via 127.0.0.1:{squid.port}" in str(
         checks["relay reachable"]["detail"]
     )
-    assert "TLS certificate issued by CN=127.0.0.1" in str(checks["relay over tls-proxy"]["detail"])
+    through = str(checks["relay over tls-proxy"]["detail"])
+    assert "TLS certificate issued by CN=127.0.0.1" in through
+    assert "inspects TLS" not in through  # this Squid tunnels TLS untouched
     ssh = checks["relay over ssh"]
     assert ssh["ok"] is True  # explained, but not a failure: another way works
     assert "not needed now: the tether uses tls-proxy" in str(ssh["detail"])
@@ -282,11 +341,57 @@ async def test_check_says_when_the_relays_name_does_not_resolve(
     )
 
 
+async def test_a_tls_inspecting_proxy_still_carries_the_tether_and_check_names_it(
+    relay: Vendor,
+    squid_factory: Callable[..., Squid],
+    sandbox_factory: Callable[..., Sandbox],
+    tmp_path: Path,
+) -> None:
+    """Squid breaks TLS open with its own CA: the pinned SSH inside still comes up."""
+    reason = ssl_bump_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    squid = squid_factory([relay.relay_port], inspect_tls=_write_proxy_ca(tmp_path))
+    machine = _machine(relay, squid, sandbox_factory, tmp_path)
+    alice = await relay.engineer("alice", tmp_path)
+    key, _ = await relay.issue("M-1", ports=[22])
+    code, checks, text = await _check(machine, key)
+    assert code == 0, text
+    through = str(checks["relay over tls-proxy"]["detail"])
+    assert f"TLS certificate issued by {PROXY_CA}" in through
+    assert "The proxy inspects TLS" in through
+    assert "where the relay's is issued by CN=127.0.0.1" in through
+    assert "The tether still works" in through
+    assert checks["relay host key"]["ok"] is True
+    agent = await machine.start_agent()
+    try:
+        assert (await machine.tether("access", "enable", "--key", key)).returncode == 0
+        body = await machine.wait_tunnel("connected", timeout=30)
+        tunnel = body["tunnel"]
+        assert isinstance(tunnel, dict)
+        assert tunnel["transport"] == f"tls-proxy via 127.0.0.1:{squid.port}"
+        banner = await run_ssh(
+            alice.ssh_args(relay.relay_port, "-W", "m-1:22", "alice@127.0.0.1"), timeout=20
+        )
+        assert banner.stdout.startswith(b"SSH-2.0-OpenSSH"), banner.stderr
+    finally:
+        await stop(machine, agent)
+    # Squid bumped the CONNECT and, finding no HTTP inside, tunnelled the SSH on.
+    log = squid.access_log()
+    assert f"CONNECT 127.0.0.1:{relay.relay_port}" in log
+    assert "TCP_TUNNEL/200" in log
+
+
+@pytest.mark.parametrize("inspect", [False, True], ids=["tunnelling-proxy", "inspecting-proxy"])
 async def test_a_swapped_relay_host_key_behind_the_proxy_is_refused(
-    relay: Vendor, squid_factory: Callable[..., Squid], tmp_path: Path
+    relay: Vendor, squid_factory: Callable[..., Squid], tmp_path: Path, inspect: bool
 ) -> None:
     """TLS through the proxy is not the trust: another host key behind it gets nothing."""
-    squid = squid_factory([relay.relay_port])
+    if inspect and (reason := ssl_bump_unavailable_reason()) is not None:
+        pytest.skip(reason)
+    squid = squid_factory(
+        [relay.relay_port], inspect_tls=_write_proxy_ca(tmp_path) if inspect else None
+    )
     network = NetworkSettings(
         transports=(TransportKind.TLS_PROXY,), proxy=f"http://127.0.0.1:{squid.port}", environ={}
     )
@@ -304,3 +409,14 @@ async def test_a_swapped_relay_host_key_behind_the_proxy_is_refused(
         reason = agent.tunnel.status.reason or ""
     assert f"is not the one pinned by the key ({claims.relay_host_key})" in reason
     assert f"CONNECT 127.0.0.1:{port}" in squid.access_log()  # it did go through the proxy
+    # The same way, probed once: the TLS the agent saw was the proxy's (or the relay's).
+    carrier = Carrier(TransportKind.TLS_PROXY, resolve_proxy(network, "127.0.0.1"))
+    probe = await probe_transport(
+        claims.relay,
+        claims.relay_host_key,
+        asyncssh.generate_private_key("ssh-ed25519"),
+        carrier,
+    )
+    assert probe.host_key_ok is False
+    assert "something in between impersonates the relay" in str(probe.error)
+    assert probe.tls_issuer == (PROXY_CA if inspect else "CN=127.0.0.1")

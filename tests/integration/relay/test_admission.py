@@ -139,6 +139,7 @@ async def test_unauthenticated_connections_are_capped(tmp_path: Path) -> None:
             listen=("127.0.0.1", 0),
             max_unauthenticated=3,
             early_drop_start=3,
+            stall_after=0.0,  # a connection stalls at once: its block is early-dropped
         )
         relay = Relay(limited, vendor.store)
         await relay.start()
@@ -160,8 +161,8 @@ async def test_unauthenticated_connections_are_capped(tmp_path: Path) -> None:
             assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"SSH-2.0-")
             assert b"evicted" in await asyncio.wait_for(idle[0][0].read(), 5)
             assert relay.gate.evictions == 1
-            # One from a block that already waits, at the cap, is hung up on at once,
-            # saying why (before any key exchange).
+            # One from a block whose connection stalls, at the cap, is hung up on at
+            # once, saying why (before any key exchange).
             busy_reader, busy_writer = await asyncio.open_connection(
                 "127.0.0.1", relay.port, local_addr=("127.0.2.9", 0)
             )

@@ -12,12 +12,19 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
+from sqlalchemy import text
 
 from tests.integration.harness import Agent, EchoServer, Vendor, vendor_setup
 from tether.agent.status import TunnelState
 from tether.keys import KeyKind
+from tether.store import Store
+
+#: SQLAlchemy's default pool for PostgreSQL: 5 connections plus 10 overflow.
+POOL_CONNECTIONS = 15
 
 
 def _relay_process(vendor: Vendor, tmp: Path, relay_id: str, **settings: float) -> Path:
@@ -147,3 +154,35 @@ async def test_a_rebind_ends_the_old_machines_tether_for_good(
             while await vendor.store.tethers.list():
                 assert time.monotonic() < deadline, "the re-bound machine is still listed"
                 await asyncio.sleep(0.05)
+
+
+@pytest.mark.postgres
+async def test_a_heartbeat_is_not_held_up_by_a_saturated_database_pool(postgres_url: str) -> None:
+    # A relay in a reconnect storm has every pooled connection busy registering tethers;
+    # its heartbeat must still land, or the fleet sweeps a relay that is alive.
+    store = await Store.open(postgres_url)
+    try:
+        now = datetime.now(UTC)
+        assert await store.relays.claim("relay-1", "i-1", "127.0.0.1:1", now, 15) is None
+
+        async def busy() -> None:
+            async with store._db.read("keeping a pooled connection busy") as session:
+                await session.execute(text("SELECT pg_sleep(4)"))
+
+        sleepers = [asyncio.create_task(busy()) for _ in range(POOL_CONNECTIONS)]
+        await asyncio.sleep(0.5)
+        # The pool is saturated: ordinary work waits...
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(store.tethers.list(), 1.0)
+        # ... the heartbeat and the sweep do not.
+        beat_at = datetime.now(UTC)
+        held = await asyncio.wait_for(
+            store.relays.heartbeat("relay-1", "i-1", "127.0.0.1:1", beat_at, 7), 2.0
+        )
+        assert held
+        assert await asyncio.wait_for(store.relays.sweep(beat_at, 15), 2.0) == []
+        await asyncio.gather(*sleepers)
+        (relay,) = await store.relays.list()
+        assert (relay.relay_id, relay.tethers) == ("relay-1", 7)
+    finally:
+        await store.aclose()

@@ -20,6 +20,7 @@ from tether.agent.tunnel import TunnelState
 from tether.protocol import RefusalReason
 from tether.relay.gate import Drop
 from tether.relay.server import Relay
+from tether.tlscert import write_self_signed
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -162,3 +163,116 @@ async def test_a_source_that_stalls_repeatedly_is_penalised_then_forgiven(
             assert b"took too long to log in" in await connect()
         finally:
             await relay.aclose()
+
+
+async def test_a_refused_engineer_sees_why_in_stock_ssh(tmp_path: Path) -> None:
+    """Refused before any key exchange, stock ssh prints the relay's reason, not a
+    garbled banner."""
+    async with vendor_setup(tmp_path, max_unauthenticated_per_source=1) as vendor:
+        alice = await vendor.engineer("alice", tmp_path)
+        # Another login from alice's address is waiting: her address is at its cap.
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", vendor.relay_port, local_addr=("127.0.7.1", 0)
+        )
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"SSH-2.0-")
+        try:
+            result = await run_ssh(
+                alice.ssh_args(vendor.relay_port, "-b", "127.0.7.1", "alice@127.0.0.1", "true")
+            )
+        finally:
+            writer.close()
+        assert result.returncode == 255
+        err = result.stderr.decode()
+        assert "Received disconnect from 127.0.0.1" in err, err
+        assert "too many connections waiting to log in; retry" in err, err
+        assert "invalid characters" not in err
+        assert vendor.relay.gate.drops[Drop.ADDRESS] == 1
+
+
+async def _stall_in_tls(port: int, addresses: list[str], stop: asyncio.Event) -> int:
+    """Connect, start a TLS ClientHello and never finish it, until the relay hangs up;
+    then again. Returns how many connections the relay closed."""
+    closed = 0
+    for n in range(10**6):
+        if stop.is_set():
+            break
+        try:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, local_addr=(addresses[n % len(addresses)], 0)
+            )
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.write(b"\x16\x03\x01\x02\x00\x01")  # a record header, then nothing
+        done = asyncio.ensure_future(reader.read())
+        halt = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({done, halt}, return_when=asyncio.FIRST_COMPLETED)
+        halt.cancel()
+        if done.done():
+            closed += 1
+        else:
+            done.cancel()
+        writer.close()
+        await asyncio.sleep(0.02)
+    return closed
+
+
+async def test_a_stalled_tls_flood_from_many_addresses_does_not_lock_out_a_raw_ssh_engineer(
+    tmp_path: Path,
+) -> None:
+    cert, tls_key = tmp_path / "relay-tls.crt", tmp_path / "relay-tls.key"
+    write_self_signed("127.0.0.1", cert, tls_key)
+    async with (
+        vendor_setup(
+            tmp_path,
+            tls_certificate=cert,
+            tls_key=tls_key,
+            max_unauthenticated=40,
+            early_drop_start=10,
+            max_unauthenticated_per_source=2,
+            max_unauthenticated_per_netblock=4,
+            login_timeout_busy=2.0,
+        ) as vendor,
+        EchoServer() as service,
+    ):
+        relay = vendor.relay
+        key, claims = await vendor.issue("M-1", ports=[service.port])
+        alice = await vendor.engineer("alice", tmp_path)
+        async with Agent(key, claims, [service.port]) as agent:
+            await agent.wait_for(TunnelState.CONNECTED)
+            # 150 connections stalled inside TLS from 150 addresses in 50 /24 blocks,
+            # each reconnecting as soon as the relay closes it.
+            stop = asyncio.Event()
+            flood = [
+                asyncio.ensure_future(
+                    _stall_in_tls(relay.port, [f"127.0.{20 + w % 50}.{1 + w // 50}"], stop)
+                )
+                for w in range(150)
+            ]
+            try:
+                # The TLS stalls hold gate slots: the gate fills with them ...
+                await _until(lambda: len(relay.gate) >= 38, "TLS stalls to fill the gate")
+                for _ in range(4):
+                    result = await run_ssh(
+                        alice.ssh_args(
+                            relay.port,
+                            "-b",
+                            "127.0.9.5",
+                            "-W",
+                            f"M-1:{service.port}",
+                            "alice@127.0.0.1",
+                        ),
+                        input=b"ping\n",
+                        timeout=20,
+                    )
+                    # ... and a raw-SSH engineer gets through every time.
+                    assert result.returncode == 0, result.stderr.decode()
+                    assert result.stdout == b"hello from the machine\nping\n"
+                    # Never more pre-auth connections than the cap, TLS or not.
+                    assert len(relay.gate) <= 40
+                # The gate ended TLS stalls to make room (evicted, timed out, refused).
+                assert relay.gate.evictions + relay.gate.expirations > 20
+            finally:
+                stop.set()
+                closed = sum(await asyncio.gather(*flood))
+        assert closed > 100

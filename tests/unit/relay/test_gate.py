@@ -59,6 +59,10 @@ def test_random_early_drop_only_hits_busy_blocks_and_rises_to_full() -> None:
     # 2 pending (= start): p = 0.3; a draw of 0.5 passes, 0.2 is dropped.
     assert g.admit(3, "10.0.0.3").admitted
     draws[0] = 0.2
+    # The block's connections are young: not stalling yet, nobody dropped.
+    assert g.admit(4, "10.0.0.4").admitted
+    g.closed(4, Outcome.NOAUTH)
+    clock.now += 2.0  # stall_after: 10.0.0.0/24 now holds stalling connections
     assert g.admit(4, "10.0.0.4").drop is Drop.EARLY
     # A block with nothing pending is never dropped at random.
     assert g.admit(5, "192.0.2.1").admitted
@@ -70,6 +74,46 @@ def test_random_early_drop_only_hits_busy_blocks_and_rises_to_full() -> None:
     assert g.admit(50, "10.0.0.9").drop is Drop.EARLY
     draws[0] = 0.87
     assert g.admit(51, "10.0.0.9").admitted
+
+
+def test_early_drop_spares_a_block_whose_connections_all_progress() -> None:
+    """Engineers of one office log in one after the other while a flood keeps the gate
+    busy: each gets through its key exchange promptly, so their block is never dropped
+    at random, however often one is still pending when the next arrives."""
+    g, clock = gate(rng=0.0, start=2, rate=1.0, full=100, penalty_noauth=0)
+    for i in range(10):  # the flood: one stalled connection in each of 10 blocks
+        assert g.admit(100 + i, f"10.{i}.0.1").admitted
+    clock.now += 5.0
+    for n in range(20):
+        # The previous engineer is still pending (logging in), past its key exchange.
+        assert g.admit(n, f"192.0.2.{n + 1}").admitted, n
+        clock.now += 0.3
+        g.progressed(n)
+        clock.now += 0.7
+        if n:
+            g.authenticated(n - 1)
+    assert g.drops[Drop.EARLY] == 0
+    # The flood's blocks, whose connections sit in their key exchange, are dropped.
+    assert g.admit(200, "10.3.0.2").drop is Drop.EARLY
+    # One engineer stalls in the key exchange past stall_after: the block is stalling.
+    assert g.admit(30, "192.0.2.100").admitted
+    clock.now += 1.9
+    assert g.admit(31, "192.0.2.101").admitted
+    g.closed(31, Outcome.NOAUTH)
+    clock.now += 0.1
+    assert g.admit(31, "192.0.2.101").drop is Drop.EARLY
+    g.progressed(30)  # it got through after all: spared again
+    assert g.admit(32, "192.0.2.102").admitted
+
+
+def test_withdrawn_connections_leave_without_a_penalty() -> None:
+    g, _ = gate(per_address=1, penalty_noauth=20, penalty_min=15)
+    assert g.admit(1, "10.0.0.1").admitted
+    g.withdraw(1)
+    assert len(g) == 0
+    assert g.admit(2, "10.0.0.1").admitted  # neither the cap nor a penalty holds it
+    g.closed(2, Outcome.NOAUTH)
+    assert g.admit(3, "10.0.0.1").drop is Drop.PENALTY
 
 
 def test_full_evicts_the_oldest_stalled_connection_not_a_prompt_one() -> None:

@@ -56,6 +56,51 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+#: Why the agent's unit has no ``User=`` and no ``ProtectSystem=``: said in the unit itself.
+_AGENT_RUNS_AS_ROOT = (
+    "# The agent runs as root by design: to open and close support access it creates and\n"
+    "# removes the support account (useradd, chage, userdel), writes sudoers and sshd's\n"
+    "# drop-in under /etc, validates and reloads sshd, and ends live support sessions.\n"
+    "# So no User=, ProtectSystem= or NoNewPrivileges=; only what none of that needs is cut.\n"
+)
+
+
+def systemd_units(command: list[str], config_path: Path) -> dict[str, str]:
+    """The agent's systemd units, by file name: the daemon, the expiry check and its timer.
+
+    One text for ``tether agent install`` and for the Debian package (``scripts/package``),
+    so both run the agent and close access on time the same way.
+
+    :param command: how to run ``tether`` (e.g. ``["/usr/bin/tether"]``).
+    :param config_path: the agent's configuration file; the units do nothing without it.
+    """
+    base = " ".join(shlex.quote(part) for part in command)
+    cfg = shlex.quote(str(config_path))
+    condition = f"ConditionPathExists={config_path}\n"
+    # Optional: the service's environment (HTTPS_PROXY / NO_PROXY, TETHER_LOG_FORMAT).
+    environment = f"EnvironmentFile=-{config_path.parent / 'tether.env'}\n"
+    return {
+        "tether-agent.service": (
+            "[Unit]\nDescription=Tether support-access agent\nAfter=network-online.target\n"
+            f"Wants=network-online.target\n{condition}\n[Service]\n{_AGENT_RUNS_AS_ROOT}"
+            f"{environment}ExecStart={base} agent serve --config {cfg}\nRestart=always\nRestartSec=2\n"
+            "ProtectKernelModules=yes\nProtectKernelTunables=yes\nProtectControlGroups=yes\n"
+            "ProtectClock=yes\nRestrictRealtime=yes\nLockPersonality=yes\n\n"
+            "[Install]\nWantedBy=multi-user.target\n"
+        ),
+        "tether-expire.service": (
+            f"[Unit]\nDescription=Close Tether support access whose time is up\n{condition}\n"
+            f"[Service]\nType=oneshot\n{_AGENT_RUNS_AS_ROOT}"
+            f"{environment}ExecStart={base} access expire --config {cfg}\n"
+        ),
+        EXPIRE_TIMER: (
+            "[Unit]\nDescription=Close Tether support access on time, even without the agent\n\n"
+            "[Timer]\nOnBootSec=30s\nOnUnitActiveSec=30s\nAccuracySec=1s\nPersistent=true\n\n"
+            "[Install]\nWantedBy=timers.target\n"
+        ),
+    }
+
+
 def install(config: AgentConfig, command: list[str]) -> InstallReport:
     """Install the agent service and the per-minute expiry check.
 
@@ -64,31 +109,9 @@ def install(config: AgentConfig, command: list[str]) -> InstallReport:
     base = " ".join(shlex.quote(part) for part in command)
     cfg = shlex.quote(str(config.path))
     if SYSTEMD_RUNNING.exists():
-        files = (
-            _write(
-                config.systemd_dir / "tether-agent.service",
-                (
-                    "[Unit]\nDescription=Tether support-access agent\nAfter=network-online.target\n"
-                    "Wants=network-online.target\n\n[Service]\n"
-                    f"ExecStart={base} agent serve --config {cfg}\nRestart=always\nRestartSec=2\n\n"
-                    "[Install]\nWantedBy=multi-user.target\n"
-                ),
-            ),
-            _write(
-                config.systemd_dir / "tether-expire.service",
-                (
-                    "[Unit]\nDescription=Close Tether support access whose time is up\n\n"
-                    f"[Service]\nType=oneshot\nExecStart={base} access expire --config {cfg}\n"
-                ),
-            ),
-            _write(
-                config.systemd_dir / "tether-expire.timer",
-                (
-                    "[Unit]\nDescription=Close Tether support access on time, even without the agent\n\n"
-                    "[Timer]\nOnBootSec=30s\nOnUnitActiveSec=30s\nAccuracySec=1s\nPersistent=true\n\n"
-                    "[Install]\nWantedBy=timers.target\n"
-                ),
-            ),
+        files = tuple(
+            _write(config.systemd_dir / name, text)
+            for name, text in systemd_units(command, config.path).items()
         )
         for args in (
             ["daemon-reload"],
