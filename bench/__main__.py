@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import ending, fleet, tethers, throughput, transports, underflood
+from bench import ending, fleet, live_echo, tethers, throughput, transports, underflood
 from bench.parts import World, free_port, machine_description, raise_fd_limit
 from bench.relay_metrics import HistogramReading
 from bench.report import Row, median, percentile, print_table, write
@@ -32,6 +32,7 @@ GROUPS = (
     "restart",
     "ending",
     "agent",
+    "live",
     "fleet",
     "flood",
     "transports",
@@ -331,6 +332,8 @@ async def system_rows(
                     detail=f"answering; tether up again after {cost.tether_seconds:.2f} s",
                 )
             )
+        if "live" in groups:
+            rows.append(await live_row(system, args, steps))
     finally:
         await system.aclose()
     return rows
@@ -467,6 +470,30 @@ async def fleet_rows(
     return rows
 
 
+async def live_row(system: ending.DemoSystem, args: argparse.Namespace, steps: Steps) -> Row:
+    """Keystroke echo for the engineer with and without a watcher (bench/live_echo.py)."""
+    keys = max(50, args.tries * 10)
+    steps.say(f"live view: {keys} keystroke echoes alone, {keys} watched")
+    state = (await ending.status(system)).get("access")
+    if not isinstance(state, dict) or state.get("status") == "closed":
+        await system.open_access()
+    echo = await live_echo.echo_with_and_without_watcher(system, keys)
+    await ending.access(system, "disable")
+    steps.done()
+    return Row(
+        "live view added to the engineer's keystroke echo (p99)",
+        echo.added_p99_ms,
+        "ms extra",
+        "≤ 10 ms",
+        echo.added_p99_ms <= 10,
+        detail=f"watched p50 {echo.p(echo.watched, 50):.1f} / p99 {echo.p(echo.watched, 99):.1f} ms, "
+        f"alone p50 {echo.p(echo.alone, 50):.1f} / p99 {echo.p(echo.alone, 99):.1f} ms; "
+        f"{len(echo.alone)} + {len(echo.watched)} keys through the relay, alternating blocks "
+        f"of {live_echo.BLOCK}, tether access watch attached",
+        samples=echo.watched,
+    )
+
+
 #: How far the relay's own revocation timing may be from the bench's (issue 15).
 AGREEMENT_MS = 50.0
 
@@ -520,6 +547,7 @@ def count_steps(args: argparse.Namespace, groups: set[str]) -> int:
         "restart": lambda: 1,
         "ending": lambda: 2 * args.tries + 2,
         "agent": lambda: 1,
+        "live": lambda: 1,
         "fleet": lambda: 2 + args.runs + args.tries + 1,
         "flood": lambda: 1,
         "transports": lambda: 1,
@@ -547,7 +575,7 @@ async def main(argv: list[str]) -> int:
         work = Path(tmp)
         if groups & {"throughput", "connect", "tethers", "restart"}:
             rows += await loopback_rows(args, groups, steps, work, fd_limit)
-        if groups & {"ending", "agent"}:
+        if groups & {"ending", "agent", "live"}:
             rows += await system_rows(args, groups, steps, work)
         if "fleet" in groups:
             reason = fleet.fleet_unavailable_reason()

@@ -86,6 +86,8 @@ class Registered:
     #: The relay checks audit heads: the agent reports them only then, so a relay that
     #: predates them never sees an operation it would refuse.
     audit_heads: bool = False
+    #: The relay keeps the grant's limits for the vendor console (``grant-limits``).
+    grant_limits: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,13 +133,35 @@ class AccessClosed:
     reason: str
 
 
+#: Most limits one ``grant-limits`` message may list, and the longest of them.
+MAX_LIMITS, MAX_LIMIT_TEXT = 10, 300
+
+
+@dataclass(frozen=True)
+class GrantLimits:
+    """Agent → relay: what the customer's grant for ``key_id`` allows, in words.
+
+    For the vendor console, so the engineer knows before connecting (whether each
+    login waits for the customer, no sudo, ...). Empty: nothing is limited. The
+    machine enforces the limits itself; this is only what it says about them.
+    """
+
+    key_id: str
+    limits: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class Request:
-    """Agent → relay: one-click support request (no key yet): ask the vendor for one."""
+    """Agent → relay: one-click support request (no key yet): ask the vendor for one.
+
+    ``limits``: what the customer's grant will allow, in words, shown with the case
+    (a relay that predates them ignores the field).
+    """
 
     serial: str
     description: str
     version: int
+    limits: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -191,6 +215,7 @@ Message = (
     | SealedPassword
     | PasswordWithdrawn
     | AccessClosed
+    | GrantLimits
     | Request
     | Cancel
     | CaseUpdate
@@ -215,6 +240,8 @@ def encode(message: Message) -> bytes:
             }
             if audit_heads:
                 body["audit_heads"] = True
+            if message.grant_limits:
+                body["grant_limits"] = True
         case Refused(reason, text):
             body = {"op": "refused", "reason": reason.value, "message": text}
         case Closing(reason, text, retry_within):
@@ -227,13 +254,17 @@ def encode(message: Message) -> bytes:
             body = {"op": "password-withdrawn", "key_id": key_id}
         case AccessClosed(key_id, reason):
             body = {"op": "access-closed", "key_id": key_id, "reason": reason}
-        case Request(serial, description, version):
+        case GrantLimits(key_id, limits):
+            body = {"op": "grant-limits", "key_id": key_id, "limits": list(limits)}
+        case Request(serial, description, version, limits):
             body = {
                 "op": "request",
                 "serial": serial,
                 "description": description,
                 "version": version,
             }
+            if limits:
+                body["limits"] = list(limits)
         case Cancel(case_id):
             body = {"op": "cancel", "case_id": case_id}
         case CaseUpdate(case_id, status, text, key):
@@ -287,6 +318,18 @@ def _digest(body: dict[str, Any]) -> str:
     return value
 
 
+def _limit_lines(limits: object) -> tuple[str, ...]:
+    if (
+        not isinstance(limits, list)
+        or len(limits) > MAX_LIMITS
+        or not all(
+            isinstance(t, str) and 0 < len(t) <= MAX_LIMIT_TEXT and t.isprintable() for t in limits
+        )
+    ):
+        raise TypeError("limits must be a short list of short lines of text")
+    return tuple(limits)
+
+
 def decode(line: bytes) -> Message:
     """Parse one JSON line; raise :class:`ProtocolError` for anything unexpected.
 
@@ -313,9 +356,15 @@ def decode(line: bytes) -> Message:
                 _text(body, "expires_at"),
                 tuple(ports),
                 body.get("audit_heads") is True,
+                body.get("grant_limits") is True,
             )
         if op == "request":
-            return Request(_text(body, "serial"), _text(body, "description"), _int(body, "version"))
+            return Request(
+                _text(body, "serial"),
+                _text(body, "description"),
+                _int(body, "version"),
+                _limit_lines(body.get("limits", [])),
+            )
         if op == "cancel":
             return Cancel(_int(body, "case_id"))
         if op == "case":
@@ -339,6 +388,8 @@ def decode(line: bytes) -> Message:
             return PasswordWithdrawn(_text(body, "key_id"))
         if op == "access-closed":
             return AccessClosed(_text(body, "key_id"), _text(body, "reason"))
+        if op == "grant-limits":
+            return GrantLimits(_text(body, "key_id"), _limit_lines(body["limits"]))
         if op in ("refused", "closing"):
             reason = RefusalReason(_text(body, "reason"))
             text = _text(body, "message")

@@ -183,3 +183,152 @@ async def test_vendor_issues_a_key_and_sees_the_tether_appear_and_disappear(
     else:
         pytest.fail("the machine did not close access after the key was revoked")
     await context.close()
+
+
+async def test_customer_watches_the_engineer_live_and_ends_the_session(
+    system: DemoSystem, browser: Any
+) -> None:
+    """Issue 17: the live view shows what the engineer types within a second; End ends it."""
+    import time
+
+    from playwright.async_api import expect
+
+    from tests.e2e.test_session_recording import Terminal
+
+    assert system.page_url is not None
+    assert system.engineer is not None
+    context = await browser.new_context(viewport=DESKTOP)
+    page = await context.new_page()
+    await page.goto(system.page_url)
+    await page.keyboard.type(system.page_password)
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#access-state")).to_contain_text("connected to relay", timeout=SLOW)
+
+    term = Terminal(system.engineer.ssh("-tt", system.serial), columns=90, rows=24)
+    try:
+        await term.expect(r"[$#] $", within=SLOW / 1000)
+        term.type("echo ready-$((6*7))\r")
+        await term.expect(r"\rready-42\r\n")
+        watch = page.get_by_role("link", name=f"Watch the session of {system.engineer_name}")
+        await expect(watch).to_be_visible(timeout=SLOW)
+        await watch.click()
+        screen = page.locator("#player .ap-term, #player .ap-terminal").first
+        await expect(screen).to_contain_text("ready-42", timeout=SLOW)  # the screen so far
+        await shoot(page, "customer-live")
+
+        term.type("echo marker-$((5*5))\r")
+        typed = time.monotonic()
+        await expect(screen).to_contain_text("marker-25", timeout=SLOW)
+        shown = time.monotonic() - typed
+        assert shown <= 1.0, f"the marker took {shown:.2f} s to reach the live view"
+        await term.expect(r"\rmarker-25\r\n")
+        await fits_phone(page, "customer-live")
+
+        # Nothing can be sent into the stream: it takes no POST (or anything but GET).
+        stream = await page.locator("#player").get_attribute("data-live")
+        status = await page.evaluate(
+            "async (url) => (await fetch(url, {method: 'POST', body: 'echo injected-9\\r'}))"
+            ".status",
+            stream,
+        )
+        assert status == 405
+        # And only a logged-in admin can read it.
+        stranger = await browser.new_context()
+        refused = await stranger.request.get(system.page_url + (stream or "").lstrip("/"))
+        assert refused.status == 401
+        await stranger.close()
+        term.type("echo after-$((3*3))\r")
+        await expect(screen).to_contain_text("after-9")
+
+        await page.get_by_role("button", name=f"End the session of {system.engineer_name}").click()
+        await expect(page.locator(".flash")).to_have_text(
+            f"Ended the session of {system.engineer_name}."
+        )
+        assert await term.wait() != 0  # the engineer's ssh is thrown out
+        assert "injected" not in term.output.decode(errors="replace")
+        # Its recorder died with it; the agent clears the live view's socket it left.
+        assert system.machine is not None
+        recordings = system.machine.host_path("/var/lib/tether/recordings")
+        for _ in range(100):
+            if not list(recordings.glob("*.live")):
+                break
+            await asyncio.sleep(0.1)
+        assert not list(recordings.glob("*.live"))
+    finally:
+        term.close()
+    await context.close()
+
+
+async def test_customer_opens_access_with_limits_and_consent_and_admits_a_login(
+    system: DemoSystem, browser: Any
+) -> None:
+    """Issue 17: limits and consent chosen in the page's form; the login waits for Admit."""
+    from playwright.async_api import expect
+
+    from tests.integration.harness import run_ssh
+
+    assert system.page_url is not None
+    assert system.engineer is not None
+    assert (await asyncio.to_thread(system.access, "disable")).returncode == 0
+    key = await system.issue_key()
+    context = await browser.new_context(viewport=DESKTOP)
+    page = await context.new_page()
+    await page.goto(system.page_url)
+    await page.keyboard.type(system.page_password)
+    await page.keyboard.press("Enter")
+    form = page.locator("form", has=page.get_by_label("Tether key"))
+    await form.get_by_label("Tether key").fill(key)
+    await form.get_by_label("No administrator rights (sudo)").check()
+    await form.get_by_label("Each login").select_option("ask")
+    await form.get_by_label("If I do not answer within (default 5m)").fill("2m")
+    await form.get_by_role("button", name="Open access with this key").click()
+    state = page.locator("#access-state")
+    await expect(state).to_contain_text("connected to relay", timeout=SLOW)
+    limits = page.locator("#limits-line")
+    await expect(limits).to_contain_text("no administrator rights (sudo)")
+    await expect(limits).to_contain_text("each login waits for the customer to admit it")
+    status = await access_status(system)
+    assert status["access"]["limits"]["consent"] == "ask", status["access"]
+    assert status["access"]["limits"]["sudo"] is False
+
+    # The engineer sees them in the vendor console before connecting.
+    console = await context.new_page()
+    await console.goto(system.console_url)
+    await console.get_by_label("Engineer name").fill("admin")
+    await console.get_by_label("Password").fill(system.admin_password)
+    await console.get_by_role("button", name="Log in").click()
+    row = console.locator("#tethers-table tbody tr")
+    await expect(row).to_contain_text(system.serial, timeout=SLOW)
+    await expect(row.locator("td.limits")).to_contain_text(
+        "no administrator rights (sudo)", timeout=SLOW
+    )
+    await expect(row.locator("td.limits")).to_contain_text("each login waits for the customer")
+    await shoot(console, "console-tether-limits")
+    await console.close()
+
+    login = asyncio.ensure_future(
+        run_ssh(
+            system.engineer.ssh(system.serial, "echo in-$((2*3)); sudo -n true; echo sudo=$?"),
+            timeout=60,
+        )
+    )
+    try:
+        admit = page.get_by_role("button", name=f"Admit the login of {system.engineer_name}")
+        await expect(admit).to_be_visible(timeout=SLOW)
+        await shoot(page, "customer-consent")
+        assert not login.done()  # it waits for the customer
+        await admit.click()
+        await expect(page.locator(".flash")).to_contain_text(
+            f"Admitted the login of {system.engineer_name}"
+        )
+        result = await asyncio.wait_for(login, 30)
+    finally:
+        if not login.done():
+            login.cancel()
+    assert result.returncode == 0, result.stderr
+    assert b"in-6\n" in result.stdout
+    assert b"sudo=1\n" in result.stdout  # no administrator rights
+    assert b"waiting for the customer to admit you" in result.stderr
+    await page.goto(system.page_url)
+    await expect(page.locator("#audit")).to_contain_text("support admitted")
+    await context.close()

@@ -37,6 +37,7 @@ FIGURES = [
     "expiry → access closed, agent dead",
     "agent idle memory (tether up)",
     "agent start-up",
+    "live view added to the engineer's keystroke echo (p99)",
     # The flood group: the relay, then stock sshd, under the same pre-auth flood.
     "flood: legitimate logins that succeed",
     "flood: engineer connect under the flood vs idle",

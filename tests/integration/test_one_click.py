@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -265,3 +266,35 @@ async def test_bad_descriptions_are_refused(vendor: Vendor, tmp_path: Path, bad:
     with pytest.raises(Refused):
         await asyncio.wait_for(machine.ask(bad), 5)
     assert await vendor.store.cases.list() == []
+
+
+async def test_a_request_tells_the_vendor_the_grants_limits(vendor: Vendor, tmp_path: Path) -> None:
+    """Issue 17: the vendor sees, with the case, what the customer's grant will allow."""
+    machine = customer(vendor, tmp_path)
+    limits = ("no administrator rights (sudo)", "each login waits for the customer to admit it")
+    asking = asyncio.ensure_future(
+        request_key(machine.config, machine.machine_key, "printer queue stuck", limits=limits)
+    )
+    try:
+        case = await vendor.store.cases.get(await wait_for_case(vendor))
+        assert case is not None
+        assert case.limits == limits
+    finally:
+        asking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asking
+    # A request that names no limits (an older agent) leaves the case without any.
+    other = customer(vendor, tmp_path / "other", serial="M-2")
+    asking = asyncio.ensure_future(other.ask("no limits here"))
+    try:
+        for _ in range(100):
+            cases = [c for c in await vendor.store.cases.list() if c.serial == "M-2"]
+            if cases:
+                break
+            await asyncio.sleep(0.05)
+        assert cases
+        assert cases[0].limits is None
+    finally:
+        asking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asking

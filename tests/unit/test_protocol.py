@@ -13,6 +13,7 @@ from tether.protocol import (
     AccessClosed,
     ChainHead,
     Closing,
+    GrantLimits,
     HeadAnswer,
     HeadQuery,
     LineBuffer,
@@ -23,6 +24,7 @@ from tether.protocol import (
     Refused,
     Register,
     Registered,
+    Request,
     decode,
     encode,
 )
@@ -32,6 +34,10 @@ MESSAGES: list[Message] = [
     Registered("SN-1001", "2030-06-15T12:00:00Z", (22, 80, 443)),
     Registered("SN-1001", "2030-06-15T12:00:00Z", ()),
     Registered("SN-1001", "2030-06-15T12:00:00Z", (22,), audit_heads=True),
+    Registered("SN-1001", "2030-06-15T12:00:00Z", (22,), audit_heads=True, grant_limits=True),
+    GrantLimits("k1", ()),
+    Request("SN-1001", "disk full", 1, ("no administrator rights (sudo)",)),
+    GrantLimits("k1", ("no administrator rights (sudo)", "file transfer: download only")),
     *(Refused(reason, f"refused: {reason.value} — ünïcode") for reason in RefusalReason),
     *(Closing(reason, "closing\nwith a line break") for reason in RefusalReason),
     Closing(RefusalReason.SHUTDOWN, "come back within 33 s", 33.3),
@@ -252,3 +258,20 @@ def test_line_buffer_accepts_a_partial_line_up_to_the_limit() -> None:
     assert buffer.feed(b"x" * MAX_LINE) == []
     with pytest.raises(ProtocolError):
         buffer.feed(b"x")
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        '"no sudo"',
+        "[1]",
+        '[""]',
+        '["line\\nbreak"]',
+        '["' + "x" * 301 + '"]',
+        "[" + ",".join(['"a"'] * 11) + "]",
+    ],
+)
+def test_grant_limits_are_a_short_list_of_short_printable_lines(limits: str) -> None:
+    line = f'{{"op":"grant-limits","key_id":"k1","limits":{limits}}}'.encode()
+    with pytest.raises(ProtocolError):
+        decode(line)

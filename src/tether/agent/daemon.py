@@ -243,6 +243,7 @@ class AgentDaemon:
             on_change=self._on_tunnel_change,
             sealed_password=state.sealed_password,
             password_withdrawn=state.password_withdrawn,
+            limits=tuple(state.limits.describe()),
             audit=self.access.audit,
         )
         self._tunnel = tunnel

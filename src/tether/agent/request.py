@@ -29,8 +29,12 @@ async def request_key(
     description: str,
     *,
     on_update: Callable[[CaseUpdate], None] = lambda update: None,
+    limits: tuple[str, ...] = (),
 ) -> str:
-    """Open a support case with the vendor and return the tether key it issues."""
+    """Open a support case with the vendor and return the tether key it issues.
+
+    ``limits`` (the grant's limits in words) are shown to the vendor with the case.
+    """
     if config.request_relay is None or config.request_relay_host_key is None:
         raise NotReady(
             f"{config.path} names no request_relay: copy the vendor's agent-trust.toml into it, "
@@ -52,7 +56,7 @@ async def request_key(
             ControlClient, subsystem=CONTROL_SUBSYSTEM, encoding=None
         )
         control = cast(ControlClient, session)
-        chan.write(encode(Request(config.serial, description, PROTOCOL_VERSION)))
+        chan.write(encode(Request(config.serial, description, PROTOCOL_VERSION, limits)))
         case_id: int | None = None
         try:
             while True:

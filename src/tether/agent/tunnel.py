@@ -45,6 +45,7 @@ from tether.protocol import (
     CaseUpdate,
     ChainHead,
     Closing,
+    GrantLimits,
     HeadAnswer,
     HeadQuery,
     LineBuffer,
@@ -138,6 +139,8 @@ class Tunnel:
     :param on_change: called with every new :class:`TunnelStatus`.
     :param sealed_password: the support password sealed to the vendor, sent once registered.
     :param password_withdrawn: no sealed password any more: tell the relay to forget it.
+    :param limits: what the grant allows, in words, told to the relay for the vendor
+        console (``()``: nothing limited; None: not told).
     :param audit: the machine's audit log, whose head is reported to the relay.
     :param head_check: seconds between two looks at the audit log's head.
     :param head_refresh: seconds after which an unchanged head is reported again.
@@ -156,6 +159,7 @@ class Tunnel:
         on_change: Callable[[TunnelStatus], None] | None = None,
         sealed_password: str | None = None,
         password_withdrawn: bool = False,
+        limits: tuple[str, ...] | None = None,
         audit: AuditLog | None = None,
         head_check: float = 5.0,
         head_refresh: float = 60.0,
@@ -170,6 +174,7 @@ class Tunnel:
         self._on_change = on_change
         self._sealed_password = sealed_password
         self._password_withdrawn = password_withdrawn
+        self._limits = limits
         self._audit = audit
         self._head_check = head_check
         self._head_refresh = head_refresh
@@ -326,6 +331,9 @@ class Tunnel:
         elif self._password_withdrawn:
             # The customer chose their own: the vendor's copy no longer works.
             chan.write(encode(PasswordWithdrawn(self._claims.key_id)))
+        if self._limits is not None and reply.grant_limits:
+            # For the vendor console: the engineer knows before connecting.
+            chan.write(encode(GrantLimits(self._claims.key_id, self._limits)))
         offered = []
         for port in self._ports:
             try:

@@ -218,7 +218,7 @@ def enable(
             key_text = sys.stdin.read()
         elif request_text is not None:
             description = sys.stdin.read() if request_text == "-" else request_text
-            key_text = _ask_vendor(config, description)
+            key_text = _ask_vendor(config, description, tuple(limits.describe()))
         if key_text is None:
             raise BadInput("no key given")
         state, offer = manager.enable_with_key(
@@ -445,7 +445,7 @@ def status(config_path: Path, as_json: bool) -> None:
         out.print(f"{head:<19}{mark} {layer.name}: {escape(layer.detail)}")
 
 
-def _ask_vendor(config: AgentConfig, description: str) -> str:
+def _ask_vendor(config: AgentConfig, description: str, limits: tuple[str, ...] = ()) -> str:
     """One-click: wait for the vendor's key, showing elapsed time; Ctrl-C cancels."""
     import asyncio
     import time
@@ -466,7 +466,7 @@ def _ask_vendor(config: AgentConfig, description: str) -> str:
 
         async def wait() -> str:
             task = asyncio.ensure_future(
-                request_key(config, machine_key, description, on_update=show)
+                request_key(config, machine_key, description, on_update=show, limits=limits)
             )
             while not task.done():
                 await asyncio.wait({task}, timeout=1)
@@ -487,6 +487,7 @@ def _ask_vendor(config: AgentConfig, description: str) -> str:
 # `check` and `log` live in their own module to keep this one small.
 from tether.cli.access_consent import admit, refuse  # noqa: E402
 from tether.cli.access_info import check, log_command  # noqa: E402
+from tether.cli.access_watch import watch  # noqa: E402
 
 access.add_command(check)
 access.add_command(log_command)
@@ -494,3 +495,4 @@ access.add_command(recordings)
 access.add_command(play)
 access.add_command(admit)
 access.add_command(refuse)
+access.add_command(watch)

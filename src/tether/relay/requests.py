@@ -122,6 +122,7 @@ class CaseWatcher:
             machine_key=self._machine_key,
             description=description,
             now=self._now(),
+            limits=message.limits,
         )
         self.case_id = case.id
         log.event(logger, "case.opened", case=case.id, serial=serial, known=known)

@@ -24,6 +24,7 @@ from tether.protocol import (
     CaseUpdate,
     ChainHead,
     Closing,
+    GrantLimits,
     HeadAnswer,
     HeadQuery,
     LineBuffer,
@@ -84,6 +85,8 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
                     owner.store_sealed_password(message)
                 elif isinstance(message, PasswordWithdrawn):
                     owner.password_withdrawn(message)
+                elif isinstance(message, GrantLimits):
+                    owner.store_limits(message)
                 elif isinstance(message, AccessClosed):
                     owner.access_closed(message)
                 elif isinstance(message, ChainHead | HeadAnswer):
@@ -177,6 +180,7 @@ class TetherLink:
         self._expiry: asyncio.TimerHandle | None = None
         self._register_deadline: asyncio.TimerHandle | None = None
         self._password_received = False
+        self._limits_received = False
         #: Why the relay itself ended the tether (revoked, expired...), for the audit.
         self._ended_by: RefusalReason | None = None
 
@@ -413,7 +417,13 @@ class TetherLink:
             "the tether key expired",
         )
         control.send(
-            Registered(claims.serial, claims.expires_at.isoformat(), claims.ports, audit_heads=True)
+            Registered(
+                claims.serial,
+                claims.expires_at.isoformat(),
+                claims.ports,
+                audit_heads=True,
+                grant_limits=True,
+            )
         )
         relay.metrics.admissions.labels(ADMITTED).inc()
         relay.metrics.handshake_duration.observe(time.monotonic() - self.connection.accepted)
@@ -489,6 +499,20 @@ class TetherLink:
             f"relay.password.{entry.serial}",
         )
         log.event(logger, "password.sealed_received", serial=entry.serial, key=entry.key_id)
+
+    def store_limits(self, message: GrantLimits) -> None:
+        """Keep what the grant allows, in the machine's words, for the vendor console (once)."""
+        entry = self.entry
+        if entry is None or message.key_id != entry.key_id or self._limits_received:
+            raise ProtocolError("grant limits out of place")
+        self._limits_received = True
+        self.relay.tasks.spawn(
+            self.relay.store.tethers.set_limits(
+                entry.serial, entry.key_id, self.relay.config.relay_id, message.limits
+            ),
+            f"relay.limits.{entry.serial}",
+        )
+        log.event(logger, "tether.limits", serial=entry.serial, limits=len(message.limits))
 
     def password_withdrawn(self, message: PasswordWithdrawn) -> None:
         """The customer replaced the sealed password: the vendor must not show it any more."""

@@ -14,7 +14,8 @@ and the auto-approver) agree on one outcome.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -120,9 +121,18 @@ class CaseRepo:
         self._db = db
 
     async def open(
-        self, *, serial: str, machine_key: str, description: str, now: datetime
+        self,
+        *,
+        serial: str,
+        machine_key: str,
+        description: str,
+        now: datetime,
+        limits: Sequence[str] = (),
     ) -> CaseRecord:
-        """Open a pending case. A description over 2000 characters: :class:`BadInput`."""
+        """Open a pending case. A description over 2000 characters: :class:`BadInput`.
+
+        ``limits``: what the customer's grant will allow, in words (kept for the console).
+        """
         if not isinstance(description, str) or not description.strip():
             raise BadInput("a support request needs a problem description")
         if len(description) > MAX_DESCRIPTION:
@@ -136,6 +146,9 @@ class CaseRepo:
             description=description,
             created_at=require_aware(now, "now"),
             status=CaseStatus.PENDING,
+            limits=json.dumps([require_text(t, "limit", 300) for t in limits][:10])
+            if limits
+            else None,
         )
         async with self._db.write(f"opening a case for {serial}") as session:
             session.add(row)

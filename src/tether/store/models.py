@@ -160,6 +160,9 @@ class TetherRow(Base):
     machine_key: Mapped[str] = mapped_column(String(255))
     connected_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: The grant's limits as the machine reported them (JSON list of lines); NULL: none
+    #: reported (an older agent, or not yet).
+    limits: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class RelayRow(Base):
@@ -247,6 +250,8 @@ class CaseRow(Base):
     #: The issued tether key, handed to the waiting machine (a tether key holds no secret).
     key_text: Mapped[str | None] = mapped_column(Text)
     deny_reason: Mapped[str | None] = mapped_column(Text)
+    #: What the customer's grant will allow (JSON list of lines); NULL: not said.
+    limits: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class LiveChannelRow(Base):

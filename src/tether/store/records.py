@@ -5,6 +5,7 @@ Every datetime in a record is timezone-aware UTC.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -172,6 +173,17 @@ class EngineerCredentials:
         )
 
 
+def _lines(text: str | None) -> tuple[str, ...] | None:
+    """A JSON list of lines from a column (None: absent or unreadable)."""
+    if text is None:
+        return None
+    try:
+        lines = json.loads(text)
+    except ValueError:
+        return None
+    return tuple(str(x) for x in lines) if isinstance(lines, list) else None
+
+
 @dataclass(frozen=True)
 class TetherRecord:
     """A live tether: the relay currently holding the machine with ``serial``."""
@@ -183,6 +195,9 @@ class TetherRecord:
     machine_key: str
     connected_at: datetime
     last_seen_at: datetime
+    #: The grant's limits as the machine reported them (JSON list of lines; None: not
+    #: reported). Kept as the column's text so a registry write stays a plain copy.
+    limits: str | None = None
 
     @classmethod
     def from_row(cls, row: TetherRow) -> TetherRecord:
@@ -195,7 +210,13 @@ class TetherRecord:
             machine_key=row.machine_key,
             connected_at=row.connected_at,
             last_seen_at=row.last_seen_at,
+            limits=row.limits,
         )
+
+    def limit_lines(self) -> list[str] | None:
+        """The reported limits, one line each ([] : nothing limited; None: not reported)."""
+        lines = _lines(self.limits)
+        return None if lines is None else list(lines)
 
 
 @dataclass(frozen=True)
@@ -310,6 +331,8 @@ class CaseRecord:
     key_id: str | None
     key_text: str | None
     deny_reason: str | None
+    #: What the customer's grant will allow, in words (None: not said).
+    limits: tuple[str, ...] | None = None
 
     @classmethod
     def from_row(cls, row: CaseRow) -> CaseRecord:
@@ -326,6 +349,7 @@ class CaseRecord:
             key_id=row.key_id,
             key_text=row.key_text,
             deny_reason=row.deny_reason,
+            limits=_lines(row.limits),
         )
 
 

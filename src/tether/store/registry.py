@@ -7,6 +7,7 @@ single statement on either backend. The relays themselves: :mod:`tether.store.re
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -91,6 +92,24 @@ class TetherRepo:
     async def admit_many(self, admissions: Sequence[Admission]) -> list[AdmissionResult]:
         """Admit tethers in one transaction; see :func:`tether.store.admission.admit_many`."""
         return await admit_many(self._db, admissions)
+
+    async def set_limits(
+        self, serial: str, key_id: str, relay_id: str, limits: Sequence[str]
+    ) -> None:
+        """Keep what the grant of ``key_id`` allows, as its machine reported it (only while
+        ``relay_id`` holds that tether with that key)."""
+        text = json.dumps([require_text(line, "limit", 300) for line in limits][:10])
+        stmt = (
+            update(TetherRow)
+            .where(
+                TetherRow.serial == require_serial(serial),
+                TetherRow.key_id == key_id,
+                TetherRow.relay_id == relay_id,
+            )
+            .values(limits=text)
+        )
+        async with self._db.write(f"keeping the limits of tether {serial}") as session:
+            await session.execute(stmt)
 
     async def touch(self, serial: str, relay_id: str, now: datetime) -> None:
         """Mark the tether as seen at ``now`` (only if ``relay_id`` still holds it)."""

@@ -237,6 +237,7 @@ async def list_tethers(caller: Caller, ctx: Ctx) -> list[Tether]:
                 expires_at=key.expires_at,
                 description=key.description,
                 engineers=sorted(engineers.get(tether.serial.lower(), ())),
+                limits=tether.limit_lines(),
             )
         )
     return out
@@ -260,6 +261,7 @@ def case_model(case: CaseRecord, bound: MachineRecord | None) -> Case:
         decided_by=case.decided_by,
         decided_at=case.decided_at,
         key_id=case.key_id,
+        limits=None if case.limits is None else list(case.limits),
     )
 
 

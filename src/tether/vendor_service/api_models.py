@@ -80,6 +80,11 @@ class Tether(Strict):
     expires_at: datetime
     description: str | None
     engineers: list[str] = Field(description="engineers with a channel open to it now")
+    limits: list[str] | None = Field(
+        default=None,
+        description="what the customer's grant allows, as the machine reported it "
+        "([]: nothing limited; null: not reported)",
+    )
 
 
 class KeyIssueRequest(Strict):
@@ -126,6 +131,9 @@ class Case(Strict):
     decided_by: str | None
     decided_at: datetime | None
     key_id: str | None
+    limits: list[str] | None = Field(
+        default=None, description="what the customer's grant will allow (null: not said)"
+    )
 
 
 class DenyRequest(Strict):

@@ -40,6 +40,7 @@ async def test_list_newest_first_with_the_machine_fingerprint_but_no_key_text(ap
         "decided_by": None,
         "decided_at": None,
         "key_id": None,
+        "limits": None,
     }
 
 

@@ -186,3 +186,20 @@ def end_session(config: AgentConfig, pid: int, *, within: float = 1.0) -> Suppor
     while any(_alive(v) for v in victims) and time.monotonic() < deadline:
         time.sleep(0.01)
     return found
+
+
+def monitor_of(pid: int, monitors: set[int], *, depth: int = 8) -> int | None:
+    """The sshd monitor in ``monitors`` that ``pid`` runs under (its recorder's), if any.
+
+    Walks up the parents of ``pid`` at most ``depth`` steps. ``pid`` comes from a
+    recording's metadata (the support account's word), so only a monitor that
+    :func:`list_sessions` verified can be the answer.
+    """
+    for _ in range(depth):
+        if pid in monitors:
+            return pid
+        fields = _stat_fields(pid)
+        if len(fields) < 2 or not fields[1].isdigit() or int(fields[1]) <= 1:
+            return None
+        pid = int(fields[1])
+    return None

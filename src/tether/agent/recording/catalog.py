@@ -114,6 +114,8 @@ class RecordingInfo:
     error: str | None = None
     #: Output could not be written to the recording (a full disk): it is incomplete.
     write_error: bool = False
+    #: The recorder's process id, as it wrote it (the support account's word only).
+    pid: int | None = None
 
     @property
     def failed(self) -> bool:
@@ -231,6 +233,7 @@ def info_for(directory: Path, recording_id: str) -> RecordingInfo:
         consent=data["consent"] if isinstance(data.get("consent"), dict) else None,
         error=error[:500] if isinstance(error, str) else None,
         write_error=data.get("write_error") is True,
+        pid=pid if isinstance(pid := data.get("pid"), int) and not isinstance(pid, bool) else None,
     )
 
 

@@ -45,6 +45,7 @@ from tether.agent.recording.catalog import (
     recording_ids,
     select_for_removal,
 )
+from tether.agent.recording.recorder.live import live_path
 from tether.audit_log import AuditLog
 from tether.clock import SYSTEM_CLOCK, Clock
 from tether.config import AgentConfig
@@ -175,6 +176,10 @@ class RecordingWatcher:
             if not live:
                 for path in (cast, meta_path(self.directory, recording_id)):
                     _take_over(path)
+                # A recorder killed with its session (End session, access closed)
+                # leaves its live view's socket behind.
+                with contextlib.suppress(OSError):
+                    live_path(self.directory, recording_id).unlink()
                 self._logout(info_for(self.directory, recording_id), sent)
                 seen[recording_id] = DONE
         for recording_id in set(seen) - set(present):

@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,14 @@ from starlette.datastructures import FormData
 
 from tether import log
 from tether.agent.access import PasswordChoice
+from tether.agent.machine.limits import FileTransfer, Limits
 from tether.agent.machine.sessions import end_session, list_sessions
+from tether.agent.recording.catalog import RecordingInfo
+from tether.agent.recording.follow import live_sessions
 from tether.agent.state import AccessMode, CloseReason
 from tether.agent.web.auth import AdminPassword, DeviceCookies, Session, Sessions, Throttle
 from tether.agent.web.host import AgentHost
+from tether.agent.web.live import LiveStreams, add_consent_routes, add_live_routes, watchable
 from tether.agent.web.oneclick import AccessOptions, OneClick
 from tether.agent.web.recordings import add_recording_routes, recordings_view
 from tether.agent.web.views import audit_view, status_view
@@ -83,6 +88,7 @@ class AgentPage:
         self.devices = DeviceCookies(self.password)
         self.secret = secrets.token_bytes(32)
         self.one_click = OneClick(host.access, tasks, host.reconcile)
+        self.live_streams = LiveStreams()
 
     def csrf(self, session: Session | None) -> str:
         return csrf_token(self.secret, session.sid) if session else ""
@@ -292,16 +298,42 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
         return session
 
     add_recording_routes(app, page.config, admin_or_login, page.render)
+    add_live_routes(
+        app,
+        page.config,
+        admin_or_login,
+        page.render,
+        lambda: list_sessions(page.config),
+        page.live_streams,
+    )
+    add_consent_routes(app, page.config, guard)
 
     async def status_context() -> dict[str, Any]:
         return await asyncio.to_thread(status_view, host, page.one_click)
 
+    def sessions_now() -> dict[str, Any]:
+        live = list_sessions(page.config)
+        watch: dict[int, str] = {}
+        waiting: list[RecordingInfo] = []
+        if live:  # (the recordings are read only while someone is logged in)
+            try:
+                running = live_sessions(page.config.recordings_dir)
+                watch = watchable(running, live)
+                waiting = [i for i in running if (i.consent or {}).get("state") == "waiting"]
+            except OSError:
+                pass  # listed all the same, without a live view or decisions
+        return {"sessions": live, "watch": watch, "waiting": waiting, "sessions_error": None}
+
     async def sessions_context() -> dict[str, Any]:
         try:
-            live = await asyncio.to_thread(list_sessions, page.config)
-            return {"sessions": live, "sessions_error": None}
+            return await asyncio.to_thread(sessions_now)
         except (OSError, TetherError) as exc:
-            return {"sessions": [], "sessions_error": f"cannot list sessions: {exc}"}
+            return {
+                "sessions": [],
+                "watch": {},
+                "waiting": [],
+                "sessions_error": f"cannot list sessions: {exc}",
+            }
 
     async def index_page(
         request: Request, session: Session, status_code: int = 200, **extra: Any
@@ -367,6 +399,7 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
                     duration=options.duration,
                     password=options.password,
                     ports=options.ports,
+                    limits=options.limits,
                 )
             elif mode == "direct":
                 await asyncio.to_thread(
@@ -375,6 +408,7 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
                     duration=options.duration,
                     allow_from=allow_from,
                     password=options.password,
+                    limits=options.limits,
                 )
             else:
                 page.one_click.start(_text(form, "description").strip(), options)
@@ -488,7 +522,51 @@ def _options(
         elif own != confirm:
             errors["password"] = "the two passwords differ; type the same password twice"  # noqa: S105
         password = PasswordChoice(own=own)
-    return None if errors else AccessOptions(duration, password, ports)
+    limits = _limits(form, errors)
+    return None if errors or limits is None else AccessOptions(duration, password, ports, limits)
+
+
+def _limits(form: FormData, errors: dict[str, str]) -> Limits | None:
+    """The grant's limits and consent as the form chose them (None, with errors, if bad)."""
+    durations: dict[str, timedelta | None] = {}
+    for name in ("max_session", "consent_timeout"):
+        durations[name] = None
+        if text := _text(form, name).strip():
+            try:
+                durations[name] = parse_duration(text)
+            except BadInput as exc:
+                errors[name] = str(exc)
+    try:
+        files = FileTransfer(_text(form, "files") or FileTransfer.BOTH.value)
+    except ValueError:
+        errors["limits"] = "choose how files may be transferred"
+        return None
+    ask = _text(form, "consent") == "ask"
+    wait = durations["consent_timeout"]
+    if _text(form, "no_shell") and files == FileTransfer.OFF:
+        errors["limits"] = (
+            "no shell and no file transfer would allow nothing: allow a shell or a way "
+            "to transfer files"
+        )
+    if errors:
+        return None
+    try:
+        return Limits(
+            shell=not _text(form, "no_shell"),
+            files=files,
+            sudo=not _text(form, "no_sudo"),
+            max_session=durations["max_session"],
+            consent=ask,
+            auto_admit=ask and _text(form, "consent_on_timeout") == "admit",
+            **({"consent_timeout": wait} if ask and wait is not None else {}),
+        )
+    except BadInput as exc:
+        errors["limits"] = (
+            str(exc)
+            .replace("--max-session", "a session's length")
+            .replace("--consent-timeout", "the time to answer")
+        )
+        return None
 
 
 def _allow_from(form: FormData, errors: dict[str, str]) -> tuple[str, ...]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from tether.agent.access import AccessManager, PasswordChoice
 from tether.agent.identity import load_or_create_machine_key
+from tether.agent.machine.limits import Limits
 from tether.agent.request import request_key
 from tether.errors import TetherError
 from tether.protocol import CaseUpdate
@@ -29,6 +30,8 @@ class AccessOptions:
     duration: timedelta | None
     password: PasswordChoice
     ports: tuple[int, ...] | None
+    #: What the grant allows, and whether each login waits for the customer.
+    limits: Limits = field(default_factory=Limits)
 
 
 class OneClick:
@@ -81,7 +84,13 @@ class OneClick:
             machine_key = await asyncio.to_thread(
                 load_or_create_machine_key, config.machine_key_path
             )
-            key = await request_key(config, machine_key, description, on_update=self._on_update)
+            key = await request_key(
+                config,
+                machine_key,
+                description,
+                on_update=self._on_update,
+                limits=tuple(options.limits.describe()),
+            )
             self.status = "the vendor issued a key; opening access"
             await asyncio.to_thread(
                 self._access.enable_with_key,
@@ -90,6 +99,7 @@ class OneClick:
                 duration=options.duration,
                 password=options.password,
                 ports=options.ports,
+                limits=options.limits,
             )
             await self._reconcile()
         except TetherError as exc:

@@ -50,6 +50,7 @@ class AgentWebServer:
 
     async def aclose(self) -> None:
         """Stop serving (open connections are closed) and any background work of the page."""
+        self.app.state.page.live_streams.close()  # or each watcher holds up the stop
         if self._server is not None:
             self._server.should_exit = True
         if self._serving is not None:

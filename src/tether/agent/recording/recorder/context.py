@@ -183,6 +183,12 @@ class ScpLog:
         self._skip = 0
         self._dirs: list[str] = []
 
+    def moving(self) -> list[dict[str, object]]:
+        """The file being copied now (its name and size), if one is."""
+        if self.files and 0 < self._skip < 1 << 62:
+            return [self.files[-1]]
+        return []
+
     def feed(self, data: bytes) -> None:
         at = 0
         while at < len(data):

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import pwd
 import select
@@ -45,15 +44,13 @@ import sys
 import termios
 import time
 import tty
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tether.agent.recording.recorder.cast import (
-    CastWriter,
-    cast_path,
     header,
-    meta_path,
     new_recording_id,
     open_new,
 )
@@ -69,6 +66,7 @@ from tether.agent.recording.recorder.context import (
     time_up_message,
 )
 from tether.agent.recording.recorder.options import REFUSED, USAGE, parse_args
+from tether.agent.recording.recorder.sink import Recording, Sink, Unrecorded
 from tether.agent.recording.recorder.terminal import (
     default_signals,
     exit_status,
@@ -83,102 +81,6 @@ if TYPE_CHECKING:
 #: Seconds a session whose time is up has to end after SIGHUP before it is killed.
 KILL_GRACE = 2.0
 _CHUNK = 65536
-
-
-class Recording:
-    """One session's files: the asciicast stream (locked) and its metadata."""
-
-    def __init__(self, directory: Path, meta: dict[str, Any], head: dict[str, Any], limit: int):
-        self.directory = directory
-        self.meta = meta
-        self.id = str(meta["id"])
-        self._fd = open_new(str(cast_path(directory, self.id)))
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._file = os.fdopen(self._fd, "wb", buffering=0)
-            self.writer = CastWriter(self._file, head, limit=limit)
-            self.write_meta()
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(cast_path(directory, self.id))
-            os.close(self._fd)
-            raise
-
-    def write_meta(self) -> None:
-        """Replace the metadata file (write a new file, then rename it over the old)."""
-        temporary = self.directory / f".{self.id}.tmp"
-        data = json.dumps(self.meta, ensure_ascii=False, indent=1).encode() + b"\n"
-        fd = open_new(str(temporary))
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.rename(temporary, meta_path(self.directory, self.id))
-
-    def output(self, data: bytes) -> None:
-        try:
-            self.writer.output(data)
-        except OSError:
-            self.meta["write_error"] = True
-
-    def resize(self, columns: int, rows: int) -> None:
-        with contextlib.suppress(OSError):
-            self.writer.resize(columns, rows)
-
-    def tick(self) -> None:
-        with contextlib.suppress(OSError):
-            self.writer.maybe_flush()
-
-    def finish(self, status: int, transfers: list[dict[str, Any]], notes: list[str]) -> None:
-        """Close the stream and write the final metadata (best effort: never raises)."""
-        if transfers or notes:
-            lines = [f"tether: {n}" for n in notes]
-            lines += [f"tether: {_describe(t)}" for t in transfers]
-            self.output(("\r\n".join(lines) + "\r\n").encode())
-        with contextlib.suppress(OSError):
-            self.writer.close()
-        self.meta.update(
-            status="done",
-            ended=datetime.now(UTC).isoformat(),
-            exit_status=status,
-            recorded_bytes=self.writer.recorded,
-            truncated=self.writer.truncated,
-            transfers=transfers,
-        )
-        if notes:
-            self.meta["notes"] = notes
-        with contextlib.suppress(OSError):
-            self.write_meta()
-        with contextlib.suppress(OSError):
-            self._file.close()
-
-
-class _Unrecorded:
-    """Stands in for a :class:`Recording` when ``--fail open`` let a session run without."""
-
-    def output(self, data: bytes) -> None:
-        pass
-
-    def resize(self, columns: int, rows: int) -> None:
-        pass
-
-    def tick(self) -> None:
-        pass
-
-    def finish(self, status: int, transfers: list[dict[str, Any]], notes: list[str]) -> None:
-        pass
-
-
-Sink = Recording | _Unrecorded
-
-
-def _describe(transfer: dict[str, Any]) -> str:
-    text = f"{transfer.get('op')} {transfer.get('path')}"
-    if "bytes" in transfer:
-        text += f" ({transfer['bytes']} bytes)"
-    if transfer.get("target"):
-        text += f" -> {transfer['target']}"
-    return text
 
 
 class _Signals:
@@ -273,6 +175,9 @@ def _pty_loop(pid: int, master: int, signals: _Signals, sink: Sink) -> int:
     drain_until: float | None = None
     while True:
         readers = [signals.read_fd, master]
+        live = sink.live_fd()
+        if live is not None:
+            readers.append(live)
         if reading_stdin and len(pending) < 4 * _CHUNK:
             readers.append(0)
         writers = [master] if pending else []
@@ -307,6 +212,8 @@ def _pty_loop(pid: int, master: int, signals: _Signals, sink: Sink) -> int:
                 sink.output(data)
                 if drain_until is not None:
                     drain_until = time.monotonic() + 0.05
+        if live is not None and live in readable:
+            sink.accept_watchers()
         if 0 in readable:
             try:
                 data = os.read(0, _CHUNK)
@@ -333,7 +240,11 @@ def _pty_loop(pid: int, master: int, signals: _Signals, sink: Sink) -> int:
                 # Others may still hold the pty (a background job): take what is
                 # already there, then end like sshd does when the shell exits.
                 drain_until = time.monotonic() + 0.05
-        if drain_until is not None and time.monotonic() > drain_until and not readable:
+        if (
+            drain_until is not None
+            and time.monotonic() > drain_until
+            and not (set(readable) - {live})
+        ):
             break
     if status is None:
         _, status = os.waitpid(pid, 0)
@@ -346,22 +257,34 @@ def _copy_loop(
     stdin_to: int | None,
     on_input: Any,
     signals: _Signals,
-    tick: Any,
+    sink: Sink,
+    moving: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> None:
     """Copy each child pipe in ``streams`` (fd -> (our fd, callback)) until all are shut.
 
     With ``stdin_to``, our stdin is copied to that fd (its bytes passed to ``on_input``)
-    and the fd closed at our stdin's end. ``tick`` is called at least every second, so
-    output recorded before a long quiet spell is flushed even if the session is killed.
+    and the fd closed at our stdin's end. ``sink.tick`` is called at least every second,
+    so output recorded before a long quiet spell is flushed even if the session is
+    killed; so is ``moving`` (the files being transferred now, for the live view).
     """
     open_out = dict(streams)
     reading_stdin = stdin_to is not None
+    live = sink.live_fd()
+    ticked = time.monotonic()
     while open_out or reading_stdin:
         readers = [signals.read_fd, *open_out]
         if reading_stdin:
             readers.append(0)
+        if live is not None:
+            readers.append(live)
         readable, _, _ = select.select(readers, [], [], 1.0)
-        tick()
+        sink.tick()
+        if live is not None and live in readable:
+            sink.accept_watchers()
+        now = time.monotonic()
+        if moving is not None and (now - ticked >= 1.0 or live in readable):
+            ticked = now
+            sink.transfers(moving())
         for sig in signals.take():
             if sig in (signal.SIGHUP, signal.SIGTERM):
                 with contextlib.suppress(OSError):
@@ -370,6 +293,8 @@ def _copy_loop(
                 signals.time_up(2, proc.pid)
         signals.enforce(proc.pid)
         for fd in readable:
+            if fd == live:
+                continue
             if fd == 0 and stdin_to is not None:
                 try:
                     data = os.read(0, _CHUNK)
@@ -453,7 +378,8 @@ def run_pipes(
     if proc.stdin is not None:
         stdin_to = os.dup(proc.stdin.fileno())
         proc.stdin.close()
-    _copy_loop(proc, streams, stdin_to, on_input, signals, sink.tick)
+    moving = sftp.moving if sftp is not None else scp.moving if scp is not None else None
+    _copy_loop(proc, streams, stdin_to, on_input, signals, sink, moving)
     return _returncode(proc)
 
 
@@ -556,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.fail == "closed":
             return _refuse(reason)
         _trace_unrecorded(reason, engineer)
-        sink = _Unrecorded()
+        sink = Unrecorded()
     if plan.kind == "sftp" and sftp_server is None:
         _failed(sink, "no sftp-server on this machine")
         sink.finish(REFUSED, [], ["no sftp-server on this machine"])

@@ -98,6 +98,10 @@ class SftpLog:
         self._handles: dict[bytes, Transfer] = {}
         self._reading: dict[int, Transfer] = {}
 
+    def moving(self) -> list[dict[str, object]]:
+        """The files open for transfer now (at most 10), with the bytes moved so far."""
+        return [t.to_json() for t in list(self._handles.values())[:10]]
+
     def client_data(self, data: bytes) -> None:
         """Bytes the client sent towards sftp-server."""
         self._feed(self._to_server, data, self._request)

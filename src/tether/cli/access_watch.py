@@ -1,0 +1,120 @@
+"""``tether access watch [SESSION]``: follow a live support session in this terminal."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.markup import escape
+
+from tether.agent.recording.catalog import cast_path, is_live
+from tether.agent.recording.follow import (
+    End,
+    Output,
+    Start,
+    Transfers,
+    connect,
+    follow,
+    pick_live,
+)
+from tether.cli.common import agent_config_option, err, handle_errors, json_option
+from tether.config import AgentConfig
+from tether.errors import NotReady
+
+#: How long a watcher that fell behind (and was let go by the recorder) tries to reconnect.
+RECONNECT_FOR = 3.0
+
+
+@click.command("watch")
+@agent_config_option
+@click.argument("session", required=False)
+@json_option
+@handle_errors
+def watch(config_path: Path, session: str | None, as_json: bool) -> None:
+    """Follow a running support session's output here, read-only, as it happens.
+
+    \b
+    SESSION is its id (tether access recordings lists them); needed only when
+    several sessions run. What you type here never reaches the session. Ctrl-C
+    stops watching; the session goes on (end it on the page, or close access).
+    File transfers in progress are shown with their name and size. With --json, the
+    stream itself: one JSON value per line, as the recorder sends it (the screen so
+    far, then [seconds, "o", output] / [seconds, "r", "COLSxROWS"], {"transfer": [...]},
+    and {"end": {"status": N}}).
+    """
+    config = AgentConfig.load(config_path)
+    info = pick_live(config.recordings_dir, session)
+    if as_json:
+        try:
+            for message in follow(connect(config.recordings_dir, info.id)):
+                sys.stdout.write(json.dumps(_as_json(message)) + "\n")
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+        return
+    what = escape(info.command or ("interactive shell" if info.kind == "shell" else info.kind))
+    err.print(
+        f"Watching {escape(info.engineer)}'s session {info.id} ({what}), read-only. "
+        "Ctrl-C stops watching; the session goes on."
+    )
+    try:
+        status = _watch(config.recordings_dir, info.id)
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        err.print("\nStopped watching; the session goes on.")
+        return
+    sys.stdout.flush()
+    ended = "" if status is None else f" (exit status {status})"
+    err.print(f"\nThe session ended{ended}.")
+
+
+def _as_json(message: Start | Output | Transfers | End) -> object:
+    if isinstance(message, Start | Output):
+        return message.to_json()
+    if isinstance(message, Transfers):
+        return {"transfer": list(message.files)}
+    return {"end": {"status": message.status}}
+
+
+def _watch(directory: Path, recording_id: str) -> int | None:
+    """Print the stream until the session ends; return its exit status."""
+    conn: socket.socket | None = connect(directory, recording_id)
+    redraw = False
+    while conn is not None:
+        for message in follow(conn):
+            if isinstance(message, Start):
+                if redraw:  # we fell behind and start over: clear, then redraw
+                    sys.stdout.write("\x1b[H\x1b[2J")
+                sys.stdout.write(message.init)
+                redraw = True
+            elif isinstance(message, Output):
+                if message.kind == "o":
+                    sys.stdout.write(message.data)
+            elif isinstance(message, Transfers):
+                sys.stdout.flush()
+                for line in message.describe():
+                    err.print(f"transferring: {escape(line)}")
+            elif isinstance(message, End):
+                return message.status
+            sys.stdout.flush()
+        # The stream stopped without an end: the recorder let us go (we fell behind)
+        # or was killed with its session.
+        conn = _reconnect(directory, recording_id)
+    return None
+
+
+def _reconnect(directory: Path, recording_id: str) -> socket.socket | None:
+    """Connect again for :data:`RECONNECT_FOR` seconds; None if the session is gone."""
+    deadline = time.monotonic() + RECONNECT_FOR
+    while is_live(cast_path(directory, recording_id)):
+        try:
+            return connect(directory, recording_id)
+        except NotReady:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.2)
+    return None

@@ -1,0 +1,126 @@
+"""The live view's stream in one process: the recorder's feed and the customer's reader.
+
+A real Unix socket in a temporary directory; no sshd. What a watcher sees, that a slow
+one is let go instead of waited for, that one cannot send anything in, and that a
+forged stream line is never passed on.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tether.agent.recording.follow import End, Output, Start, Transfers, connect, follow, parse
+from tether.agent.recording.recorder.cast import cast_path
+from tether.agent.recording.recorder.live import RECENT, LiveFeed, live_path
+
+SESSION = "20261207T020000Z-0123456789ab"
+
+
+def _feed(directory: Path) -> LiveFeed:
+    cast_path(directory, SESSION).write_bytes(b"")  # the recorder's file: its owner is checked
+    return LiveFeed(live_path(directory, SESSION), 80, 24)
+
+
+def test_a_watcher_sees_the_screen_so_far_then_each_event_and_the_end(tmp_path: Path) -> None:
+    feed = _feed(tmp_path)
+    feed.output(b"before \xe2\x82")  # a character cut in two by the reads
+    feed.output(b"\xac\r\n")
+    conn = connect(tmp_path, SESSION)
+    feed.accept()
+    assert feed.watched
+    feed.output(b"marker\r\n")
+    feed.resize(100, 30)
+    feed.transfers([{"op": "upload", "path": "/tmp/x", "bytes": 5}])
+    feed.close(3)
+    messages = list(follow(conn))
+    assert messages[0] == Start(80, 24, messages[0].time, "before \u20ac\r\n")  # type: ignore[union-attr]
+    assert [m for m in messages[1:] if isinstance(m, Output)] == [
+        Output(messages[1].time, "o", "marker\r\n"),  # type: ignore[union-attr]
+        Output(messages[2].time, "r", "100x30"),  # type: ignore[union-attr]
+    ]
+    assert Transfers(({"op": "upload", "path": "/tmp/x", "bytes": 5},)) in messages
+    assert messages[-1] == End(3)
+    assert not live_path(tmp_path, SESSION).exists()
+
+
+def test_a_late_watcher_gets_only_the_recent_output(tmp_path: Path) -> None:
+    feed = _feed(tmp_path)
+    feed.output(b"old" + b"x" * RECENT)
+    feed.output(b"new")
+    conn = connect(tmp_path, SESSION)
+    feed.accept()
+    feed.close(0)
+    start = next(follow(conn))
+    assert isinstance(start, Start)
+    assert start.init.endswith("new")
+    assert "old" not in start.init
+    assert len(start.init) == RECENT
+
+
+@pytest.mark.timeout(30)
+def test_a_watcher_that_does_not_read_is_let_go_never_waited_for(tmp_path: Path) -> None:
+    feed = _feed(tmp_path)
+    stalled = socket.socket(socket.AF_UNIX)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(str(live_path(tmp_path, SESSION)))
+    feed.accept()
+    assert feed.watched
+    chunk = b"y" * 65536
+    started = time.monotonic()
+    for _ in range(64):  # 4 MiB: far more than the watcher's socket holds
+        feed.output(chunk)
+    assert not feed.watched  # dropped, and output went on
+    assert time.monotonic() - started < 10  # (a blocking send would hang here for good)
+    stalled.close()
+    feed.close(0)
+
+
+def test_nothing_a_watcher_sends_gets_in(tmp_path: Path) -> None:
+    feed = _feed(tmp_path)
+    watcher = socket.socket(socket.AF_UNIX)
+    watcher.connect(str(live_path(tmp_path, SESSION)))
+    feed.accept()
+    with pytest.raises(BrokenPipeError):
+        watcher.send(b"rm -rf /\r")
+    feed.close(0)
+    watcher.close()
+
+
+def test_a_long_directory_path_still_works(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    assert len(str(live_path(deep, SESSION))) > 108
+    feed = _feed(deep)
+    conn = connect(deep, SESSION)
+    feed.accept()
+    feed.close(7)
+    assert list(follow(conn))[-1] == End(7)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"not json",
+        b'[1, "i", "typed input"]',
+        b'[1, "o", 5]',
+        b'["1", "o", "x"]',
+        b'{"cols": 0, "rows": 24, "time": 0, "init": ""}',
+        b'{"cols": "80", "rows": 24, "time": 0, "init": ""}',
+        b'{"cols": 80, "rows": 24, "time": 0}',
+        b"[true, 1]",
+    ],
+)
+def test_a_forged_stream_line_is_dropped(line: bytes) -> None:
+    assert parse(line) is None
+
+
+def test_stream_messages_are_checked_field_by_field() -> None:
+    forged = {"transfer": [{"op": "upload", "path": "/x", "bytes": "9"}, "junk", {"op": 1}]}
+    assert parse(json.dumps(forged).encode()) == Transfers(({"op": "upload", "path": "/x"},))
+    assert parse(b'{"end": {"status": "0"}}') == End(None)
+    assert parse(b'[1.5, "o", "hi"]') == Output(1.5, "o", "hi")
