@@ -34,9 +34,11 @@ WEBSOCKET_PATH = "/tether"
 WEBSOCKET_SUBPROTOCOL = "tether-ssh"
 #: Plaintext read from a TLS object at once.
 _CHUNK = 256 * 1024
-#: The largest WebSocket frame sent or taken: a peer cannot make us buffer more than
-#: this for one frame (an SSH packet is far smaller; larger writes become more frames).
-_MAX_FRAME = 1024 * 1024
+#: The largest WebSocket frame sent or taken: a frame is buffered whole before it is
+#: passed on, so this is what one connection that has not logged in can make the relay
+#: hold (times the gate's max_unauthenticated). Larger writes (SSH packets of up to
+#: CHANNEL_MAX_PACKET) become several frames.
+_MAX_FRAME = 64 * 1024
 
 
 class LayerError(Exception):

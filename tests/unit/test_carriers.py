@@ -132,7 +132,7 @@ def _frame(wire: bytes) -> tuple[int, bytes | None, bytes]:
 
 def test_the_agent_masks_each_frame_with_a_fresh_key_and_the_relay_unmasks_it() -> None:
     client, server = _upgraded()
-    data = b"SSH-2.0-x\r\n" + bytes(range(256)) * 512
+    data = b"SSH-2.0-x\r\n" + bytes(range(256)) * 200  # one frame (at most 64 KiB)
     wires = [client.send(data) for _ in range(8)]
     keys = set()
     for wire in wires:
@@ -152,7 +152,7 @@ def test_the_agent_masks_each_frame_with_a_fresh_key_and_the_relay_unmasks_it() 
 
 def test_masking_round_trips_across_split_reads_and_large_writes() -> None:
     client, server = _upgraded()
-    big = bytes(range(251)) * 20_000  # ~5 MB: several frames of at most 1 MiB
+    big = bytes(range(251)) * 20_000  # ~5 MB: several frames of at most 64 KiB
     wire = client.send(big)
     got = b"".join(server.receive(wire[at : at + 7_777])[1] for at in range(0, len(wire), 7_777))
     assert got == big
@@ -165,6 +165,15 @@ def test_a_frame_masked_the_wrong_way_is_refused(client_side: bool) -> None:
     receiver, wrong = (client, masked) if client_side else (server, unmasked)
     with pytest.raises(LayerError, match="incorrect masking"):
         receiver.receive(wrong)
+
+
+def test_a_frame_announcing_more_than_64_kib_is_refused_before_it_is_buffered() -> None:
+    """A client that has not logged in cannot make the relay hold a large frame."""
+    _, server = _upgraded()
+    # FIN + binary, masked, 64-bit length 1 MiB, a key, and the first bytes of it.
+    header = b"\x82\xff" + (1024 * 1024).to_bytes(8, "big") + b"abcd"
+    with pytest.raises(LayerError):
+        server.receive(header + bytes(1024))
 
 
 def test_frames_in_the_same_read_as_the_upgrade_are_not_lost() -> None:
