@@ -21,6 +21,11 @@ from tether.agent.recording.follow import (
     follow,
     pick_live,
 )
+from tether.agent.recording.terminal_safety import (
+    TerminalFilter,
+    discard_typeahead,
+    printable,
+)
 from tether.cli.common import agent_config_option, err, handle_errors, json_option
 from tether.config import AgentConfig
 from tether.errors import NotReady
@@ -67,6 +72,8 @@ def watch(config_path: Path, session: str | None, as_json: bool) -> None:
         sys.stdout.flush()
         err.print("\nStopped watching; the session goes on.")
         return
+    finally:
+        discard_typeahead()
     sys.stdout.flush()
     ended = "" if status is None else f" (exit status {status})"
     err.print(f"\nThe session ended{ended}.")
@@ -81,23 +88,29 @@ def _as_json(message: Start | Output | Transfers | End) -> object:
 
 
 def _watch(directory: Path, recording_id: str) -> int | None:
-    """Print the stream until the session ends; return its exit status."""
+    """Print the stream until the session ends; return its exit status.
+
+    The engineer writes the output: it goes through a :class:`TerminalFilter`, so that
+    it cannot make this terminal answer (into root's shell) or set its clipboard.
+    """
     conn: socket.socket | None = connect(directory, recording_id)
     redraw = False
+    screen = TerminalFilter()
     while conn is not None:
         for message in follow(conn):
             if isinstance(message, Start):
                 if redraw:  # we fell behind and start over: clear, then redraw
                     sys.stdout.write("\x1b[H\x1b[2J")
-                sys.stdout.write(message.init)
+                screen.reset()  # a new stream: nothing half seen carries over
+                sys.stdout.write(screen.feed(message.init))
                 redraw = True
             elif isinstance(message, Output):
                 if message.kind == "o":
-                    sys.stdout.write(message.data)
+                    sys.stdout.write(screen.feed(message.data))
             elif isinstance(message, Transfers):
                 sys.stdout.flush()
                 for line in message.describe():
-                    err.print(f"transferring: {escape(line)}")
+                    err.print(f"transferring: {escape(printable(line))}")
             elif isinstance(message, End):
                 return message.status
             sys.stdout.flush()
