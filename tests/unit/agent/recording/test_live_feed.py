@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from tether.agent.recording.follow import End, Output, Start, Transfers, connect, follow, parse
 from tether.agent.recording.recorder.cast import cast_path
 from tether.agent.recording.recorder.live import RECENT, LiveFeed, live_path
+from tether.errors import NotReady
 
 SESSION = "20261207T020000Z-0123456789ab"
 
@@ -124,3 +126,53 @@ def test_stream_messages_are_checked_field_by_field() -> None:
     assert parse(json.dumps(forged).encode()) == Transfers(({"op": "upload", "path": "/x"},))
     assert parse(b'{"end": {"status": "0"}}') == End(None)
     assert parse(b'[1.5, "o", "hi"]') == Output(1.5, "o", "hi")
+
+
+def _listener(path: Path) -> socket.socket:
+    """A socket the test owns, where a swapped-in link could lead a watcher."""
+    other = socket.socket(socket.AF_UNIX)
+    other.bind(str(path))
+    other.listen(1)
+    other.setblocking(False)
+    return other
+
+
+def test_a_link_in_place_of_the_live_socket_is_refused_and_never_connected_to(
+    tmp_path: Path,
+) -> None:
+    cast_path(tmp_path, SESSION).write_bytes(b"")
+    other = _listener(tmp_path / "other.sock")
+    live_path(tmp_path, SESSION).symlink_to(tmp_path / "other.sock")
+    with pytest.raises(NotReady, match="is not the live stream"):
+        connect(tmp_path, SESSION)
+    with pytest.raises(BlockingIOError):
+        other.accept()  # nobody ever connected to it
+    other.close()
+
+
+def test_a_link_swapped_in_after_the_check_is_never_connected_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    feed = _feed(tmp_path)
+    other = _listener(tmp_path / "other.sock")
+    path = live_path(tmp_path, SESSION)
+    checked = stat.S_ISSOCK
+
+    def check_then_swap(mode: int) -> bool:
+        # The support account wins the race: right after the check, the entry
+        # becomes a link to another socket.
+        result = checked(mode)
+        path.rename(tmp_path / "moved.sock")
+        path.symlink_to(tmp_path / "other.sock")
+        return result
+
+    monkeypatch.setattr(stat, "S_ISSOCK", check_then_swap)
+    conn = connect(tmp_path, SESSION)
+    monkeypatch.undo()
+    with pytest.raises(BlockingIOError):
+        other.accept()  # the link was not followed
+    feed.accept()
+    assert feed.watched  # the socket that was checked is the one connected to
+    feed.close(0)
+    conn.close()
+    other.close()
