@@ -85,7 +85,14 @@ class End:
     status: int | None
 
 
-Message = Start | Output | Transfers | End
+@dataclass(frozen=True)
+class Full:
+    """The session has no room for another watcher: ``watchers`` follow it already."""
+
+    watchers: int
+
+
+Message = Start | Output | Transfers | End | Full
 
 
 def _number(value: object) -> bool:
@@ -127,6 +134,11 @@ def parse(line: bytes) -> Message | None:
     if "end" in value:
         status = value["end"].get("status") if isinstance(value["end"], dict) else None
         return End(status if isinstance(status, int) and not isinstance(status, bool) else None)
+    if "full" in value:
+        count = value["full"].get("watchers") if isinstance(value["full"], dict) else None
+        if isinstance(count, int) and not isinstance(count, bool) and 0 < count <= 1000:
+            return Full(count)
+        return None
     cols, rows, at, init = (value.get(k) for k in ("cols", "rows", "time", "init"))
     if (
         isinstance(cols, int)
