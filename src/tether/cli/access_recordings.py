@@ -12,6 +12,7 @@ import click
 from rich.markup import escape
 
 from tether.agent.recording.catalog import RecordingNotFound, list_recordings, read_cast
+from tether.agent.recording.terminal_safety import TerminalFilter, discard_typeahead, safe_output
 from tether.cli.common import agent_config_option, handle_errors, json_option, out, print_json
 from tether.config import AgentConfig
 from tether.durations import format_duration
@@ -126,11 +127,19 @@ def play(
     except PermissionError:
         raise NotReady(f"cannot read {config.recordings_dir}: run as root") from None
     if as_cast:
-        sys.stdout.write(cast)
+        # Valid asciicast JSON holds no escape sequence; a forged file shown on a
+        # terminal must not drive it either.
+        sys.stdout.write(safe_output(cast) if sys.stdout.isatty() else cast)
         return
-    for wait, text in playback(cast, speed=speed, max_idle=max_idle or None):
-        if wait and not raw:
-            sys.stdout.flush()
-            time.sleep(wait)
-        sys.stdout.write(text)
-    sys.stdout.flush()
+    # The engineer wrote the output: filtered so that it cannot make this terminal
+    # answer into root's shell or set its clipboard (see terminal_safety).
+    screen = TerminalFilter()
+    try:
+        for wait, text in playback(cast, speed=speed, max_idle=max_idle or None):
+            if wait and not raw:
+                sys.stdout.flush()
+                time.sleep(wait)
+            sys.stdout.write(screen.feed(text))
+        sys.stdout.flush()
+    finally:
+        discard_typeahead()

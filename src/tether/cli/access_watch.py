@@ -6,6 +6,7 @@ import json
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -14,6 +15,7 @@ from rich.markup import escape
 from tether.agent.recording.catalog import cast_path, is_live
 from tether.agent.recording.follow import (
     End,
+    Full,
     Output,
     Start,
     Transfers,
@@ -21,12 +23,20 @@ from tether.agent.recording.follow import (
     follow,
     pick_live,
 )
+from tether.agent.recording.terminal_safety import (
+    TerminalFilter,
+    discard_typeahead,
+    printable,
+)
 from tether.cli.common import agent_config_option, err, handle_errors, json_option
 from tether.config import AgentConfig
 from tether.errors import NotReady
 
-#: How long a watcher that fell behind (and was let go by the recorder) tries to reconnect.
+#: How long a watcher that fell behind (and was let go by the recorder) tries to reconnect,
+#: and how long one turned away (no room, or the stream closed before it started) retries.
 RECONNECT_FOR = 3.0
+#: Pause before trying again after a stream that ended before it started.
+RETRY_PAUSE = 0.5
 
 
 @click.command("watch")
@@ -50,7 +60,7 @@ def watch(config_path: Path, session: str | None, as_json: bool) -> None:
     info = pick_live(config.recordings_dir, session)
     if as_json:
         try:
-            for message in follow(connect(config.recordings_dir, info.id)):
+            for message in _messages(config.recordings_dir, info.id, again=False):
                 sys.stdout.write(json.dumps(_as_json(message)) + "\n")
                 sys.stdout.flush()
         except KeyboardInterrupt:
@@ -67,6 +77,8 @@ def watch(config_path: Path, session: str | None, as_json: bool) -> None:
         sys.stdout.flush()
         err.print("\nStopped watching; the session goes on.")
         return
+    finally:
+        discard_typeahead()
     sys.stdout.flush()
     ended = "" if status is None else f" (exit status {status})"
     err.print(f"\nThe session ended{ended}.")
@@ -80,41 +92,87 @@ def _as_json(message: Start | Output | Transfers | End) -> object:
     return {"end": {"status": message.status}}
 
 
-def _watch(directory: Path, recording_id: str) -> int | None:
-    """Print the stream until the session ends; return its exit status."""
+def _messages(
+    directory: Path, recording_id: str, *, again: bool
+) -> Iterator[Start | Output | Transfers | End]:
+    """The stream's messages, connecting again when it stops without an end.
+
+    A stream cut off after it started (the recorder let a watcher that fell behind go)
+    is joined again at once, if ``again``. One that ended before it started -- the
+    session has no room for another watcher, or its recorder closes at once -- is
+    tried again after :data:`RETRY_PAUSE`, never in a tight loop that would load the
+    session's process, for :data:`RECONNECT_FOR` seconds in all; then a session still
+    full is a ``NotReady``.
+    """
     conn: socket.socket | None = connect(directory, recording_id)
-    redraw = False
+    busy: Full | None = None
+    retry_until: float | None = None
     while conn is not None:
+        started = False
         for message in follow(conn):
+            if isinstance(message, Full):
+                if busy is None:
+                    err.print(f"{message.watchers} watchers already follow this session; retrying")
+                busy = message
+                continue  # the recorder closes next
             if isinstance(message, Start):
-                if redraw:  # we fell behind and start over: clear, then redraw
-                    sys.stdout.write("\x1b[H\x1b[2J")
-                sys.stdout.write(message.init)
-                redraw = True
-            elif isinstance(message, Output):
-                if message.kind == "o":
-                    sys.stdout.write(message.data)
-            elif isinstance(message, Transfers):
-                sys.stdout.flush()
-                for line in message.describe():
-                    err.print(f"transferring: {escape(line)}")
-            elif isinstance(message, End):
-                return message.status
+                started, busy, retry_until = True, None, None
+            yield message
+            if isinstance(message, End):
+                return
+        if started:
+            if not again:
+                return
+            conn = _reconnect(directory, recording_id, time.monotonic() + RECONNECT_FOR, 0.0)
+        else:
+            if retry_until is None:
+                retry_until = time.monotonic() + RECONNECT_FOR
+            conn = _reconnect(directory, recording_id, retry_until, RETRY_PAUSE)
+    if busy is not None and is_live(cast_path(directory, recording_id)):
+        raise NotReady(
+            f"{busy.watchers} watchers already follow session {recording_id}; "
+            "try again when one of them stops watching"
+        )
+
+
+def _watch(directory: Path, recording_id: str) -> int | None:
+    """Print the stream until the session ends; return its exit status.
+
+    The engineer writes the output: it goes through a :class:`TerminalFilter`, so that
+    it cannot make this terminal answer (into root's shell) or set its clipboard.
+    """
+    redraw = False
+    screen = TerminalFilter()
+    for message in _messages(directory, recording_id, again=True):
+        if isinstance(message, Start):
+            if redraw:  # we fell behind and start over: clear, then redraw
+                sys.stdout.write("\x1b[H\x1b[2J")
+            screen.reset()  # a new stream: nothing half seen carries over
+            sys.stdout.write(screen.feed(message.init))
+            redraw = True
+        elif isinstance(message, Output):
+            if message.kind == "o":
+                sys.stdout.write(screen.feed(message.data))
+        elif isinstance(message, Transfers):
             sys.stdout.flush()
-        # The stream stopped without an end: the recorder let us go (we fell behind)
-        # or was killed with its session.
-        conn = _reconnect(directory, recording_id)
+            for line in message.describe():
+                err.print(f"transferring: {escape(printable(line))}")
+        elif isinstance(message, End):
+            return message.status
+        sys.stdout.flush()
+    # The stream stopped without an end and could not be joined again: the session
+    # was killed, or is ending.
     return None
 
 
-def _reconnect(directory: Path, recording_id: str) -> socket.socket | None:
-    """Connect again for :data:`RECONNECT_FOR` seconds; None if the session is gone."""
-    deadline = time.monotonic() + RECONNECT_FOR
-    while is_live(cast_path(directory, recording_id)):
+def _reconnect(
+    directory: Path, recording_id: str, deadline: float, pause: float
+) -> socket.socket | None:
+    """Connect again after ``pause`` seconds, until ``deadline``; None if it cannot be."""
+    time.sleep(pause)
+    while is_live(cast_path(directory, recording_id)) and time.monotonic() <= deadline:
         try:
             return connect(directory, recording_id)
         except NotReady:
-            if time.monotonic() > deadline:
-                return None
             time.sleep(0.2)
     return None

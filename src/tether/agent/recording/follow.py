@@ -31,7 +31,7 @@ from tether.agent.recording.catalog import (
     info_for,
     list_recordings,
 )
-from tether.agent.recording.recorder.live import live_path, socket_address
+from tether.agent.recording.recorder.live import live_path
 from tether.errors import BadInput, NotReady
 
 #: Longest line read from a stream (the recorder's longest is well below).
@@ -85,7 +85,14 @@ class End:
     status: int | None
 
 
-Message = Start | Output | Transfers | End
+@dataclass(frozen=True)
+class Full:
+    """The session has no room for another watcher: ``watchers`` follow it already."""
+
+    watchers: int
+
+
+Message = Start | Output | Transfers | End | Full
 
 
 def _number(value: object) -> bool:
@@ -127,6 +134,11 @@ def parse(line: bytes) -> Message | None:
     if "end" in value:
         status = value["end"].get("status") if isinstance(value["end"], dict) else None
         return End(status if isinstance(status, int) and not isinstance(status, bool) else None)
+    if "full" in value:
+        count = value["full"].get("watchers") if isinstance(value["full"], dict) else None
+        if isinstance(count, int) and not isinstance(count, bool) and 0 < count <= 1000:
+            return Full(count)
+        return None
     cols, rows, at, init = (value.get(k) for k in ("cols", "rows", "time", "init"))
     if (
         isinstance(cols, int)
@@ -186,13 +198,16 @@ def connect(directory: Path, recording_id: str) -> socket.socket:
 
     The socket must be a socket (not a link) owned by the recording's owner, and the
     process answering must run as that owner: a support account that swapped in a
-    link to some other service's socket is not followed.
+    link to some other service's socket is not followed. The support account owns the
+    directory entry and may swap it at any moment: the entry is opened once
+    (``O_PATH | O_NOFOLLOW``), and what was checked is what is connected to, through
+    ``/proc/self/fd``.
     """
     check_id(recording_id)
     path = live_path(directory, recording_id)
     try:
         owner = cast_path(directory, recording_id).lstat().st_uid
-        found = path.lstat()
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise NotReady(
             f"session {recording_id} has no live stream (it ended, or it started before "
@@ -200,13 +215,13 @@ def connect(directory: Path, recording_id: str) -> socket.socket:
         ) from None
     except PermissionError:
         raise NotReady(f"cannot read {directory}: run as root") from None
-    if not stat.S_ISSOCK(found.st_mode) or found.st_uid != owner:
-        raise NotReady(f"{path} is not the live stream of session {recording_id}")
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    address, fd = socket_address(path)
     try:
+        found = os.fstat(fd)
+        if not stat.S_ISSOCK(found.st_mode) or found.st_uid != owner:
+            raise NotReady(f"{path} is not the live stream of session {recording_id}")
         conn.settimeout(5)
-        conn.connect(address)
+        conn.connect(f"/proc/self/fd/{fd}")
         if _peer_uid(conn) != owner:
             raise NotReady(f"the live stream of session {recording_id} is not its recorder's")
         # Nothing is ever sent: the recorder shut its side for reading anyway.
@@ -222,8 +237,7 @@ def connect(directory: Path, recording_id: str) -> socket.socket:
         conn.close()
         raise
     finally:
-        if fd is not None:
-            os.close(fd)
+        os.close(fd)
     return conn
 
 

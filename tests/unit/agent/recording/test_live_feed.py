@@ -7,16 +7,34 @@ forged stream line is never passed on.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import select
 import socket
+import stat
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tether.agent.recording.follow import End, Output, Start, Transfers, connect, follow, parse
+from tether.agent.recording.follow import (
+    End,
+    Full,
+    Output,
+    Start,
+    Transfers,
+    connect,
+    follow,
+    parse,
+)
 from tether.agent.recording.recorder.cast import cast_path
-from tether.agent.recording.recorder.live import RECENT, LiveFeed, live_path
+from tether.agent.recording.recorder.live import MAX_WATCHERS, RECENT, LiveFeed, live_path
+from tether.cli import access_watch
+from tether.errors import NotReady
 
 SESSION = "20261207T020000Z-0123456789ab"
 
@@ -113,6 +131,9 @@ def test_a_long_directory_path_still_works(tmp_path: Path) -> None:
         b'{"cols": "80", "rows": 24, "time": 0, "init": ""}',
         b'{"cols": 80, "rows": 24, "time": 0}',
         b"[true, 1]",
+        b'{"full": true}',
+        b'{"full": {"watchers": "8"}}',
+        b'{"full": {"watchers": 0}}',
     ],
 )
 def test_a_forged_stream_line_is_dropped(line: bytes) -> None:
@@ -124,3 +145,132 @@ def test_stream_messages_are_checked_field_by_field() -> None:
     assert parse(json.dumps(forged).encode()) == Transfers(({"op": "upload", "path": "/x"},))
     assert parse(b'{"end": {"status": "0"}}') == End(None)
     assert parse(b'[1.5, "o", "hi"]') == Output(1.5, "o", "hi")
+    assert parse(b'{"full": {"watchers": 8}}') == Full(8)
+
+
+def _listener(path: Path) -> socket.socket:
+    """A socket the test owns, where a swapped-in link could lead a watcher."""
+    other = socket.socket(socket.AF_UNIX)
+    other.bind(str(path))
+    other.listen(1)
+    other.setblocking(False)
+    return other
+
+
+def test_a_link_in_place_of_the_live_socket_is_refused_and_never_connected_to(
+    tmp_path: Path,
+) -> None:
+    cast_path(tmp_path, SESSION).write_bytes(b"")
+    other = _listener(tmp_path / "other.sock")
+    live_path(tmp_path, SESSION).symlink_to(tmp_path / "other.sock")
+    with pytest.raises(NotReady, match="is not the live stream"):
+        connect(tmp_path, SESSION)
+    with pytest.raises(BlockingIOError):
+        other.accept()  # nobody ever connected to it
+    other.close()
+
+
+def test_a_link_swapped_in_after_the_check_is_never_connected_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    feed = _feed(tmp_path)
+    other = _listener(tmp_path / "other.sock")
+    path = live_path(tmp_path, SESSION)
+    checked = stat.S_ISSOCK
+
+    def check_then_swap(mode: int) -> bool:
+        # The support account wins the race: right after the check, the entry
+        # becomes a link to another socket.
+        result = checked(mode)
+        path.rename(tmp_path / "moved.sock")
+        path.symlink_to(tmp_path / "other.sock")
+        return result
+
+    monkeypatch.setattr(stat, "S_ISSOCK", check_then_swap)
+    conn = connect(tmp_path, SESSION)
+    monkeypatch.undo()
+    with pytest.raises(BlockingIOError):
+        other.accept()  # the link was not followed
+    feed.accept()
+    assert feed.watched  # the socket that was checked is the one connected to
+    feed.close(0)
+    conn.close()
+    other.close()
+
+
+@contextlib.contextmanager
+def _running(directory: Path, answer: Callable[[], None], ready: int) -> Iterator[None]:
+    """The session is live (its recording locked) and ``answer`` takes each connection."""
+    locked = os.open(cast_path(directory, SESSION), os.O_RDONLY)
+    fcntl.flock(locked, fcntl.LOCK_EX)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if select.select([ready], [], [], 0.05)[0]:
+                answer()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        os.close(locked)
+
+
+def _counting_connects(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    made: list[None] = []
+
+    def counted(directory: Path, recording_id: str) -> socket.socket:
+        made.append(None)
+        return connect(directory, recording_id)
+
+    monkeypatch.setattr(access_watch, "connect", counted)
+    monkeypatch.setattr(access_watch, "RECONNECT_FOR", 1.0)
+    return made
+
+
+@pytest.mark.timeout(30)
+def test_a_watcher_turned_away_by_a_full_session_says_so_and_gives_up_without_hammering(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed = _feed(tmp_path)
+    others = []
+    for _ in range(MAX_WATCHERS):
+        others.append(connect(tmp_path, SESSION))
+        feed.accept()
+    made = _counting_connects(monkeypatch)
+    with (
+        _running(tmp_path, feed.accept, feed.fileno()),
+        pytest.raises(NotReady, match=f"{MAX_WATCHERS} watchers already follow session"),
+    ):
+        access_watch._watch(tmp_path, SESSION)
+    told = capsys.readouterr().err
+    assert told.count(f"{MAX_WATCHERS} watchers already follow this session; retrying") == 1
+    # One try per pause, not tens of thousands a second.
+    assert 2 <= len(made) <= 1.0 / access_watch.RETRY_PAUSE + 2
+    assert len(feed._watchers) == MAX_WATCHERS  # the watchers already there stay
+    feed.close(0)
+    for conn in others:
+        conn.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_stream_that_ends_before_it_starts_is_retried_with_a_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cast_path(tmp_path, SESSION).write_bytes(b"")
+    closing = socket.socket(socket.AF_UNIX)  # a recorder that closes every watcher at once
+    closing.bind(str(live_path(tmp_path, SESSION)))
+    closing.listen(8)
+
+    def close_at_once() -> None:
+        closing.accept()[0].close()
+
+    made = _counting_connects(monkeypatch)
+    with _running(tmp_path, close_at_once, closing.fileno()):
+        assert access_watch._watch(tmp_path, SESSION) is None
+    assert 2 <= len(made) <= 1.0 / access_watch.RETRY_PAUSE + 2
+    closing.close()

@@ -15,6 +15,9 @@ can connect. A watcher that connects gets JSON lines:
   SFTP or scp session is moving change (checked once a second);
 - last ``{"end": {"status": N}}`` when the session has ended.
 
+A watcher turned away because :data:`MAX_WATCHERS` watch already gets only
+``{"full": {"watchers": N}}`` before the socket closes.
+
 Watchers never slow the session down. The recorder writes to the engineer first and
 to watchers after; their sockets are non-blocking, and a watcher whose socket buffer
 is full is disconnected rather than waited for (it may connect again, and starts over
@@ -138,6 +141,10 @@ class LiveFeed:
                 # Never read: a watcher cannot send anything into the session.
                 conn.shutdown(socket.SHUT_RD)
                 if len(self._watchers) >= MAX_WATCHERS:
+                    # Say why before closing: a watcher told nothing connects again at once.
+                    with contextlib.suppress(OSError):
+                        full = _line({"full": {"watchers": len(self._watchers)}})
+                        conn.send(full, socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
                     conn.close()
                     continue
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
