@@ -241,7 +241,7 @@ class FrontDoor:
         """
         if self._draining():
             return None
-        conn = asyncssh.SSHServerConnection(asyncio.get_running_loop(), self._options)
+        conn = _GatedConnection(asyncio.get_running_loop(), self._options, admission)
         # RelayConnection (limits, logs, audit) takes the client from "peername"; the
         # transport's own peername is the balancer's, or the client's again.
         conn.set_extra_info(
@@ -251,6 +251,25 @@ class FrontDoor:
             accepted=time.monotonic() if accepted is None else accepted,
         )
         return conn
+
+
+class _GatedConnection(asyncssh.SSHServerConnection):
+    """An SSH server connection that tells its gate slot whenever the client sends
+    something before logging in, so that the gate evicts quiet connections first."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        options: asyncssh.SSHServerConnectionOptions,
+        admission: Slot,
+    ) -> None:
+        super().__init__(loop, options)
+        self._admission = admission
+
+    def data_received(self, data: bytes, datatype: int | None = None) -> None:
+        # After the key exchange the slot is no longer stalled and this is one dict lookup.
+        self._admission.active()
+        super().data_received(data, datatype)
 
 
 class AcceptFront(asyncio.Protocol):

@@ -96,6 +96,10 @@ class Slot:
         else:
             self._transport.abort()
 
+    def active(self) -> None:
+        """The client sent something (see :meth:`~tether.relay.gate.Gate.active`)."""
+        self._gate.active(self)
+
     def progressed(self) -> None:
         self._gate.progressed(self)
 

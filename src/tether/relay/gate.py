@@ -21,11 +21,14 @@ one :meth:`Gate.admit` decides, in this order:
    connections are all progressing (engineers of one office logging in one after the
    other, each through its key exchange in milliseconds) is never dropped at random,
    while a flood's block, whose connections sit on their slots, is;
-4. at :attr:`GateLimits.full` the oldest *stalled* connection (one that has not yet
-   finished its key exchange and asked to log in) is evicted to make room; only if none
-   is stalled is the newcomer refused (``full``). A prompt client leaves the stalled set
-   within milliseconds, so a flood that refills as fast as it is dropped evicts its own
-   connections, not the engineer's.
+4. at :attr:`GateLimits.full` the *stalled* connection (one that has not yet finished
+   its key exchange and asked to log in) that has been quiet the longest is evicted to
+   make room; only if none is stalled is the newcomer refused (``full``). A client in
+   its key exchange sends something every round trip (:meth:`Gate.active`), a flood's
+   connection sits silent or trickles, so a flood that refills as fast as it is dropped
+   evicts its own connections, not an engineer's that is slow only because the relay
+   or the machine is busy. (By admission order alone, a fast refill made a slow
+   engineer the oldest within a few dozen admissions.)
 
 The pre-auth time limit shrinks with pressure: :attr:`GateLimits.login_timeout` while
 fewer than ``start`` are pending, falling linearly to :attr:`GateLimits.busy_login_timeout`
@@ -60,7 +63,7 @@ H = TypeVar("H", bound=Hashable)
 #: Penalty records and trusted addresses kept at most (oldest forgotten first), so a
 #: flood from 2^64 addresses cannot grow the relay's memory without bound.
 MAX_TRACKED = 65_536
-#: Stalled connections examined for a non-trusted eviction victim before the oldest is taken.
+#: Stalled connections examined for a non-trusted eviction victim before the quietest is taken.
 _EVICTION_SCAN = 64
 
 
@@ -188,7 +191,8 @@ class Gate(Generic[H]):
         self._rng = rng
         #: Every pending connection, oldest first.
         self._pending: OrderedDict[H, _Pending] = OrderedDict()
-        #: Those that have not yet asked to log in, oldest first (eviction candidates).
+        #: Those that have not yet asked to log in, quiet the longest first (eviction
+        #: candidates).
         self._stalled: OrderedDict[H, None] = OrderedDict()
         #: The same by block, with when each was admitted (oldest first): stalling blocks.
         self._stalled_in: dict[str, OrderedDict[H, float]] = {}
@@ -281,6 +285,12 @@ class Gate(Generic[H]):
         self.admitted += 1
         return Decision(None, block, evict)
 
+    def active(self, handle: H) -> None:
+        """The connection sent something before finishing its key exchange: it is the
+        last to be evicted among the stalled (no-op once it progressed or left)."""
+        if handle in self._stalled:
+            self._stalled.move_to_end(handle)
+
     def progressed(self, handle: H) -> None:
         """The connection finished its key exchange and asked to log in: not stalled."""
         pending = self._pending.get(handle)
@@ -353,7 +363,8 @@ class Gate(Generic[H]):
                 del self._stalled_in[block]
 
     def _victim(self, now: float) -> H | None:
-        """The oldest stalled connection, preferring one from an address not trusted."""
+        """The stalled connection quiet the longest, preferring one from an address not
+        trusted."""
         for i, handle in enumerate(self._stalled):
             if i >= _EVICTION_SCAN:
                 break

@@ -138,6 +138,34 @@ def test_full_evicts_the_oldest_stalled_connection_not_a_prompt_one() -> None:
     assert len(g) == 3
 
 
+def test_full_evicts_the_quietest_stalled_connection_not_an_older_one_still_talking() -> None:
+    # An engineer mid key exchange on a busy relay (connection 1) is older than the
+    # flood's silent connections that refill around it; it keeps sending, they do not.
+    g, clock = gate(start=3, full=3, rate=1.0)
+    assert g.admit(1, "192.0.2.1").admitted  # the engineer
+    for flood in (2, 3):
+        clock.now += 0.01
+        assert g.admit(flood, f"10.{flood}.0.1").admitted
+    victims = []
+    for flood in range(4, 40):
+        clock.now += 0.01
+        if flood % 2 == 0:
+            g.active(1)  # the engineer's next key exchange packet
+        decision = g.admit(flood, f"10.{flood}.0.1")
+        assert decision.admitted
+        victims.append(decision.evict)
+    assert 1 not in victims, "the engineer, still talking, was evicted"
+    assert victims == list(range(2, 38))  # the flood's, quietest (oldest silent) first
+    # Once it goes quiet for longer than the rest it is the one taken.
+    g.active(39)
+    g.active(38)
+    assert g.admit(40, "10.40.0.1").evict == 1
+    # Activity after the key exchange (or after leaving) changes nothing.
+    g.progressed(38)
+    g.active(38)
+    assert g.admit(41, "10.41.0.1").evict == 39
+
+
 def test_login_timeout_shrinks_under_pressure_and_applies_to_old_connections() -> None:
     g, clock = gate(start=2, full=4, login_timeout=30, busy_login_timeout=4, penalty_stall=0)
     assert g.login_timeout() == 30
