@@ -199,14 +199,7 @@ def jump(world: World, relay_port: int, serial: str, port: int) -> str:
 
 async def machine(world: World) -> Machine:
     """The web server, a stock sshd and an agent's tunnel tethered to the home relay."""
-    port_file = world.dir / "sink.port"
-    sink = world.spawn("sink", [sys.executable, "-m", "bench.sink", str(port_file)])
-    deadline = time.monotonic() + 10
-    while not port_file.exists() or not port_file.read_text():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the web server did not start")
-        await asyncio.sleep(0.02)
-    web = int(port_file.read_text())
+    sink, web = await world.start_web_server()
     _, sshd = world.start_sshd("machine_sshd")
     serial = world.next_serial()
     key = await world.issue(serial, [web, sshd])  # names the vendor's relay: relay a

@@ -272,6 +272,17 @@ class World:
             raise RuntimeError(f"agent said {line!r}; see {proc.log}")
         return proc
 
+    async def start_web_server(self) -> tuple[Process, int]:
+        """The machine's web server of the throughput runs (``bench/sink.py``) and its port."""
+        port_file = self.dir / "sink.port"
+        sink = self.spawn("sink", [sys.executable, "-m", "bench.sink", str(port_file)])
+        deadline = time.monotonic() + 10
+        while not port_file.exists() or not port_file.read_text():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the web server did not start")
+            await asyncio.sleep(0.02)
+        return sink, int(port_file.read_text())
+
     def start_sshd(
         self, name: str, *, extra: Sequence[str] = (), defaults: bool = False
     ) -> tuple[Process, int]:

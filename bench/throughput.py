@@ -10,7 +10,6 @@ The OpenSSH path: a stock sshd as relay, the machine holding ``ssh -N -R`` to it
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from dataclasses import dataclass
 
@@ -31,14 +30,7 @@ class Paths:
 
 
 async def build(world: World) -> Paths:
-    port_file = world.dir / "sink.port"
-    world.spawn("sink", [sys.executable, "-m", "bench.sink", str(port_file)])
-    deadline = time.monotonic() + 10
-    while not port_file.exists() or not port_file.read_text():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the web server did not start")
-        await asyncio.sleep(0.02)
-    web = int(port_file.read_text())
+    _, web = await world.start_web_server()
     _, machine_sshd = world.start_sshd("machine_sshd")
     serial = world.next_serial()
     key = await world.issue(serial, [web, machine_sshd])

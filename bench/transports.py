@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,14 +127,8 @@ async def build(world: World, relay_options: dict[str, object]) -> Setup:
         relay_options={**relay_options, "tls_certificate": str(cert), "tls_key": str(key)}
     )
     await world.engineer()
-    port_file = world.dir / "sink.port"
-    world.spawn("sink", [sys.executable, "-m", "bench.sink", str(port_file)])
-    deadline = time.monotonic() + 10
-    while not port_file.exists() or not port_file.read_text():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the web server did not start")
-        await asyncio.sleep(0.02)
-    setup = Setup(world, int(port_file.read_text()))
+    _, web = await world.start_web_server()
+    setup = Setup(world, web)
     transports = [RAW, TransportKind.TLS.value, WEBSOCKET_TLS]
     if squid_unavailable_reason() is None:
         setup.squid = Squid([world.relay_port])
