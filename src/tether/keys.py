@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import json
 import re
 import secrets
@@ -182,6 +183,15 @@ def parse_address(text: str, *, what: str = "address", any_port: bool = False) -
 def format_address(host: str, port: int) -> str:
     """Inverse of :func:`parse_address`."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_ip_address(host: str) -> bool:
+    """Whether ``host`` (as :func:`parse_address` returns it) is an IP address, not a name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 # --- signing and verification keys --------------------------------------------------

@@ -39,6 +39,7 @@ import h11
 
 from tether.carriers import CodecLayer, LayerError, TlsCodec, WebSocketCodec
 from tether.errors import ConfigError
+from tether.keys import is_ip_address
 from tether.tlscert import fingerprint_of, issuer_of
 
 
@@ -254,14 +255,6 @@ def _client_tls() -> ssl.SSLContext:
     return context
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def proxy_status_words(status: int, proxy: Proxy, target: str) -> NetworkError:
     """What a proxy's refusal means, with the fix."""
     if status == 407:
@@ -347,7 +340,7 @@ class Carrier:
             leftover = b""
         try:
             if self.kind in (TransportKind.TLS, TransportKind.TLS_PROXY):
-                sni = None if _is_ip(host) else host
+                sni = None if is_ip_address(host) else host
                 transport = await stack_layer(
                     transport,
                     TlsCodec(_client_tls(), server_side=False, server_hostname=sni),

@@ -14,7 +14,7 @@ from tether.config.common import (
     _verify_keys,
 )
 from tether.errors import ConfigError
-from tether.keys import VerifyKey, parse_address
+from tether.keys import VerifyKey, is_ip_address, parse_address
 
 
 @dataclass(frozen=True)
@@ -236,14 +236,6 @@ class RelayConfig:
         return config
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _peer_listen(r: _Reader, peer_key: bool, proxy_protocol: bool) -> tuple[str, int] | None:
     """``peer_listen``: needs ``peer_key``; required behind a PROXY-protocol balancer."""
     text = r.text("peer_listen", "")
@@ -260,7 +252,7 @@ def _peer_listen(r: _Reader, peer_key: bool, proxy_protocol: bool) -> tuple[str,
         host, port = parse_address(text, what="peer address", any_port=True)
     except Exception as exc:
         raise ConfigError(f"{r.path}: peer_listen: {exc}") from None
-    if _is_ip(host) and ipaddress.ip_address(host).is_unspecified:
+    if is_ip_address(host) and ipaddress.ip_address(host).is_unspecified:
         raise ConfigError(
             f"{r.path}: peer_listen must be the address other relays reach this relay at, "
             f"not a wildcard ({text!r})"
