@@ -358,3 +358,30 @@ async def test_recordings_need_a_session_and_a_real_id(page: Page) -> None:
         assert response.status_code == 404, bad
         assert (await page.http.get(f"/recordings/{bad}")).status_code == 404, bad
     assert "No support session has been recorded yet" not in (await page.http.get("/")).text
+
+
+async def test_hostile_limits_in_the_form_are_explained_and_change_nothing(page: Page) -> None:
+    assert (await page.login()).status_code == 303
+    token = await page.csrf("/")
+    before = page.audit_size()
+    base = {"csrf": token, "mode": "key", "key": issue_for("WEB-1"), "ports": ["22"]}
+    cases = [
+        ({"files": "everything"}, "limits", "choose how files may be transferred"),
+        ({"files": "x" * 5000}, "limits", "choose how files may be transferred"),
+        ({"max_session": "forever"}, "max_session", ""),
+        ({"max_session": "9" * 400 + "d"}, "max_session", ""),
+        ({"consent": "ask", "consent_timeout": "-5m"}, "consent_timeout", ""),
+        ({"no_shell": "on", "files": "off"}, "limits", "would allow nothing"),
+    ]
+    for fields, field, words in cases:
+        response = await page.http.post("/access/enable", data={**base, **fields})
+        assert response.status_code == 400, fields
+        error = re.search(
+            rf'<p class="error" id="{field}-error" role="alert">([^<]+)</p>', response.text
+        )
+        assert error, (fields, response.text)
+        assert words in error[1]
+        assert "Traceback" not in response.text
+        assert "x" * 100 not in response.text  # a hostile value is not echoed back whole
+    assert page.audit_size() == before
+    assert not page.daemon.access.state().is_open
