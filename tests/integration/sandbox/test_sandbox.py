@@ -139,7 +139,12 @@ def test_ssh_login_useradd_and_sudo_inside_leave_host_untouched(
     assert login.stdout.split() == ["m1", "alice", "sudo-ok"]
     assert "Accepted publickey for alice" in box.sshd_log()
 
-    gone = box.run(["userdel", "-r", "alice"])
+    # sshd's per-session process for alice can outlive the client by a moment; userdel
+    # refuses (exit 8) until it has gone.
+    deadline = time.monotonic() + 10
+    while (gone := box.run(["userdel", "-r", "alice"])).returncode == 8:
+        assert time.monotonic() < deadline, gone.stderr
+        time.sleep(0.1)
     assert gone.returncode == 0, gone.stderr
     assert not box.host_path("/home/alice").exists()
     assert "alice:" not in box.host_path("/etc/passwd").read_text()
