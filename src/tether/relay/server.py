@@ -25,7 +25,7 @@ from tether.relay.audit import HEAD_INTERVAL, AuditWriter, HeadChecks
 from tether.relay.batching import Batcher
 from tether.relay.carriers import AcceptFront, FrontDoor, server_context
 from tether.relay.connection import RelayConnection
-from tether.relay.door import Door, Slot, describe_limits, gate_limits
+from tether.relay.door import Door, Slot, describe_limits, gate_limits, listen
 from tether.relay.engineers import Cuttable
 from tether.relay.fleet import Membership
 from tether.relay.gate import Gate, RefusalSummary
@@ -215,16 +215,11 @@ class Relay:
         )
         if self.config.proxy_protocol:
             trusted = parse_networks(self.config.trusted_proxies)
-            self._server = await asyncio.get_running_loop().create_server(
-                lambda: ProxyFront(trusted, door.hand_off, self.config.login_timeout),
-                host,
-                port,
-                backlog=1024,
+            self._server = await listen(
+                lambda: ProxyFront(trusted, door.hand_off, self.config.login_timeout), host, port
             )
         else:
-            self._server = await asyncio.get_running_loop().create_server(
-                lambda: AcceptFront(door.hand_off), host, port, backlog=1024
-            )
+            self._server = await listen(lambda: AcceptFront(door.hand_off), host, port)
         address = f"{host}:{self.port}"
         if self.config.peer_listen is not None:
             # Other relays' links: plain SSH (no PROXY header), peer logins only.
@@ -239,8 +234,8 @@ class Relay:
                 refuse=refuse,
                 timeout=self.config.login_timeout,
             )
-            self._peer_server = await asyncio.get_running_loop().create_server(
-                lambda: AcceptFront(peer_door.hand_off), *self.config.peer_listen, backlog=1024
+            self._peer_server = await listen(
+                lambda: AcceptFront(peer_door.hand_off), *self.config.peer_listen
             )
             peer_port = self._peer_server.sockets[0].getsockname()[1]
             address = f"{self.config.peer_listen[0]}:{peer_port}"
