@@ -4,8 +4,8 @@ The tether's SSH runs unchanged over raw TCP, over TLS, or over a WebSocket (ins
 or not): the pinned relay host key is the trust, TLS and WebSocket only carry bytes so
 that the tether passes networks that allow only HTTPS. Each layer is a sans-IO *codec*
 (:class:`TlsCodec` on :class:`ssl.SSLObject` with memory BIOs, :class:`WebSocketCodec`
-on ``wsproto`` for the upgrade and ``websockets`` for the frames) driven by one :class:`CodecLayer`: the asyncio protocol of the outer
-transport and, at once, the asyncio transport of the inner protocol (asyncssh's
+on ``wsproto`` for the upgrade and :class:`Frames` for the data) driven by one
+:class:`CodecLayer`: the asyncio protocol of the outer transport and, at once, the asyncio transport of the inner protocol (asyncssh's
 connection, or the next layer). Layers stack: SSH over WebSocket over TLS over TCP.
 
 :class:`Sniff` looks at a stream's first bytes and picks what runs on it: ``SSH-`` is
@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import ssl
+import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from websockets.exceptions import InvalidState
-from websockets.frames import CloseCode, Frame, Opcode
-from websockets.protocol import Protocol as WsProtocol
-from websockets.protocol import Side, State
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, Request
 from wsproto.utilities import RemoteProtocolError
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
 
 #: The HTTP path the relay's WebSocket answers on (any other path is refused).
 WEBSOCKET_PATH = "/tether"
@@ -34,11 +37,11 @@ WEBSOCKET_PATH = "/tether"
 WEBSOCKET_SUBPROTOCOL = "tether-ssh"
 #: Plaintext read from a TLS object at once.
 _CHUNK = 256 * 1024
-#: The largest WebSocket frame sent or taken: a frame is buffered whole before it is
-#: passed on, so this is what one connection that has not logged in can make the relay
-#: hold (times the gate's max_unauthenticated). Larger writes (SSH packets of up to
-#: CHANNEL_MAX_PACKET) become several frames.
-_MAX_FRAME = 64 * 1024
+#: The largest WebSocket frame sent: one SSH packet of up to CHANNEL_MAX_PACKET (192 KiB)
+#: goes as one frame; larger writes (several packets of one loop pass) as several.
+#: Frames received may be of any length: their payload is passed on as it arrives,
+#: never held whole (see :class:`Frames`).
+_MAX_FRAME = 256 * 1024
 
 
 class LayerError(Exception):
@@ -143,16 +146,196 @@ class TlsCodec:
         }
 
 
+#: RFC 6455 section 5.2 opcodes.
+_CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+#: A control frame's payload is at most this long (RFC 6455 section 5.5).
+_MAX_CONTROL = 125
+#: Status code of a normal close (RFC 6455 section 7.4.1).
+_NORMAL_CLOSURE = 1000
+
+
+class Frames:
+    """The frames of an upgraded WebSocket (RFC 6455 section 5), streamed.
+
+    A data frame's payload goes to the inner stream as it arrives, unmasked chunk by
+    chunk, so that no frame is ever held whole: a peer that has not logged in makes
+    the relay hold at most a frame header and a control frame's 125 bytes, whatever
+    length it announces. Each :meth:`send` becomes one binary frame (up to
+    :data:`_MAX_FRAME`). The client masks every frame with a fresh key from
+    :mod:`secrets` (section 5.3), with ``websockets``' C ``apply_mask``; the server
+    refuses unmasked frames and the client masked ones. Pings are answered, text
+    frames, reserved bits and unknown opcodes are protocol errors (:class:`LayerError`).
+
+    :param client: the agent's side (masks what it sends); ``False``: the relay's.
+    """
+
+    def __init__(self, *, client: bool) -> None:
+        self._client = client
+        #: A header not complete yet (it may span reads).
+        self._head = b""
+        #: The frame being read: its opcode, payload bytes still to come, masking key,
+        #: and how many of its payload bytes were unmasked already (the key's phase).
+        self._in_frame = False
+        self._opcode = _BINARY
+        self._left = 0
+        self._key: bytes | None = None
+        self._done = 0
+        #: A control frame's payload so far.
+        self._control = b""
+        #: A binary message continues in CONT frames (its last frame had FIN clear).
+        self._continued = False
+        #: The peer's close arrived: nothing after it is read.
+        self.closed = False
+        self._close_sent = False
+
+    # --- sending ------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> bytes:
+        """``data`` as binary frames for the peer (``b""`` once a close was sent)."""
+        if self._close_sent:
+            return b""
+        if len(data) <= _MAX_FRAME:
+            return self._frame(_BINARY, data)
+        view = memoryview(data)
+        return b"".join(
+            self._frame(_BINARY, view[at : at + _MAX_FRAME])
+            for at in range(0, len(view), _MAX_FRAME)
+        )
+
+    def close(self) -> bytes:
+        """A close frame (normal closure), once."""
+        if self._close_sent:
+            return b""
+        frame = self._frame(_CLOSE, _NORMAL_CLOSURE.to_bytes(2, "big"))
+        self._close_sent = True
+        return frame
+
+    def _frame(self, opcode: int, payload: bytes | memoryview) -> bytes:
+        length = len(payload)
+        mask_bit = 0x80 if self._client else 0
+        if length < 126:
+            head = bytes((0x80 | opcode, mask_bit | length))
+        elif length < 1 << 16:
+            head = struct.pack("!BBH", 0x80 | opcode, mask_bit | 126, length)
+        else:
+            head = struct.pack("!BBQ", 0x80 | opcode, mask_bit | 127, length)
+        if not self._client:
+            return b"".join((head, payload))
+        key = secrets.token_bytes(4)
+        return b"".join((head, key, apply_mask(payload, key)))
+
+    # --- receiving ----------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> tuple[bytes, bytes]:
+        """Take bytes from the peer; return ``(to_peer, to_inner)``. Raises LayerError."""
+        to_peer: list[bytes] = []
+        inner: list[bytes] = []
+        view = memoryview(data)
+        at, end = 0, len(data)
+        while at < end and not self.closed:
+            if not self._in_frame:
+                at = self._read_head(data, at)
+                if not self._in_frame:
+                    break  # the header continues in the next read
+                if self._left == 0:
+                    self._frame_done(to_peer)
+                continue
+            take = min(self._left, end - at)
+            chunk = view[at : at + take]
+            at += take
+            if self._key is None:
+                payload = bytes(chunk)
+            else:
+                phase = self._done % 4
+                payload = apply_mask(chunk, self._key[phase:] + self._key[:phase])
+            self._done += take
+            self._left -= take
+            if self._opcode == _BINARY:
+                inner.append(payload)
+            else:
+                self._control += payload
+            if self._left == 0:
+                self._frame_done(to_peer)
+        return b"".join(to_peer), inner[0] if len(inner) == 1 else b"".join(inner)
+
+    def _read_head(self, data: bytes, at: int) -> int:
+        """Gather a header from ``data[at:]``; start its frame once whole. Returns the
+        new position."""
+        head = self._head
+        need = 2
+        if len(head) >= 2:
+            need = self._head_size(head[1])
+        while len(head) < need and at < len(data):
+            take = min(need - len(head), len(data) - at)
+            head += data[at : at + take]
+            at += take
+            if len(head) == 2:
+                need = self._head_size(head[1])
+        if len(head) < need:
+            self._head = head
+            return at
+        self._head = b""
+        self._start(head)
+        return at
+
+    @staticmethod
+    def _head_size(second: int) -> int:
+        length = second & 0x7F
+        return 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if second & 0x80 else 0)
+
+    def _start(self, head: bytes) -> None:
+        """Check a whole header and start reading its frame's payload."""
+        fin, rsv, opcode = head[0] & 0x80, head[0] & 0x70, head[0] & 0x0F
+        masked, length = bool(head[1] & 0x80), head[1] & 0x7F
+        at = 2
+        if length == 126:
+            length, at = int.from_bytes(head[2:4], "big"), 4
+        elif length == 127:
+            length, at = int.from_bytes(head[2:10], "big"), 10
+            if length >> 63:
+                raise LayerError("bad WebSocket frame: length out of range")
+        if rsv:
+            raise LayerError("bad WebSocket frame: reserved bits set (no extension was agreed)")
+        if masked == self._client:
+            raise LayerError("bad WebSocket frame: incorrect masking")
+        if opcode == _TEXT:
+            raise LayerError("text on the tether's WebSocket")
+        if opcode in (_BINARY, _CONT):
+            if (opcode == _CONT) != self._continued:
+                raise LayerError("bad WebSocket frame: unexpected continuation")
+            self._continued = not fin
+            opcode = _BINARY
+        elif opcode in (_CLOSE, _PING, _PONG):
+            if not fin or length > _MAX_CONTROL:
+                raise LayerError("bad WebSocket frame: control frame fragmented or too long")
+        else:
+            raise LayerError(f"bad WebSocket frame: unknown opcode {opcode:#x}")
+        self._in_frame = True
+        self._opcode = opcode
+        self._left = length
+        self._key = head[at : at + 4] if masked else None
+        self._done = 0
+        self._control = b""
+
+    def _frame_done(self, to_peer: list[bytes]) -> None:
+        self._in_frame = False
+        opcode, payload = self._opcode, self._control
+        if opcode == _PING and not self._close_sent:
+            to_peer.append(self._frame(_PONG, payload))
+        elif opcode == _CLOSE:
+            if len(payload) == 1:
+                raise LayerError("bad WebSocket frame: close with a one-byte payload")
+            self.closed = True
+            to_peer.append(self.close())
+
+
 class WebSocketCodec:
     """A WebSocket carrying the inner stream as binary messages.
 
-    Two well-kept libraries share the work, each where it is strongest: ``wsproto`` does
-    the HTTP upgrade (the part proxies see and judge), ``websockets``' sans-IO
-    :class:`~websockets.protocol.Protocol` then frames the data, masking and unmasking
-    with its C ``apply_mask`` rather than wsproto's pure-Python one. The client masks
-    every frame with a fresh key from :mod:`secrets` (RFC 6455 section 5.3); the server
-    refuses unmasked frames and the client masked ones. (The masked direction, codec
-    alone, on the bench machine: ~300 MB/s with wsproto's masker, ~2.6 GB/s with this.)
+    ``wsproto`` does the HTTP upgrade (the part proxies see and judge); :class:`Frames`
+    then carries the data, streamed. (The frames went through ``websockets``' sans-IO
+    protocol before: it holds each frame whole and copies it four times each way, and
+    the WebSocket ways lost a fifth more throughput than TLS alone, bench/README.md.)
 
     :param host: the client's ``Host`` header; ``None`` for the server side.
     :param target: the client's request target: :data:`WEBSOCKET_PATH`, or an absolute
@@ -175,7 +358,7 @@ class WebSocketCodec:
         #: The last bytes of the HTTP head so far: its blank line may span two reads.
         self._tail = b""
         #: The frame layer, once the upgrade is done.
-        self._frames: WsProtocol | None = None
+        self._frames: Frames | None = None
         self.ready = False
         self.closed = False
         self.status: int | None = None
@@ -234,56 +417,27 @@ class WebSocketCodec:
                 raise LayerError(f"WebSocket upgrade refused with HTTP {event.status_code}")
             else:
                 continue  # nothing else comes before the upgrade is done
-            self._frames = WsProtocol(
-                Side.CLIENT if self._client else Side.SERVER,
-                state=State.OPEN,
-                max_size=(None, _MAX_FRAME),
-            )
+            self._frames = Frames(client=self._client)
             self.ready = True
             break
         return b"".join(out)
 
-    def _receive_frames(self, frames: WsProtocol, data: bytes) -> tuple[bytes, bytes]:
-        frames.receive_data(data)
-        inner: list[bytes] = []
-        for frame in frames.events_received():
-            if not isinstance(frame, Frame):  # pragma: no cover - handshakes are wsproto's
-                continue
-            if frame.opcode in (Opcode.BINARY, Opcode.CONT):
-                inner.append(bytes(frame.data))
-            elif frame.opcode is Opcode.TEXT:
-                raise LayerError("text on the tether's WebSocket")
-            elif frame.opcode is Opcode.CLOSE:
-                self.closed = True  # websockets has queued the answering close
-        if frames.parser_exc is not None:
-            raise LayerError(f"bad WebSocket frame: {frames.parser_exc}")
-        return self._to_send(frames), b"".join(inner)
-
-    @staticmethod
-    def _to_send(frames: WsProtocol) -> bytes:
-        # b"" in the list asks the caller to close the stream; CodecLayer does that when
-        # the codec says ``closed``.
-        return b"".join(frames.data_to_send())
+    def _receive_frames(self, frames: Frames, data: bytes) -> tuple[bytes, bytes]:
+        to_peer, inner = frames.receive(data)
+        self.closed = frames.closed
+        return to_peer, inner
 
     def send(self, data: bytes) -> bytes:
         frames = self._frames
         if frames is None:
             return b""
-        view = memoryview(data)
-        try:
-            for at in range(0, len(view), _MAX_FRAME):
-                frames.send_binary(view[at : at + _MAX_FRAME])
-        except InvalidState:
-            return b""  # closing: nothing more is sent
-        return self._to_send(frames)
+        return frames.send(data)
 
     def closing(self) -> bytes:
         frames = self._frames
         if frames is None:
             return b""
-        with contextlib.suppress(InvalidState):
-            frames.send_close(CloseCode.NORMAL_CLOSURE)
-        return self._to_send(frames)
+        return frames.close()
 
     def extra(self) -> dict[str, Any]:
         return {"websocket": True}
@@ -526,6 +680,7 @@ __all__ = [
     "WEBSOCKET_SUBPROTOCOL",
     "Codec",
     "CodecLayer",
+    "Frames",
     "Kind",
     "LayerError",
     "Sniff",
