@@ -20,7 +20,12 @@ from tether.cli.common import (
 )
 from tether.config import AgentConfig, RelayConfig
 from tether.errors import Refused
-from tether.tuning import freeze_startup_heap, lazy_packet_logs, tune_allocator
+from tether.tuning import (
+    freeze_startup_heap,
+    lazy_packet_logs,
+    prompt_thread_handoffs,
+    tune_allocator,
+)
 
 
 @click.group()
@@ -53,6 +58,7 @@ def relay_serve(config_path: Path, listen: str | None, verbose: bool, log_format
     log.setup(logging.DEBUG if verbose else logging.INFO, fmt=log_format)
     tune_allocator()
     lazy_packet_logs()
+    prompt_thread_handoffs()
     config = RelayConfig.load(config_path)
     if listen:
         config = replace(config, listen=parse_address(listen, what="listen address", any_port=True))

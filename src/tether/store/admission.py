@@ -20,7 +20,7 @@ from typing import cast
 from sqlalchemy import Table, bindparam, case, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from tether.errors import BadInput
 from tether.store.db import Database
@@ -37,7 +37,9 @@ class Admission:
     this admission (bound to ``machine_key`` if no machine used it yet), or ``None``
     if the vendor never issued it. ``check_owner`` is called with the serial's
     machine binding as it would be after this admission. Either refuses by raising;
-    the exception becomes this admission's result.
+    the exception becomes this admission's result. They run inside the transaction,
+    on SQLite in the store's writer thread (:meth:`Database.write_at_once`): they may
+    read the caller's state, never change it.
     """
 
     key_id: str
@@ -61,68 +63,81 @@ async def admit_many(db: Database, admissions: Sequence[Admission]) -> list[Admi
     it. The rows read are locked (``FOR UPDATE`` on PostgreSQL; SQLite has one writer),
     and a serial first bound by another relay meanwhile is caught by the binding
     statement itself, so concurrent relays never both win the same key or serial.
-    A database failure fails the whole batch (raised, nothing written).
+    A database failure fails the whole batch (raised, nothing written). The
+    transaction is one step of the event loop (:meth:`Database.write_at_once`).
     """
     if not admissions:
         return []
+    is_postgresql = db.is_postgresql
+    return await db.write_at_once(
+        f"admitting {len(admissions)} tether(s)",
+        lambda session: _admit(session, is_postgresql, admissions),
+    )
+
+
+def _admit(
+    session: Session, is_postgresql: bool, admissions: Sequence[Admission]
+) -> list[AdmissionResult]:
+    """:func:`admit_many`'s transaction."""
     key_ids = sorted({a.key_id for a in admissions})
     serials = sorted({_serial_or_blank(a.serial) for a in admissions} - {""})
-    async with db.write(f"admitting {len(admissions)} tether(s)") as session:
-        key_rows = await session.scalars(
-            select(IssuedKeyRow).where(IssuedKeyRow.key_id.in_(key_ids)).with_for_update()
+    key_rows = session.scalars(
+        select(IssuedKeyRow).where(IssuedKeyRow.key_id.in_(key_ids)).with_for_update()
+    )
+    keys = {row.key_id: IssuedKey.from_row(row) for row in key_rows}
+    machine_rows = session.scalars(
+        select(MachineRow).where(MachineRow.serial.in_(serials)).with_for_update()
+    )
+    owners = {row.serial: MachineRecord.from_row(row) for row in machine_rows}
+    decided = [_decide(a, keys, owners) for a in admissions]
+    # Bind serials first: a binding another relay made since the read shows here,
+    # and its admissions are refused before anything else of theirs is written.
+    new_owners = {
+        require_serial(a.serial): a
+        for a, r in zip(admissions, decided, strict=True)
+        if r.binds_serial
+    }
+    if new_owners:
+        stored = bind_serials(
+            session,
+            is_postgresql,
+            [(a.serial, a.machine_key, a.now) for a in new_owners.values()],
         )
-        keys = {row.key_id: IssuedKey.from_row(row) for row in key_rows}
-        machine_rows = await session.scalars(
-            select(MachineRow).where(MachineRow.serial.in_(serials)).with_for_update()
+        for i, (admission, result) in enumerate(zip(admissions, decided, strict=True)):
+            owner = stored.get(_serial_or_blank(admission.serial))
+            if result.record is not None and owner is not None:
+                try:
+                    admission.check_owner(owner)
+                except Exception as exc:
+                    decided[i] = _Decision(exc)
+    key_binds = [
+        {"k": a.key_id, "m": a.machine_key, "t": a.now}
+        for a, r in zip(admissions, decided, strict=True)
+        if r.binds_key
+    ]
+    if key_binds:
+        session.execute(
+            update(cast(Table, IssuedKeyRow.__table__))
+            .where(
+                IssuedKeyRow.key_id == bindparam("k"),
+                IssuedKeyRow.bound_machine_key.is_(None),
+            )
+            .values(bound_machine_key=bindparam("m"), first_used_at=bindparam("t")),
+            key_binds,
         )
-        owners = {row.serial: MachineRecord.from_row(row) for row in machine_rows}
-        decided = [_decide(a, keys, owners) for a in admissions]
-        # Bind serials first: a binding another relay made since the read shows here,
-        # and its admissions are refused before anything else of theirs is written.
-        new_owners = {
-            require_serial(a.serial): a
-            for a, r in zip(admissions, decided, strict=True)
-            if r.binds_serial
-        }
-        if new_owners:
-            stored = await bind_serials(
-                db, session, [(a.serial, a.machine_key, a.now) for a in new_owners.values()]
+    # The last admission of a serial wins its registry row (a reconnect replaces).
+    rows = {r.record.serial: r.record for r in decided if r.record is not None}
+    if rows:
+        values = [dataclasses.asdict(record) for record in rows.values()]
+        insert = pg_insert if is_postgresql else sqlite_insert
+        upsert = insert(TetherRow).values(values)
+        columns = [c for c in values[0] if c != "serial"]
+        session.execute(
+            upsert.on_conflict_do_update(
+                index_elements=["serial"],
+                set_={c: upsert.excluded[c] for c in columns},
             )
-            for i, (admission, result) in enumerate(zip(admissions, decided, strict=True)):
-                owner = stored.get(_serial_or_blank(admission.serial))
-                if result.record is not None and owner is not None:
-                    try:
-                        admission.check_owner(owner)
-                    except Exception as exc:
-                        decided[i] = _Decision(exc)
-        key_binds = [
-            {"k": a.key_id, "m": a.machine_key, "t": a.now}
-            for a, r in zip(admissions, decided, strict=True)
-            if r.binds_key
-        ]
-        if key_binds:
-            await session.execute(
-                update(cast(Table, IssuedKeyRow.__table__))
-                .where(
-                    IssuedKeyRow.key_id == bindparam("k"),
-                    IssuedKeyRow.bound_machine_key.is_(None),
-                )
-                .values(bound_machine_key=bindparam("m"), first_used_at=bindparam("t")),
-                key_binds,
-            )
-        # The last admission of a serial wins its registry row (a reconnect replaces).
-        rows = {r.record.serial: r.record for r in decided if r.record is not None}
-        if rows:
-            values = [dataclasses.asdict(record) for record in rows.values()]
-            insert = pg_insert if db.is_postgresql else sqlite_insert
-            upsert = insert(TetherRow).values(values)
-            columns = [c for c in values[0] if c != "serial"]
-            await session.execute(
-                upsert.on_conflict_do_update(
-                    index_elements=["serial"],
-                    set_={c: upsert.excluded[c] for c in columns},
-                )
-            )
+        )
     return [r.result for r in decided]
 
 
@@ -197,17 +212,18 @@ def _serial_or_blank(serial: str) -> str:
         return ""
 
 
-async def bind_serials(
-    db: Database, session: AsyncSession, bindings: Sequence[tuple[str, str, datetime]]
+def bind_serials(
+    session: Session, is_postgresql: bool, bindings: Sequence[tuple[str, str, datetime]]
 ) -> dict[str, MachineRecord]:
     """Bind each ``(serial, machine_key, at)`` unless the serial is bound; return stored rows.
 
     One statement (``INSERT … ON CONFLICT DO UPDATE … RETURNING``): a new serial is
     bound, a serial an admin re-bound (no machine key) takes this machine key, and a
     bound serial keeps its own. The rows come back as stored, keyed by canonical
-    serial, so a caller compares the stored machine key with its own.
+    serial, so a caller compares the stored machine key with its own. Synchronous: an
+    async session runs it with ``await session.run_sync(bind_serials, …)``.
     """
-    insert = pg_insert if db.is_postgresql else sqlite_insert
+    insert = pg_insert if is_postgresql else sqlite_insert
     stmt = insert(MachineRow).values(
         [
             {
@@ -228,7 +244,7 @@ async def bind_serials(
             ),
         },
     )
-    result = await session.execute(stmt.returning(*MachineRow.__table__.columns))
+    result = session.execute(stmt.returning(*MachineRow.__table__.columns))
     return {
         row.serial: MachineRecord(
             serial=row.serial,

@@ -60,7 +60,9 @@ class MachineRepo:
         it with its own: equal means first use or the same machine again.
         """
         async with self._db.write(f"binding serial {serial} to its machine") as session:
-            stored = await bind_serials(self._db, session, [(serial, machine_key, now)])
+            stored = await session.run_sync(
+                bind_serials, self._db.is_postgresql, [(serial, machine_key, now)]
+            )
         return stored[require_serial(serial)]
 
     async def get(self, serial: str) -> MachineRecord | None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -24,6 +26,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 
 from tether.errors import TetherError
 from tether.store.urls import display_url, mask_secret
@@ -31,6 +34,7 @@ from tether.store.urls import display_url, mask_secret
 __all__ = ["Database", "StoreConflict", "StoreError", "create_engine", "describe_error"]
 
 _WRITE_OPTION = "tether_write"
+_T = TypeVar("_T")
 #: Seconds to wait for a PostgreSQL connection before giving up.
 CONNECT_TIMEOUT = 10.0
 
@@ -92,6 +96,20 @@ def create_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_pre_ping=True, connect_args={"timeout": CONNECT_TIMEOUT})
 
 
+def _create_sqlite_writer_engine(url: str) -> Engine:
+    # The same file through the standard sqlite3 driver, for the writer thread (see
+    # Database.write_at_once); set up as the async engine's connections are.
+    engine = create_sync_engine(
+        url.replace("sqlite+aiosqlite:", "sqlite+pysqlite:", 1),
+        connect_args={"check_same_thread": False},  # opened in the thread, closed anywhere
+        pool_size=1,
+        max_overflow=0,
+    )
+    event.listen(engine, "connect", _on_sqlite_connect)
+    event.listen(engine, "begin", _on_sqlite_begin)
+    return engine.execution_options(**{_WRITE_OPTION: True})
+
+
 def _create_reserved_engine(url: str) -> AsyncEngine:
     # One connection of its own, outside the shared pool (see Database.write's ``reserved``).
     return create_async_engine(
@@ -128,6 +146,9 @@ class Database:
         # (a relay restart) that wait ran out ("database is locked"). Other processes on
         # the same file still meet SQLite's own busy timeout.
         self._sqlite_writers: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        # Made on first use by write_at_once (SQLite only).
+        self._writer_engine: Engine | None = None
+        self._writer_thread: ThreadPoolExecutor | None = None
 
     @property
     def is_postgresql(self) -> bool:
@@ -185,8 +206,46 @@ class Database:
         """
         return self._transaction(doing, write=True, reserved=reserved)
 
+    async def write_at_once(self, doing: str, work: Callable[[Session], _T]) -> _T:
+        """Run ``work`` in one write transaction as a single step of the event loop.
+
+        Each statement of an async session costs the event loop a turn (on SQLite, a hop
+        to an aiosqlite thread and back: 16 to 23 for one tether's admission), and when
+        the loop is busy, a pre-auth flood say, every turn waits behind everything else
+        (bench/README.md, the flood rows). Here SQLite runs all of ``work`` in a writer
+        thread of its own, with the standard sqlite3 driver on the same file, and the
+        loop waits once. On PostgreSQL, whose statements are network round trips either
+        way, ``work`` runs in the async session (``run_sync``).
+
+        ``work`` gets a synchronous :class:`~sqlalchemy.orm.Session`; on SQLite it runs
+        in another thread, so what it calls back into must only read shared state.
+        Database failures leave as :class:`StoreError`, as from :meth:`write`.
+        """
+        if self.dialect != "sqlite":
+            async with self.write(doing) as session:
+                return await session.run_sync(work)
+        if self._writer_thread is None or self._writer_engine is None:
+            self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="tether-sqlite")
+            self._writer_engine = _create_sqlite_writer_engine(self.url)
+        thread, engine = self._writer_thread, self._writer_engine
+
+        def run() -> _T:
+            with Session(engine) as session, session.begin():
+                return work(session)
+
+        async with self._writer_queue() or contextlib.nullcontext():
+            try:
+                return await asyncio.get_running_loop().run_in_executor(thread, run)
+            except (SQLAlchemyError, OSError) as exc:
+                raise self.error(exc, doing) from exc
+
     async def dispose(self) -> None:
-        """Close every connection, the reserved one too."""
+        """Close every connection, the reserved one and the SQLite writer's too."""
         await self.engine.dispose()
         if self.is_postgresql:
             await self.reserved_engine.dispose()
+        writer, self._writer_thread = self._writer_thread, None
+        if writer is not None and self._writer_engine is not None:
+            engine, self._writer_engine = self._writer_engine, None
+            await asyncio.get_running_loop().run_in_executor(writer, engine.dispose)
+            writer.shutdown(wait=False)
