@@ -152,6 +152,11 @@ class Squid:
         lines += ["http_access deny CONNECT !tunnel_ports", "http_access allow all"]
         return "\n".join(lines) + "\n"
 
+    @property
+    def pid(self) -> int | None:
+        """The running Squid's process id (it runs in the foreground, ``-N``: one process)."""
+        return None if self._proc is None else self._proc.pid
+
     def start(self, timeout: float = 20.0) -> None:
         """Write the files, start Squid, and wait until its port answers."""
         # Squid drops to its own user (``proxy``), which must reach and write this
