@@ -119,6 +119,12 @@ async def test_relay_stays_reachable_under_a_pre_auth_flood_from_many_addresses(
         assert record.created - last[block] >= 0.9, f"two summaries of {block} in 1 s"
         last[block] = record.created
     assert not any(r.getMessage().startswith("relay.busy") for r in caplog.records)
+    # At start the relay said what its limits are, as its relay.toml set them.
+    (limits,) = [r for r in caplog.records if getattr(r, "tether_event", "") == "relay.limits"]
+    said = limits.tether_fields
+    assert (said["max_unauthenticated"], said["per_source"], said["per_netblock"]) == (50, 5, 10)
+    assert said["early_drop"].startswith("20:")
+    assert said["login_timeout"].endswith("..2s")
 
 
 async def test_a_source_that_stalls_repeatedly_is_penalised_then_forgiven(
