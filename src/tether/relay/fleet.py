@@ -5,8 +5,10 @@ alive refuses to start, naming the holder), heartbeats every ``heartbeat_interva
 its tether count, and on each beat removes relays silent for ``dead_after`` seconds with
 their tethers (:meth:`tether.store.relays.RelayRepo.sweep`). A relay that learns the
 fleet gave it up (its heartbeats were late, e.g. during a database outage, and another
-relay swept it) claims its id again and sends its agents to register anew, so the
-registry again names the machines it carries.
+relay swept it) claims its id again and writes its registry rows again, each tether
+through its admission's checks, while its agents stay connected
+(:func:`tether.relay.tethers.readmit`), so the registry again names the machines it
+carries.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ class Membership:
     """Claim, heartbeat and leave; ``rejoined`` runs when the fleet had given us up.
 
     :param tether_count: how many tethers this relay carries now (for the heartbeat).
-    :param rejoined: called after a re-claim; the relay sends its agents to register
-        again (their registry rows were swept).
+    :param rejoined: called after a re-claim; the relay writes its swept registry rows
+        again.
     :param taken_over: called when another live process holds our id; the relay stops.
     """
 
@@ -118,7 +120,7 @@ class Membership:
             logger,
             "relay.rejoined",
             level=logging.WARNING,
-            message="the fleet had given this relay up; its agents register again",
+            message="the fleet had given this relay up; its tethers are admitted again",
         )
         self._rejoined()
 

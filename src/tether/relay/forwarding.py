@@ -43,7 +43,7 @@ class NullListener(asyncssh.SSHListener):
         pass
 
 
-@dataclass
+@dataclass(eq=False)  # one per channel, kept in a set: identity is equality
 class ChannelStats:
     """One engineer channel to one machine port: who, where, bytes each way, how long."""
 
@@ -63,7 +63,9 @@ class ChannelStats:
     relay: Relay | None = None
 
     def opened(self, relay: Relay) -> None:
+        """Register the channel's row (again, after the fleet swept this relay's rows)."""
         self.relay = relay
+        relay.live_channels.add(self)
         self.row = relay.tasks.spawn(
             relay.store.channels.open(
                 relay_id=relay.config.relay_id,
@@ -98,6 +100,8 @@ class ChannelStats:
             bytes_ = self.relay.metrics.channel_bytes
             bytes_.labels("to_machine").inc(self.to_machine)
             bytes_.labels("to_engineer").inc(self.to_engineer)
+        if self.relay is not None:
+            self.relay.live_channels.discard(self)
         if self.row is not None and self.relay is not None:
             self.relay.tasks.spawn(
                 self._forget(self.relay, self.row), f"relay.channel_close.{self.serial}"

@@ -28,6 +28,7 @@ from tether.relay.connection import RelayConnection
 from tether.relay.door import Door, Slot, describe_limits, gate_limits, listen
 from tether.relay.engineers import Cuttable
 from tether.relay.fleet import Membership
+from tether.relay.forwarding import ChannelStats
 from tether.relay.gate import Gate, RefusalSummary
 from tether.relay.limits import RateLimiter
 from tether.relay.metrics import RelayMetrics, watch_loop_lag
@@ -35,7 +36,7 @@ from tether.relay.peering import PeerLinks
 from tether.relay.proxy_protocol import ProxyFront, parse_networks
 from tether.relay.revocations import RevocationWatch
 from tether.relay.routing import Registry
-from tether.relay.tethers import TetherLink
+from tether.relay.tethers import TetherLink, readmit
 from tether.sshlib import asyncssh
 from tether.store import Store, relay_chain
 from tether.store.admission import Admission
@@ -71,6 +72,8 @@ class Relay:
         self.store = store
         self.clock = clock
         self.registry: Registry[TetherLink] = Registry()
+        #: Engineers' channels open now (their rows are written again after a sweep).
+        self.live_channels: set[ChannelStats] = set()
         self.unauthenticated = 0
         self._engineers: dict[str, set[Cuttable]] = {}
         #: Channels open per engineer on this relay (``max_channels_per_engineer``).
@@ -133,7 +136,7 @@ class Relay:
             store,
             clock,
             tether_count=lambda: len(self.registry),
-            rejoined=self._register_again,
+            rejoined=self._rejoined,
             taken_over=self._taken_over,
         )
         #: Set when this relay must stop on its own (another process took its id).
@@ -347,20 +350,20 @@ class Relay:
 
     # --- fleet membership ----------------------------------------------------------
 
-    def _register_again(self) -> None:
-        """The fleet swept our tethers' rows: have every agent register anew."""
-        spread = len(self.registry) / self.config.reconnect_rate
-        for entry in self.registry:
-            entry.link.drop(
-                RefusalReason.SHUTDOWN,
-                "the relay lost its place in the fleet; reconnect to register again",
-                retry_within=spread,
-            )
+    def _rejoined(self) -> None:
+        """The fleet swept our rows while we were alive: write them again."""
+        self.tasks.spawn(readmit(self), "relay.readmit")
 
     def _taken_over(self, reason: str) -> None:
         """Another live process holds our id: hand the agents over and stop."""
         self.fatal_reason = reason
-        self._register_again()
+        spread = len(self.registry) / self.config.reconnect_rate
+        for entry in self.registry:
+            entry.link.drop(
+                RefusalReason.SHUTDOWN,
+                "another relay took this relay's id; reconnect to register again",
+                retry_within=spread,
+            )
         self.fatal.set()
 
     # --- engineers ---------------------------------------------------------------

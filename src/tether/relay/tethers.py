@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from tether import log
 from tether.audit import FieldValue
-from tether.keys import TetherKeyError, parse_key
+from tether.keys import TetherKeyClaims, TetherKeyError, parse_key
 from tether.protocol import (
     AccessClosed,
     Cancel,
@@ -51,6 +52,7 @@ from tether.wire import CONTROL_SUBSYSTEM
 
 if TYPE_CHECKING:
     from tether.relay.connection import RelayConnection
+    from tether.relay.server import Relay
 
 logger = logging.getLogger("tether.relay")
 
@@ -162,6 +164,63 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
         self._owner.close()
 
 
+class AdmissionChecks:
+    """What a tether's admission checks in the store's transaction: the vendor's record
+    of its key, the revocations this relay knows, the serial's machine.
+
+    The checks run where the transaction runs (on SQLite, the store's writer thread):
+    they read the relay's state and change nothing of it; :attr:`first_use` says, once
+    the admission is through, whether it bound the key.
+    """
+
+    def __init__(
+        self, relay: Relay, claims: TetherKeyClaims, machine_key: str, now: datetime
+    ) -> None:
+        self.relay = relay
+        self.claims = claims
+        self.machine_key = machine_key
+        self.now = now
+        self.first_use = False
+
+    def admission(self) -> Admission:
+        """The admission to submit to the relay's batcher."""
+        relay, claims = self.relay, self.claims
+        return Admission(
+            key_id=claims.key_id,
+            serial=claims.serial,
+            machine_key=self.machine_key,
+            relay_id=relay.config.relay_id,
+            relay_address=relay.config.advertise,
+            now=self.now,
+            check_key=self.check_key,
+            check_owner=self.check_owner,
+        )
+
+    def check_key(self, issued: IssuedKey | None) -> None:
+        claims, relay = self.claims, self.relay
+        admit_tether(claims, issued, self.machine_key, self.now)
+        # The admission binds an unused key to this machine at ``now``.
+        self.first_use = issued is not None and issued.first_used_at == self.now
+        if claims.key_id in relay.revoked_keys:
+            raise AdmissionRefused(RefusalReason.REVOKED, "this key was revoked by the vendor")
+        previous = relay.registry.get(claims.serial)
+        if previous is not None and previous.machine_key != self.machine_key:
+            raise AdmissionRefused(
+                RefusalReason.OTHER_MACHINE,
+                f"machine {claims.serial} is tethered by another machine right now",
+            )
+
+    def check_owner(self, owner: MachineRecord) -> None:
+        # A serial belongs to one machine (trust on first use, case-insensitive), so no
+        # other machine can take over its route, with any key.
+        if owner.machine_key is not None and owner.machine_key != self.machine_key:
+            raise AdmissionRefused(
+                RefusalReason.OTHER_MACHINE,
+                f"serial {self.claims.serial} is registered to another machine; the vendor "
+                "must re-bind it before this machine can tether",
+            )
+
+
 class TetherLink:
     """The agent's side of one relay connection: its machine key, tether and timers.
 
@@ -175,6 +234,8 @@ class TetherLink:
         self.relay = connection.relay
         self.machine_key: str | None = None
         self.entry: TetherEntry[TetherLink] | None = None
+        #: What the registered tether key grants (checked again by :meth:`readmission`).
+        self.claims: TetherKeyClaims | None = None
         self.control: ControlSession | None = None
         self.heads: HeadChecker | None = None
         self._expiry: asyncio.TimerHandle | None = None
@@ -312,52 +373,16 @@ class TetherLink:
         now = self.relay.clock.now()
         machine_key = self.machine_key
         relay = self.relay
-        first_use = False
-
-        def check_key(issued: IssuedKey | None) -> None:
-            nonlocal first_use
-            admit_tether(claims, issued, machine_key, now)
-            # The admission binds an unused key to this machine at ``now``.
-            first_use = issued is not None and issued.first_used_at == now
-            if claims.key_id in relay.revoked_keys:
-                raise AdmissionRefused(RefusalReason.REVOKED, "this key was revoked by the vendor")
-            previous = relay.registry.get(claims.serial)
-            if previous is not None and previous.machine_key != machine_key:
-                raise AdmissionRefused(
-                    RefusalReason.OTHER_MACHINE,
-                    f"machine {claims.serial} is tethered by another machine right now",
-                )
-
-        def check_owner(owner: MachineRecord) -> None:
-            # A serial belongs to one machine (trust on first use, case-insensitive),
-            # so no other machine can take over its route, with any key.
-            if owner.machine_key is not None and owner.machine_key != machine_key:
-                raise AdmissionRefused(
-                    RefusalReason.OTHER_MACHINE,
-                    f"serial {claims.serial} is registered to another machine; the vendor "
-                    "must re-bind it before this machine can tether",
-                )
-
         try:
             claims = parse_key(message.key, relay.config.vendor_keys, now=now)
         except TetherKeyError as exc:
             self.refuse(RefusalReason(exc.reason), str(exc), control)
             return
+        checks = AdmissionChecks(relay, claims, machine_key, now)
         try:
             # Key check, first-use bindings and the registry row: one transaction, so
             # a refused tether changes nothing and a revocation cannot slip in between.
-            await relay.admissions.submit(
-                Admission(
-                    key_id=claims.key_id,
-                    serial=claims.serial,
-                    machine_key=machine_key,
-                    relay_id=relay.config.relay_id,
-                    relay_address=relay.config.advertise,
-                    now=now,
-                    check_key=check_key,
-                    check_owner=check_owner,
-                )
-            )
+            await relay.admissions.submit(checks.admission())
         except AdmissionRefused as refusal:
             # The vendor signed this key: its refusal goes into the audit chain.
             self.refuse(
@@ -401,7 +426,7 @@ class TetherLink:
             connected_at=now,
             link=self,
         )
-        self.entry = entry
+        self.entry, self.claims = entry, claims
         previous = relay.registry.add(entry)
         if previous is not None:
             previous.link.entry = None  # its late close must not unregister the new tether
@@ -427,7 +452,7 @@ class TetherLink:
         )
         relay.metrics.admissions.labels(ADMITTED).inc()
         relay.metrics.handshake_duration.observe(time.monotonic() - self.connection.accepted)
-        if not first_use:
+        if not checks.first_use:
             # The key was bound before: this machine tethered with it already, to this
             # relay or another one of the fleet (the binding is in the shared store, so
             # a relay restart does not make every returning machine look new).
@@ -442,7 +467,16 @@ class TetherLink:
             ports=claims.ports,
             expires=claims.expires_at,
         )
-        self._audit_up(claims.key_id, first_use=first_use)
+        self._audit_up(claims.key_id, first_use=checks.first_use)
+
+    def readmission(self) -> AdmissionChecks | None:
+        """This live tether's admission once more, checked as at registration (after the
+        fleet gave this relay up and swept its registry rows); None if not registered."""
+        if self.entry is None or self.claims is None:
+            return None
+        return AdmissionChecks(
+            self.relay, self.claims, self.entry.machine_key, self.relay.clock.now()
+        )
 
     def _audit_up(self, key_id: str, *, first_use: bool) -> None:
         """Audit the tether (and the key's first use) and start checking its chain heads."""
@@ -550,3 +584,46 @@ class TetherLink:
             self.entry.offered_ports.add(listen_port)
             return NullListener(listen_port)
         return None
+
+
+async def readmit(relay: Relay) -> None:
+    """Write this live relay's registry rows again after the fleet swept them.
+
+    A relay whose heartbeats were late (a database outage, a saturated machine) is given
+    up by its peers, which remove its tethers' and channels' rows, while its agents are
+    still connected. Each tether goes through its admission's checks once more, in the
+    relay's batches (200 a transaction): the agents stay connected, and no reconnect
+    storm follows. One refused now (its key revoked or expired meanwhile, its serial
+    re-bound) is dropped with the reason; one the store cannot take now is sent to
+    register anew, spread over the relay's reconnect rate. Live channels get their
+    rows back too.
+    """
+    links = [entry.link for entry in relay.registry]
+    checked = [(link, link.readmission()) for link in links]
+    pending = [(link, checks) for link, checks in checked if checks is not None]
+    results = await asyncio.gather(
+        *(relay.admissions.submit(checks.admission()) for _, checks in pending),
+        return_exceptions=True,
+    )
+    spread = len(pending) / relay.config.reconnect_rate
+    kept = 0
+    for (link, _), result in zip(pending, results, strict=True):
+        if isinstance(result, AdmissionRefused):
+            link.drop(result.reason, result.message)
+        elif isinstance(result, BaseException):
+            link.drop(
+                RefusalReason.SHUTDOWN,
+                "the relay lost its place in the fleet; reconnect to register again",
+                retry_within=spread,
+            )
+        else:
+            kept += 1
+    for channel in list(relay.live_channels):
+        channel.opened(relay)
+    log.event(
+        logger,
+        "relay.readmitted",
+        tethers=kept,
+        dropped=len(pending) - kept,
+        channels=len(relay.live_channels),
+    )

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from tests.integration.harness import Agent, EchoServer, Vendor, vendor_setup
+from tests.integration.harness import Agent, EchoServer, Vendor, open_session, vendor_setup
 from tether.agent.status import TunnelState
 from tether.keys import KeyKind
 from tether.store import Store
@@ -115,6 +115,71 @@ async def test_a_killed_relays_tethers_leave_the_registry_in_time(
         finally:
             relay_a.kill()
             relay_a.communicate()
+
+
+async def test_a_relay_the_fleet_gave_up_lists_its_live_tethers_again_without_reconnects(
+    tmp_path: Path, store_url: str
+) -> None:
+    """Late heartbeats (a database outage, a saturated machine) can make the fleet sweep a
+    relay that is alive. It writes its rows again, each tether checked as at its
+    admission: the agents stay connected (no reconnect storm), the engineer's session
+    stays up and listed, and a tether the checks refuse now is dropped with the reason."""
+    async with (
+        vendor_setup(
+            tmp_path, database=store_url, heartbeat_interval=0.2, dead_after=1.0
+        ) as vendor,
+        EchoServer() as service,
+    ):
+        relay = vendor.relay
+        key1, claims1 = await vendor.issue("M-1", ports=[service.port])
+        key2, claims2 = await vendor.issue("M-2", ports=[service.port])
+        alice = await vendor.engineer("alice", tmp_path)
+        async with (
+            Agent(key1, claims1, [service.port]) as one,
+            Agent(key2, claims2, [service.port]) as two,
+        ):
+            await one.wait_for(TunnelState.CONNECTED)
+            await two.wait_for(TunnelState.CONNECTED)
+            links = {serial: relay.registry.get(serial) for serial in ("M-1", "M-2")}
+            session = await open_session(alice, vendor.relay_port, f"M-1:{service.port}")
+            try:
+                deadline = time.monotonic() + 5
+                while not await vendor.store.channels.list("M-1"):
+                    assert time.monotonic() < deadline, "the engineer's channel has no row"
+                    await asyncio.sleep(0.05)
+                # M-2's key no longer matches the vendor's record (changed under the relay,
+                # which nothing pushes to it): only a fresh check can see that.
+                async with vendor.store._db.write("changing a key behind the relay") as db:
+                    await db.execute(
+                        text(
+                            "UPDATE issued_keys SET expires_at = :at WHERE key_id = :key"
+                        ).bindparams(at=claims2.expires_at - timedelta(hours=1), key=claims2.key_id)
+                    )
+                # Another relay's sweep, as if this one had been silent for an hour.
+                swept = await vendor.store.relays.sweep(datetime.now(UTC) + timedelta(hours=1), 1.0)
+                assert swept == ["relay-1"]
+                assert await vendor.store.tethers.list() == []
+                deadline = time.monotonic() + 10
+                while [t.serial for t in await vendor.store.tethers.list()] != ["M-1"]:
+                    assert time.monotonic() < deadline, "the live tether was not listed again"
+                    await asyncio.sleep(0.05)
+                await two.wait_for(TunnelState.REFUSED, timeout=5)
+                assert "does not match the vendor's record" in (two.tunnel.status.reason or "")
+                # M-1 never left: the same tether on the same connection, its session alive.
+                assert relay.registry.get("M-1") is links["M-1"]
+                assert one.tunnel.status.state == TunnelState.CONNECTED
+                assert [r.relay_id for r in await vendor.store.relays.list()] == ["relay-1"]
+                while not await vendor.store.channels.list("M-1"):
+                    assert time.monotonic() < deadline, "the live channel's row did not return"
+                    await asyncio.sleep(0.05)
+                assert session.stdin is not None
+                assert session.stdout is not None
+                session.stdin.write(b"still here\n")
+                assert await asyncio.wait_for(session.stdout.readline(), 5) == b"still here\n"
+            finally:
+                if session.returncode is None:
+                    session.kill()
+                await session.wait()
 
 
 async def test_heartbeats_report_the_tethers_a_relay_carries(tmp_path: Path) -> None:
