@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from stat import S_ISREG as stat_is_regular
 
 from tether.agent.logins import LoginEvent, LoginSources, read_logins
 from tether.agent.machine.account import _alive, _cmdline, _pids, _stat_fields
@@ -188,12 +189,64 @@ def end_session(config: AgentConfig, pid: int, *, within: float = 1.0) -> Suppor
     return found
 
 
-def monitor_of(pid: int, monitors: set[int], *, depth: int = 8) -> int | None:
-    """The sshd monitor in ``monitors`` that ``pid`` runs under (its recorder's), if any.
+#: The kernel's table of file locks (proc(5)): who holds which inode's lock.
+PROC_LOCKS = Path("/proc/locks")
 
-    Walks up the parents of ``pid`` at most ``depth`` steps. ``pid`` comes from a
-    recording's metadata (the support account's word), so only a monitor that
-    :func:`list_sessions` verified can be the answer.
+
+def recorder_of(recording: Path) -> int | None:
+    """The process that holds the recorder's lock on ``recording`` (its ``.cast.gz``).
+
+    A recorder takes an exclusive ``flock`` on its recording when it creates it and
+    keeps it until the session ends, and the kernel says which process took it. The
+    recording's metadata names a pid too, but the support account can rewrite that file
+    (and could point the page's End session at another of its sessions); it cannot take
+    a lock the recorder holds. None: no live recorder holds it (or ``recording`` is not
+    a regular file).
+    """
+    try:
+        st = os.stat(recording, follow_symlinks=False)
+        table = PROC_LOCKS.read_text()
+    except OSError:
+        return None
+    if not stat_is_regular(st.st_mode):
+        return None
+    for line in table.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF"; a waiter has "->".
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK" or fields[3] != "WRITE" or "->" in fields:
+            continue
+        pid, where = fields[4], fields[5]
+        # Inode numbers repeat across file systems: the holder must have this file open.
+        if (
+            pid.isdigit()
+            and where.rsplit(":", 1)[-1] == str(st.st_ino)
+            and _holds_open(int(pid), (st.st_dev, st.st_ino))
+        ):
+            return int(pid)
+    return None
+
+
+def _holds_open(pid: int, file: tuple[int, int]) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == file:
+            return True
+    return False
+
+
+def monitor_of(pid: int, monitors: set[int], *, depth: int = 8) -> int | None:
+    """The sshd monitor in ``monitors`` that ``pid`` runs under, if any.
+
+    Walks up the parents of ``pid`` at most ``depth`` steps; only a monitor that
+    :func:`list_sessions` verified can be the answer. For a recording, ``pid`` is
+    :func:`recorder_of`'s.
     """
     for _ in range(depth):
         if pid in monitors:

@@ -114,7 +114,8 @@ class RecordingInfo:
     error: str | None = None
     #: Output could not be written to the recording (a full disk): it is incomplete.
     write_error: bool = False
-    #: The recorder's process id, as it wrote it (the support account's word only).
+    #: The recorder's process id, as it wrote it: the support account's word only, never
+    #: used to find its session (see :func:`tether.agent.machine.sessions.recorder_of`).
     pid: int | None = None
 
     @property

@@ -318,7 +318,7 @@ def create_app(host: AgentHost, tasks: TaskSet) -> FastAPI:
         if live:  # (the recordings are read only while someone is logged in)
             try:
                 running = live_sessions(page.config.recordings_dir)
-                watch = watchable(running, live)
+                watch = watchable(page.config.recordings_dir, running, live)
                 waiting = [i for i in running if (i.consent or {}).get("state") == "waiting"]
             except OSError:
                 pass  # listed all the same, without a live view or decisions

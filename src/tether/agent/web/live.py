@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -32,9 +33,10 @@ from fastapi.responses import (
 )
 
 from tether.agent.consent import decide
-from tether.agent.machine.sessions import SupportSession, monitor_of
+from tether.agent.machine.sessions import SupportSession, monitor_of, recorder_of
 from tether.agent.recording.catalog import RecordingInfo, RecordingNotFound, check_id, info_for
 from tether.agent.recording.follow import End, Output, Start, Transfers, follow_async
+from tether.agent.recording.recorder.cast import cast_path
 from tether.agent.web.auth import Session
 from tether.agent.web.recordings import PLAYER_POLICY
 from tether.config import AgentConfig
@@ -64,14 +66,24 @@ class LiveStreams:
         self._closers.clear()
 
 
-def watchable(running: list[RecordingInfo], sessions: list[SupportSession]) -> dict[int, str]:
+def session_of(directory: Path, info: RecordingInfo, monitors: set[int]) -> int | None:
+    """The listed session (sshd monitor pid) whose recorder writes ``info``'s recording,
+    by the kernel's word (:func:`~tether.agent.machine.sessions.recorder_of`), never the
+    pid in the metadata, which the support account can rewrite."""
+    recorder = recorder_of(cast_path(directory, info.id))
+    return monitor_of(recorder, monitors) if recorder is not None else None
+
+
+def watchable(
+    directory: Path, running: list[RecordingInfo], sessions: list[SupportSession]
+) -> dict[int, str]:
     """Which running recording each listed session (by sshd monitor pid) can be watched as."""
     monitors = {s.pid for s in sessions}
     found: dict[int, str] = {}
     if not monitors:
         return found
     for info in running:
-        monitor = monitor_of(info.pid, monitors) if info.pid else None
+        monitor = session_of(directory, info, monitors)
         if monitor is not None:
             found.setdefault(monitor, info.id)
     return found
@@ -139,7 +151,7 @@ def add_live_routes(
                 back="/#recordings",
             )
         live = await asyncio.to_thread(sessions)
-        monitor = monitor_of(info.pid, {s.pid for s in live}) if info.pid else None
+        monitor = session_of(config.recordings_dir, info, {s.pid for s in live})
         response = render(
             request,
             "live.html",
