@@ -11,6 +11,12 @@ would let the engineer reach past the picture:
   XTVERSION ``CSI > q``, DECID ``ESC Z``, ENQ): after Ctrl-C the reply sits in the tty
   and root's shell reads it as typed input.
 
+A third kind is taken out of the sequences that set private modes: mouse tracking,
+focus events and bracketed paste (``CSI ? 1000 h`` and kin) make the terminal report
+root's own mouse, focus and pastes as input, and stay on after the view ends, so root's
+shell would read escape sequences at every mouse move. (Other modes in the same
+sequence, the alternate screen say, are kept.)
+
 :class:`TerminalFilter` drops all of these and keeps what draws the picture (text,
 colours, cursor movement, erasing, modes). It only ever passes complete sequences it
 has checked, so what it lets through cannot start something the terminal would
@@ -42,8 +48,26 @@ _REPLY_TAILS = frozenset({"$p", "$w", "*y"})
 _REPLY_PRIVATE = frozenset({(">", "q"), ("?", "u"), ("?", "S")})
 #: Longest sequence buffered; a longer one is not drawing anything and is dropped.
 _MAX_SEQUENCE = 256
+#: Private modes whose setting makes the terminal send input of its own: mouse tracking
+#: (X10, normal, highlight, button, any-event and their encodings), focus events,
+#: bracketed paste.
+_REPORTING_MODES = frozenset(
+    {"9", "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1015", "1016", "2004"}
+)
 
 _GROUND, _ESC, _ESC_MORE, _CSI, _STRING, _STRING_ESC = range(6)
+
+
+def _without_reporting_modes(sequence: str) -> str:
+    """A complete ``ESC [ ...`` sequence without the input-reporting modes it would set
+    (``""`` if nothing else is left)."""
+    if not sequence.startswith("\x1b[?") or sequence[-1] != "h":
+        return sequence
+    modes = sequence[3:-1].split(";")
+    kept = [mode for mode in modes if mode not in _REPORTING_MODES]
+    if len(kept) == len(modes):
+        return sequence
+    return f"\x1b[?{';'.join(kept)}h" if kept else ""
 
 
 def _reply_provoking(sequence: str) -> bool:
@@ -120,8 +144,8 @@ class TerminalFilter:
             if "\x20" <= ch <= "\x3f" and len(self._pending) < _MAX_SEQUENCE:
                 self._pending.append(ch)
             elif "\x40" <= ch <= "\x7e":
-                sequence = "".join(self._pending) + ch
-                if not _reply_provoking(sequence):
+                sequence = _without_reporting_modes("".join(self._pending) + ch)
+                if sequence and not _reply_provoking(sequence):
                     out.append(sequence)
                 self.reset()
             else:  # a control inside, or too long: dropped; ch is taken afresh

@@ -83,6 +83,32 @@ def test_colours_cursor_movement_and_text_are_kept(text: str) -> None:
     assert "".join(screen.feed(ch) for ch in text) == text
 
 
+REPORTING = {
+    "mouse tracking": (f"{ESC}[?1000h", ""),
+    "any-event mouse, SGR encoding": (f"{ESC}[?1003;1006h", ""),
+    "focus events": (f"{ESC}[?1004h", ""),
+    "bracketed paste": (f"{ESC}[?2004h", ""),
+    "alternate screen kept, mouse taken out": (f"{ESC}[?1049;1000;25h", f"{ESC}[?1049;25h"),
+    "turning mouse tracking off is kept": (f"{ESC}[?1000l", f"{ESC}[?1000l"),
+    "cursor shown": (f"{ESC}[?25h", f"{ESC}[?25h"),
+}
+
+
+@pytest.mark.parametrize(("sequence", "shown"), REPORTING.values(), ids=REPORTING.keys())
+def test_modes_that_make_the_terminal_report_root_s_mouse_focus_or_pastes_are_not_set(
+    sequence: str, shown: str
+) -> None:
+    """Left on after the view, they would have root's shell read a sequence at every
+    mouse move; the picture does not need them."""
+    assert safe_output(f"a{sequence}b") == f"a{shown}b"
+    # Split anywhere, the same.
+    for cut in range(1, len(sequence)):
+        terminal = TerminalFilter()
+        assert terminal.feed(f"a{sequence[:cut]}") + terminal.feed(f"{sequence[cut:]}b") == (
+            f"a{shown}b"
+        )
+
+
 def test_a_control_inside_a_query_cannot_complete_it_later() -> None:
     # A terminal runs a newline inside CSI and still takes the "n": the filter must
     # not pass "ESC [ 6" and leave the terminal waiting for its end.
