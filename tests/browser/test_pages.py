@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import socket
 import subprocess
 from typing import Any
 
 import pytest
 
 from tests.browser.conftest import ARTIFACTS
+from tether.agent.recording.recorder.live import MAX_WATCHERS
+from tether.agent.web.live import RETRY_MS
 from tether.demo import DemoSystem
 
 pytestmark = [pytest.mark.browser, pytest.mark.sandbox]
@@ -239,6 +243,34 @@ async def test_customer_watches_the_engineer_live_and_ends_the_session(
         await stranger.close()
         term.type("echo after-$((3*3))\r")
         await expect(screen).to_contain_text("after-9")
+
+        # Every watcher place taken (the page holds one): another page says so, once.
+        assert system.machine is not None
+        recordings = system.machine.host_path("/var/lib/tether/recordings")
+        recording = (stream or "").split("/")[2]
+        # The sandbox's path is too long for a unix socket address: go through its fd.
+        directory = os.open(recordings, os.O_PATH | os.O_DIRECTORY)
+        crowd = []
+        try:
+            for _ in range(MAX_WATCHERS - 1):
+                crowd.append(watcher := socket.socket(socket.AF_UNIX))
+                watcher.connect(f"/proc/self/fd/{directory}/{recording}.live")
+        finally:
+            os.close(directory)
+        try:
+            second = await context.new_page()
+            await second.goto(page.url)
+            await expect(second.locator("#live-state")).to_contain_text(
+                f"{MAX_WATCHERS} watchers follow this session already", timeout=SLOW
+            )
+            asked = []
+            second.on("request", lambda r: asked.append(r.url) if "/events" in r.url else None)
+            await asyncio.sleep(2 * RETRY_MS / 1000)
+            assert asked == [], "a full session's page kept asking for the stream"
+            await second.close()
+        finally:
+            for watcher in crowd:
+                watcher.close()
 
         await page.get_by_role("button", name=f"End the session of {system.engineer_name}").click()
         await expect(page.locator(".flash")).to_have_text(

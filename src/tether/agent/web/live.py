@@ -35,7 +35,7 @@ from fastapi.responses import (
 from tether.agent.consent import decide
 from tether.agent.machine.sessions import SupportSession, monitor_of, recorder_of
 from tether.agent.recording.catalog import RecordingInfo, RecordingNotFound, check_id, info_for
-from tether.agent.recording.follow import End, Output, Start, Transfers, follow_async
+from tether.agent.recording.follow import End, Full, Output, Start, Transfers, follow_async
 from tether.agent.recording.recorder.cast import cast_path
 from tether.agent.web.auth import Session
 from tether.agent.web.recordings import PLAYER_POLICY
@@ -94,11 +94,14 @@ def _event(data: Any, event: str | None = None) -> bytes:
     return f"{head}data: {json.dumps(data)}\n\n".encode()
 
 
-async def _stream(
-    config: AgentConfig, recording_id: str, streams: LiveStreams
+async def live_events(
+    directory: Path, recording_id: str, streams: LiveStreams
 ) -> AsyncIterator[bytes]:
+    """The server-sent events of a live session: its output (``data``), ``transfer``,
+    ``done`` when it ends, ``full`` when it has no room for another watcher (the page
+    then stops asking, instead of its EventSource reconnecting for ever)."""
     yield f"retry: {RETRY_MS}\n\n".encode()
-    messages = follow_async(config.recordings_dir, recording_id, streams)
+    messages = follow_async(directory, recording_id, streams)
     try:
         async for message in messages:
             if isinstance(message, Start | Output):
@@ -109,6 +112,9 @@ async def _stream(
                 )
             elif isinstance(message, End):
                 yield _event({"status": message.status}, "done")
+                return
+            elif isinstance(message, Full):
+                yield _event({"watchers": message.watchers}, "full")
                 return
     except NotReady:
         # It ended between the check and the connection.
@@ -177,7 +183,7 @@ def add_live_routes(
             # 204: the browser's EventSource stops asking.
             return Response(status_code=204)
         return StreamingResponse(
-            _stream(config, recording_id, streams),
+            live_events(config.recordings_dir, recording_id, streams),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )

@@ -1,6 +1,6 @@
 // Starts the vendored asciinema-player on the live stream of [data-live] (CSP 'self':
 // no inline script). The player reads the stream's output itself; this script also
-// listens to the same EventSource for the "transfer" and "done" events it ignores.
+// listens to the same EventSource for the "transfer", "done" and "full" events it ignores.
 (function () {
   "use strict";
   document.addEventListener("DOMContentLoaded", function () {
@@ -14,6 +14,12 @@
       source.addEventListener("transfer", function (event) {
         var lines = JSON.parse(event.data).lines || [];
         transfer.textContent = lines.length ? "Transferring: " + lines.join("; ") : "";
+      });
+      source.addEventListener("full", function (event) {
+        var watchers = JSON.parse(event.data).watchers;
+        state.textContent = "Not shown: " + watchers + " watchers follow this session " +
+          "already, the most it allows. Reload the page when one of them has left.";
+        source.close();
       });
       source.addEventListener("done", function (event) {
         var status = JSON.parse(event.data).status;
