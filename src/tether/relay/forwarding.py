@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, cast
 
 from tether import log
@@ -61,18 +62,22 @@ class ChannelStats:
     #: Registers the channel in the shared store (for "engineers connected" views).
     row: asyncio.Task[int] | None = None
     relay: Relay | None = None
+    #: When the channel opened (its row says so, also when it is written again).
+    opened_at: datetime | None = None
 
     def opened(self, relay: Relay) -> None:
         """Register the channel's row (again, after the fleet swept this relay's rows)."""
         self.relay = relay
         relay.live_channels.add(self)
+        if self.opened_at is None:
+            self.opened_at = relay.clock.now()
         self.row = relay.tasks.spawn(
             relay.store.channels.open(
                 relay_id=relay.config.relay_id,
                 serial=self.serial,
                 engineer=self.engineer,
                 port=self.port,
-                now=relay.clock.now(),
+                now=self.opened_at,
             ),
             f"relay.channel.{self.serial}",
         )

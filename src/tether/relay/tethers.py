@@ -174,12 +174,18 @@ class AdmissionChecks:
     """
 
     def __init__(
-        self, relay: Relay, claims: TetherKeyClaims, machine_key: str, now: datetime
+        self,
+        relay: Relay,
+        claims: TetherKeyClaims,
+        machine_key: str,
+        now: datetime,
+        connected_at: datetime | None = None,
     ) -> None:
         self.relay = relay
         self.claims = claims
         self.machine_key = machine_key
         self.now = now
+        self.connected_at = connected_at
         self.first_use = False
 
     def admission(self) -> Admission:
@@ -194,6 +200,7 @@ class AdmissionChecks:
             now=self.now,
             check_key=self.check_key,
             check_owner=self.check_owner,
+            connected_at=self.connected_at,
         )
 
     def check_key(self, issued: IssuedKey | None) -> None:
@@ -474,8 +481,9 @@ class TetherLink:
         fleet gave this relay up and swept its registry rows); None if not registered."""
         if self.entry is None or self.claims is None:
             return None
+        entry = self.entry
         return AdmissionChecks(
-            self.relay, self.claims, self.entry.machine_key, self.relay.clock.now()
+            self.relay, self.claims, entry.machine_key, self.relay.clock.now(), entry.connected_at
         )
 
     def _audit_up(self, key_id: str, *, first_use: bool) -> None:

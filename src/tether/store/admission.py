@@ -50,6 +50,8 @@ class Admission:
     now: datetime
     check_key: Callable[[IssuedKey | None], None]
     check_owner: Callable[[MachineRecord], None]
+    #: When the tether connected, if before ``now`` (a live tether admitted again).
+    connected_at: datetime | None = None
 
 
 #: What :func:`admit_many` returns for each admission: its registry row, or why not.
@@ -171,7 +173,7 @@ def _decide(
             relay_id=require_text(admission.relay_id, "relay id", 128),
             relay_address=admission.relay_address,
             machine_key=require_text(admission.machine_key, "machine key", 255),
-            connected_at=at,
+            connected_at=require_aware(admission.connected_at or at, "connected_at"),
             last_seen_at=at,
         )
         issued = keys.get(admission.key_id)

@@ -147,6 +147,9 @@ async def test_a_relay_the_fleet_gave_up_lists_its_live_tethers_again_without_re
                 while not await vendor.store.channels.list("M-1"):
                     assert time.monotonic() < deadline, "the engineer's channel has no row"
                     await asyncio.sleep(0.05)
+                (channel_before,) = await vendor.store.channels.list("M-1")
+                tether_before = await vendor.store.tethers.get("M-1")
+                assert tether_before is not None
                 # M-2's key no longer matches the vendor's record (changed under the relay,
                 # which nothing pushes to it): only a fresh check can see that.
                 async with vendor.store._db.write("changing a key behind the relay") as db:
@@ -172,6 +175,13 @@ async def test_a_relay_the_fleet_gave_up_lists_its_live_tethers_again_without_re
                 while not await vendor.store.channels.list("M-1"):
                     assert time.monotonic() < deadline, "the live channel's row did not return"
                     await asyncio.sleep(0.05)
+                # The rows say when the tether and the channel began, not when they came back.
+                (channel_after,) = await vendor.store.channels.list("M-1")
+                assert channel_after.opened_at == channel_before.opened_at
+                tether_after = await vendor.store.tethers.get("M-1")
+                assert tether_after is not None
+                assert tether_after.connected_at == tether_before.connected_at
+                assert tether_after.last_seen_at > tether_before.last_seen_at
                 assert session.stdin is not None
                 assert session.stdout is not None
                 session.stdin.write(b"still here\n")
