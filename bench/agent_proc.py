@@ -6,7 +6,7 @@ stand-ins on loopback ports the key allows. Prints ``connected`` once the relay 
 registered the key, then runs until SIGTERM.
 
 ``BENCH_TRANSPORT`` in its environment picks the one way to the relay (a ``[network]``
-transport, or ``websocket-tls``: see ``bench/transports.py``), ``BENCH_PROXY`` the proxy.
+transport), ``BENCH_PROXY`` the proxy.
 """
 
 from __future__ import annotations
@@ -34,14 +34,6 @@ def settings_from_environment() -> TetherSettings:
     """SETTINGS, with the one transport ``BENCH_TRANSPORT`` names (default: as shipped)."""
     transport = os.environ.get("BENCH_TRANSPORT", "")
     if not transport:
-        return SETTINGS
-    if transport == "websocket-tls":
-        # Not a [network] transport (the agent's WebSockets go through a proxy): the
-        # bench's own carrier, built from the product's codecs, takes the tunnel's dial.
-        from bench.transports import WebSocketTlsCarrier
-        from tether.agent import reach
-
-        reach.carriers_for = lambda *args, **kwargs: [WebSocketTlsCarrier()]
         return SETTINGS
     network = NetworkSettings(
         transports=(TransportKind(transport),),

@@ -6,11 +6,12 @@ offering the same web server (``bench/sink.py``):
 
 * ``ssh``: the tether's SSH on TCP (the baseline);
 * ``tls``: SSH inside TLS;
-* ``websocket-tls``: SSH in WebSocket binary messages inside TLS (what a relay on 443
-  answers to a browser-shaped client; the agent's own ways to it go through a proxy, so
-  this one is driven by :class:`WebSocketTlsCarrier`, built from the product's codecs);
-* ``tls-proxy`` and ``websocket-proxy``: through Debian's Squid on loopback (CONNECT,
-  and a WebSocket upgrade through it), when Squid is installed.
+* ``websocket-tls``: SSH in WebSocket binary messages inside TLS;
+* ``tls-proxy``, ``websocket-tls-proxy`` and ``websocket-proxy``: through Debian's Squid
+  on loopback (CONNECT; CONNECT with a WebSocket inside its TLS; a WebSocket upgrade
+  through it), when Squid is installed.
+
+Each is the agent's own ``[network]`` way of that name.
 
 Throughput: the engineer's stock ``ssh -L`` to the relay, through each tether to the
 web server; one download of ``--size-mib`` per transport per run, transports taken in
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,12 +37,9 @@ from bench.throughput import forward
 from tether.agent.network import (
     Carrier,
     Proxy,
-    ReadyProtocol,
     TransportKind,
-    stack_layer,
 )
 from tether.agent.reach import PinnedClient, connect_as_agent
-from tether.carriers import TlsCodec, WebSocketCodec
 from tether.sandbox.squid import Squid, squid_unavailable_reason
 from tether.sshlib import asyncssh
 from tether.tlscert import write_self_signed
@@ -51,46 +48,14 @@ from tether.tlscert import write_self_signed
 TRANSPORT_ENV, PROXY_ENV = "BENCH_TRANSPORT", "BENCH_PROXY"
 #: The baseline every other transport is compared with.
 RAW = "ssh"
-WEBSOCKET_TLS = "websocket-tls"
 #: Budgets of SPEC.md: throughput ratio to raw SSH, and extra connect time.
 MIN_RATIO, MAX_EXTRA_MS = 0.8, 30.0
-
-
-class WebSocketTlsCarrier(Carrier):
-    """SSH over a WebSocket inside TLS, straight to the relay (no proxy)."""
-
-    def __init__(self) -> None:
-        super().__init__(TransportKind.TLS, None)
-
-    def describe(self) -> str:
-        return WEBSOCKET_TLS
-
-    async def create_connection(
-        self, session_factory: Callable[[], asyncio.BaseProtocol], host: str, port: int
-    ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
-        loop = asyncio.get_running_loop()
-        raw, _ = await loop.create_connection(ReadyProtocol, host, port)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False  # as the agent's: the pinned SSH inside is the trust
-        context.verify_mode = ssl.CERT_NONE
-        tls = await stack_layer(raw, TlsCodec(context, server_side=False), b"")
-        ws = await stack_layer(tls, WebSocketCodec(host=f"{host}:{port}"), b"")
-        pending = ws.get_protocol()
-        session = session_factory()
-        ws.set_protocol(session)
-        session.connection_made(ws)
-        early = pending.buffer if isinstance(pending, ReadyProtocol) else b""
-        if early and isinstance(session, asyncio.Protocol):
-            session.data_received(early)
-        return ws, session
 
 
 def carrier_for(transport: str, proxy: str = "") -> Carrier | None:
     """The carrier of ``transport`` (``None``: plain SSH on TCP)."""
     if transport == RAW:
         return None
-    if transport == WEBSOCKET_TLS:
-        return WebSocketTlsCarrier()
     kind = TransportKind(transport)
     via = None
     if kind.via_proxy:
@@ -130,12 +95,16 @@ async def build(world: World, relay_options: dict[str, object]) -> Setup:
     await world.engineer()
     sink, web = await world.start_web_server()
     setup = Setup(world, web, sink.pid)
-    transports = [RAW, TransportKind.TLS.value, WEBSOCKET_TLS]
+    transports = [RAW, TransportKind.TLS.value, TransportKind.WEBSOCKET_TLS.value]
     if squid_unavailable_reason() is None:
         setup.squid = Squid([world.relay_port])
         await asyncio.to_thread(setup.squid.start)
         setup.proxy = f"http://127.0.0.1:{setup.squid.port}"
-        transports += [TransportKind.TLS_PROXY.value, TransportKind.WEBSOCKET_PROXY.value]
+        transports += [
+            TransportKind.TLS_PROXY.value,
+            TransportKind.WEBSOCKET_TLS_PROXY.value,
+            TransportKind.WEBSOCKET_PROXY.value,
+        ]
     for transport in transports:
         serial = world.next_serial()
         tether_key = await world.issue(serial, [setup.web_port])

@@ -54,8 +54,10 @@ FIGURES = [
 #: ... and through Debian's Squid (skipped without it).
 SQUID_FIGURES = [
     "transports: throughput over tls-proxy vs raw SSH",
+    "transports: throughput over websocket-tls-proxy vs raw SSH",
     "transports: throughput over websocket-proxy vs raw SSH",
     "transports: agent connect over tls-proxy vs raw SSH",
+    "transports: agent connect over websocket-tls-proxy vs raw SSH",
     "transports: agent connect over websocket-proxy vs raw SSH",
 ]
 #: The fleet group's rows (PostgreSQL and HAProxy of this machine; skipped without them).

@@ -2,11 +2,15 @@
 
 Networks that allow only HTTPS, often only through a proxy that wants a password, still
 let a browser out; the agent goes the same ways, in the order ``[network] transports``
-of agent.toml gives (by default: ``ssh``, ``tls``, ``tls-proxy``, ``websocket-proxy``):
+of agent.toml gives (by default all of them, in this order):
 
 - ``ssh``: TCP to the relay, SSH on it (as before).
 - ``tls``: TCP to the relay, TLS, SSH inside.
+- ``websocket-tls``: TCP to the relay, TLS, a WebSocket upgrade inside, SSH in binary
+  messages (for firewalls that break TLS open and pass only HTTP inside).
 - ``tls-proxy``: HTTP ``CONNECT`` to the relay through the proxy, TLS, SSH inside.
+- ``websocket-tls-proxy``: the same ``CONNECT`` and TLS, then a WebSocket inside (for
+  proxies that inspect TLS and pass only HTTP inside it, as browsers' traffic is).
 - ``websocket-proxy``: an HTTP WebSocket upgrade through the proxy (for proxies that
   refuse ``CONNECT`` but pass upgrades), SSH in binary messages.
 
@@ -37,7 +41,7 @@ from urllib.parse import unquote, urlsplit
 
 import h11
 
-from tether.carriers import CodecLayer, LayerError, TlsCodec, WebSocketCodec
+from tether.carriers import WEBSOCKET_PATH, CodecLayer, LayerError, TlsCodec, WebSocketCodec
 from tether.errors import ConfigError
 from tether.keys import is_ip_address
 from tether.tlscert import fingerprint_of, issuer_of
@@ -48,12 +52,38 @@ class TransportKind(StrEnum):
 
     SSH = "ssh"
     TLS = "tls"
+    WEBSOCKET_TLS = "websocket-tls"
     TLS_PROXY = "tls-proxy"
+    WEBSOCKET_TLS_PROXY = "websocket-tls-proxy"
     WEBSOCKET_PROXY = "websocket-proxy"
 
     @property
     def via_proxy(self) -> bool:
-        return self in (TransportKind.TLS_PROXY, TransportKind.WEBSOCKET_PROXY)
+        """Goes through the HTTP proxy."""
+        return self in (
+            TransportKind.TLS_PROXY,
+            TransportKind.WEBSOCKET_TLS_PROXY,
+            TransportKind.WEBSOCKET_PROXY,
+        )
+
+    @property
+    def tunnels(self) -> bool:
+        """Asks the proxy for a ``CONNECT`` tunnel to the relay."""
+        return self in (TransportKind.TLS_PROXY, TransportKind.WEBSOCKET_TLS_PROXY)
+
+    @property
+    def tls(self) -> bool:
+        """Speaks TLS with the relay (or with a proxy that inspects it)."""
+        return self not in (TransportKind.SSH, TransportKind.WEBSOCKET_PROXY)
+
+    @property
+    def websocket(self) -> bool:
+        """Carries SSH in WebSocket messages."""
+        return self in (
+            TransportKind.WEBSOCKET_TLS,
+            TransportKind.WEBSOCKET_TLS_PROXY,
+            TransportKind.WEBSOCKET_PROXY,
+        )
 
 
 DEFAULT_TRANSPORTS = tuple(TransportKind)
@@ -323,7 +353,7 @@ class Carrier:
                 ) from None
             transport: asyncio.Transport = raw
             leftover = b""
-            if self.kind == TransportKind.TLS_PROXY:
+            if self.kind.tunnels:
                 connect = _Connect(target, proxy.authorization)
                 transport.set_protocol(connect)
                 connect.connection_made(transport)
@@ -339,7 +369,7 @@ class Carrier:
             transport, _ = await loop.create_connection(ReadyProtocol, host, port)
             leftover = b""
         try:
-            if self.kind in (TransportKind.TLS, TransportKind.TLS_PROXY):
+            if self.kind.tls:
                 sni = None if is_ip_address(host) else host
                 transport = await stack_layer(
                     transport,
@@ -350,23 +380,8 @@ class Carrier:
                 seen = transport.get_extra_info("tls_peer_certificate")
                 self.tls_issuer = issuer_of(seen)
                 self.tls_fingerprint = fingerprint_of(seen)
-            if self.kind == TransportKind.WEBSOCKET_PROXY:
-                headers: list[tuple[bytes, bytes]] = []
-                if self.proxy is not None and self.proxy.authorization is not None:
-                    headers.append((b"Proxy-Authorization", self.proxy.authorization.encode()))
-                codec = WebSocketCodec(
-                    host=target, target=f"http://{target}/tether", headers=headers
-                )
-                try:
-                    transport = await stack_layer(transport, codec, leftover)
-                except LayerError as exc:
-                    if (
-                        codec.status is not None
-                        and self.proxy is not None
-                        and codec.status in (403, 407)
-                    ):
-                        raise proxy_status_words(codec.status, self.proxy, target) from None
-                    raise NetworkError("websocket-refused", str(exc)) from None
+            if self.kind.websocket:
+                transport = await self._upgrade(transport, target, leftover)
         except LayerError as exc:
             transport.abort()
             raise NetworkError("tls", f"{exc} (through {self.describe()})") from None
@@ -384,6 +399,26 @@ class Carrier:
         ):
             session.data_received(pending.buffer)
         return transport, session
+
+    async def _upgrade(
+        self, transport: asyncio.Transport, target: str, leftover: bytes
+    ) -> asyncio.Transport:
+        """The WebSocket upgrade: through the proxy as an absolute request with the
+        proxy's credentials, or, inside TLS, to the relay itself."""
+        headers: list[tuple[bytes, bytes]] = []
+        request = WEBSOCKET_PATH
+        if self.kind == TransportKind.WEBSOCKET_PROXY:
+            request = f"http://{target}{WEBSOCKET_PATH}"
+            if self.proxy is not None and self.proxy.authorization is not None:
+                headers.append((b"Proxy-Authorization", self.proxy.authorization.encode()))
+        codec = WebSocketCodec(host=target, target=request, headers=headers)
+        try:
+            return await stack_layer(transport, codec, leftover)
+        except LayerError as exc:
+            # An inspecting proxy answers inside the TLS it broke open, like the others.
+            if codec.status in (403, 407) and self.proxy is not None and self.kind.via_proxy:
+                raise proxy_status_words(codec.status, self.proxy, target) from None
+            raise NetworkError("websocket-refused", str(exc)) from None
 
     def close(self) -> None:
         """asyncssh calls this on tunnels it opened itself; nothing to do here."""

@@ -116,12 +116,21 @@ async def probe_transport(
             carrier.tls_issuer,
         )
     except (TimeoutError, OSError, asyncssh.Error, NetworkError) as exc:
+        words = failure_words(exc, relay)
+        if carrier.tls_issuer and not carrier.kind.websocket and not isinstance(exc, NetworkError):
+            # TLS was set up, and SSH inside it then failed: what an inspecting proxy or
+            # firewall that passes only HTTP inside TLS does.
+            words += (
+                f"; TLS was set up (a certificate issued by {carrier.tls_issuer}), then SSH "
+                "inside it failed: something on the way inspects TLS and passes only web "
+                "traffic inside it; the websocket-tls ways carry SSH as web traffic"
+            )
         return TransportProbe(
             name,
             carrier.kind,
             False,
             False,
-            failure_words(exc, relay),
+            words,
             tls_issuer=carrier.tls_issuer,
         )
     conn.close()

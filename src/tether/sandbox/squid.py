@@ -9,7 +9,9 @@ kept, so a test can read what the proxy saw.
 With ``inspect_tls`` (Debian's ``squid-openssl`` build) it is a TLS-inspecting proxy as
 offices run them: every ``CONNECT`` is bumped (``ssl_bump peek`` then ``bump``), the
 client sees a certificate for the target made on the fly and signed by the proxy's own CA,
-and what is inside TLS but not HTTP is tunnelled on (``on_unsupported_protocol tunnel``).
+and what is inside TLS but not HTTP is tunnelled on (``on_unsupported_protocol tunnel``),
+or, with ``strict``, answered with an error page as Squid does by default: then only
+HTTP (a WebSocket upgrade among it) passes inside the broken-open TLS.
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ class Squid:
         upgrades pass).
     :param inspect_tls: ``(CA certificate, CA key)`` PEM files: break open the TLS inside
         every ``CONNECT`` with certificates this CA signs; ``None``: tunnel it untouched.
+    :param strict: with ``inspect_tls``, pass nothing but HTTP inside the TLS it broke
+        open (Squid's default); otherwise other protocols are tunnelled on.
+    :param plain_http: ``False``: refuse plain ``http://`` requests (and upgrades), as an
+        office that lets only HTTPS out does; ``CONNECT`` and what is inside it pass.
     """
 
     def __init__(
@@ -91,8 +97,12 @@ class Squid:
         users: dict[str, str] | None = None,
         allow_connect: bool = True,
         inspect_tls: tuple[Path, Path] | None = None,
+        strict: bool = False,
+        plain_http: bool = True,
     ) -> None:
         self.workdir = Path()
+        self.strict = strict
+        self.plain_http = plain_http
         self.connect_ports = tuple(connect_ports)
         self.users = dict(users or {})
         self.allow_connect = allow_connect
@@ -135,10 +145,11 @@ class Squid:
                 # (the agent does too: the SSH inside is what it trusts).
                 "tls_outgoing_options flags=DONT_VERIFY_PEER",
                 "sslproxy_cert_error allow all",
+            ]
+            if not self.strict:
                 # SSH inside the bumped TLS is not HTTP: pass it on, as offices do for
                 # the protocols they do not understand.
-                "on_unsupported_protocol tunnel all",
-            ]
+                lines.append("on_unsupported_protocol tunnel all")
         if self.users:
             helper = next((h for h in _NCSA if Path(h).exists()), _NCSA[0])
             lines += [
@@ -149,6 +160,9 @@ class Squid:
             ]
         if not self.allow_connect:
             lines.append("http_access deny CONNECT")
+        if not self.plain_http:
+            # Requests bumped out of TLS are https:// ones; CONNECT has a protocol of its own.
+            lines += ["acl plain_http proto HTTP", "http_access deny plain_http"]
         lines += ["http_access deny CONNECT !tunnel_ports", "http_access allow all"]
         return "\n".join(lines) + "\n"
 

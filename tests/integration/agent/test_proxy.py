@@ -382,6 +382,55 @@ async def test_a_tls_inspecting_proxy_still_carries_the_tether_and_check_names_i
     assert "TCP_TUNNEL/200" in log
 
 
+async def test_a_proxy_that_passes_only_http_inside_the_tls_it_inspects_carries_a_websocket(
+    relay: Vendor,
+    squid_factory: Callable[..., Squid],
+    sandbox_factory: Callable[..., Sandbox],
+    tmp_path: Path,
+) -> None:
+    """Squid lets only HTTPS out, breaks its TLS open and answers anything but HTTP
+    inside with an error page (its default; strict offices): SSH in TLS through it
+    fails, a WebSocket upgrade in plain HTTP is refused, a WebSocket inside the TLS
+    passes as a browser's would, and the pinned SSH inside comes up."""
+    reason = ssl_bump_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    squid = squid_factory(
+        [relay.relay_port], inspect_tls=_write_proxy_ca(tmp_path), strict=True, plain_http=False
+    )
+    machine = _machine(relay, squid, sandbox_factory, tmp_path)
+    alice = await relay.engineer("alice", tmp_path)
+    key, _ = await relay.issue("M-1", ports=[22])
+    code, checks, text = await _check(machine, key)
+    assert code == 0, text
+    assert checks["relay over tls-proxy"]["ok"] is True  # explained, not fatal: another works
+    tls_only = str(checks["relay over tls-proxy"]["detail"])
+    assert f"TLS was set up (a certificate issued by {PROXY_CA})" in tls_only
+    assert "passes only web traffic inside it; the websocket-tls ways" in tls_only
+    assert "(HTTP 403)" in str(checks["relay over websocket-proxy"]["detail"])
+    through = str(checks["relay over websocket-tls-proxy"]["detail"])
+    assert through.startswith(f"works (websocket-tls-proxy via 127.0.0.1:{squid.port})"), text
+    assert f"TLS certificate issued by {PROXY_CA}" in through
+    assert "The proxy inspects TLS" in through
+    agent = await machine.start_agent()
+    try:
+        assert (await machine.tether("access", "enable", "--key", key)).returncode == 0
+        body = await machine.wait_tunnel("connected", timeout=30)
+        tunnel = body["tunnel"]
+        assert isinstance(tunnel, dict)
+        assert tunnel["transport"] == f"websocket-tls-proxy via 127.0.0.1:{squid.port}"
+        banner = await run_ssh(
+            alice.ssh_args(relay.relay_port, "-W", "m-1:22", "alice@127.0.0.1"), timeout=20
+        )
+        assert banner.stdout.startswith(b"SSH-2.0-OpenSSH"), banner.stderr
+    finally:
+        await stop(machine, agent)
+    # Squid saw the upgrade inside the TLS it broke open, and nothing tunnelled blind.
+    log = squid.access_log()
+    assert "/tether" in log
+    assert "TCP_TUNNEL/200" not in log
+
+
 @pytest.mark.parametrize("inspect", [False, True], ids=["tunnelling-proxy", "inspecting-proxy"])
 async def test_a_swapped_relay_host_key_behind_the_proxy_is_refused(
     relay: Vendor, squid_factory: Callable[..., Squid], tmp_path: Path, inspect: bool

@@ -77,14 +77,19 @@ def _over(*kinds: TransportKind, **network: object) -> TetherSettings:
     return replace(FAST, network=NetworkSettings(transports=kinds, environ={}, **network))  # type: ignore[arg-type]
 
 
-async def test_agent_tether_over_tls_carries_an_engineer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", [TransportKind.TLS, TransportKind.WEBSOCKET_TLS])
+async def test_agent_tether_over_tls_carries_an_engineer(
+    tmp_path: Path, kind: TransportKind
+) -> None:
     async with vendor_setup(tmp_path, **_tls_files(tmp_path)) as vendor, EchoServer() as service:
         key, claims = await vendor.issue("M-1", ports=[service.port])
         alice = await vendor.engineer("alice", tmp_path)
-        async with Agent(key, claims, [service.port], settings=_over(TransportKind.TLS)) as agent:
+        async with Agent(key, claims, [service.port], settings=_over(kind)) as agent:
             await agent.wait_for(TunnelState.CONNECTED)
-            assert agent.tunnel.status.transport == "tls"
-            assert "over tls since" in agent.tunnel.status.describe(agent.tunnel.status.since)
+            assert agent.tunnel.status.transport == kind.value
+            assert f"over {kind.value} since" in agent.tunnel.status.describe(
+                agent.tunnel.status.since
+            )
             result = await run_ssh(
                 alice.ssh_args(vendor.relay_port, "-W", f"m-1:{service.port}", "alice@127.0.0.1"),
                 input=b"ping\n",

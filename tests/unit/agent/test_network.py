@@ -22,7 +22,14 @@ from tether.errors import ConfigError
 def test_network_defaults_try_every_transport_in_the_documented_order(tmp_path: Path) -> None:
     config = AgentConfig.load(write(tmp_path, agent_toml()))
     assert config.tether.network.transports == DEFAULT_TRANSPORTS
-    assert [k.value for k in DEFAULT_TRANSPORTS] == ["ssh", "tls", "tls-proxy", "websocket-proxy"]
+    assert [k.value for k in DEFAULT_TRANSPORTS] == [
+        "ssh",
+        "tls",
+        "websocket-tls",
+        "tls-proxy",
+        "websocket-tls-proxy",
+        "websocket-proxy",
+    ]
 
 
 def test_network_table_is_read(tmp_path: Path) -> None:
