@@ -316,6 +316,7 @@ class Carrier:
 
     :ivar tls_issuer: the issuer of the TLS certificate seen (``""``: no TLS yet).
     :ivar tls_fingerprint: that certificate's SHA-256 in hex (``""``: no TLS yet).
+    :ivar reached: the TCP connection to the proxy (or to the relay) was made.
     """
 
     def __init__(self, kind: TransportKind, proxy: Proxy | None) -> None:
@@ -327,6 +328,8 @@ class Carrier:
         self.proxy = proxy
         self.tls_issuer = ""
         self.tls_fingerprint = ""
+        #: The TCP connection (to the proxy, or to the relay) was made.
+        self.reached = False
 
     def describe(self) -> str:
         """``tls-proxy via proxy:3128`` (never the credentials)."""
@@ -351,6 +354,7 @@ class Carrier:
                     "proxy-unreachable",
                     f"cannot reach the proxy at {proxy.address} ({exc.strerror or exc})",
                 ) from None
+            self.reached = True
             transport: asyncio.Transport = raw
             leftover = b""
             if self.kind.tunnels:
@@ -367,6 +371,7 @@ class Carrier:
                     raise proxy_status_words(status, proxy, target)
         else:
             transport, _ = await loop.create_connection(ReadyProtocol, host, port)
+            self.reached = True
             leftover = b""
         try:
             if self.kind.tls:

@@ -126,7 +126,16 @@ async def connect_any(
     carriers = carriers_for(relay, settings, first)
     if not carriers:
         raise NoWayToRelay("no way to the relay: the transports need a proxy and none is set")
+    # Where the TCP connection itself failed (to the relay directly, or to the proxy),
+    # the other ways on that same connection are not tried this round: a dropped port
+    # would cost each of them its own timeout.
+    unreachable: set[bool] = set()
+    skipped: list[str] = []
     for carrier in carriers:
+        if carrier.kind != TransportKind.SSH and carrier.kind.via_proxy in unreachable:
+            what = "the proxy" if carrier.kind.via_proxy else "the relay"
+            skipped.append(f"{carrier.kind.value}: not tried ({what} could not be reached)")
+            continue
         try:
             conn = await connect_as_agent(
                 relay,
@@ -145,11 +154,13 @@ async def connect_any(
             failures.append(f"{carrier.kind.value}: {describe_error(exc, relay)}")
         else:
             return conn, carrier, failures
-    # The same words on every way (the relay is down): say them once.
+        if carrier.kind != TransportKind.SSH and not carrier.reached:
+            unreachable.add(carrier.kind.via_proxy)
+    # The same words on every way tried (the relay is down): say them once.
     words = {failure.split(": ", 1)[1] for failure in failures}
     if len(words) == 1:
-        raise NoWayToRelay(words.pop())
-    raise NoWayToRelay(f"relay {relay} unreachable every way: {'; '.join(failures)}")
+        raise NoWayToRelay("; ".join([words.pop(), *skipped]))
+    raise NoWayToRelay(f"relay {relay} unreachable every way: {'; '.join(failures + skipped)}")
 
 
 def describe_error(exc: BaseException, relay: str) -> str:
