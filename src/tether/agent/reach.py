@@ -156,10 +156,11 @@ async def connect_any(
             return conn, carrier, failures
         if carrier.kind != TransportKind.SSH and not carrier.reached:
             unreachable.add(carrier.kind.via_proxy)
-    # The same words on every way tried (the relay is down): say them once.
+    # The same words on every way tried (the relay is down): say them once; the ways
+    # not tried would only have said them again.
     words = {failure.split(": ", 1)[1] for failure in failures}
     if len(words) == 1:
-        raise NoWayToRelay("; ".join([words.pop(), *skipped]))
+        raise NoWayToRelay(words.pop())
     raise NoWayToRelay(f"relay {relay} unreachable every way: {'; '.join(failures + skipped)}")
 
 
