@@ -102,11 +102,10 @@ class ChannelStats:
         if self.on_close is not None:
             self.on_close()
         if self.relay is not None:
+            self.relay.live_channels.discard(self)
             bytes_ = self.relay.metrics.channel_bytes
             bytes_.labels("to_machine").inc(self.to_machine)
             bytes_.labels("to_engineer").inc(self.to_engineer)
-        if self.relay is not None:
-            self.relay.live_channels.discard(self)
         if self.row is not None and self.relay is not None:
             self.relay.tasks.spawn(
                 self._forget(self.relay, self.row), f"relay.channel_close.{self.serial}"

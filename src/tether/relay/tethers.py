@@ -606,9 +606,11 @@ async def readmit(relay: Relay) -> None:
     register anew, spread over the relay's reconnect rate. Live channels get their
     rows back too.
     """
-    links = [entry.link for entry in relay.registry]
-    checked = [(link, link.readmission()) for link in links]
-    pending = [(link, checks) for link, checks in checked if checks is not None]
+    pending = [
+        (entry.link, checks)
+        for entry in relay.registry
+        if (checks := entry.link.readmission()) is not None
+    ]
     results = await asyncio.gather(
         *(relay.admissions.submit(checks.admission()) for _, checks in pending),
         return_exceptions=True,
