@@ -54,6 +54,17 @@ async def access_status(system: DemoSystem) -> dict[str, Any]:
     return status
 
 
+async def _logged_in(context: Any, system: DemoSystem) -> Any:
+    """A page of ``context`` on the customer's page, logged in by keyboard alone (the
+    password field has the focus; Enter submits)."""
+    assert system.page_url is not None
+    page = await context.new_page()
+    await page.goto(system.page_url)
+    await page.keyboard.type(system.page_password)
+    await page.keyboard.press("Enter")
+    return page
+
+
 async def test_customer_opens_access_sees_the_engineer_ends_the_session_and_closes(
     system: DemoSystem, browser: Any
 ) -> None:
@@ -202,10 +213,7 @@ async def test_customer_watches_the_engineer_live_and_ends_the_session(
     assert system.page_url is not None
     assert system.engineer is not None
     context = await browser.new_context(viewport=DESKTOP)
-    page = await context.new_page()
-    await page.goto(system.page_url)
-    await page.keyboard.type(system.page_password)
-    await page.keyboard.press("Enter")
+    page = await _logged_in(context, system)
     await expect(page.locator("#access-state")).to_contain_text("connected to relay", timeout=SLOW)
 
     term = Terminal(system.engineer.ssh("-tt", system.serial), columns=90, rows=24)
@@ -304,10 +312,7 @@ async def test_customer_opens_access_with_limits_and_consent_and_admits_a_login(
     assert (await asyncio.to_thread(system.access, "disable")).returncode == 0
     key = await system.issue_key()
     context = await browser.new_context(viewport=DESKTOP)
-    page = await context.new_page()
-    await page.goto(system.page_url)
-    await page.keyboard.type(system.page_password)
-    await page.keyboard.press("Enter")
+    page = await _logged_in(context, system)
     form = page.locator("form", has=page.get_by_label("Tether key"))
     await form.get_by_label("Tether key").fill(key)
     await form.get_by_label("No administrator rights (sudo)").check()

@@ -23,7 +23,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from tests.integration.agent.test_cli import Machine, stop
-from tests.integration.harness import FAST, Agent, EchoServer, Vendor, run_ssh, vendor_setup
+from tests.integration.harness import (
+    FAST,
+    Agent,
+    EchoServer,
+    Engineer,
+    Vendor,
+    run_ssh,
+    vendor_setup,
+)
 from tether.agent.network import Carrier, NetworkSettings, TransportKind, resolve_proxy
 from tether.agent.probe import probe_transport
 from tether.agent.status import TunnelState
@@ -137,6 +145,28 @@ def _machine(
     return Machine(box, tmp_path / "agent.log")
 
 
+async def _tether_and_reach_sshd(
+    machine: Machine, relay: Vendor, alice: Engineer, key: str, transport: str
+) -> None:
+    """Open access with ``key``: the tether comes up over ``transport`` (as ``status``
+    says it), and the engineer's stock ssh reaches the machine's own sshd through it."""
+    agent = await machine.start_agent()
+    try:
+        assert (await machine.tether("access", "enable", "--key", key)).returncode == 0
+        body = await machine.wait_tunnel("connected", timeout=30)
+        tunnel = body["tunnel"]
+        assert isinstance(tunnel, dict)
+        assert tunnel["transport"] == transport
+        human = await machine.tether("access", "status")
+        assert f"over {transport}" in human.stdout
+        banner = await run_ssh(
+            alice.ssh_args(relay.relay_port, "-W", "m-1:22", "alice@127.0.0.1"), timeout=20
+        )
+        assert banner.stdout.startswith(b"SSH-2.0-OpenSSH"), banner.stderr
+    finally:
+        await stop(machine, agent)
+
+
 async def test_tether_comes_up_over_tls_through_the_only_proxy_and_ssh_reaches_the_machine(
     relay: Vendor,
     squid_factory: Callable[..., Squid],
@@ -147,22 +177,9 @@ async def test_tether_comes_up_over_tls_through_the_only_proxy_and_ssh_reaches_t
     machine = _machine(relay, squid, sandbox_factory, tmp_path)
     alice = await relay.engineer("alice", tmp_path)
     key, _ = await relay.issue("M-1", ports=[22])
-    agent = await machine.start_agent()
-    try:
-        assert (await machine.tether("access", "enable", "--key", key)).returncode == 0
-        body = await machine.wait_tunnel("connected", timeout=30)
-        tunnel = body["tunnel"]
-        assert isinstance(tunnel, dict)
-        assert tunnel["transport"] == f"tls-proxy via 127.0.0.1:{squid.port}"
-        human = await machine.tether("access", "status")
-        assert f"over tls-proxy via 127.0.0.1:{squid.port}" in human.stdout
-        # The engineer's stock ssh reaches the machine's own sshd through the tether.
-        banner = await run_ssh(
-            alice.ssh_args(relay.relay_port, "-W", "m-1:22", "alice@127.0.0.1"), timeout=20
-        )
-        assert banner.stdout.startswith(b"SSH-2.0-OpenSSH"), banner.stderr
-    finally:
-        await stop(machine, agent)
+    await _tether_and_reach_sshd(
+        machine, relay, alice, key, f"tls-proxy via 127.0.0.1:{squid.port}"
+    )
     assert f"CONNECT 127.0.0.1:{relay.relay_port}" in squid.access_log()
 
 
@@ -363,19 +380,9 @@ async def test_a_tls_inspecting_proxy_still_carries_the_tether_and_check_names_i
     assert "where the relay's is issued by CN=127.0.0.1" in through
     assert "The tether still works" in through
     assert checks["relay host key"]["ok"] is True
-    agent = await machine.start_agent()
-    try:
-        assert (await machine.tether("access", "enable", "--key", key)).returncode == 0
-        body = await machine.wait_tunnel("connected", timeout=30)
-        tunnel = body["tunnel"]
-        assert isinstance(tunnel, dict)
-        assert tunnel["transport"] == f"tls-proxy via 127.0.0.1:{squid.port}"
-        banner = await run_ssh(
-            alice.ssh_args(relay.relay_port, "-W", "m-1:22", "alice@127.0.0.1"), timeout=20
-        )
-        assert banner.stdout.startswith(b"SSH-2.0-OpenSSH"), banner.stderr
-    finally:
-        await stop(machine, agent)
+    await _tether_and_reach_sshd(
+        machine, relay, alice, key, f"tls-proxy via 127.0.0.1:{squid.port}"
+    )
     # Squid bumped the CONNECT and, finding no HTTP inside, tunnelled the SSH on.
     log = squid.access_log()
     assert f"CONNECT 127.0.0.1:{relay.relay_port}" in log
@@ -412,19 +419,9 @@ async def test_a_proxy_that_passes_only_http_inside_the_tls_it_inspects_carries_
     assert through.startswith(f"works (websocket-tls-proxy via 127.0.0.1:{squid.port})"), text
     assert f"TLS certificate issued by {PROXY_CA}" in through
     assert "The proxy inspects TLS" in through
-    agent = await machine.start_agent()
-    try:
-        assert (await machine.tether("access", "enable", "--key", key)).returncode == 0
-        body = await machine.wait_tunnel("connected", timeout=30)
-        tunnel = body["tunnel"]
-        assert isinstance(tunnel, dict)
-        assert tunnel["transport"] == f"websocket-tls-proxy via 127.0.0.1:{squid.port}"
-        banner = await run_ssh(
-            alice.ssh_args(relay.relay_port, "-W", "m-1:22", "alice@127.0.0.1"), timeout=20
-        )
-        assert banner.stdout.startswith(b"SSH-2.0-OpenSSH"), banner.stderr
-    finally:
-        await stop(machine, agent)
+    await _tether_and_reach_sshd(
+        machine, relay, alice, key, f"websocket-tls-proxy via 127.0.0.1:{squid.port}"
+    )
     # Squid saw the upgrade inside the TLS it broke open, and nothing tunnelled blind.
     log = squid.access_log()
     assert "/tether" in log
